@@ -1,0 +1,4 @@
+#pragma once
+namespace longread::engine {
+class SafetensorsFile {};
+}  // namespace longread::engine
