@@ -1,0 +1,179 @@
+#include "engine/job/document_job.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "engine/tokenizer/chat_template.h"
+
+namespace longread::engine {
+namespace {
+
+// Marks where the document goes inside the rendered chat; never produced by a real template.
+constexpr std::string_view kDocumentMarker = "\x01LONGREAD_DOCUMENT\x01";
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+absl::StatusOr<Task> ParseTask(std::string_view name) {
+  if (name == "summarize") return Task::kSummarize;
+  if (name == "analyze_code" || name == "analyze-code") return Task::kAnalyzeCode;
+  if (name == "question" || name == "ask") return Task::kQuestion;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown task '", name, "' (expected summarize, analyze_code or question)"));
+}
+
+std::string_view TaskName(Task task) {
+  switch (task) {
+    case Task::kSummarize:
+      return "summarize";
+    case Task::kAnalyzeCode:
+      return "analyze_code";
+    case Task::kQuestion:
+      return "question";
+  }
+  return "?";
+}
+
+std::string TaskInstruction(Task task, std::string_view question) {
+  switch (task) {
+    case Task::kSummarize:
+      return "Summarize the document above in a few sentences: what it is, its main points, and "
+             "its conclusions.";
+    case Task::kAnalyzeCode:
+      return "Analyze the source code above: what it does, how it is structured, and any bugs or "
+             "risks you notice.";
+    case Task::kQuestion:
+      return absl::StrCat("Answer this question about the document above: ", question);
+  }
+  return "";
+}
+
+int64_t CountInvalidUtf8(std::string_view s) {
+  int64_t invalid = 0;
+  size_t i = 0;
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  while (i < s.size()) {
+    const unsigned char c = p[i];
+    int need = 0;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      need = 1;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      need = 2;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      need = 3;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else {
+      ++invalid;
+      ++i;
+      continue;
+    }
+    size_t j = i + 1;
+    int got = 0;
+    while (got < need && j < s.size()) {
+      const unsigned char b = p[j];
+      if (b < (got == 0 ? lo : 0x80) || b > (got == 0 ? hi : 0xBF)) break;
+      ++j;
+      ++got;
+    }
+    if (got < need) ++invalid;  // a maximal invalid subpart: one replacement character
+    i = j;
+  }
+  return invalid;
+}
+
+absl::StatusOr<TaskPrompt> BuildTaskPrompt(const Tokenizer& tokenizer,
+                                           const std::string& chat_template, Task task,
+                                           std::string_view question) {
+  (void)tokenizer;
+  if (task == Task::kQuestion && question.empty()) {
+    return absl::InvalidArgumentError("the question task needs a question");
+  }
+  std::vector<ChatMessage> messages = {
+      {"user", absl::StrCat("Here is a document.\n\n", kDocumentMarker, "\n\n",
+                            TaskInstruction(task, question))}};
+  auto rendered = RenderChat(chat_template, messages, /*add_generation_prompt=*/true);
+  if (!rendered.ok()) return rendered.status();
+  const size_t at = rendered->find(kDocumentMarker);
+  if (at == std::string::npos) {
+    return absl::InternalError("chat template dropped the document");
+  }
+  return TaskPrompt{rendered->substr(0, at), rendered->substr(at + kDocumentMarker.size())};
+}
+
+absl::StatusOr<DocumentJobResult> RunDocumentJob(LlamaModel& model, const Tokenizer& tokenizer,
+                                                 std::string_view document,
+                                                 const DocumentJobOptions& options,
+                                                 std::shared_ptr<const ScorerWeights> scorer,
+                                                 kernels::ThreadPool* pool,
+                                                 const DocumentJobCallbacks& callbacks) {
+  if (document.empty()) return absl::InvalidArgumentError("the document is empty");
+  if (static_cast<int64_t>(document.size()) > options.max_document_bytes) {
+    return absl::OutOfRangeError(absl::StrCat("the document has ", document.size(),
+                                              " bytes, more than the limit of ",
+                                              options.max_document_bytes));
+  }
+  auto prompt = BuildTaskPrompt(tokenizer, model.file().tokenizer().chat_template, options.task,
+                                options.question);
+  if (!prompt.ok()) return prompt.status();
+
+  DocumentJobResult result;
+  result.invalid_utf8_sequences = CountInvalidUtf8(document);
+  // Document text never yields control tokens: "<|im_end|>" inside a document is plain text.
+  std::vector<int32_t> tokens = tokenizer.Encode(prompt->before_document, true);
+  const int64_t prefix = static_cast<int64_t>(tokens.size());
+  std::vector<int32_t> body = tokenizer.Encode(document, false);
+  if (body.empty()) return absl::InvalidArgumentError("the document has no tokens");
+  tokens.insert(tokens.end(), body.begin(), body.end());
+  result.document_tokens = static_cast<int64_t>(body.size());
+  const std::vector<int32_t> question = tokenizer.Encode(prompt->after_document, true);
+  result.prompt_tokens = prefix + static_cast<int64_t>(question.size());
+
+  RecurrentRunner runner(&model, options.runner, std::move(scorer), pool);
+  const auto read_start = std::chrono::steady_clock::now();
+  const int64_t total = static_cast<int64_t>(tokens.size());
+  auto progress = [&](int64_t read) {
+    if (callbacks.progress) callbacks.progress(read, total);
+  };
+  if (auto s = runner.Feed(tokens, progress); !s.ok()) return s;
+  if (auto s = runner.Flush(progress); !s.ok()) return s;
+  result.read_seconds = SecondsSince(read_start);
+
+  GenerateOptions generate = options.generate;
+  for (const char* stop : {"<|im_end|>", "<|endoftext|>", "<|eot_id|>"}) {
+    const int32_t id = tokenizer.TokenId(stop);
+    if (id >= 0) generate.stop_tokens.push_back(id);
+  }
+  if (tokenizer.eos_id() >= 0) generate.stop_tokens.push_back(tokenizer.eos_id());
+
+  TokenDecoder decoder(tokenizer);
+  const auto gen_start = std::chrono::steady_clock::now();
+  auto on_token = [&](int32_t token) {
+    for (int32_t stop : generate.stop_tokens) {
+      if (token == stop) return true;
+    }
+    std::string text = decoder.Push(token);
+    result.answer += text;
+    if (callbacks.answer_text && !text.empty()) callbacks.answer_text(text);
+    return true;
+  };
+  auto generated = runner.Generate(question, generate, on_token);
+  if (!generated.ok()) return generated.status();
+  std::string tail = decoder.Flush();
+  result.answer += tail;
+  if (callbacks.answer_text && !tail.empty()) callbacks.answer_text(tail);
+  result.generated_tokens = static_cast<int64_t>(generated->size());
+  result.generate_seconds = SecondsSince(gen_start);
+  return result;
+}
+
+}  // namespace longread::engine

@@ -1,0 +1,70 @@
+// One document, one task, one answer: the unit of work that `longread run` executes in-process
+// and that a worker will execute for the coordinator. Builds the task prompt around the document,
+// reads the document through the recurrent runner, and generates the answer.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/memory/runner.h"
+#include "engine/model/llama_model.h"
+#include "engine/tokenizer/tokenizer.h"
+
+namespace longread::engine {
+
+enum class Task { kSummarize, kAnalyzeCode, kQuestion };
+
+absl::StatusOr<Task> ParseTask(std::string_view name);
+std::string_view TaskName(Task task);
+
+struct DocumentJobOptions {
+  Task task = Task::kSummarize;
+  std::string question;  // required for Task::kQuestion
+  RunnerConfig runner;
+  GenerateOptions generate;
+  int64_t max_document_bytes = int64_t{1} << 30;
+};
+
+struct DocumentJobResult {
+  std::string answer;
+  int64_t document_tokens = 0;
+  int64_t prompt_tokens = 0;
+  int64_t generated_tokens = 0;
+  int64_t invalid_utf8_sequences = 0;  // replaced by U+FFFD before tokenizing
+  double read_seconds = 0;
+  double generate_seconds = 0;
+};
+
+struct DocumentJobCallbacks {
+  std::function<void(int64_t tokens_read, int64_t total_tokens)> progress;
+  std::function<void(std::string_view text)> answer_text;  // streamed, whole UTF-8 characters
+};
+
+// The instruction text of a task (what the user message asks after the document).
+std::string TaskInstruction(Task task, std::string_view question);
+
+// Splits the chat prompt into the part before the document and the part after it.
+struct TaskPrompt {
+  std::string before_document;
+  std::string after_document;
+};
+absl::StatusOr<TaskPrompt> BuildTaskPrompt(const Tokenizer& tokenizer,
+                                           const std::string& chat_template, Task task,
+                                           std::string_view question);
+
+absl::StatusOr<DocumentJobResult> RunDocumentJob(LlamaModel& model, const Tokenizer& tokenizer,
+                                                 std::string_view document,
+                                                 const DocumentJobOptions& options,
+                                                 std::shared_ptr<const ScorerWeights> scorer,
+                                                 kernels::ThreadPool* pool,
+                                                 const DocumentJobCallbacks& callbacks = {});
+
+// Number of maximal invalid UTF-8 subparts (each becomes one U+FFFD when tokenized).
+int64_t CountInvalidUtf8(std::string_view text);
+
+}  // namespace longread::engine

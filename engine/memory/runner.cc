@@ -1,0 +1,154 @@
+#include "engine/memory/runner.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace longread::engine {
+
+uint64_t RunnerConfig::Hash() const {
+  // Segment length changes which keys share a segment, hence the memory's contents.
+  uint64_t h = memory.Hash();
+  for (int i = 0; i < 8; ++i) {
+    h ^= (static_cast<uint64_t>(segment_tokens) >> (8 * i)) & 0xff;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+RecurrentRunner::RecurrentRunner(LlamaModel* model, const RunnerConfig& config,
+                                 std::shared_ptr<const ScorerWeights> scorer,
+                                 kernels::ThreadPool* pool)
+    : model_(model),
+      config_(config),
+      pool_(pool),
+      memory_(model->config(), config.memory, std::move(scorer)) {}
+
+absl::Status RecurrentRunner::ReadSegment(std::span<const int32_t> segment, LogitsMode mode,
+                                          std::vector<float>* logits) {
+  const ModelConfig& c = model_->config();
+  const MemoryConfig& m = config_.memory;
+  // The largest position a query can be given must stay inside the trained context.
+  const int64_t last_position =
+      m.is_dense() || m.position_mode == PositionMode::kOriginal
+          ? memory_.next_position() + static_cast<int64_t>(segment.size())
+          : m.sinks + m.top_k + m.window + static_cast<int64_t>(segment.size());
+  if (last_position > c.context_length) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "reading would place a token at position ", last_position,
+        " beyond the model's trained context of ", c.context_length,
+        m.is_dense() ? " tokens (dense attention); use the SparseK memory for longer inputs"
+                     : " tokens; lower --memory-k, --window or --segment-tokens"));
+  }
+  auto s = model_->Forward(segment, memory_, mode, logits, pool_);
+  if (s.ok()) ++segments_read_;
+  return s;
+}
+
+absl::Status RecurrentRunner::Feed(std::span<const int32_t> tokens, const ProgressFn& progress) {
+  const int64_t L = config_.segment_tokens;
+  size_t used = 0;
+  // Read whole segments straight from the input; only a remainder is copied.
+  if (!pending_.empty()) {
+    const size_t take = std::min(tokens.size(), static_cast<size_t>(L) - pending_.size());
+    pending_.insert(pending_.end(), tokens.begin(), tokens.begin() + take);
+    used = take;
+    if (static_cast<int64_t>(pending_.size()) < L) return absl::OkStatus();
+    if (auto s = ReadSegment(pending_, LogitsMode::kNone, nullptr); !s.ok()) return s;
+    pending_.clear();
+    if (progress) progress(tokens_read());
+  }
+  while (tokens.size() - used >= static_cast<size_t>(L)) {
+    if (auto s = ReadSegment(tokens.subspan(used, L), LogitsMode::kNone, nullptr); !s.ok()) {
+      return s;
+    }
+    used += L;
+    if (progress) progress(tokens_read());
+  }
+  pending_.assign(tokens.begin() + used, tokens.end());
+  return absl::OkStatus();
+}
+
+absl::Status RecurrentRunner::Flush(const ProgressFn& progress) {
+  if (pending_.empty()) return absl::OkStatus();
+  if (auto s = ReadSegment(pending_, LogitsMode::kNone, nullptr); !s.ok()) return s;
+  pending_.clear();
+  if (progress) progress(tokens_read());
+  return absl::OkStatus();
+}
+
+absl::Status RecurrentRunner::ReadWithLogits(std::span<const int32_t> tokens,
+                                             std::vector<float>* logits) {
+  if (auto s = Flush(); !s.ok()) return s;
+  logits->clear();
+  const size_t L = static_cast<size_t>(config_.segment_tokens);
+  for (size_t at = 0; at < tokens.size(); at += L) {
+    auto segment = tokens.subspan(at, std::min(L, tokens.size() - at));
+    if (auto s = ReadSegment(segment, LogitsMode::kAll, &logits_); !s.ok()) return s;
+    logits->insert(logits->end(), logits_.begin(), logits_.end());
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<int32_t>> RecurrentRunner::Generate(std::span<const int32_t> prompt,
+                                                               const GenerateOptions& options,
+                                                               const TokenFn& on_token) {
+  if (prompt.empty()) return absl::InvalidArgumentError("generate: empty prompt");
+  if (auto s = Flush(); !s.ok()) return s;
+  const size_t L = static_cast<size_t>(config_.segment_tokens);
+  for (size_t at = 0; at < prompt.size(); at += L) {
+    const size_t len = std::min(L, prompt.size() - at);
+    const bool last = at + len == prompt.size();
+    auto s = ReadSegment(prompt.subspan(at, len), last ? LogitsMode::kLast : LogitsMode::kNone,
+                         &logits_);
+    if (!s.ok()) return s;
+  }
+  Sampler sampler(options.sampling);
+  std::vector<int32_t> out;
+  const int32_t vocab = model_->config().vocab_size;
+  for (int64_t i = 0; i < options.max_new_tokens; ++i) {
+    const int32_t token = sampler.Next(std::span<const float>(logits_.data(), vocab));
+    out.push_back(token);
+    if (on_token && !on_token(token)) break;
+    if (std::find(options.stop_tokens.begin(), options.stop_tokens.end(), token) !=
+        options.stop_tokens.end()) {
+      break;
+    }
+    if (i + 1 == options.max_new_tokens) break;
+    const int32_t next[1] = {token};
+    if (auto s = ReadSegment(next, LogitsMode::kLast, &logits_); !s.ok()) return s;
+  }
+  return out;
+}
+
+MemorySnapshot RecurrentRunner::Snapshot() const {
+  MemorySnapshot snapshot;
+  memory_.ExportTo(&snapshot);
+  snapshot.model_fingerprint = model_->fingerprint();
+  snapshot.config_hash = config_.Hash();
+  snapshot.segment_index = segments_read_;
+  snapshot.pending_tokens = pending_;
+  return snapshot;
+}
+
+absl::Status RecurrentRunner::Restore(const MemorySnapshot& snapshot) {
+  if (snapshot.model_fingerprint != model_->fingerprint()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("runner: snapshot is of model ", snapshot.model_fingerprint,
+                     ", this run uses ", model_->fingerprint()));
+  }
+  if (snapshot.config_hash != config_.Hash()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("runner: snapshot was taken with config ", snapshot.config_hash,
+                     ", this run uses ", config_.Hash()));
+  }
+  // The memory checks its own part against its own config hash.
+  MemorySnapshot memory_part = snapshot;
+  memory_part.config_hash = config_.memory.Hash();
+  if (auto s = memory_.ImportFrom(memory_part); !s.ok()) return s;
+  pending_ = snapshot.pending_tokens;
+  segments_read_ = snapshot.segment_index;
+  return absl::OkStatus();
+}
+
+}  // namespace longread::engine

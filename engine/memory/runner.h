@@ -1,0 +1,78 @@
+// Reads a document of any length segment by segment through the model and its SparseK memory,
+// then answers: the recurrent loop of DESIGN.md §1 step 4–5 for one document. The runner's whole
+// state is a MemorySnapshot value: it can be persisted after any segment (by cache/, which the
+// engine does not know) and resumed bit-identically.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/memory/snapshot.h"
+#include "engine/memory/sparsek_memory.h"
+#include "engine/model/llama_model.h"
+#include "engine/model/sampler.h"
+#include "engine/scorer/scorer.h"
+
+namespace longread::engine {
+
+struct RunnerConfig {
+  MemoryConfig memory;
+  int64_t segment_tokens = 2048;  // L: tokens read per forward pass
+  uint64_t Hash() const;
+};
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 256;
+  SamplingOptions sampling;
+  std::vector<int32_t> stop_tokens;  // generation ends after emitting one of these
+};
+
+class RecurrentRunner {
+ public:
+  // Called after each segment read: tokens read so far.
+  using ProgressFn = std::function<void(int64_t tokens_read)>;
+  // Called with each generated token; return false to stop.
+  using TokenFn = std::function<bool(int32_t token)>;
+
+  RecurrentRunner(LlamaModel* model, const RunnerConfig& config,
+                  std::shared_ptr<const ScorerWeights> scorer, kernels::ThreadPool* pool);
+
+  // Queues document tokens and reads every complete segment. A partial segment waits for more
+  // tokens or for Flush().
+  absl::Status Feed(std::span<const int32_t> tokens, const ProgressFn& progress = {});
+  absl::Status Flush(const ProgressFn& progress = {});
+
+  // Reads `prompt` (the task/question, after the document) and generates the answer.
+  absl::StatusOr<std::vector<int32_t>> Generate(std::span<const int32_t> prompt,
+                                                const GenerateOptions& options,
+                                                const TokenFn& on_token = {});
+
+  // Logits of every token of `tokens` read as one or more segments (evaluation: perplexity).
+  absl::Status ReadWithLogits(std::span<const int32_t> tokens, std::vector<float>* logits);
+
+  MemorySnapshot Snapshot() const;
+  absl::Status Restore(const MemorySnapshot& snapshot);
+
+  int64_t tokens_read() const { return memory_.next_position(); }
+  int64_t segments_read() const { return segments_read_; }
+  const SparseKMemory& memory() const { return memory_; }
+  const RunnerConfig& config() const { return config_; }
+
+ private:
+  absl::Status ReadSegment(std::span<const int32_t> segment, LogitsMode mode,
+                           std::vector<float>* logits);
+
+  LlamaModel* model_;
+  RunnerConfig config_;
+  kernels::ThreadPool* pool_;
+  SparseKMemory memory_;
+  std::vector<int32_t> pending_;
+  int64_t segments_read_ = 0;
+  std::vector<float> logits_;
+};
+
+}  // namespace longread::engine

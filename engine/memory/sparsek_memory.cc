@@ -1,0 +1,258 @@
+#include "engine/memory/sparsek_memory.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/attention.h"
+#include "kernels/ops.h"
+#include "kernels/sparsek.h"
+
+namespace longread::engine {
+namespace {
+
+constexpr int32_t kForever = std::numeric_limits<int32_t>::max();
+
+kernels::RopeStyle KernelRope(RopeStyle style) {
+  return style == RopeStyle::kHalf ? kernels::RopeStyle::kHalf : kernels::RopeStyle::kInterleaved;
+}
+
+uint64_t Mix(uint64_t h, uint64_t v) {
+  // FNV-1a over the value's bytes: stable across platforms and runs.
+  for (int i = 0; i < 8; ++i) {
+    h ^= (v >> (8 * i)) & 0xff;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+}  // namespace
+
+absl::Status MemoryConfig::Validate() const {
+  if (sinks < 0) return absl::InvalidArgumentError("memory: sinks must be >= 0");
+  if (top_k < 0) return absl::InvalidArgumentError("memory: top_k must be >= 0");
+  if (window < 1) return absl::InvalidArgumentError("memory: window must be >= 1");
+  return absl::OkStatus();
+}
+
+uint64_t MemoryConfig::Hash() const {
+  uint64_t h = 14695981039346656037ull;
+  h = Mix(h, 1);  // version of this hash's field list
+  h = Mix(h, static_cast<uint64_t>(sinks));
+  h = Mix(h, static_cast<uint64_t>(top_k));
+  h = Mix(h, static_cast<uint64_t>(window));
+  h = Mix(h, static_cast<uint64_t>(position_mode));
+  return h;
+}
+
+SparseKMemory::SparseKMemory(const ModelConfig& model, const MemoryConfig& config,
+                             std::shared_ptr<const ScorerWeights> scorer)
+    : model_(model),
+      config_(config),
+      scorer_(std::move(scorer)),
+      n_kv_heads_(model.n_kv_heads),
+      heads_(static_cast<size_t>(model.n_layers) * model.n_kv_heads) {
+  if (!config_.is_dense()) {
+    const int64_t capacity = config_.sinks + config_.top_k + config_.window;
+    for (auto& h : heads_) {
+      h.positions.reserve(capacity);
+      h.scores.reserve(capacity);
+      h.keys.reserve(capacity * model.head_dim);
+      h.values.reserve(capacity * model.head_dim);
+    }
+  }
+}
+
+int64_t SparseKMemory::slot_count(int32_t layer, int32_t kv_head) const {
+  return static_cast<int64_t>(heads_[layer * n_kv_heads_ + kv_head].positions.size());
+}
+
+int64_t SparseKMemory::resident_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& h : heads_) {
+    bytes += h.positions.capacity() * sizeof(int64_t) + h.scores.capacity() * sizeof(float) +
+             (h.keys.capacity() + h.values.capacity()) * sizeof(float);
+  }
+  return bytes;
+}
+
+absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* out,
+                                            kernels::ThreadPool* pool) {
+  const int64_t n = in.n_tokens;
+  const int64_t d = model_.head_dim;
+  const int32_t G = n_kv_heads_;
+  const int32_t H = model_.n_heads;
+  const int32_t group = H / G;
+  const int64_t P = next_position_;
+  const int64_t w = config_.window;
+  const int32_t k = static_cast<int32_t>(std::min<int64_t>(config_.top_k, kForever - 1));
+  if (n <= 0 || n >= kForever / 4) {
+    return absl::InvalidArgumentError(absl::StrCat("memory: bad segment length ", n));
+  }
+
+  // Scores of the segment's keys, [n][G].
+  s_.token_scores.assign(n * G, 0.0f);
+  if (scorer_ != nullptr) {
+    s_.query_pos.resize(n);
+    for (int64_t i = 0; i < n; ++i) s_.query_pos[i] = P + i;
+    ScoreTokens(*scorer_, in.layer, in.x_norm, n, s_.query_pos.data(), s_.token_scores.data());
+  }
+
+  int64_t max_slots = 0;
+  for (int32_t g = 0; g < G; ++g) max_slots = std::max(max_slots, slot_count(in.layer, g));
+  const int64_t n_keys = max_slots + n;
+  s_.keys.resize(G * n_keys * d);
+  s_.values.resize(G * n_keys * d);
+  s_.from.assign(G * n_keys, 0);
+  s_.until.assign(G * n_keys, 0);  // padding keys stay invisible
+  s_.keep.assign(G * n_keys, 0);
+  s_.rope_pos.resize(n_keys);
+  s_.query_pos.resize(n);
+  s_.q_group.resize(group * d);
+
+  for (int32_t g = 0; g < G; ++g) {
+    HeadMemorySnapshot& hm = head(in.layer, g);
+    const int64_t M = static_cast<int64_t>(hm.positions.size());
+    int32_t* from = s_.from.data() + g * n_keys;
+    int32_t* until = s_.until.data() + g * n_keys;
+    uint8_t* keep = s_.keep.data() + g * n_keys;
+    float* keys = s_.keys.data() + g * n_keys * d;
+    float* values = s_.values.data() + g * n_keys * d;
+
+    // Candidates for the top-k in age order (ties keep the older key): key index, score, join.
+    s_.join.clear();
+    s_.scores.clear();
+    s_.cand.clear();
+    auto classify = [&](int64_t key, int64_t position, int32_t first_query, float score) {
+      from[key] = first_query;
+      const int64_t join = position + w - P;  // the query at which the key leaves the window
+      if (position < config_.sinks || join > n) {
+        until[key] = kForever;  // a sink, or still in the window for the next segment
+        keep[key] = 1;
+        return;
+      }
+      s_.cand.push_back(static_cast<int32_t>(key));
+      s_.join.push_back(static_cast<int32_t>(std::max<int64_t>(join, 0)));
+      s_.scores.push_back(score);
+    };
+    for (int64_t c = 0; c < M; ++c) classify(c, hm.positions[c], 0, hm.scores[c]);
+    for (int64_t j = 0; j < n; ++j) {
+      classify(M + j, P + j, static_cast<int32_t>(j), s_.token_scores[j * G + g]);
+    }
+    const size_t n_cand = s_.join.size();
+    s_.exit.resize(n_cand);
+    if (n_cand > 0) {
+      if (auto st = kernels::TopKExitTimes(s_.scores, s_.join, k, s_.exit); !st.ok()) return st;
+    }
+    for (size_t c = 0; c < n_cand; ++c) {
+      until[s_.cand[c]] = s_.exit[c];
+      keep[s_.cand[c]] = s_.exit[c] == kForever;
+    }
+
+    std::memcpy(keys, hm.keys.data(), M * d * sizeof(float));
+    std::memcpy(values, hm.values.data(), M * d * sizeof(float));
+    for (int64_t j = 0; j < n; ++j) {
+      std::memcpy(keys + (M + j) * d, in.k + (j * G + g) * d, d * sizeof(float));
+      std::memcpy(values + (M + j) * d, in.v + (j * G + g) * d, d * sizeof(float));
+    }
+    const bool slot_order = config_.position_mode == PositionMode::kSlotOrder;
+    for (int64_t c = 0; c < M; ++c) s_.rope_pos[c] = slot_order ? c : hm.positions[c];
+    for (int64_t j = 0; j < n; ++j) s_.rope_pos[M + j] = slot_order ? M + j : P + j;
+    kernels::Rope(keys, M + n, 1, d, s_.rope_pos.data(), model_.rope_theta,
+                  KernelRope(model_.rope_style));
+    // Queries of this KV head's group share its positions.
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t pos = slot_order ? M + i : P + i;
+      kernels::Rope(in.q + (i * H + g * group) * d, 1, group, d, &pos, model_.rope_theta,
+                    KernelRope(model_.rope_style));
+    }
+  }
+
+  kernels::AttentionArgs args;
+  args.q = in.q;
+  args.k = s_.keys.data();
+  args.v = s_.values.data();
+  args.visible_from = s_.from.data();
+  args.visible_until = s_.until.data();
+  args.n_q = n;
+  args.n_keys = n_keys;
+  args.n_heads = H;
+  args.n_kv_heads = G;
+  args.head_dim = d;
+  args.scale = 1.0f / std::sqrt(static_cast<float>(d));
+  args.out = out;
+  kernels::Attention(args, pool);
+
+  // Fold the segment into the memory: kept memory slots, then kept segment keys (both in
+  // position order, so the slots stay sorted).
+  for (int32_t g = 0; g < G; ++g) {
+    HeadMemorySnapshot& hm = head(in.layer, g);
+    const int64_t M = static_cast<int64_t>(hm.positions.size());
+    const uint8_t* keep = s_.keep.data() + g * n_keys;
+    int64_t kept = 0;
+    for (int64_t c = 0; c < M; ++c) {
+      if (!keep[c]) continue;
+      if (kept != c) {
+        hm.positions[kept] = hm.positions[c];
+        hm.scores[kept] = hm.scores[c];
+        std::memmove(&hm.keys[kept * d], &hm.keys[c * d], d * sizeof(float));
+        std::memmove(&hm.values[kept * d], &hm.values[c * d], d * sizeof(float));
+      }
+      ++kept;
+    }
+    int64_t added = 0;
+    for (int64_t j = 0; j < n; ++j) added += keep[M + j];
+    hm.positions.resize(kept + added);
+    hm.scores.resize(kept + added);
+    hm.keys.resize((kept + added) * d);
+    hm.values.resize((kept + added) * d);
+    for (int64_t j = 0; j < n; ++j) {
+      if (!keep[M + j]) continue;
+      hm.positions[kept] = P + j;
+      hm.scores[kept] = s_.token_scores[j * G + g];
+      std::memcpy(&hm.keys[kept * d], in.k + (j * G + g) * d, d * sizeof(float));
+      std::memcpy(&hm.values[kept * d], in.v + (j * G + g) * d, d * sizeof(float));
+      ++kept;
+    }
+  }
+  return absl::OkStatus();
+}
+
+void SparseKMemory::ExportTo(MemorySnapshot* snapshot) const {
+  snapshot->n_layers = model_.n_layers;
+  snapshot->n_kv_heads = model_.n_kv_heads;
+  snapshot->head_dim = model_.head_dim;
+  snapshot->config_hash = config_.Hash();
+  snapshot->token_offset = next_position_;
+  snapshot->heads = heads_;
+}
+
+absl::Status SparseKMemory::ImportFrom(const MemorySnapshot& snapshot) {
+  if (snapshot.n_layers != model_.n_layers || snapshot.n_kv_heads != model_.n_kv_heads ||
+      snapshot.head_dim != model_.head_dim ||
+      snapshot.heads.size() != static_cast<size_t>(model_.n_layers) * model_.n_kv_heads) {
+    return absl::FailedPreconditionError("memory: snapshot shape does not match the model");
+  }
+  if (snapshot.config_hash != config_.Hash()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("memory: snapshot was taken with memory config ", snapshot.config_hash,
+                     ", this run uses ", config_.Hash()));
+  }
+  const int64_t capacity = config_.sinks + config_.top_k + config_.window;
+  for (const auto& h : snapshot.heads) {
+    const size_t m = h.positions.size();
+    if (h.scores.size() != m || h.keys.size() != m * model_.head_dim ||
+        h.values.size() != m * model_.head_dim ||
+        (!config_.is_dense() && static_cast<int64_t>(m) > capacity) ||
+        !std::is_sorted(h.positions.begin(), h.positions.end()) ||
+        (m > 0 && (h.positions.front() < 0 || h.positions.back() >= snapshot.token_offset))) {
+      return absl::DataLossError("memory: snapshot slots are inconsistent");
+    }
+  }
+  heads_ = snapshot.heads;
+  next_position_ = snapshot.token_offset;
+  return absl::OkStatus();
+}
+
+}  // namespace longread::engine

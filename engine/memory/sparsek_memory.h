@@ -1,0 +1,94 @@
+// The fixed-size recurrent memory of DESIGN.md §4, per layer and KV head: the first `sinks`
+// tokens of the document, the `top_k` best-scored older keys, and the most recent keys of the
+// window. A dense KV cache is the same memory with a budget that never evicts.
+//
+// Exactness inside a segment: candidates for the top-k only ever join (a key joins when it leaves
+// the window; memory keys are there from the start), so each key is visible to a contiguous range
+// of the segment's queries. The memory computes those ranges with kernels::TopKExitTimes and
+// hands them to one attention pass over memory ∪ segment. Keys are stored before RoPE; positions
+// are assigned when attending (slot order by default, so they stay inside the trained context
+// however long the document is).
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/memory/snapshot.h"
+#include "engine/model/attention_memory.h"
+#include "engine/model_files/model_config.h"
+#include "engine/scorer/scorer.h"
+
+namespace longread::engine {
+
+enum class PositionMode {
+  kSlotOrder,  // position = index among the slots the query can see (default)
+  kOriginal,   // position = the token's position in the document
+};
+
+struct MemoryConfig {
+  // Defaults fit the default model's 8,192-token context with a 2,048-token segment:
+  // s + k + w + L = 4 + 2048 + 1024 + 2048 < 8192.
+  int32_t sinks = 4;
+  int64_t top_k = 2048;
+  int64_t window = 1024;  // the most recent keys a query sees, itself included (>= 1)
+  PositionMode position_mode = PositionMode::kSlotOrder;
+
+  // A memory that never evicts: dense causal attention with a KV cache.
+  static MemoryConfig Dense() {
+    MemoryConfig c;
+    c.top_k = std::numeric_limits<int32_t>::max() / 4;
+    c.window = 1;
+    c.position_mode = PositionMode::kOriginal;
+    return c;
+  }
+  bool is_dense() const { return top_k >= std::numeric_limits<int32_t>::max() / 4; }
+  absl::Status Validate() const;
+  // Stable across runs and machines: part of a snapshot's identity.
+  uint64_t Hash() const;
+};
+
+class SparseKMemory : public AttentionMemory {
+ public:
+  // `scorer` may be null: every key then scores 0 and ties keep the oldest keys.
+  SparseKMemory(const ModelConfig& model, const MemoryConfig& config,
+                std::shared_ptr<const ScorerWeights> scorer);
+
+  absl::Status AttendAndUpdate(const SegmentLayerInput& in, float* out,
+                               kernels::ThreadPool* pool) override;
+  void EndSegment(int64_t n_tokens) override { next_position_ += n_tokens; }
+  int64_t next_position() const override { return next_position_; }
+
+  const MemoryConfig& config() const { return config_; }
+  // Slots currently held by (layer, kv_head).
+  int64_t slot_count(int32_t layer, int32_t kv_head) const;
+  // Bytes of keys, values, scores and positions held now.
+  int64_t resident_bytes() const;
+
+  // The memory as plain data (runner fields left at their defaults) and back.
+  void ExportTo(MemorySnapshot* snapshot) const;
+  absl::Status ImportFrom(const MemorySnapshot& snapshot);
+
+ private:
+  HeadMemorySnapshot& head(int32_t layer, int32_t g) { return heads_[layer * n_kv_heads_ + g]; }
+
+  ModelConfig model_;
+  MemoryConfig config_;
+  std::shared_ptr<const ScorerWeights> scorer_;
+  int32_t n_kv_heads_ = 0;
+  int64_t next_position_ = 0;
+  std::vector<HeadMemorySnapshot> heads_;
+
+  // Scratch reused across layers and segments (no allocation in steady state).
+  struct Scratch {
+    std::vector<float> keys, values, scores, token_scores;
+    std::vector<int32_t> from, until, join, exit, cand;
+    std::vector<int64_t> rope_pos, query_pos;
+    std::vector<float> q_group;
+    std::vector<uint8_t> keep;
+  } s_;
+};
+
+}  // namespace longread::engine

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole test suite from nothing (this is what CI runs): set-up, format check, -Werror build,
+# unit/integration/fault tests, an ASan+UBSan build of the unit tests, and bounded fuzzing.
+#   scripts/test.sh              everything
+#   FUZZ_SECONDS=N               seconds per fuzzer (default 20)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+step() { echo "=== $* ==="; }
+
+step "setup"
+bash scripts/setup.sh
+
+step "clang-format"
+mapfile -t sources < <(git ls-files '*.cc' '*.h' '*.cu' '*.cuh')
+if ((${#sources[@]})); then
+  clang-format --dry-run --Werror "${sources[@]}"
+fi
+
+step "build (Release, -Werror)"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+ninja -C build -j"$jobs"
+
+step "tests: unit, integration, fault"
+ctest --test-dir build -L 'unit|integration|fault' -LE 'gpu|slow' -j"$jobs" --output-on-failure \
+  --timeout 900
+
+step "build + unit tests under ASan and UBSan"
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DLONGREAD_SANITIZE=address,undefined >/dev/null
+ninja -C build-asan -j"$jobs"
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --test-dir build-asan -L unit -LE 'gpu|slow' -j"$jobs" --output-on-failure --timeout 900
+
+step "fuzzers (${FUZZ_SECONDS:-20} s each)"
+bash scripts/run_fuzzers.sh "${FUZZ_SECONDS:-20}"
+echo "=== all tests passed ==="

@@ -1,0 +1,475 @@
+// `longread`: the command-line front end. Each subcommand is a thin shell over the engine; the
+// work itself lives in engine/ so that the worker service runs exactly the same code.
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "engine/job/document_job.h"
+#include "engine/model/llama_model.h"
+#include "engine/model_files/model_file.h"
+#include "engine/scorer/scorer.h"
+#include "engine/tokenizer/chat_template.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "kernels/thread_pool.h"
+#include "services/cli/progress_bar.h"
+#include "services/common/log.h"
+
+namespace longread {
+namespace {
+
+using services::Log;
+using services::LogLevel;
+
+// Exit codes, documented in --help.
+enum ExitCode {
+  kOk = 0,
+  kInternal = 1,
+  kUsage = 2,
+  kBadInput = 3,
+  kBadModel = 4,
+  kTooLong = 5,
+};
+
+constexpr char kDefaultModel[] = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+constexpr char kMainHelp[] = R"(longread: read documents longer than any context window.
+
+Usage: longread <command> [options]
+
+Commands:
+  run FILE        read FILE (or - for stdin) and perform a task on it (default: summarize)
+  generate        answer a prompt with the model (no document)
+  help COMMAND    show the options of a command
+
+Every command accepts --help. Exit codes: 0 success, 1 internal error, 2 bad usage,
+3 unusable input (missing, empty or oversized document), 4 unusable model or scorer file,
+5 input too long for the chosen attention (use the SparseK memory, the default).
+)";
+
+constexpr char kCommonHelp[] = R"(
+Model and machine:
+  --model PATH           GGUF file or Hugging Face directory (default: $LONGREAD_MODEL, else
+                         models/SmolLM2-135M-Instruct.Q4_1.gguf, installed by scripts/setup.sh)
+  --threads N            CPU threads (default: all cores; env LONGREAD_THREADS)
+  --log-format FMT       text (default) or json: structured logs on stderr
+  --quiet                no progress bar and info logs; only the answer on stdout
+
+Generation:
+  --max-tokens N         answer length limit in tokens (default 256)
+  --temperature T        0 = greedy (default), else sampling temperature
+  --top-p P              nucleus sampling mass (default 1.0)
+  --seed N               sampling seed (default 0): a run is reproducible
+)";
+
+constexpr char kRunHelp[] = R"(Usage: longread run [options] FILE
+
+Reads FILE (UTF-8 text of any length; - reads stdin) segment by segment through the model with
+a fixed-size SparseK memory, then performs the task and prints the answer on stdout.
+Invalid UTF-8 is replaced by U+FFFD (a warning says how many sequences).
+
+Task:
+  --task NAME            summarize (default), analyze_code, or question
+  --question TEXT        the question for --task question
+  --json                 print a JSON object (answer, token counts, timings) instead of text
+
+Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
+  --memory-k K           selected older keys per layer and KV head (default 2048)
+  --window W             most recent keys every query sees (default 1024)
+  --sinks S              first tokens of the document always kept (default 4)
+  --segment-tokens L     tokens per forward pass (default 2048)
+  --positions MODE       slot (default: positions by slot order, stay in context) or original
+  --scorer PATH          scorer weights for this model (default: none; keys tie on score and
+                         the oldest are kept, i.e. sinks + window + the document's start)
+  --dense                dense causal attention instead (exact; only up to the model's context)
+  --max-bytes N          refuse documents larger than N bytes (default 1073741824)
+)";
+
+constexpr char kGenerateHelp[] = R"(Usage: longread generate --prompt TEXT [options]
+
+Answers TEXT with the model, wrapped in the model's chat template (--raw: the text as is).
+
+  --prompt TEXT          the prompt (required)
+  --raw                  feed the prompt without the chat template
+)";
+
+struct Args {
+  std::vector<std::string> positional;
+  std::map<std::string, std::string> options;
+  bool Has(const std::string& name) const { return options.count(name) > 0; }
+  std::string Get(const std::string& name, const std::string& fallback = "") const {
+    auto it = options.find(name);
+    return it == options.end() ? fallback : it->second;
+  }
+};
+
+// Flags that take no value.
+bool IsSwitch(const std::string& name) {
+  return name == "help" || name == "quiet" || name == "json" || name == "dense" || name == "raw";
+}
+
+bool ParseArgs(int argc, char** argv, int first, Args* args, std::string* error) {
+  for (int i = first; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "-h") a = "--help";
+    if (a.rfind("--", 0) != 0 || a == "-") {
+      args->positional.push_back(a);
+      continue;
+    }
+    std::string name = a.substr(2), value;
+    if (auto eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    } else if (!IsSwitch(name)) {
+      if (i + 1 >= argc) {
+        *error = absl::StrCat("option --", name, " needs a value");
+        return false;
+      }
+      value = argv[++i];
+    }
+    args->options[name] = value;
+  }
+  return true;
+}
+
+bool ParseInt(const Args& args, const std::string& name, int64_t fallback, int64_t min,
+              int64_t* out, std::string* error) {
+  *out = fallback;
+  if (!args.Has(name)) return true;
+  if (!absl::SimpleAtoi(args.Get(name), out) || *out < min) {
+    *error = absl::StrCat("--", name, " must be an integer >= ", min, ", got '", args.Get(name),
+                          "'");
+    return false;
+  }
+  return true;
+}
+
+bool ParseFloat(const Args& args, const std::string& name, float fallback, float min, float max,
+                float* out, std::string* error) {
+  *out = fallback;
+  if (!args.Has(name)) return true;
+  if (!absl::SimpleAtof(args.Get(name), out) || !(*out >= min && *out <= max)) {
+    *error = absl::StrCat("--", name, " must be a number in [", min, ", ", max, "], got '",
+                          args.Get(name), "'");
+    return false;
+  }
+  return true;
+}
+
+int Usage(const std::string& error) {
+  std::fprintf(stderr, "longread: %s (see --help)\n", error.c_str());
+  return kUsage;
+}
+
+// Everything a command needs from the model file.
+struct Loaded {
+  std::unique_ptr<engine::LlamaModel> model;
+  std::unique_ptr<engine::Tokenizer> tokenizer;
+  std::unique_ptr<kernels::ThreadPool> pool;
+};
+
+int LoadModel(const Args& args, Loaded* loaded) {
+  std::string path = args.Get("model");
+  if (path.empty()) {
+    const char* env = std::getenv("LONGREAD_MODEL");
+    path = env != nullptr && *env != '\0' ? env : kDefaultModel;
+  }
+  int64_t threads = 0;
+  std::string error;
+  if (!ParseInt(args, "threads", kernels::DefaultThreadCount(), 1, &threads, &error)) {
+    return Usage(error);
+  }
+  auto file = engine::ModelFile::Open(path);
+  if (!file.ok()) {
+    Log(LogLevel::kError, "model_unusable",
+        {{"path", path}, {"error", std::string(file.status().message())}});
+    if (path == kDefaultModel) {
+      std::fprintf(stderr, "longread: run scripts/setup.sh to install the default model\n");
+    }
+    return kBadModel;
+  }
+  Log(LogLevel::kInfo, "model_loaded", {{"path", path}, {"model", (*file)->Describe()}});
+  auto tokenizer = engine::Tokenizer::Create((*file)->tokenizer());
+  if (!tokenizer.ok()) {
+    Log(LogLevel::kError, "tokenizer_unusable",
+        {{"path", path}, {"error", std::string(tokenizer.status().message())}});
+    return kBadModel;
+  }
+  auto model = engine::LlamaModel::Load(std::move(*file));
+  if (!model.ok()) {
+    Log(LogLevel::kError, "model_unusable",
+        {{"path", path}, {"error", std::string(model.status().message())}});
+    return kBadModel;
+  }
+  loaded->model = std::move(*model);
+  loaded->tokenizer = std::move(*tokenizer);
+  loaded->pool = std::make_unique<kernels::ThreadPool>(static_cast<int>(threads));
+  return kOk;
+}
+
+bool ParseGenerateOptions(const Args& args, engine::GenerateOptions* options, std::string* error) {
+  return ParseInt(args, "max-tokens", 256, 1, &options->max_new_tokens, error) &&
+         ParseFloat(args, "temperature", 0.0f, 0.0f, 100.0f, &options->sampling.temperature,
+                    error) &&
+         ParseFloat(args, "top-p", 1.0f, 0.0f, 1.0f, &options->sampling.top_p, error) &&
+         [&] {
+           int64_t seed = 0;
+           if (!ParseInt(args, "seed", 0, 0, &seed, error)) return false;
+           options->sampling.seed = static_cast<uint64_t>(seed);
+           return true;
+         }();
+}
+
+std::string JsonEscape(std::string_view s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(static_cast<char>(c));
+    } else if (c == '\n') {
+      out.append("\\n");
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+      out.append(buf);
+    } else {
+      out.push_back(static_cast<char>(c));
+    }
+  }
+  return out + "\"";
+}
+
+int Generate(const Args& args) {
+  if (args.Has("help")) {
+    std::printf("%s%s", kGenerateHelp, kCommonHelp);
+    return kOk;
+  }
+  if (!args.Has("prompt")) return Usage("generate needs --prompt");
+  std::string error;
+  engine::GenerateOptions options;
+  if (!ParseGenerateOptions(args, &options, &error)) return Usage(error);
+  Loaded loaded;
+  if (int rc = LoadModel(args, &loaded); rc != kOk) return rc;
+
+  std::string prompt = args.Get("prompt");
+  if (!args.Has("raw")) {
+    auto rendered = engine::RenderChat(loaded.model->file().tokenizer().chat_template,
+                                       {{"user", prompt}}, /*add_generation_prompt=*/true);
+    if (!rendered.ok()) {
+      Log(LogLevel::kError, "chat_template", {{"error", std::string(rendered.status().message())}});
+      return kBadModel;
+    }
+    prompt = *rendered;
+  }
+  const std::vector<int32_t> tokens = loaded.tokenizer->Encode(prompt, !args.Has("raw"));
+  engine::RunnerConfig config;
+  config.memory = engine::MemoryConfig::Dense();
+  config.segment_tokens = 2048;
+  for (const char* stop : {"<|im_end|>", "<|endoftext|>", "<|eot_id|>"}) {
+    const int32_t id = loaded.tokenizer->TokenId(stop);
+    if (id >= 0) options.stop_tokens.push_back(id);
+  }
+  engine::RecurrentRunner runner(loaded.model.get(), config, nullptr, loaded.pool.get());
+  engine::TokenDecoder decoder(*loaded.tokenizer);
+  auto generated = runner.Generate(tokens, options, [&](int32_t token) {
+    if (loaded.tokenizer->IsControl(token)) return true;
+    std::fputs(decoder.Push(token).c_str(), stdout);
+    std::fflush(stdout);
+    return true;
+  });
+  if (!generated.ok()) {
+    Log(LogLevel::kError, "generate_failed", {{"error", std::string(generated.status().message())}});
+    return generated.status().code() == absl::StatusCode::kOutOfRange ? kTooLong : kInternal;
+  }
+  std::printf("%s\n", decoder.Flush().c_str());
+  return kOk;
+}
+
+int Run(const Args& args) {
+  if (args.Has("help")) {
+    std::printf("%s%s", kRunHelp, kCommonHelp);
+    return kOk;
+  }
+  if (args.positional.size() != 1) return Usage("run needs exactly one FILE (or - for stdin)");
+  std::string error;
+  engine::DocumentJobOptions options;
+  auto task = engine::ParseTask(args.Get("task", "summarize"));
+  if (!task.ok()) return Usage(std::string(task.status().message()));
+  options.task = *task;
+  options.question = args.Get("question");
+  if (options.task == engine::Task::kQuestion && options.question.empty()) {
+    return Usage("--task question needs --question TEXT");
+  }
+  if (!ParseGenerateOptions(args, &options.generate, &error)) return Usage(error);
+  engine::MemoryConfig& memory = options.runner.memory;
+  int64_t sinks = 0;
+  if (!ParseInt(args, "memory-k", memory.top_k, 0, &memory.top_k, &error) ||
+      !ParseInt(args, "window", memory.window, 1, &memory.window, &error) ||
+      !ParseInt(args, "sinks", memory.sinks, 0, &sinks, &error) ||
+      !ParseInt(args, "segment-tokens", options.runner.segment_tokens, 1,
+                &options.runner.segment_tokens, &error) ||
+      !ParseInt(args, "max-bytes", options.max_document_bytes, 1, &options.max_document_bytes,
+                &error)) {
+    return Usage(error);
+  }
+  memory.sinks = static_cast<int32_t>(sinks);
+  const std::string positions = args.Get("positions", "slot");
+  if (positions == "original") {
+    memory.position_mode = engine::PositionMode::kOriginal;
+  } else if (positions != "slot") {
+    return Usage("--positions must be slot or original");
+  }
+  if (args.Has("dense")) memory = engine::MemoryConfig::Dense();
+
+  // Read the document before loading the model: a bad path fails fast.
+  const std::string path = args.positional[0];
+  std::string document;
+  if (path == "-") {
+    std::ostringstream buffer;
+    buffer << std::cin.rdbuf();
+    document = buffer.str();
+  } else {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+      Log(LogLevel::kError, "document_unreadable", {{"path", path}});
+      return kBadInput;
+    }
+    in.seekg(0, std::ios::end);
+    const std::streamoff size = in.tellg();
+    if (size > options.max_document_bytes) {
+      Log(LogLevel::kError, "document_too_large",
+          {{"path", path},
+           {"bytes", std::to_string(size)},
+           {"limit", std::to_string(options.max_document_bytes)}});
+      return kBadInput;
+    }
+    in.seekg(0);
+    document.resize(static_cast<size_t>(size));
+    in.read(document.data(), size);
+  }
+  if (document.empty()) {
+    Log(LogLevel::kError, "document_empty", {{"path", path}});
+    return kBadInput;
+  }
+
+  Loaded loaded;
+  if (int rc = LoadModel(args, &loaded); rc != kOk) return rc;
+  std::shared_ptr<const engine::ScorerWeights> scorer;
+  if (args.Has("scorer")) {
+    const auto& c = loaded.model->config();
+    auto weights = engine::LoadScorerWeights(args.Get("scorer"), loaded.model->fingerprint(),
+                                             c.n_layers, c.n_kv_heads, c.d_model);
+    if (!weights.ok()) {
+      Log(LogLevel::kError, "scorer_unusable",
+          {{"path", args.Get("scorer")}, {"error", std::string(weights.status().message())}});
+      return kBadModel;
+    }
+    scorer = std::make_shared<const engine::ScorerWeights>(std::move(*weights));
+  }
+  const int64_t invalid = engine::CountInvalidUtf8(document);
+  if (invalid > 0) {
+    Log(LogLevel::kWarning, "invalid_utf8_replaced", {{"sequences", std::to_string(invalid)}});
+  }
+  Log(LogLevel::kInfo, "reading",
+      {{"document", path},
+       {"bytes", std::to_string(document.size())},
+       {"task", std::string(engine::TaskName(options.task))},
+       {"attention", memory.is_dense() ? "dense" : "sparsek"},
+       {"memory_k", std::to_string(memory.top_k)},
+       {"window", std::to_string(memory.window)},
+       {"sinks", std::to_string(memory.sinks)},
+       {"segment_tokens", std::to_string(options.runner.segment_tokens)}});
+
+  const bool quiet = args.Has("quiet");
+  const bool json = args.Has("json");
+  services::ProgressBar bar("reading", "tok", !quiet);
+  engine::DocumentJobCallbacks callbacks;
+  callbacks.progress = [&](int64_t done, int64_t total) { bar.Update(done, total); };
+  bool answer_started = false;
+  callbacks.answer_text = [&](std::string_view text) {
+    if (json) return;
+    if (!answer_started) {
+      bar.Finish();
+      answer_started = true;
+    }
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+  };
+  auto result = engine::RunDocumentJob(*loaded.model, *loaded.tokenizer, document, options,
+                                       scorer, loaded.pool.get(), callbacks);
+  bar.Finish();
+  if (!result.ok()) {
+    Log(LogLevel::kError, "run_failed", {{"error", std::string(result.status().message())}});
+    switch (result.status().code()) {
+      case absl::StatusCode::kOutOfRange:
+        return kTooLong;
+      case absl::StatusCode::kInvalidArgument:
+        return kBadInput;
+      default:
+        return kInternal;
+    }
+  }
+  if (json) {
+    std::printf(
+        "{\"answer\":%s,\"document_tokens\":%lld,\"generated_tokens\":%lld,"
+        "\"invalid_utf8_sequences\":%lld,\"read_seconds\":%.3f,\"generate_seconds\":%.3f}\n",
+        JsonEscape(result->answer).c_str(), static_cast<long long>(result->document_tokens),
+        static_cast<long long>(result->generated_tokens),
+        static_cast<long long>(result->invalid_utf8_sequences), result->read_seconds,
+        result->generate_seconds);
+  } else {
+    std::printf("\n");
+  }
+  Log(LogLevel::kInfo, "done",
+      {{"document_tokens", std::to_string(result->document_tokens)},
+       {"read_seconds", absl::StrCat(result->read_seconds)},
+       {"read_tokens_per_second",
+        absl::StrCat(result->read_seconds > 0 ? result->document_tokens / result->read_seconds
+                                              : 0)},
+       {"generated_tokens", std::to_string(result->generated_tokens)},
+       {"generate_seconds", absl::StrCat(result->generate_seconds)}});
+  return kOk;
+}
+
+}  // namespace
+}  // namespace longread
+
+int main(int argc, char** argv) {
+  using namespace longread;
+  if (argc < 2) {
+    std::fputs(kMainHelp, stderr);
+    return kUsage;
+  }
+  const std::string command = argv[1];
+  if (command == "--help" || command == "-h" || command == "help") {
+    if (command == "help" && argc > 2) {
+      const std::string topic = argv[2];
+      if (topic == "run") std::printf("%s%s", kRunHelp, kCommonHelp);
+      if (topic == "generate") std::printf("%s%s", kGenerateHelp, kCommonHelp);
+      return topic == "run" || topic == "generate" ? kOk : Usage("unknown command " + topic);
+    }
+    std::fputs(kMainHelp, stdout);
+    return kOk;
+  }
+  Args args;
+  std::string error;
+  if (!ParseArgs(argc, argv, 2, &args, &error)) return Usage(error);
+  const std::string format = args.Get("log-format", "text");
+  if (format == "json") {
+    services::SetLogFormat(services::LogFormat::kJson);
+  } else if (format != "text") {
+    return Usage("--log-format must be text or json");
+  }
+  if (args.Has("quiet")) services::SetMinLogLevel(services::LogLevel::kWarning);
+  if (command == "run") return Run(args);
+  if (command == "generate") return Generate(args);
+  return Usage("unknown command '" + command + "'");
+}

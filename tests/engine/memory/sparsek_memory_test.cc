@@ -1,0 +1,222 @@
+// The SparseK memory against brute force: per query, the visible set is recomputed from scratch
+// (sinks, window, top-k of the other earlier keys by score, older winning ties) and attended in
+// double precision. Also: with s + k + w >= document length the memory is dense attention, for
+// any segment length.
+#include "engine/memory/sparsek_memory.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "engine/memory/runner.h"
+#include "gtest/gtest.h"
+#include "tests/engine/test_model.h"
+
+namespace longread::engine {
+namespace {
+
+using testing::SharedModel;
+
+std::vector<int32_t> RandomTokens(int n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(100, 20000);
+  std::vector<int32_t> tokens(n);
+  for (auto& t : tokens) t = dist(rng);
+  return tokens;
+}
+
+double MaxRelativeDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  double max_abs = 0, max_diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    max_abs = std::max(max_abs, std::abs(static_cast<double>(b[i])));
+    max_diff = std::max(max_diff, std::abs(static_cast<double>(a[i]) - b[i]));
+  }
+  return max_diff / max_abs;
+}
+
+std::vector<float> Logits(LlamaModel* model, const RunnerConfig& config,
+                          std::shared_ptr<const ScorerWeights> scorer,
+                          const std::vector<int32_t>& tokens) {
+  kernels::ThreadPool pool(2);
+  RecurrentRunner runner(model, config, std::move(scorer), &pool);
+  std::vector<float> logits;
+  EXPECT_TRUE(runner.ReadWithLogits(tokens, &logits).ok());
+  return logits;
+}
+
+std::shared_ptr<const ScorerWeights> RandomScorer(const LlamaModel& model, uint64_t seed) {
+  const ModelConfig& c = model.config();
+  auto scorer = std::make_shared<ScorerWeights>();
+  scorer->model_fingerprint = model.fingerprint();
+  scorer->n_layers = c.n_layers;
+  scorer->n_kv_heads = c.n_kv_heads;
+  scorer->d_model = c.d_model;
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  scorer->w.resize(static_cast<size_t>(c.n_layers) * c.n_kv_heads * c.d_model);
+  for (auto& x : scorer->w) x = normal(rng);
+  scorer->b.assign(static_cast<size_t>(c.n_layers) * c.n_kv_heads, 0.0f);
+  scorer->slope.assign(scorer->b.size(), 0.0f);
+  return scorer;
+}
+
+TEST(SparseKMemoryTest, EqualsDenseWhenBudgetCoversDocument) {
+  REQUIRE_DEFAULT_MODEL(model);
+  const std::vector<int32_t> tokens = RandomTokens(160, 1);
+  RunnerConfig dense;
+  dense.memory = MemoryConfig::Dense();
+  dense.segment_tokens = 160;
+  const std::vector<float> reference = Logits(model, dense, nullptr, tokens);
+  auto scorer = RandomScorer(*model, 7);
+  for (int64_t segment : {1, 7, 64, 160}) {
+    for (PositionMode mode : {PositionMode::kSlotOrder, PositionMode::kOriginal}) {
+      RunnerConfig config;
+      config.memory.sinks = 4;
+      config.memory.top_k = 100;
+      config.memory.window = 56;  // s + k + w = 160
+      config.memory.position_mode = mode;
+      config.segment_tokens = segment;
+      const std::vector<float> logits = Logits(model, config, scorer, tokens);
+      ASSERT_EQ(logits.size(), reference.size());
+      EXPECT_LE(MaxRelativeDiff(logits, reference), 1e-5)
+          << "segment " << segment << " mode " << static_cast<int>(mode);
+    }
+  }
+}
+
+// Keeps every key and decides per query which ones SparseK lets it see.
+class BruteForceMemory : public AttentionMemory {
+ public:
+  BruteForceMemory(const ModelConfig& c, MemoryConfig config,
+                   std::shared_ptr<const ScorerWeights> scorer)
+      : c_(c), config_(config), scorer_(std::move(scorer)), heads_(c.n_layers * c.n_kv_heads) {}
+
+  absl::Status AttendAndUpdate(const SegmentLayerInput& in, float* out,
+                               kernels::ThreadPool*) override {
+    const int64_t n = in.n_tokens, d = c_.head_dim, G = c_.n_kv_heads, H = c_.n_heads;
+    std::vector<float> scores(n * G);
+    std::vector<int64_t> positions(n);
+    for (int64_t i = 0; i < n; ++i) positions[i] = next_ + i;
+    ScoreTokens(*scorer_, in.layer, in.x_norm, n, positions.data(), scores.data());
+    for (int64_t g = 0; g < G; ++g) {
+      Head& h = heads_[in.layer * G + g];
+      for (int64_t i = 0; i < n; ++i) {
+        h.keys.insert(h.keys.end(), in.k + (i * G + g) * d, in.k + (i * G + g + 1) * d);
+        h.values.insert(h.values.end(), in.v + (i * G + g) * d, in.v + (i * G + g + 1) * d);
+        h.scores.push_back(scores[i * G + g]);
+      }
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t pos = next_ + i;
+      for (int64_t head = 0; head < H; ++head) {
+        const int64_t g = head / (H / G);
+        const Head& h = heads_[in.layer * G + g];
+        std::vector<int64_t> visible, others;
+        for (int64_t j = 0; j <= pos; ++j) {
+          if (j < config_.sinks || j > pos - config_.window) {
+            visible.push_back(j);
+          } else {
+            others.push_back(j);
+          }
+        }
+        std::stable_sort(others.begin(), others.end(),
+                         [&](int64_t a, int64_t b) { return h.scores[a] > h.scores[b]; });
+        for (int64_t r = 0; r < std::min<int64_t>(config_.top_k, others.size()); ++r) {
+          visible.push_back(others[r]);
+        }
+        std::vector<double> q = Rotate(in.q + (i * H + head) * d, pos);
+        std::vector<double> logits;
+        double max_logit = -1e300;
+        for (int64_t j : visible) {
+          std::vector<double> k = Rotate(&h.keys[j * d], j);
+          double dot = 0;
+          for (int64_t e = 0; e < d; ++e) dot += q[e] * k[e];
+          logits.push_back(dot / std::sqrt(static_cast<double>(d)));
+          max_logit = std::max(max_logit, logits.back());
+        }
+        std::vector<double> acc(d, 0.0);
+        double total = 0;
+        for (size_t v = 0; v < visible.size(); ++v) {
+          const double p = std::exp(logits[v] - max_logit);
+          total += p;
+          for (int64_t e = 0; e < d; ++e) acc[e] += p * h.values[visible[v] * d + e];
+        }
+        for (int64_t e = 0; e < d; ++e) out[(i * H + head) * d + e] = acc[e] / total;
+      }
+    }
+    return absl::OkStatus();
+  }
+  void EndSegment(int64_t n) override { next_ += n; }
+  int64_t next_position() const override { return next_; }
+
+ private:
+  struct Head {
+    std::vector<float> keys, values, scores;
+  };
+  // Interleaved RoPE in double (the default model's GGUF layout).
+  std::vector<double> Rotate(const float* x, int64_t pos) const {
+    const int64_t d = c_.head_dim;
+    std::vector<double> y(x, x + d);
+    for (int64_t e = 0; e < d; e += 2) {
+      const double angle = pos * std::pow(static_cast<double>(c_.rope_theta), -double(e) / d);
+      y[e] = x[e] * std::cos(angle) - x[e + 1] * std::sin(angle);
+      y[e + 1] = x[e] * std::sin(angle) + x[e + 1] * std::cos(angle);
+    }
+    return y;
+  }
+  ModelConfig c_;
+  MemoryConfig config_;
+  std::shared_ptr<const ScorerWeights> scorer_;
+  std::vector<Head> heads_;
+  int64_t next_ = 0;
+};
+
+TEST(SparseKMemoryTest, MatchesBruteForceSelectionWithEviction) {
+  REQUIRE_DEFAULT_MODEL(model);
+  ASSERT_EQ(model->config().rope_style, RopeStyle::kInterleaved);
+  const std::vector<int32_t> tokens = RandomTokens(96, 2);
+  auto scorer = RandomScorer(*model, 11);
+  MemoryConfig memory;
+  memory.sinks = 3;
+  memory.top_k = 13;
+  memory.window = 9;
+  memory.position_mode = PositionMode::kOriginal;
+
+  kernels::ThreadPool pool(2);
+  BruteForceMemory brute(model->config(), memory, scorer);
+  std::vector<float> reference;
+  ASSERT_TRUE(model->Forward(tokens, brute, LogitsMode::kAll, &reference, &pool).ok());
+  for (int64_t segment : {1, 10, 96}) {
+    RunnerConfig config;
+    config.memory = memory;
+    config.segment_tokens = segment;
+    const std::vector<float> logits = Logits(model, config, scorer, tokens);
+    ASSERT_EQ(logits.size(), reference.size());
+    EXPECT_LE(MaxRelativeDiff(logits, reference), 2e-4) << "segment " << segment;
+  }
+}
+
+TEST(SparseKMemoryTest, MemoryStaysWithinBudget) {
+  REQUIRE_DEFAULT_MODEL(model);
+  const std::vector<int32_t> tokens = RandomTokens(300, 3);
+  RunnerConfig config;
+  config.memory.sinks = 4;
+  config.memory.top_k = 20;
+  config.memory.window = 16;
+  config.segment_tokens = 64;
+  kernels::ThreadPool pool(2);
+  RecurrentRunner runner(model, config, RandomScorer(*model, 5), &pool);
+  ASSERT_TRUE(runner.Feed(tokens).ok());
+  ASSERT_TRUE(runner.Flush().ok());
+  EXPECT_EQ(runner.tokens_read(), 300);
+  for (int32_t l = 0; l < model->config().n_layers; ++l) {
+    for (int32_t g = 0; g < model->config().n_kv_heads; ++g) {
+      // sinks + top-k + the w - 1 keys before the next query.
+      EXPECT_EQ(runner.memory().slot_count(l, g), 4 + 20 + 15);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace longread::engine

@@ -1,0 +1,39 @@
+// Shared by engine tests that need the real default model (installed by scripts/setup.sh).
+#pragma once
+
+#include <cstdlib>
+#include <memory>
+#include <string>
+
+#include "engine/model/llama_model.h"
+#include "engine/model_files/model_file.h"
+#include "gtest/gtest.h"
+
+namespace longread::engine::testing {
+
+inline std::string SourceDir() {
+  const char* dir = std::getenv("LONGREAD_SOURCE_DIR");
+  return dir != nullptr ? dir : ".";
+}
+
+inline std::string DefaultModelPath() {
+  return SourceDir() + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+// The model is loaded once per test binary: it is read-only after loading.
+inline LlamaModel* SharedModel() {
+  static LlamaModel* model = [] {
+    auto file = ModelFile::Open(DefaultModelPath());
+    if (!file.ok()) return static_cast<LlamaModel*>(nullptr);
+    auto loaded = LlamaModel::Load(std::move(*file));
+    return loaded.ok() ? loaded->release() : nullptr;
+  }();
+  return model;
+}
+
+}  // namespace longread::engine::testing
+
+// CI installs the model (scripts/setup.sh); a developer without it gets a clear skip.
+#define REQUIRE_DEFAULT_MODEL(model)                                                  \
+  ::longread::engine::LlamaModel* model = ::longread::engine::testing::SharedModel(); \
+  if (model == nullptr) GTEST_SKIP() << "default model missing: run scripts/setup.sh"
