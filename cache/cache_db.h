@@ -1,0 +1,67 @@
+// The RocksDB database behind the cache: one directory, two column families (memory snapshots,
+// job state). SnapshotStore and JobStateStore are views over it.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace rocksdb {
+class DB;
+class ColumnFamilyHandle;
+class Status;
+}  // namespace rocksdb
+
+namespace longread::cache {
+
+inline constexpr char kSnapshotColumnFamily[] = "memory_snapshots";
+inline constexpr char kJobStateColumnFamily[] = "job_state";
+
+enum class BlockCompression { kNone, kLz4, kZstd };
+
+struct CacheDbOptions {
+  bool create_if_missing = true;
+  // When the database cannot be opened because its files are damaged (a truncated SST file, a
+  // corrupt MANIFEST), rename the directory to "<path>.corrupt-<unix seconds>" and start an
+  // empty database instead of failing. Every document then restarts from its beginning.
+  bool move_aside_if_corrupt = true;
+  // RocksDB block compression of the snapshot column family. Snapshot payloads are fp32 noise
+  // that barely compresses (bench/cache), so it is off by default; records can instead compress
+  // their own payload (EncodeOptions).
+  BlockCompression snapshot_block_compression = BlockCompression::kNone;
+  // Memtable size of the snapshot column family; a full snapshot of the default model is tens
+  // of MiB, so the default 64 MiB would flush on almost every write.
+  size_t snapshot_write_buffer_bytes = 256u << 20;
+};
+
+class CacheDb {
+ public:
+  static absl::StatusOr<std::unique_ptr<CacheDb>> Open(const std::string& path,
+                                                       const CacheDbOptions& options = {});
+  ~CacheDb();
+  CacheDb(const CacheDb&) = delete;
+  CacheDb& operator=(const CacheDb&) = delete;
+
+  rocksdb::DB* db() const { return db_; }
+  rocksdb::ColumnFamilyHandle* snapshots() const { return snapshots_; }
+  rocksdb::ColumnFamilyHandle* job_state() const { return job_state_; }
+  // Where a damaged database was moved to by Open ("" when it was not).
+  const std::string& moved_aside_to() const { return moved_aside_to_; }
+
+ private:
+  CacheDb() = default;
+
+  rocksdb::DB* db_ = nullptr;
+  rocksdb::ColumnFamilyHandle* default_cf_ = nullptr;
+  rocksdb::ColumnFamilyHandle* snapshots_ = nullptr;
+  rocksdb::ColumnFamilyHandle* job_state_ = nullptr;
+  std::string moved_aside_to_;
+};
+
+// RocksDB status -> absl: Corruption -> DataLoss, NotFound -> NotFound, IOError -> Unavailable,
+// anything else -> Internal; the message starts with `context`.
+absl::Status FromRocks(const rocksdb::Status& status, std::string_view context);
+
+}  // namespace longread::cache
