@@ -3,13 +3,16 @@
 #include <sys/stat.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <functional>
 
 #include "absl/strings/str_join.h"
 #include "engine/model_files/gguf_metadata.h"
+#include "engine/model_files/hf_json.h"
 #include "engine/model_files/internal.h"
+#include "engine/model_files/json_util.h"
 #include "engine/model_files/safetensors.h"
 
 namespace longread::engine {
@@ -32,6 +35,33 @@ absl::Status CheckRange(std::string_view field, int64_t v, int64_t lo, int64_t h
         mf::Cat("model config: ", field, " = ", v, " is not in [", lo, ", ", hi, "]"));
   }
   return absl::OkStatus();
+}
+
+constexpr std::string_view kIndexName = "model.safetensors.index.json";
+
+// weight_map of model.safetensors.index.json: tensor -> shard file in the same directory.
+absl::StatusOr<std::map<std::string, std::string>> ParseShardIndex(std::string_view text) {
+  constexpr std::string_view kWhat = "model.safetensors.index.json";
+  MF_ASSIGN_OR_RETURN(nlohmann::json index, mf::ParseJson(text, kWhat, kMaxTokenizerJsonBytes));
+  auto map = index.is_object() ? index.find("weight_map") : index.end();
+  if (map == index.end() || !map->is_object() || map->empty()) {
+    return absl::InvalidArgumentError(mf::Cat(kWhat, ": no weight_map object"));
+  }
+  std::map<std::string, std::string> out;
+  for (auto it = map->begin(); it != map->end(); ++it) {
+    if (!it->is_string()) {
+      return absl::InvalidArgumentError(mf::Cat(kWhat, ": entry '", it.key(), "' is not a string"));
+    }
+    std::string shard = it->get<std::string>();
+    // Shards must be plain names in the model directory, never paths that lead out of it.
+    if (shard.empty() || shard.find('/') != std::string::npos || shard[0] == '.' ||
+        !shard.ends_with(".safetensors")) {
+      return absl::InvalidArgumentError(
+          mf::Cat(kWhat, ": shard name '", shard, "' is not a .safetensors file name"));
+    }
+    out[it.key()] = std::move(shard);
+  }
+  return out;
 }
 
 }  // namespace
@@ -214,7 +244,99 @@ std::string ModelFile::Describe() const {
 }
 
 absl::Status ModelFile::LoadHfDirectory(const std::string& dir) {
-  return absl::UnimplementedError(mf::Cat("model file: '", dir, "': safetensors not yet"));
+  format_ = "safetensors";
+  auto file = [&](std::string_view name) { return mf::Cat(dir, "/", name); };
+  MF_ASSIGN_OR_RETURN(std::string config_text,
+                      mf::ReadSmallFile(file("config.json"), kMaxConfigJsonBytes));
+  MF_ASSIGN_OR_RETURN(std::string tokenizer_text,
+                      mf::ReadSmallFile(file("tokenizer.json"), kMaxTokenizerJsonBytes));
+  std::string tokenizer_config_text, index_text;
+  struct stat st;
+  if (::stat(file("tokenizer_config.json").c_str(), &st) == 0) {
+    MF_ASSIGN_OR_RETURN(tokenizer_config_text,
+                        mf::ReadSmallFile(file("tokenizer_config.json"), kMaxTokenizerJsonBytes));
+  }
+  MF_ASSIGN_OR_RETURN(HfConfig hf, ParseHfConfig(config_text));
+  config_ = hf.model;
+  MF_ASSIGN_OR_RETURN(tokenizer_, ParseHfTokenizer(tokenizer_text, tokenizer_config_text));
+  if (tokenizer_.bos_id < 0 && hf.bos_id < static_cast<int64_t>(tokenizer_.tokens.size())) {
+    tokenizer_.bos_id = hf.bos_id;
+  }
+  if (tokenizer_.eos_id < 0 && hf.eos_id < static_cast<int64_t>(tokenizer_.tokens.size())) {
+    tokenizer_.eos_id = hf.eos_id;
+  }
+
+  // Which shard holds which tensor: the index when sharded, else the single model.safetensors.
+  std::map<std::string, std::string> shard_of;  // tensor -> shard file name
+  std::vector<std::string> shard_names;
+  if (::stat(file(kIndexName).c_str(), &st) == 0) {
+    MF_ASSIGN_OR_RETURN(index_text, mf::ReadSmallFile(file(kIndexName), kMaxTokenizerJsonBytes));
+    MF_ASSIGN_OR_RETURN(shard_of, ParseShardIndex(index_text));
+    for (const auto& [tensor, shard] : shard_of) shard_names.push_back(shard);
+    std::sort(shard_names.begin(), shard_names.end());
+    shard_names.erase(std::unique(shard_names.begin(), shard_names.end()), shard_names.end());
+  } else {
+    shard_names.push_back("model.safetensors");
+  }
+
+  XXH3_state_t* hash = XXH3_createState();
+  XXH3_128bits_reset(hash);
+  auto hash_file = [&](std::string_view name, std::string_view bytes) {
+    uint64_t size = bytes.size();
+    XXH3_128bits_update(hash, name.data(), name.size());
+    XXH3_128bits_update(hash, &size, sizeof(size));
+    XXH3_128bits_update(hash, bytes.data(), bytes.size());
+  };
+  hash_file("config.json", config_text);
+  hash_file("tokenizer.json", tokenizer_text);
+  hash_file("tokenizer_config.json", tokenizer_config_text);
+  hash_file(kIndexName, index_text);
+  absl::Status status;
+  for (const std::string& shard_name : shard_names) {
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> shard =
+        SafetensorsFile::Open(file(shard_name));
+    if (!shard.ok()) {
+      status = shard.status();
+      break;
+    }
+    hash_file(shard_name, (*shard)->bytes());
+    for (const SafetensorsTensor& t : (*shard)->tensors()) {
+      if (!shard_of.empty()) {
+        auto it = shard_of.find(t.name);
+        if (it == shard_of.end() || it->second != shard_name) continue;  // not listed here
+      }
+      std::string name = GgufNameFromHf(t.name).value_or(t.name);
+      if (tensors_.count(name) != 0) {
+        status = absl::InvalidArgumentError(
+            mf::Cat("model file: tensor '", t.name, "' appears in more than one shard"));
+        break;
+      }
+      StoredTensor& s = tensors_[name];
+      s.type_name = t.dtype;
+      if (absl::StatusOr<kernels::DType> type = SafetensorsComputeType(t.dtype); type.ok()) {
+        s.type = *type;
+      }
+      s.dims.assign(t.shape.rbegin(), t.shape.rend());  // ggml order: row length first
+      if (s.dims.empty()) s.dims.push_back(1);
+      s.data = t.data;
+      s.bytes = t.bytes();
+    }
+    shards_.push_back(*std::move(shard));
+  }
+  fingerprint_ = HashHex(XXH3_128bits_digest(hash));
+  XXH3_freeState(hash);
+  MF_RETURN_IF_ERROR(status);
+  for (const auto& [tensor, shard] : shard_of) {
+    if (!HasTensor(GgufNameFromHf(tensor).value_or(tensor))) {
+      return absl::DataLossError(mf::Cat("model file: the index puts tensor '", tensor, "' in '",
+                                         shard, "', which does not hold it"));
+    }
+  }
+  if (HasTensor("blk.0.attn_q.bias")) config_.attn_qkv_bias = true;
+  detail_ = mf::Cat("safetensors, ", shards_.size(), shards_.size() == 1 ? " file" : " shards");
+  absl::Status valid = Validate();
+  if (!valid.ok()) return mf::Annotate(valid, mf::Cat("'", dir, "': "));
+  return absl::OkStatus();
 }
 
 }  // namespace longread::engine
