@@ -65,10 +65,10 @@ absl::StatusOr<std::vector<float>> SparseK(std::span<const float> z, double k);
 inline constexpr int32_t kNeverExits = std::numeric_limits<int32_t>::max();
 
 // exit_time[c] = first time c is out of the top-k for good, kNeverExits if it stays in. k = 0
-// selects nothing (exit == join); k >= n keeps everything. O(n log n): one pass in join order
-// with a Fenwick tree over score ranks; when a batch of joins pushes the count above k, the
-// worst-ranked survivors leave at that time. Errors: size mismatch, k < 0, NaN score,
-// join_time == kNeverExits.
+// selects nothing (exit == join); k >= n keeps everything. One pass in join order keeping the
+// selected set in a heap (worst on top): a join that makes it k + 1 strong evicts the worst at
+// that time. O(n log k), plus a stable sort when join_time is not already non-decreasing. Errors:
+// size mismatch, k < 0, NaN score, join_time == kNeverExits.
 absl::Status TopKExitTimes(std::span<const float> score, std::span<const int32_t> join_time,
                            int32_t k, std::span<int32_t> exit_time);
 

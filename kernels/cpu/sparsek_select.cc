@@ -16,43 +16,13 @@
 namespace longread::kernels {
 namespace {
 
-// Counts per score rank; FindKth gives the rank holding the kth present candidate.
-class Fenwick {
- public:
-  explicit Fenwick(int32_t n) : tree_(n + 1, 0), top_bit_(1) {
-    while (top_bit_ * 2 <= n) top_bit_ *= 2;
-  }
-  void Add(int32_t index, int32_t delta) {
-    for (int32_t i = index + 1; i < static_cast<int32_t>(tree_.size()); i += i & -i) {
-      tree_[i] += delta;
-    }
-  }
-  // Smallest index whose prefix count is >= kth (1-based kth, 1 <= kth <= total).
-  int32_t FindKth(int32_t kth) const {
-    int32_t pos = 0;
-    for (int32_t step = top_bit_; step > 0; step /= 2) {
-      if (pos + step < static_cast<int32_t>(tree_.size()) && tree_[pos + step] < kth) {
-        pos += step;
-        kth -= tree_[pos];
-      }
-    }
-    return pos;  // 1-based position pos + 1, i.e. 0-based index pos.
-  }
-
- private:
-  std::vector<int32_t> tree_;
-  int32_t top_bit_;
-};
-
-// Candidates ordered best first: higher score, then lower index (older wins).
-std::vector<int32_t> OrderBestFirst(std::span<const float> score) {
-  std::vector<int32_t> order(score.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+// Higher score first, then lower index (older wins): a strict total order on candidates.
+struct BetterCandidate {
+  std::span<const float> score;
+  bool operator()(int32_t a, int32_t b) const {
     return score[a] > score[b] || (score[a] == score[b] && a < b);
-  });
-  return order;
-}
+  }
+};
 
 absl::Status ValidateSelection(std::span<const float> score, int32_t k) {
   if (score.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max() - 1)) {
@@ -84,30 +54,31 @@ absl::Status TopKExitTimes(std::span<const float> score, std::span<const int32_t
           absl::StrCat("TopKExitTimes: join_time[", c, "] is INT32_MAX (reserved)"));
     }
   }
-  const std::vector<int32_t> by_rank = OrderBestFirst(score);
-  std::vector<int32_t> rank(n);
-  for (size_t r = 0; r < n; ++r) rank[by_rank[r]] = static_cast<int32_t>(r);
+  // Join order; segment keys usually arrive sorted already, so skip the sort when they do.
   std::vector<int32_t> by_join(n);
   std::iota(by_join.begin(), by_join.end(), 0);
-  std::stable_sort(by_join.begin(), by_join.end(),
-                   [&](int32_t a, int32_t b) { return join_time[a] < join_time[b]; });
-
+  if (!std::is_sorted(join_time.begin(), join_time.end())) {
+    std::stable_sort(by_join.begin(), by_join.end(),
+                     [&](int32_t a, int32_t b) { return join_time[a] < join_time[b]; });
+  }
+  // The selected set as a heap with its worst member on top: O(log k) per join, and k entries
+  // stay in cache, unlike an order-statistics tree over all n ranks.
+  const BetterCandidate better{score};
+  std::vector<int32_t> selected;
+  selected.reserve(std::min<size_t>(n, static_cast<size_t>(k)) + 1);
   std::fill(exit_time.begin(), exit_time.end(), kNeverExits);
-  Fenwick selected(static_cast<int32_t>(n));
-  int32_t count = 0;
   for (size_t i = 0; i < n;) {
     // All candidates joining at t are in before anyone leaves: simultaneous joins compete.
     const int32_t t = join_time[by_join[i]];
     for (; i < n && join_time[by_join[i]] == t; ++i) {
-      selected.Add(rank[by_join[i]], 1);
-      ++count;
-    }
-    // A candidate pushed out never returns: everything that beats it stays joined.
-    while (count > k) {
-      const int32_t worst = selected.FindKth(count);
-      selected.Add(worst, -1);
-      --count;
-      exit_time[by_rank[worst]] = t;
+      selected.push_back(by_join[i]);
+      std::push_heap(selected.begin(), selected.end(), better);
+      // A candidate pushed out never returns: everything that beats it stays joined.
+      if (selected.size() > static_cast<size_t>(k)) {
+        std::pop_heap(selected.begin(), selected.end(), better);
+        exit_time[selected.back()] = t;
+        selected.pop_back();
+      }
     }
   }
   return absl::OkStatus();
@@ -119,9 +90,7 @@ std::vector<int32_t> TopKSelectedAt(std::span<const float> score,
   for (size_t c = 0; c < score.size(); ++c) {
     if (join_time[c] <= t) joined.push_back(static_cast<int32_t>(c));
   }
-  std::sort(joined.begin(), joined.end(), [&](int32_t a, int32_t b) {
-    return score[a] > score[b] || (score[a] == score[b] && a < b);
-  });
+  std::sort(joined.begin(), joined.end(), BetterCandidate{score});
   if (k >= 0 && joined.size() > static_cast<size_t>(k)) joined.resize(k);
   std::sort(joined.begin(), joined.end());
   return joined;
@@ -129,8 +98,12 @@ std::vector<int32_t> TopKSelectedAt(std::span<const float> score,
 
 absl::StatusOr<std::vector<int32_t>> TopKSurvivors(std::span<const float> score, int32_t k) {
   if (absl::Status s = ValidateSelection(score, k); !s.ok()) return s;
-  std::vector<int32_t> order = OrderBestFirst(score);
-  if (order.size() > static_cast<size_t>(k)) order.resize(k);
+  std::vector<int32_t> order(score.size());
+  std::iota(order.begin(), order.end(), 0);
+  if (order.size() > static_cast<size_t>(k)) {
+    std::nth_element(order.begin(), order.begin() + k, order.end(), BetterCandidate{score});
+    order.resize(k);
+  }
   std::sort(order.begin(), order.end());
   return order;
 }
