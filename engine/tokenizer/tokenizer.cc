@@ -55,8 +55,8 @@ std::string UnmapToken(std::string_view text, const absl::flat_hash_map<char32_t
 
 absl::Status CheckSpecialId(std::string_view field, int32_t id, size_t n) {
   if (id < -1 || id >= static_cast<int64_t>(n)) {
-    return absl::InvalidArgumentError(absl::StrCat("tokenizer spec: ", std::string(field), " = ", id,
-                                                   " is outside the vocabulary [0, ", n, ")"));
+    return absl::InvalidArgumentError(absl::StrCat("tokenizer spec: ", std::string(field), " = ",
+                                                   id, " is outside the vocabulary [0, ", n, ")"));
   }
   return absl::OkStatus();
 }
@@ -215,24 +215,31 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool parse_special
       ++pos;
       continue;
     }
-    const SpecialToken* match = nullptr;
-    for (const SpecialToken& s : specials_) {
-      if ((parse_special || !s.control) && text.substr(pos).starts_with(s.text)) {
-        match = &s;
-        break;
-      }
-    }
-    if (match == nullptr) {
+    int32_t id;
+    const size_t length = MatchSpecialAt(text, pos, parse_special, &id);
+    if (length == 0) {
       ++pos;
       continue;
     }
     EncodeText(text.substr(segment, pos - segment), &scratch, &out);
-    out.push_back(match->id);
-    pos += match->text.size();
+    out.push_back(id);
+    pos += length;
     segment = pos;
   }
   EncodeText(text.substr(segment), &scratch, &out);
   return out;
+}
+
+size_t Tokenizer::MatchSpecialAt(std::string_view text, size_t pos, bool parse_special,
+                                 int32_t* id) const {
+  if (pos >= text.size() || !special_first_byte_[static_cast<uint8_t>(text[pos])]) return 0;
+  for (const SpecialToken& s : specials_) {
+    if ((parse_special || !s.control) && text.substr(pos).starts_with(s.text)) {
+      *id = s.id;
+      return s.text.size();
+    }
+  }
+  return 0;
 }
 
 void Tokenizer::EncodeText(std::string_view text, Scratch* scratch,
@@ -257,8 +264,8 @@ void Tokenizer::EncodePiece(std::string_view piece, Scratch* scratch,
   const size_t start = out->size();
   Bpe(piece, scratch, out);
   if (scratch->cache.size() < kMaxCachedWords) {
-    scratch->cache.emplace(
-        AsAbsl(piece), std::pair<uint32_t, uint32_t>(static_cast<uint32_t>(start), out->size() - start));
+    scratch->cache.emplace(AsAbsl(piece), std::pair<uint32_t, uint32_t>(
+                                              static_cast<uint32_t>(start), out->size() - start));
   }
 }
 

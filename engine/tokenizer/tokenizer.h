@@ -38,6 +38,10 @@ class Tokenizer {
   // Thread-safe; the per-word cache lives for one call.
   std::vector<int32_t> Encode(std::string_view text, bool parse_special) const;
 
+  // Length of the special token that starts at text[pos] (longest match), 0 if none; sets *id.
+  // Control tokens count only with parse_special, user-defined tokens always.
+  size_t MatchSpecialAt(std::string_view text, size_t pos, bool parse_special, int32_t* id) const;
+
   // Ids to bytes. Control and user-defined tokens decode to their text; ids out of range decode
   // to U+FFFD. The result may hold invalid UTF-8 when the ids split a character.
   std::string Decode(absl::Span<const int32_t> ids) const;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "engine/model_files/model_file.h"
+#include "engine/tokenizer/chat_template.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -27,6 +28,7 @@ class DefaultModelTokenizerTest : public ::testing::Test {
     auto tok = Tokenizer::Create((*file)->tokenizer());
     ASSERT_TRUE(tok.ok()) << tok.status();
     tokenizer_ = tok->release();
+    spec_chat_template_ = (*file)->tokenizer().chat_template;
   }
   static void TearDownTestSuite() {
     delete tokenizer_;
@@ -37,8 +39,10 @@ class DefaultModelTokenizerTest : public ::testing::Test {
   }
 
   static Tokenizer* tokenizer_;
+  static std::string spec_chat_template_;
 };
 Tokenizer* DefaultModelTokenizerTest::tokenizer_ = nullptr;
+std::string DefaultModelTokenizerTest::spec_chat_template_;
 
 struct Known {
   std::string text;
@@ -71,7 +75,22 @@ TEST_F(DefaultModelTokenizerTest, ChatPromptParsesControlTokens) {
   EXPECT_THAT(tokenizer_->Encode(prompt, /*parse_special=*/true),
               ElementsAreArray({1, 4093, 198, 26843, 2, 198, 1, 520, 9531, 198}));
   EXPECT_EQ(tokenizer_->eos_id(), 2);
+  EXPECT_EQ(tokenizer_->Decode({1, 4093, 198, 26843, 2}), "<|im_start|>user\nHi<|im_end|>");
   EXPECT_TRUE(tokenizer_->IsControl(2));
+}
+
+TEST_F(DefaultModelTokenizerTest, ChatTemplateFromTheModelFile) {
+  auto t = ChatTemplate::FromSource(spec_chat_template_);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->default_system(),
+            "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+  auto parts = t->RenderParts({{"user", "Hello!"}}, /*add_generation_prompt=*/true);
+  ASSERT_TRUE(parts.ok()) << parts.status();
+  // Reference ids of the rendered prompt string, encoded with special-token parsing.
+  EXPECT_THAT(EncodePrompt(*tokenizer_, *parts),
+              ElementsAreArray({1,    9690,  198,   2683, 359, 253, 5356,  5646, 11173, 3365, 3511,
+                                308,  34519, 28,    7018, 411, 407, 19712, 8182, 2,     198,  1,
+                                4093, 198,   19556, 17,   2,   198, 1,     520,  9531,  198}));
 }
 
 }  // namespace

@@ -8,41 +8,13 @@
 #include "engine/tokenizer/unicode.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/engine/tokenizer/tiny_spec.h"
 
 namespace longread::engine {
 namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-
-// GPT-2's byte -> printable character map, written out independently of the tokenizer's own.
-std::string ByteChar(int b) {
-  const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
-  char32_t cp = static_cast<char32_t>(b);
-  if (!printable) {
-    int n = 0;
-    for (int k = 0; k < b; ++k) {
-      if (!((k >= '!' && k <= '~') || (k >= 0xA1 && k <= 0xAC) || k >= 0xAE)) ++n;
-    }
-    cp = 256 + n;
-  }
-  std::string s;
-  unicode::AppendUtf8(cp, &s);
-  return s;
-}
-
-// A tiny vocabulary: ids 0..255 are the single bytes, then the extra tokens in order.
-TokenizerSpec TinySpec(std::vector<std::string> extra, std::vector<std::string> merges,
-                       std::string pre = "gpt2") {
-  TokenizerSpec spec;
-  spec.model = "gpt2";
-  spec.pre = std::move(pre);
-  for (int b = 0; b < 256; ++b) spec.tokens.push_back(ByteChar(b));
-  for (std::string& t : extra) spec.tokens.push_back(std::move(t));
-  spec.token_types.assign(spec.tokens.size(), 1);
-  spec.merges = std::move(merges);
-  return spec;
-}
 
 std::unique_ptr<Tokenizer> Make(const TokenizerSpec& spec) {
   auto tok = Tokenizer::Create(spec);
