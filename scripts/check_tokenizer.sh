@@ -19,3 +19,16 @@ rm -rf "$work/corpus"
 "$tool" --model "$model" --corpus "$work/corpus" --out "$work/actual.txt"
 "$python" "$repo/scripts/tokenizer_oracle.py" --model "$model" \
   --compare "$work/expected.txt" "$work/actual.txt"
+
+# The other models' pre-tokenizers: piece boundaries against the reference regexes.
+for pre in gpt2 llama-bpe qwen2; do
+  "$python" "$repo/scripts/tokenizer_oracle.py" --pieces "$pre" --corpus "$work/corpus" \
+    --out "$work/pieces_expected_$pre.txt"
+  "$tool" --pieces "$pre" --corpus "$work/corpus" --out "$work/pieces_actual_$pre.txt"
+  if ! cmp -s "$work/pieces_expected_$pre.txt" "$work/pieces_actual_$pre.txt"; then
+    echo "MISMATCH in $pre pre-tokenizer pieces (byte lengths), first differing line:"
+    diff "$work/pieces_expected_$pre.txt" "$work/pieces_actual_$pre.txt" | head -4 | cut -c1-300
+    exit 1
+  fi
+  echo "$pre pre-tokenizer pieces identical"
+done

@@ -3,6 +3,7 @@
 
   tokenizer_oracle.py --model GGUF --corpus DIR --out FILE
   tokenizer_oracle.py --model GGUF --compare EXPECTED ACTUAL
+  tokenizer_oracle.py --pieces PRE --corpus DIR --out FILE
 
 The tokenizer is rebuilt from the GGUF's vocabulary and merges with the pre-tokenizer the model
 was trained with (DESIGN.md §3, "Tokenizer trap"): for tokenizer.ggml.pre = "smollm",
@@ -12,6 +13,9 @@ errors='replace' and encoded; files under special/ with special-token parsing (c
 all others without it (document text).
 
 Output: one line per file, sorted by path: "relative/path<TAB>id id id ...".
+--pieces writes, per file, the byte lengths of the pre-tokenizer's pieces for PRE = gpt2,
+llama-bpe or qwen2 (the reference regexes as Hugging Face Split / ByteLevel pre-tokenizers), to
+check the pre-tokenizers of models other than the default one.
 --compare prints the first differing file and position with the tokens around it, exit 1.
 """
 import argparse
@@ -19,7 +23,7 @@ import os
 import sys
 
 from gguf import GGUFReader
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
 
 
@@ -47,6 +51,28 @@ def pre_tokenizer_for(pre):
     if pre in ("gpt2", "default"):
         return byte_level
     raise SystemExit("oracle: no reference pre-tokenizer for tokenizer.ggml.pre = %r" % pre)
+
+
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
+
+
+def write_pieces(pre, root, out_path):
+    if pre == "llama-bpe":
+        split = pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated")
+    elif pre == "qwen2":
+        split = pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated")
+    elif pre == "gpt2":
+        split = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        raise SystemExit("oracle: --pieces knows gpt2, llama-bpe, qwen2, not %r" % pre)
+    with open(out_path, "w") as out:
+        for rel in corpus_files(root):
+            with open(os.path.join(root, rel), "rb") as f:
+                text = f.read().decode("utf-8", errors="replace")
+            lens = [len(text[a:b].encode("utf-8")) for _, (a, b) in split.pre_tokenize_str(text)]
+            out.write("%s\t%s\n" % (rel, " ".join(map(str, lens))))
 
 
 def build_tokenizer(spec):
@@ -142,11 +168,19 @@ def compare(spec, expected_path, actual_path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model")
+    ap.add_argument("--pieces", metavar="PRE")
     ap.add_argument("--corpus")
     ap.add_argument("--out")
     ap.add_argument("--compare", nargs=2, metavar=("EXPECTED", "ACTUAL"))
     args = ap.parse_args()
+    if args.pieces:
+        if not args.corpus or not args.out:
+            ap.error("--pieces needs --corpus and --out")
+        write_pieces(args.pieces, args.corpus, args.out)
+        return 0
+    if not args.model:
+        ap.error("--model is required")
     spec = read_spec(args.model)
     if args.compare:
         return compare(spec, *args.compare)

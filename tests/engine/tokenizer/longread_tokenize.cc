@@ -3,6 +3,7 @@
 // under special/ are encoded with special-token parsing, all others as document text.
 //
 //   longread_tokenize --model GGUF --corpus DIR --out FILE
+//   longread_tokenize --pieces PRE --corpus DIR --out FILE   (pre-tokenizer piece byte lengths)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -14,23 +15,60 @@
 #include <vector>
 
 #include "engine/model_files/model_file.h"
+#include "engine/tokenizer/pretokenizer.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "engine/tokenizer/unicode.h"
 
 namespace {
 
 int Usage() {
-  std::cerr << "usage: longread_tokenize --model GGUF --corpus DIR --out FILE\n";
+  std::cerr << "usage: longread_tokenize (--model GGUF | --pieces PRE) --corpus DIR --out FILE\n";
   return 2;
+}
+
+std::vector<std::string> CorpusFiles(const std::string& corpus) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> paths;
+  for (const auto& entry : fs::recursive_directory_iterator(corpus)) {
+    if (entry.is_regular_file()) paths.push_back(fs::relative(entry.path(), corpus).string());
+  }
+  std::sort(paths.begin(), paths.end());
+  return paths;
+}
+
+std::string ReadFile(const std::string& corpus, const std::string& rel) {
+  std::ifstream in(std::filesystem::path(corpus) / rel, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+int WritePieces(const std::string& pre, const std::string& corpus, const std::string& out_path) {
+  auto kind = longread::engine::PreTokenizerFromName(pre);
+  if (!kind.ok()) {
+    std::cerr << "longread_tokenize: " << kind.status() << "\n";
+    return 1;
+  }
+  std::ofstream out(out_path);
+  for (const std::string& rel : CorpusFiles(corpus)) {
+    const std::string text = longread::engine::unicode::ReplaceInvalidUtf8(ReadFile(corpus, rel));
+    out << rel << '\t';
+    size_t n = 0;
+    longread::engine::PreTokenize(
+        *kind, text, [&](std::string_view piece) { out << (n++ ? " " : "") << piece.size(); });
+    out << '\n';
+  }
+  return out.good() ? 0 : 1;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model, corpus, out_path;
+  std::string model, pieces, corpus, out_path;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     if (flag == "--model") {
       model = argv[i + 1];
+    } else if (flag == "--pieces") {
+      pieces = argv[i + 1];
     } else if (flag == "--corpus") {
       corpus = argv[i + 1];
     } else if (flag == "--out") {
@@ -39,7 +77,8 @@ int main(int argc, char** argv) {
       return Usage();
     }
   }
-  if (model.empty() || corpus.empty() || out_path.empty()) return Usage();
+  if (model.empty() == pieces.empty() || corpus.empty() || out_path.empty()) return Usage();
+  if (!pieces.empty()) return WritePieces(pieces, corpus, out_path);
 
   auto file = longread::engine::ModelFile::Open(model);
   if (!file.ok()) {
@@ -52,19 +91,13 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  namespace fs = std::filesystem;
-  std::vector<std::string> paths;
-  for (const auto& entry : fs::recursive_directory_iterator(corpus)) {
-    if (entry.is_regular_file()) paths.push_back(fs::relative(entry.path(), corpus).string());
-  }
-  std::sort(paths.begin(), paths.end());
+  const std::vector<std::string> paths = CorpusFiles(corpus);
 
   std::ofstream out(out_path);
   size_t bytes = 0;
   double seconds = 0;
   for (const std::string& rel : paths) {
-    std::ifstream in(fs::path(corpus) / rel, std::ios::binary);
-    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string text = ReadFile(corpus, rel);
     const bool parse_special = rel.rfind("special/", 0) == 0;
     const auto start = std::chrono::steady_clock::now();
     const std::vector<int32_t> ids = (*tokenizer)->Encode(text, parse_special);
