@@ -1,0 +1,190 @@
+// Tiled attention over memory ∪ segment with per-key visibility intervals: tiles of kQueryTile
+// queries (times the query heads that share one KV head) against kKeyTile keys, online softmax,
+// and a per-tile interval test that skips key tiles no query of the tile can see.
+#include "kernels/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels/cpu/cpu_internal.h"
+
+namespace longread::kernels {
+namespace cpu {
+namespace {
+
+constexpr int64_t kQueryTile = 16;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+void PortableScores(const float* q_tile, int64_t rows, const float* kt, int64_t head_dim,
+                    float* scores) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* s = scores + r * kKeyTile;
+    std::fill(s, s + kKeyTile, 0.0f);
+    for (int64_t d = 0; d < head_dim; ++d) {
+      const float a = q_tile[r * head_dim + d];
+      for (int j = 0; j < kKeyTile; ++j) s[j] += a * kt[d * kKeyTile + j];
+    }
+  }
+}
+
+float PortableExpRow(float* s, float max) {
+  float sum = 0;
+  for (int j = 0; j < kKeyTile; ++j) {
+    s[j] = s[j] == kNegInf ? 0.0f : std::exp(s[j] - max);
+    sum += s[j];
+  }
+  return sum;
+}
+
+void PortableAccumulate(const float* p, const float* v, int64_t n, int64_t head_dim, float* acc) {
+  for (int64_t j = 0; j < n; ++j) {
+    if (p[j] == 0.0f) continue;
+    for (int64_t d = 0; d < head_dim; ++d) acc[d] += p[j] * v[j * head_dim + d];
+  }
+}
+
+// Per-thread buffers, grown only when a larger shape arrives.
+struct TileScratch {
+  std::vector<float> q, kt, scores, acc, row_max, row_sum;
+
+  void Reserve(int64_t rows, int64_t head_dim) {
+    auto grow = [](std::vector<float>& v, int64_t n) {
+      if (static_cast<int64_t>(v.size()) < n) v.resize(n);
+    };
+    grow(q, rows * head_dim);
+    grow(kt, head_dim * kKeyTile + 8);
+    grow(scores, rows * kKeyTile + 8);
+    grow(acc, rows * head_dim);
+    grow(row_max, rows);
+    grow(row_sum, rows);
+  }
+};
+
+// 32-byte aligned view into a vector reserved with 8 spare floats.
+float* Aligned(std::vector<float>& v) {
+  auto address = reinterpret_cast<uintptr_t>(v.data());
+  return v.data() + ((32 - address % 32) % 32) / sizeof(float);
+}
+
+void RunTile(const AttentionArgs& a, const AttentionSteps& steps, int64_t g, int64_t tile,
+             TileScratch& scratch) {
+  const int64_t group = a.n_heads / a.n_kv_heads;
+  const int64_t hd = a.head_dim;
+  const int64_t i0 = tile * kQueryTile;
+  const int64_t i1 = std::min(a.n_q, i0 + kQueryTile);
+  const int64_t rows = (i1 - i0) * group;  // row r = query i0 + r / group, head g*group + r % group
+  scratch.Reserve(rows, hd);
+  float* q = scratch.q.data();
+  float* kt = Aligned(scratch.kt);
+  float* scores = Aligned(scratch.scores);
+  float* acc = scratch.acc.data();
+  float* row_max = scratch.row_max.data();
+  float* row_sum = scratch.row_sum.data();
+
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* src = a.q + ((i0 + r / group) * a.n_heads + g * group + r % group) * hd;
+    for (int64_t d = 0; d < hd; ++d) q[r * hd + d] = src[d] * a.scale;
+  }
+  std::fill(acc, acc + rows * hd, 0.0f);
+  std::fill(row_max, row_max + rows, kNegInf);
+  std::fill(row_sum, row_sum + rows, 0.0f);
+
+  const int64_t key_base = g * a.n_keys;
+  for (int64_t j0 = 0; j0 < a.n_keys; j0 += kKeyTile) {
+    const int64_t n = std::min<int64_t>(kKeyTile, a.n_keys - j0);
+    bool any_visible = false, all_visible = n == kKeyTile;
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t from = a.visible_from[key_base + j0 + j];
+      const int64_t until = a.visible_until[key_base + j0 + j];
+      any_visible |= std::max(from, i0) < std::min(until, i1);
+      all_visible &= from <= i0 && until >= i1;
+    }
+    if (!any_visible) continue;
+
+    const float* k = a.k + (key_base + j0) * hd;
+    for (int64_t j = 0; j < kKeyTile; ++j) {
+      for (int64_t d = 0; d < hd; ++d) kt[d * kKeyTile + j] = j < n ? k[j * hd + d] : 0.0f;
+    }
+    steps.scores(q, rows, kt, hd, scores);
+    if (!all_visible) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = i0 + r / group;
+        float* s = scores + r * kKeyTile;
+        for (int64_t j = 0; j < kKeyTile; ++j) {
+          const bool visible = j < n && a.visible_from[key_base + j0 + j] <= i &&
+                               i < a.visible_until[key_base + j0 + j];
+          if (!visible) s[j] = kNegInf;
+        }
+      }
+    }
+    const float* v = a.v + (key_base + j0) * hd;
+    for (int64_t r = 0; r < rows; ++r) {
+      float* s = scores + r * kKeyTile;
+      const float tile_max = *std::max_element(s, s + kKeyTile);
+      if (tile_max == kNegInf) continue;
+      const float new_max = std::max(row_max[r], tile_max);
+      const float correction = std::exp(row_max[r] - new_max);  // 0 for the first visible tile
+      row_sum[r] = row_sum[r] * correction + steps.exp_row(s, new_max);
+      row_max[r] = new_max;
+      float* acc_r = acc + r * hd;
+      if (correction != 1.0f) {
+        for (int64_t d = 0; d < hd; ++d) acc_r[d] *= correction;
+      }
+      if (a.score != nullptr) {
+        const int64_t i = i0 + r / group;
+        const float tau = a.tau[i * a.n_kv_heads + g];
+        for (int64_t j = 0; j < n; ++j) {
+          if (a.value_gate[key_base + j0 + j] != 0) {
+            s[j] *= std::clamp(a.score[key_base + j0 + j] - tau, 0.0f, 1.0f);
+          }
+        }
+      }
+      steps.accumulate(s, v, n, hd, acc_r);
+    }
+  }
+
+  for (int64_t r = 0; r < rows; ++r) {
+    float* dst = a.out + ((i0 + r / group) * a.n_heads + g * group + r % group) * hd;
+    const float inv = row_sum[r] > 0 ? 1.0f / row_sum[r] : 0.0f;
+    for (int64_t d = 0; d < hd; ++d) dst[d] = acc[r * hd + d] * inv;
+  }
+}
+
+}  // namespace
+
+const AttentionSteps& PortableAttentionSteps() {
+  static const AttentionSteps steps{&PortableScores, &PortableExpRow, &PortableAccumulate};
+  return steps;
+}
+
+}  // namespace cpu
+
+void Attention(const AttentionArgs& a, ThreadPool* pool) {
+  if (a.n_q <= 0 || a.n_heads <= 0 || a.head_dim <= 0) return;
+  if (a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads != 0) return;
+  const cpu::AttentionSteps& steps = cpu::UseAvx2() && a.head_dim % 8 == 0
+                                         ? cpu::Avx2AttentionSteps()
+                                         : cpu::PortableAttentionSteps();
+  const int64_t n_tiles = (a.n_q + cpu::kQueryTile - 1) / cpu::kQueryTile;
+  const int64_t n_tasks = n_tiles * a.n_kv_heads;
+  const int64_t n_workers = pool == nullptr ? 1 : std::min<int64_t>(pool->size(), n_tasks);
+  // Worker w takes tasks w, w + n_workers, ...: causal tiles grow with the query index, so
+  // striding balances the work; each tile is computed the same way whoever runs it.
+  auto run = [&](int64_t begin, int64_t end) {
+    thread_local cpu::TileScratch scratch;
+    for (int64_t w = begin; w < end; ++w) {
+      for (int64_t task = w; task < n_tasks; task += n_workers) {
+        cpu::RunTile(a, steps, task % a.n_kv_heads, task / a.n_kv_heads, scratch);
+      }
+    }
+  };
+  if (pool == nullptr || n_workers == 1) {
+    run(0, 1);
+  } else {
+    pool->ParallelFor(n_workers, run);
+  }
+}
+
+}  // namespace longread::kernels

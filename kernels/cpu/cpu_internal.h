@@ -1,0 +1,79 @@
+// Shared between the kernels/cpu/ translation units: block layouts of the GGUF quantized types,
+// the runtime ISA choice, and the AVX2 entry points (defined in *_avx2.cc, compiled per function
+// with target attributes so the library runs on any x86-64).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/attention.h"
+#include "kernels/dtype.h"
+#include "kernels/half.h"
+#include "kernels/thread_pool.h"
+
+namespace longread::kernels::cpu {
+
+// GGUF block layouts (32 elements each). Nibble order: low nibbles = elements 0..15, high
+// nibbles = elements 16..31.
+struct BlockQ4_0 {
+  uint16_t d;  // f16 scale; value = (nibble - 8) * d
+  uint8_t qs[16];
+};
+struct BlockQ4_1 {
+  uint16_t d;  // f16 scale; value = nibble * d + m
+  uint16_t m;  // f16 offset
+  uint8_t qs[16];
+};
+struct BlockQ8_0 {
+  uint16_t d;  // f16 scale; value = q * d
+  int8_t qs[32];
+};
+static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 && sizeof(BlockQ8_0) == 34);
+
+template <typename Block>
+inline Block LoadBlock(const uint8_t* p) {
+  Block b;
+  std::memcpy(&b, p, sizeof(Block));
+  return b;
+}
+
+inline const uint8_t* RowPointer(const MatrixView& w, int64_t row) {
+  return static_cast<const uint8_t*>(w.data) + row * w.row_bytes();
+}
+
+// Decodes `cols` elements of one row in any DType; the portable path and the reference share it.
+void DequantizeRowPortable(DType type, const uint8_t* row, int64_t cols, float* out);
+
+// True when the CPU has AVX2, FMA and F16C and the portable path is not forced.
+bool UseAvx2();
+// Tests and benches: force the portable path (false restores runtime detection).
+void ForcePortable(bool force);
+// The hardware answer alone, ignoring ForcePortable.
+bool CpuHasAvx2Fma();
+
+// Portable fast-path pieces (plain C++, any CPU).
+void MatMulPortable(const MatrixView& w, const float* x, int64_t n_tokens, float* y,
+                    ThreadPool* pool);
+
+// AVX2 pieces; callers must check UseAvx2() first.
+void MatMulAvx2(const MatrixView& w, const float* x, int64_t n_tokens, float* y, ThreadPool* pool);
+void DequantizeRowAvx2(DType type, const uint8_t* row, int64_t cols, float* out);
+void SiluMulAvx2(const float* gate, const float* up, int64_t n, float* out);
+
+// Inner steps of the tiled attention, one set per ISA. Layouts: q_tile [rows][head_dim] (already
+// scaled), kt [head_dim][kKeyTile] (keys transposed), scores [rows][kKeyTile], acc
+// [rows][head_dim], v_tile [n][head_dim].
+inline constexpr int kKeyTile = 64;
+struct AttentionSteps {
+  // scores[r][j] = sum_d q_tile[r][d] * kt[d][j] for j < kKeyTile.
+  void (*scores)(const float* q_tile, int64_t rows, const float* kt, int64_t head_dim,
+                 float* scores);
+  // p[j] = exp(s[j] - max) for j < kKeyTile (s = -inf gives exactly 0); returns sum_j p[j].
+  float (*exp_row)(float* s, float max);
+  // acc[d] += sum_{j<n} p[j] * v[j][d].
+  void (*accumulate)(const float* p, const float* v, int64_t n, int64_t head_dim, float* acc);
+};
+const AttentionSteps& PortableAttentionSteps();
+const AttentionSteps& Avx2AttentionSteps();
+
+}  // namespace longread::kernels::cpu

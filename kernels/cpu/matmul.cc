@@ -1,0 +1,70 @@
+// MatMul / DequantizeRow entry points: runtime dispatch between the AVX2 path and the portable
+// path, and the portable path itself.
+#include <vector>
+
+#include "kernels/cpu/cpu_internal.h"
+#include "kernels/ops.h"
+
+namespace longread::kernels {
+namespace cpu {
+namespace {
+
+// Eight independent partial sums, combined pairwise at the end: the portable twin of an 8-lane
+// vector accumulator (and vectorizable by the compiler without reassociation).
+float DotPortable(const float* a, const float* b, int64_t n) {
+  float partial[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int l = 0; l < 8; ++l) partial[l] += a[i + l] * b[i + l];
+  }
+  for (int l = 0; i < n; ++i, ++l) partial[l] += a[i] * b[i];
+  return ((partial[0] + partial[4]) + (partial[1] + partial[5])) +
+         ((partial[2] + partial[6]) + (partial[3] + partial[7]));
+}
+
+void MatMulRowsPortable(const MatrixView& w, const float* x, int64_t n_tokens, float* y,
+                        int64_t row_begin, int64_t row_end) {
+  thread_local std::vector<float> row_buffer;
+  if (static_cast<int64_t>(row_buffer.size()) < w.cols) row_buffer.resize(w.cols);
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    DequantizeRowPortable(w.type, RowPointer(w, r), w.cols, row_buffer.data());
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      y[t * w.rows + r] = DotPortable(row_buffer.data(), x + t * w.cols, w.cols);
+    }
+  }
+}
+
+}  // namespace
+
+void MatMulPortable(const MatrixView& w, const float* x, int64_t n_tokens, float* y,
+                    ThreadPool* pool) {
+  auto rows = [&](int64_t begin, int64_t end) {
+    MatMulRowsPortable(w, x, n_tokens, y, begin, end);
+  };
+  if (pool == nullptr) {
+    rows(0, w.rows);
+  } else {
+    pool->ParallelFor(w.rows, rows);
+  }
+}
+
+}  // namespace cpu
+
+void MatMul(const MatrixView& w, const float* x, int64_t n_tokens, float* y, ThreadPool* pool) {
+  if (n_tokens <= 0 || w.rows <= 0) return;
+  if (cpu::UseAvx2()) {
+    cpu::MatMulAvx2(w, x, n_tokens, y, pool);
+  } else {
+    cpu::MatMulPortable(w, x, n_tokens, y, pool);
+  }
+}
+
+void DequantizeRow(const MatrixView& w, int64_t row, float* out) {
+  if (cpu::UseAvx2()) {
+    cpu::DequantizeRowAvx2(w.type, cpu::RowPointer(w, row), w.cols, out);
+  } else {
+    cpu::DequantizeRowPortable(w.type, cpu::RowPointer(w, row), w.cols, out);
+  }
+}
+
+}  // namespace longread::kernels

@@ -1,0 +1,395 @@
+// AVX2/FMA MatMul. Two regimes:
+//  - prefill (n_tokens > kDecodeMaxTokens): weights are decoded 16 rows at a time into a per-thread
+//    fp32 panel stored k-major ([K][16]), and a 6-token x 16-row register-blocked kernel streams
+//    the panel against the activations. Decoding costs 16*K per panel against 32*K*n_tokens
+//    flops, so fp32 accuracy comes almost for free.
+//  - decode (few tokens): one fused decode-and-dot per weight row straight from the block format,
+//    since there the weights' memory traffic is the cost.
+// Every output element is one sequential FMA chain over k in both regimes' inner kernels, and
+// threads split whole panels/rows, so results do not depend on the thread count.
+#include <algorithm>
+#include <vector>
+
+#include "kernels/cpu/avx2_math.h"
+#include "kernels/cpu/cpu_internal.h"
+
+namespace longread::kernels::cpu {
+namespace {
+
+constexpr int kPanelRows = 16;
+constexpr int kTokenBlock = 6;
+constexpr int64_t kDecodeMaxTokens = 3;
+
+// Per-thread scratch that only grows: no allocation once the largest shape has been seen.
+float* ThreadScratch(int64_t floats) {
+  thread_local std::vector<float> scratch;
+  if (static_cast<int64_t>(scratch.size()) < floats) scratch.resize(floats);
+  return scratch.data();
+}
+
+LONGREAD_AVX2 inline __m256 BytesToFloats(__m128i eight_bytes_u8) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(eight_bytes_u8));
+}
+LONGREAD_AVX2 inline __m256 SignedBytesToFloats(__m128i eight_bytes_i8) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(eight_bytes_i8));
+}
+
+// The 32 nibbles of a Q4 block as four vectors of 8 floats in element order.
+LONGREAD_AVX2 inline void NibblesToFloats(const uint8_t* qs, __m256 f[4]) {
+  const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m128i mask = _mm_set1_epi8(0x0f);
+  const __m128i lo = _mm_and_si128(q, mask);
+  const __m128i hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
+  f[0] = BytesToFloats(lo);
+  f[1] = BytesToFloats(_mm_srli_si128(lo, 8));
+  f[2] = BytesToFloats(hi);
+  f[3] = BytesToFloats(_mm_srli_si128(hi, 8));
+}
+
+LONGREAD_AVX2 void DequantizeRowImpl(DType type, const uint8_t* row, int64_t cols, float* out) {
+  switch (type) {
+    case DType::kF32:
+      std::memcpy(out, row, cols * sizeof(float));
+      return;
+    case DType::kF16: {
+      int64_t c = 0;
+      for (; c + 8 <= cols; c += 8) {
+        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * c));
+        _mm256_storeu_ps(out + c, _mm256_cvtph_ps(h));
+      }
+      if (c < cols) DequantizeRowPortable(type, row + 2 * c, cols - c, out + c);
+      return;
+    }
+    case DType::kBF16: {
+      int64_t c = 0;
+      for (; c + 8 <= cols; c += 8) {
+        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * c));
+        const __m256i wide = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
+        _mm256_storeu_ps(out + c, _mm256_castsi256_ps(wide));
+      }
+      if (c < cols) DequantizeRowPortable(type, row + 2 * c, cols - c, out + c);
+      return;
+    }
+    case DType::kQ8_0:
+      for (int64_t b = 0; b < cols / 32; ++b) {
+        const uint8_t* blk = row + b * sizeof(BlockQ8_0);
+        uint16_t d16;
+        std::memcpy(&d16, blk, 2);
+        const __m256 d = _mm256_set1_ps(HalfToFloat(d16));
+        for (int i = 0; i < 4; ++i) {
+          const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * i));
+          _mm256_storeu_ps(out + 32 * b + 8 * i, _mm256_mul_ps(SignedBytesToFloats(q), d));
+        }
+      }
+      return;
+    case DType::kQ4_0:
+      for (int64_t b = 0; b < cols / 32; ++b) {
+        const auto blk = LoadBlock<BlockQ4_0>(row + b * sizeof(BlockQ4_0));
+        const float d = HalfToFloat(blk.d);
+        const __m256 vd = _mm256_set1_ps(d), offset = _mm256_set1_ps(-8.0f * d);
+        __m256 f[4];
+        NibblesToFloats(blk.qs, f);
+        // (q - 8) * d is exact in float, and so is this single-rounding FMA.
+        for (int i = 0; i < 4; ++i) {
+          _mm256_storeu_ps(out + 32 * b + 8 * i, _mm256_fmadd_ps(f[i], vd, offset));
+        }
+      }
+      return;
+    case DType::kQ4_1:
+      for (int64_t b = 0; b < cols / 32; ++b) {
+        const auto blk = LoadBlock<BlockQ4_1>(row + b * sizeof(BlockQ4_1));
+        const __m256 vd = _mm256_set1_ps(HalfToFloat(blk.d));
+        const __m256 vm = _mm256_set1_ps(HalfToFloat(blk.m));
+        __m256 f[4];
+        NibblesToFloats(blk.qs, f);
+        for (int i = 0; i < 4; ++i) {
+          _mm256_storeu_ps(out + 32 * b + 8 * i, _mm256_fmadd_ps(f[i], vd, vm));
+        }
+      }
+      return;
+  }
+}
+
+// Eight rows of `src` (row stride ld) starting at column k0, written as columns into
+// panel[(k0 + j) * kPanelRows + lane_offset + i].
+LONGREAD_AVX2 inline void Transpose8x8ToPanel(const float* src, int64_t ld, int64_t k0,
+                                              float* panel, int lane_offset) {
+  __m256 r[8], t[8], s[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld + k0);
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    s[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int j = 0; j < 4; ++j) {
+    _mm256_storeu_ps(panel + (k0 + j) * kPanelRows + lane_offset,
+                     _mm256_permute2f128_ps(s[j], s[4 + j], 0x20));
+    _mm256_storeu_ps(panel + (k0 + 4 + j) * kPanelRows + lane_offset,
+                     _mm256_permute2f128_ps(s[j], s[4 + j], 0x31));
+  }
+}
+
+// Decodes rows [r0, r0 + 16) of w (missing rows as zeros) into panel[K][16] via row_buffer[16][K].
+LONGREAD_AVX2 void PackPanel(const MatrixView& w, int64_t r0, float* row_buffer, float* panel) {
+  const int64_t k_dim = w.cols;
+  for (int rr = 0; rr < kPanelRows; ++rr) {
+    float* dst = row_buffer + rr * k_dim;
+    if (r0 + rr < w.rows) {
+      DequantizeRowImpl(w.type, RowPointer(w, r0 + rr), k_dim, dst);
+    } else {
+      std::fill(dst, dst + k_dim, 0.0f);
+    }
+  }
+  int64_t k0 = 0;
+  for (; k0 + 8 <= k_dim; k0 += 8) {
+    Transpose8x8ToPanel(row_buffer, k_dim, k0, panel, 0);
+    Transpose8x8ToPanel(row_buffer + 8 * k_dim, k_dim, k0, panel, 8);
+  }
+  for (; k0 < k_dim; ++k0) {
+    for (int rr = 0; rr < kPanelRows; ++rr)
+      panel[k0 * kPanelRows + rr] = row_buffer[rr * k_dim + k0];
+  }
+}
+
+// y[i][0..valid_rows) = panel^T . x[i] for MT tokens: one FMA chain over k per output.
+template <int MT>
+LONGREAD_AVX2 inline void PanelKernel(const float* panel, int64_t k_dim, const float* x, float* y,
+                                      int64_t ldy, int valid_rows) {
+  __m256 acc[MT][2];
+  for (int i = 0; i < MT; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < k_dim; ++k) {
+    const __m256 b0 = _mm256_load_ps(panel + k * kPanelRows);
+    const __m256 b1 = _mm256_load_ps(panel + k * kPanelRows + 8);
+    for (int i = 0; i < MT; ++i) {
+      const __m256 a = _mm256_broadcast_ss(x + i * k_dim + k);
+      acc[i][0] = _mm256_fmadd_ps(b0, a, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(b1, a, acc[i][1]);
+    }
+  }
+  for (int i = 0; i < MT; ++i) {
+    if (valid_rows == kPanelRows) {
+      _mm256_storeu_ps(y + i * ldy, acc[i][0]);
+      _mm256_storeu_ps(y + i * ldy + 8, acc[i][1]);
+    } else {
+      alignas(32) float tmp[kPanelRows];
+      _mm256_store_ps(tmp, acc[i][0]);
+      _mm256_store_ps(tmp + 8, acc[i][1]);
+      std::copy(tmp, tmp + valid_rows, y + i * ldy);
+    }
+  }
+}
+
+LONGREAD_AVX2 void PanelTokens(const float* panel, int64_t k_dim, const float* x, int64_t n_tokens,
+                               float* y, int64_t ldy, int valid_rows) {
+  int64_t t = 0;
+  for (; t + kTokenBlock <= n_tokens; t += kTokenBlock) {
+    PanelKernel<kTokenBlock>(panel, k_dim, x + t * k_dim, y + t * ldy, ldy, valid_rows);
+  }
+  const float* xt = x + t * k_dim;
+  float* yt = y + t * ldy;
+  switch (n_tokens - t) {
+    case 5:
+      PanelKernel<5>(panel, k_dim, xt, yt, ldy, valid_rows);
+      break;
+    case 4:
+      PanelKernel<4>(panel, k_dim, xt, yt, ldy, valid_rows);
+      break;
+    case 3:
+      PanelKernel<3>(panel, k_dim, xt, yt, ldy, valid_rows);
+      break;
+    case 2:
+      PanelKernel<2>(panel, k_dim, xt, yt, ldy, valid_rows);
+      break;
+    case 1:
+      PanelKernel<1>(panel, k_dim, xt, yt, ldy, valid_rows);
+      break;
+    default:
+      break;
+  }
+}
+
+LONGREAD_AVX2 void PrefillPanels(const MatrixView& w, const float* x, int64_t n_tokens, float* y,
+                                 int64_t panel_begin, int64_t panel_end, float* row_buffer,
+                                 float* panel) {
+  for (int64_t p = panel_begin; p < panel_end; ++p) {
+    const int64_t r0 = p * kPanelRows;
+    PackPanel(w, r0, row_buffer, panel);
+    const int valid = static_cast<int>(std::min<int64_t>(kPanelRows, w.rows - r0));
+    PanelTokens(panel, w.cols, x, n_tokens, y + r0, w.rows, valid);
+  }
+}
+
+// ---- decode: fused decode-and-dot per row ----
+
+LONGREAD_AVX2 float DotF32(const float* w, const float* x, int64_t n) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+  int64_t c = 0;
+  for (; c + 32 <= n; c += 32) {
+    for (int i = 0; i < 4; ++i) {
+      acc[i] =
+          _mm256_fmadd_ps(_mm256_loadu_ps(w + c + 8 * i), _mm256_loadu_ps(x + c + 8 * i), acc[i]);
+    }
+  }
+  for (; c + 8 <= n; c += 8) {
+    acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(w + c), _mm256_loadu_ps(x + c), acc[0]);
+  }
+  float sum =
+      HorizontalSum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+  for (; c < n; ++c) sum += w[c] * x[c];
+  return sum;
+}
+
+// F16 and BF16: widen 8 raw 16-bit values at a time.
+template <bool kBf16>
+LONGREAD_AVX2 inline __m256 WidenHalf(const uint8_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if constexpr (kBf16) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  } else {
+    return _mm256_cvtph_ps(h);
+  }
+}
+
+template <bool kBf16>
+LONGREAD_AVX2 float DotHalf(const uint8_t* w, const float* x, int64_t n) {
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  int64_t c = 0;
+  for (; c + 16 <= n; c += 16) {
+    acc[0] = _mm256_fmadd_ps(WidenHalf<kBf16>(w + 2 * c), _mm256_loadu_ps(x + c), acc[0]);
+    acc[1] = _mm256_fmadd_ps(WidenHalf<kBf16>(w + 2 * c + 16), _mm256_loadu_ps(x + c + 8), acc[1]);
+  }
+  for (; c + 8 <= n; c += 8) {
+    acc[0] = _mm256_fmadd_ps(WidenHalf<kBf16>(w + 2 * c), _mm256_loadu_ps(x + c), acc[0]);
+  }
+  float sum = HorizontalSum(_mm256_add_ps(acc[0], acc[1]));
+  for (; c < n; ++c) {
+    uint16_t h;
+    std::memcpy(&h, w + 2 * c, 2);
+    sum += (kBf16 ? BFloat16ToFloat(h) : HalfToFloat(h)) * x[c];
+  }
+  return sum;
+}
+
+LONGREAD_AVX2 float DotQ8_0(const uint8_t* w, const float* x, int64_t n) {
+  __m256 total[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t b = 0; b < n / 32; ++b) {
+    const uint8_t* blk = w + b * sizeof(BlockQ8_0);
+    uint16_t d16;
+    std::memcpy(&d16, blk, 2);
+    const float* xb = x + 32 * b;
+    __m256 s = _mm256_mul_ps(
+        SignedBytesToFloats(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2))),
+        _mm256_loadu_ps(xb));
+    for (int i = 1; i < 4; ++i) {
+      const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * i));
+      s = _mm256_fmadd_ps(SignedBytesToFloats(q), _mm256_loadu_ps(xb + 8 * i), s);
+    }
+    total[b & 1] = _mm256_fmadd_ps(s, _mm256_set1_ps(HalfToFloat(d16)), total[b & 1]);
+  }
+  return HorizontalSum(_mm256_add_ps(total[0], total[1]));
+}
+
+// Q4_0: sum (q-8) d x = d * (sum q x - 8 sum x).
+// Q4_1: sum (q d + m) x = d * sum q x + m * sum x.
+template <bool kHasMin>
+LONGREAD_AVX2 float DotQ4(const uint8_t* w, const float* x, int64_t n) {
+  using Block = std::conditional_t<kHasMin, BlockQ4_1, BlockQ4_0>;
+  __m256 total_q[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  __m256 total_x[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t b = 0; b < n / 32; ++b) {
+    const auto blk = LoadBlock<Block>(w + b * sizeof(Block));
+    const float* xb = x + 32 * b;
+    __m256 f[4];
+    NibblesToFloats(blk.qs, f);
+    const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
+    const __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
+    __m256 sq = _mm256_mul_ps(f[0], x0);
+    sq = _mm256_fmadd_ps(f[1], x1, sq);
+    sq = _mm256_fmadd_ps(f[2], x2, sq);
+    sq = _mm256_fmadd_ps(f[3], x3, sq);
+    const __m256 sx = _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3));
+    const float d = HalfToFloat(blk.d);
+    float m;
+    if constexpr (kHasMin) {
+      m = HalfToFloat(blk.m);
+    } else {
+      m = -8.0f * d;
+    }
+    total_q[b & 1] = _mm256_fmadd_ps(sq, _mm256_set1_ps(d), total_q[b & 1]);
+    total_x[b & 1] = _mm256_fmadd_ps(sx, _mm256_set1_ps(m), total_x[b & 1]);
+  }
+  return HorizontalSum(
+      _mm256_add_ps(_mm256_add_ps(total_q[0], total_q[1]), _mm256_add_ps(total_x[0], total_x[1])));
+}
+
+LONGREAD_AVX2 void DecodeRows(const MatrixView& w, const float* x, int64_t n_tokens, float* y,
+                              int64_t row_begin, int64_t row_end) {
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const uint8_t* row = RowPointer(w, r);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      const float* xt = x + t * w.cols;
+      float v = 0;
+      switch (w.type) {
+        case DType::kF32:
+          v = DotF32(reinterpret_cast<const float*>(row), xt, w.cols);
+          break;
+        case DType::kF16:
+          v = DotHalf<false>(row, xt, w.cols);
+          break;
+        case DType::kBF16:
+          v = DotHalf<true>(row, xt, w.cols);
+          break;
+        case DType::kQ8_0:
+          v = DotQ8_0(row, xt, w.cols);
+          break;
+        case DType::kQ4_0:
+          v = DotQ4<false>(row, xt, w.cols);
+          break;
+        case DType::kQ4_1:
+          v = DotQ4<true>(row, xt, w.cols);
+          break;
+      }
+      y[t * w.rows + r] = v;
+    }
+  }
+}
+
+}  // namespace
+
+void DequantizeRowAvx2(DType type, const uint8_t* row, int64_t cols, float* out) {
+  DequantizeRowImpl(type, row, cols, out);
+}
+
+void MatMulAvx2(const MatrixView& w, const float* x, int64_t n_tokens, float* y, ThreadPool* pool) {
+  if (n_tokens <= kDecodeMaxTokens) {
+    auto rows = [&](int64_t begin, int64_t end) { DecodeRows(w, x, n_tokens, y, begin, end); };
+    if (pool == nullptr) {
+      rows(0, w.rows);
+    } else {
+      pool->ParallelFor(w.rows, rows);
+    }
+    return;
+  }
+  const int64_t n_panels = (w.rows + kPanelRows - 1) / kPanelRows;
+  auto panels = [&](int64_t begin, int64_t end) {
+    // One allocation: row buffer [16][K], then the 32-byte aligned panel [K][16].
+    const int64_t panel_floats = w.cols * kPanelRows;
+    float* scratch = ThreadScratch(2 * panel_floats + 8);
+    float* panel = scratch + panel_floats;
+    panel += (8 - (reinterpret_cast<uintptr_t>(panel) / sizeof(float)) % 8) % 8;
+    PrefillPanels(w, x, n_tokens, y, begin, end, scratch, panel);
+  };
+  if (pool == nullptr) {
+    panels(0, n_panels);
+  } else {
+    pool->ParallelFor(n_panels, panels);
+  }
+}
+
+}  // namespace longread::kernels::cpu

@@ -1,0 +1,100 @@
+#include "kernels/thread_pool.h"
+
+#include <cstdlib>
+#include <string>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace longread::kernels {
+namespace {
+
+// About 50-100 microseconds of polling before a worker sleeps: kernel calls of one forward pass
+// follow each other faster than that, and a futex wake costs more.
+constexpr int kSpinIterations = 1 << 14;
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#endif
+}
+
+}  // namespace
+
+ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
+  workers_.reserve(n_threads_ - 1);
+  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  stopping_.store(true, std::memory_order_release);
+  generation_.fetch_add(1, std::memory_order_acq_rel);
+  generation_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::RunChunk(int chunk_index) {
+  const int64_t begin = job_n_ * chunk_index / n_threads_;
+  const int64_t end = job_n_ * (chunk_index + 1) / n_threads_;
+  if (begin < end) (*job_fn_)(begin, end);
+}
+
+void ThreadPool::WorkerLoop(int worker_index) {
+  // Generation 0 is the pool's state at construction; a thread that starts late must still run
+  // every job posted since then.
+  uint32_t seen = 0;
+  while (true) {
+    uint32_t now = generation_.load(std::memory_order_acquire);
+    for (int spin = 0; now == seen && spin < kSpinIterations; ++spin) {
+      CpuRelax();
+      now = generation_.load(std::memory_order_acquire);
+    }
+    if (now == seen) {
+      generation_.wait(seen, std::memory_order_acquire);
+      continue;
+    }
+    seen = now;
+    if (stopping_.load(std::memory_order_acquire)) return;
+    RunChunk(worker_index);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+  }
+}
+
+void ThreadPool::ParallelFor(int64_t n, absl::FunctionRef<void(int64_t, int64_t)> fn) {
+  if (n <= 0) return;
+  if (n_threads_ == 1 || n == 1) {
+    fn(0, n);
+    return;
+  }
+  std::lock_guard<std::mutex> lock(call_mutex_);
+  job_fn_ = &fn;
+  job_n_ = n;
+  pending_.store(n_threads_ - 1, std::memory_order_relaxed);
+  generation_.fetch_add(1, std::memory_order_acq_rel);
+  generation_.notify_all();
+  RunChunk(0);
+  int32_t left = pending_.load(std::memory_order_acquire);
+  for (int spin = 0; left != 0 && spin < kSpinIterations; ++spin) {
+    CpuRelax();
+    left = pending_.load(std::memory_order_acquire);
+  }
+  while (left != 0) {
+    pending_.wait(left, std::memory_order_acquire);
+    left = pending_.load(std::memory_order_acquire);
+  }
+  job_fn_ = nullptr;
+}
+
+int DefaultThreadCount() {
+  if (const char* env = std::getenv("LONGREAD_THREADS"); env != nullptr && *env != '\0') {
+    char* end = nullptr;
+    const long value = std::strtol(env, &end, 10);
+    if (end != nullptr && *end == '\0' && value > 0 && value <= 4096)
+      return static_cast<int>(value);
+  }
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 1 : static_cast<int>(hw);
+}
+
+}  // namespace longread::kernels

@@ -1,0 +1,42 @@
+// The dense CPU ops of a Llama-family forward pass, over row-major fp32 activations and weights
+// stored in their file encoding (MatrixView). Implemented in kernels/cpu/ (AVX2/FMA with runtime
+// dispatch and a portable fallback); kernels/reference.h holds the plain-loop references that the
+// tests compare against. `pool` may be null (single-threaded). Results do not depend on the
+// number of threads (work is split by output rows/tiles, never inside one dot product).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/dtype.h"
+#include "kernels/thread_pool.h"
+
+namespace longread::kernels {
+
+// y[t][r] = sum_c W[r][c] * x[t][c] for t < n_tokens, r < w.rows.
+// x: n_tokens x w.cols, y: n_tokens x w.rows (row-major fp32). y must not alias x.
+void MatMul(const MatrixView& w, const float* x, int64_t n_tokens, float* y, ThreadPool* pool);
+
+// out: w.cols floats, row `row` of w decoded to fp32 (embedding lookup).
+void DequantizeRow(const MatrixView& w, int64_t row, float* out);
+
+// out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight. out may alias x.
+void RmsNorm(const float* x, const float* weight, int64_t n_tokens, int64_t dim, float eps,
+             float* out);
+
+enum class RopeStyle {
+  kInterleaved,  // rotates pairs (2i, 2i+1) (GGUF llama: Q/K rows already permuted for this)
+  kHalf,         // rotates pairs (i, i + head_dim/2) (NeoX / HF layout)
+};
+
+// In place on x[t][h][0..head_dim), angle = positions[t] * theta^(-2i/head_dim) for pair i.
+// Angles are computed in double, so large positions keep full fp32 accuracy.
+void Rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const int64_t* positions,
+          float theta, RopeStyle style);
+
+// out = silu(gate) * up, silu(g) = g / (1 + exp(-g)). out may alias gate or up.
+void SiluMul(const float* gate, const float* up, int64_t n, float* out);
+
+// out = a + b. out may alias a or b.
+void Add(const float* a, const float* b, int64_t n, float* out);
+
+}  // namespace longread::kernels

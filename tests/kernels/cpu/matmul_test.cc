@@ -1,0 +1,162 @@
+// MatMul and DequantizeRow: reference, fast path (AVX2 when the CPU has it) and forced portable
+// path against float64 math over the exactly decoded weights; thread-count independence.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/cpu_internal.h"
+#include "kernels/ops.h"
+#include "kernels/reference.h"
+#include "tests/kernels/cpu/test_weights.h"
+
+namespace longread::kernels {
+namespace {
+
+using testing::MakeMatrix;
+using testing::RandomFloats;
+using testing::TestMatrix;
+
+constexpr DType kAllTypes[] = {DType::kF32,  DType::kF16,  DType::kBF16,
+                               DType::kQ8_0, DType::kQ4_0, DType::kQ4_1};
+
+// Error allowed relative to sum_c |W[r][c] x[t][c]|: fp32 accumulation over K <= 2048 stays
+// well below this (about sqrt(K) * 2^-24 in practice).
+constexpr double kFastTolerance = 1e-5;
+// The reference accumulates in double; only the final rounding to float (and, for Q4_1, the
+// rounding of q*d+m to float) separate it from the exact value.
+constexpr double kReferenceTolerance = 2e-7;
+
+struct Expected {
+  std::vector<double> y, magnitude;
+};
+
+Expected ExactProduct(const TestMatrix& w, const std::vector<float>& x, int64_t n_tokens) {
+  Expected e{std::vector<double>(n_tokens * w.rows), std::vector<double>(n_tokens * w.rows)};
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    for (int64_t r = 0; r < w.rows; ++r) {
+      double sum = 0, mag = 0;
+      for (int64_t c = 0; c < w.cols; ++c) {
+        const double p = w.exact[r * w.cols + c] * x[t * w.cols + c];
+        sum += p;
+        mag += std::fabs(p);
+      }
+      e.y[t * w.rows + r] = sum;
+      e.magnitude[t * w.rows + r] = mag;
+    }
+  }
+  return e;
+}
+
+void ExpectClose(const std::vector<float>& got, const Expected& e, double tolerance,
+                 const std::string& what) {
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_LE(std::fabs(got[i] - e.y[i]), tolerance * e.magnitude[i] + 1e-30)
+        << what << " at " << i << ": got " << got[i] << " want " << e.y[i];
+  }
+}
+
+class PortableGuard {
+ public:
+  explicit PortableGuard(bool portable) { cpu::ForcePortable(portable); }
+  ~PortableGuard() { cpu::ForcePortable(false); }
+};
+
+TEST(DequantizeRowTest, AllTypesMatchExactDecoding) {
+  for (DType type : kAllTypes) {
+    for (int64_t cols : {32, 96, 576}) {
+      const TestMatrix w = MakeMatrix(type, 3, cols, 11 + cols);
+      for (bool portable : {false, true}) {
+        PortableGuard guard(portable);
+        for (int64_t r = 0; r < w.rows; ++r) {
+          std::vector<float> fast(cols), reference(cols);
+          DequantizeRow(w.view(), r, fast.data());
+          ref::DequantizeRow(w.view(), r, reference.data());
+          for (int64_t c = 0; c < cols; ++c) {
+            const double exact = w.exact[r * cols + c];
+            // One rounding to float at most (Q4_1: q*d + m); all other types are exact.
+            ASSERT_LE(std::fabs(reference[c] - exact), std::fabs(exact) * 0x1p-24)
+                << DTypeName(type) << " r" << r << " c" << c;
+            ASSERT_EQ(fast[c], reference[c]) << DTypeName(type) << " portable=" << portable;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(DequantizeRowTest, FloatTypesWithOddWidths) {
+  for (DType type : {DType::kF32, DType::kF16, DType::kBF16}) {
+    const TestMatrix w = MakeMatrix(type, 2, 13, 5);
+    std::vector<float> fast(13);
+    DequantizeRow(w.view(), 1, fast.data());
+    for (int c = 0; c < 13; ++c) EXPECT_EQ(fast[c], w.exact[13 + c]) << DTypeName(type);
+  }
+}
+
+struct Shape {
+  int64_t rows, cols, n_tokens;
+};
+
+std::vector<Shape> Shapes(DType type) {
+  const bool quantized = BlockElements(type) > 1;
+  std::vector<Shape> shapes = {{17, 64, 1},   {1, 32, 3},     {33, 96, 4}, {5, 576, 17},
+                               {40, 576, 64}, {23, 160, 300}, {16, 32, 6}, {100, 1536, 5},
+                               {64, 2048, 2}, {48, 64, 13}};
+  if (!quantized) {
+    shapes.push_back({7, 13, 1});
+    shapes.push_back({19, 37, 9});
+    shapes.push_back({3, 8, 300});
+  }
+  return shapes;
+}
+
+TEST(MatMulTest, ReferenceMatchesFloat64) {
+  for (DType type : kAllTypes) {
+    for (const Shape& s : Shapes(type)) {
+      const TestMatrix w = MakeMatrix(type, s.rows, s.cols, 100 + s.rows);
+      const auto x = RandomFloats(s.n_tokens * s.cols, 7 + s.cols);
+      std::vector<float> y(s.n_tokens * s.rows);
+      ref::MatMul(w.view(), x.data(), s.n_tokens, y.data());
+      ExpectClose(y, ExactProduct(w, x, s.n_tokens), kReferenceTolerance,
+                  std::string(DTypeName(type)));
+    }
+  }
+}
+
+TEST(MatMulTest, FastAndPortableMatchFloat64AndAreThreadCountIndependent) {
+  ThreadPool pool2(2), pool3(3);
+  for (bool portable : {false, true}) {
+    PortableGuard guard(portable);
+    for (DType type : kAllTypes) {
+      for (const Shape& s : Shapes(type)) {
+        const TestMatrix w = MakeMatrix(type, s.rows, s.cols, 200 + s.cols);
+        const auto x = RandomFloats(s.n_tokens * s.cols, 3 + s.rows);
+        const Expected e = ExactProduct(w, x, s.n_tokens);
+        std::vector<float> y1(s.n_tokens * s.rows, NAN), y2(y1.size(), NAN), y3(y1.size(), NAN);
+        MatMul(w.view(), x.data(), s.n_tokens, y1.data(), nullptr);
+        MatMul(w.view(), x.data(), s.n_tokens, y2.data(), &pool2);
+        MatMul(w.view(), x.data(), s.n_tokens, y3.data(), &pool3);
+        const std::string what =
+            std::string(DTypeName(type)) + " portable=" + std::to_string(portable) +
+            " rows=" + std::to_string(s.rows) + " cols=" + std::to_string(s.cols) +
+            " tokens=" + std::to_string(s.n_tokens);
+        ExpectClose(y1, e, kFastTolerance, what);
+        ASSERT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float))) << what;
+        ASSERT_EQ(0, std::memcmp(y1.data(), y3.data(), y1.size() * sizeof(float))) << what;
+      }
+    }
+  }
+}
+
+TEST(MatMulTest, DoesNotWriteOutsideOutput) {
+  const TestMatrix w = MakeMatrix(DType::kQ4_1, 21, 64, 9);
+  const auto x = RandomFloats(7 * 64, 1);
+  std::vector<float> y(7 * 21 + 16, -123.0f);
+  MatMul(w.view(), x.data(), 7, y.data(), nullptr);
+  for (size_t i = 7 * 21; i < y.size(); ++i) EXPECT_EQ(y[i], -123.0f);
+}
+
+}  // namespace
+}  // namespace longread::kernels
