@@ -156,32 +156,71 @@ LONGREAD_AVX2 void PackPanel(const MatrixView& w, int64_t r0, float* row_buffer,
   }
 }
 
-// y[i][0..valid_rows) = panel^T . x[i] for MT tokens: one FMA chain over k per output.
+LONGREAD_AVX2 inline void StoreRow(float* y, __m256 lo, __m256 hi, int valid_rows) {
+  if (valid_rows == kPanelRows) {
+    _mm256_storeu_ps(y, lo);
+    _mm256_storeu_ps(y + 8, hi);
+  } else {
+    alignas(32) float tmp[kPanelRows];
+    _mm256_store_ps(tmp, lo);
+    _mm256_store_ps(tmp + 8, hi);
+    std::copy(tmp, tmp + valid_rows, y);
+  }
+}
+
+// y[i][0..valid_rows) = panel^T . x[i] for MT <= 6 tokens: one FMA chain over k per output.
+// Accumulators are named variables, not an array: GCC spills an accumulator array to the stack
+// on every iteration.
 template <int MT>
-LONGREAD_AVX2 inline void PanelKernel(const float* panel, int64_t k_dim, const float* x, float* y,
-                                      int64_t ldy, int valid_rows) {
-  __m256 acc[MT][2];
-  for (int i = 0; i < MT; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+LONGREAD_AVX2 inline void PanelKernel(const float* panel, int64_t k_dim, const float* x,
+                                      float* y, int64_t ldy, int valid_rows) {
+  static_assert(MT >= 1 && MT <= 6);
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  const float* x0 = x;
+  const float* x1 = x + k_dim;
+  const float* x2 = x + 2 * k_dim;
+  const float* x3 = x + 3 * k_dim;
+  const float* x4 = x + 4 * k_dim;
+  const float* x5 = x + 5 * k_dim;
   for (int64_t k = 0; k < k_dim; ++k) {
     const __m256 b0 = _mm256_load_ps(panel + k * kPanelRows);
     const __m256 b1 = _mm256_load_ps(panel + k * kPanelRows + 8);
-    for (int i = 0; i < MT; ++i) {
-      const __m256 a = _mm256_broadcast_ss(x + i * k_dim + k);
-      acc[i][0] = _mm256_fmadd_ps(b0, a, acc[i][0]);
-      acc[i][1] = _mm256_fmadd_ps(b1, a, acc[i][1]);
+    __m256 a = _mm256_broadcast_ss(x0 + k);
+    c00 = _mm256_fmadd_ps(b0, a, c00);
+    c01 = _mm256_fmadd_ps(b1, a, c01);
+    if constexpr (MT > 1) {
+      a = _mm256_broadcast_ss(x1 + k);
+      c10 = _mm256_fmadd_ps(b0, a, c10);
+      c11 = _mm256_fmadd_ps(b1, a, c11);
+    }
+    if constexpr (MT > 2) {
+      a = _mm256_broadcast_ss(x2 + k);
+      c20 = _mm256_fmadd_ps(b0, a, c20);
+      c21 = _mm256_fmadd_ps(b1, a, c21);
+    }
+    if constexpr (MT > 3) {
+      a = _mm256_broadcast_ss(x3 + k);
+      c30 = _mm256_fmadd_ps(b0, a, c30);
+      c31 = _mm256_fmadd_ps(b1, a, c31);
+    }
+    if constexpr (MT > 4) {
+      a = _mm256_broadcast_ss(x4 + k);
+      c40 = _mm256_fmadd_ps(b0, a, c40);
+      c41 = _mm256_fmadd_ps(b1, a, c41);
+    }
+    if constexpr (MT > 5) {
+      a = _mm256_broadcast_ss(x5 + k);
+      c50 = _mm256_fmadd_ps(b0, a, c50);
+      c51 = _mm256_fmadd_ps(b1, a, c51);
     }
   }
-  for (int i = 0; i < MT; ++i) {
-    if (valid_rows == kPanelRows) {
-      _mm256_storeu_ps(y + i * ldy, acc[i][0]);
-      _mm256_storeu_ps(y + i * ldy + 8, acc[i][1]);
-    } else {
-      alignas(32) float tmp[kPanelRows];
-      _mm256_store_ps(tmp, acc[i][0]);
-      _mm256_store_ps(tmp + 8, acc[i][1]);
-      std::copy(tmp, tmp + valid_rows, y + i * ldy);
-    }
-  }
+  StoreRow(y, c00, c01, valid_rows);
+  if constexpr (MT > 1) StoreRow(y + ldy, c10, c11, valid_rows);
+  if constexpr (MT > 2) StoreRow(y + 2 * ldy, c20, c21, valid_rows);
+  if constexpr (MT > 3) StoreRow(y + 3 * ldy, c30, c31, valid_rows);
+  if constexpr (MT > 4) StoreRow(y + 4 * ldy, c40, c41, valid_rows);
+  if constexpr (MT > 5) StoreRow(y + 5 * ldy, c50, c51, valid_rows);
 }
 
 LONGREAD_AVX2 void PanelTokens(const float* panel, int64_t k_dim, const float* x, int64_t n_tokens,
@@ -276,56 +315,79 @@ LONGREAD_AVX2 float DotHalf(const uint8_t* w, const float* x, int64_t n) {
   return sum;
 }
 
-LONGREAD_AVX2 float DotQ8_0(const uint8_t* w, const float* x, int64_t n) {
-  __m256 total[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-  for (int64_t b = 0; b < n / 32; ++b) {
-    const uint8_t* blk = w + b * sizeof(BlockQ8_0);
-    uint16_t d16;
-    std::memcpy(&d16, blk, 2);
-    const float* xb = x + 32 * b;
-    __m256 s = _mm256_mul_ps(
-        SignedBytesToFloats(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2))),
-        _mm256_loadu_ps(xb));
-    for (int i = 1; i < 4; ++i) {
-      const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * i));
-      s = _mm256_fmadd_ps(SignedBytesToFloats(q), _mm256_loadu_ps(xb + 8 * i), s);
-    }
-    total[b & 1] = _mm256_fmadd_ps(s, _mm256_set1_ps(HalfToFloat(d16)), total[b & 1]);
-  }
-  return HorizontalSum(_mm256_add_ps(total[0], total[1]));
+LONGREAD_AVX2 inline float HalfScale(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
 }
 
-// Q4_0: sum (q-8) d x = d * (sum q x - 8 sum x).
+// sum_i q_i x_i over one Q8_0 block, in float.
+LONGREAD_AVX2 inline __m256 BlockDotQ8(const uint8_t* qs, const float* xb) {
+  __m256 s = _mm256_mul_ps(
+      SignedBytesToFloats(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qs))),
+      _mm256_loadu_ps(xb));
+  for (int i = 1; i < 4; ++i) {
+    const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(qs + 8 * i));
+    s = _mm256_fmadd_ps(SignedBytesToFloats(q), _mm256_loadu_ps(xb + 8 * i), s);
+  }
+  return s;
+}
+
+// Two blocks per iteration into two accumulators: the scale FMAs of consecutive blocks do not
+// wait for each other.
+LONGREAD_AVX2 float DotQ8_0(const uint8_t* w, const float* x, int64_t n) {
+  __m256 total0 = _mm256_setzero_ps(), total1 = _mm256_setzero_ps();
+  const int64_t n_blocks = n / 32;
+  int64_t b = 0;
+  for (; b + 2 <= n_blocks; b += 2) {
+    const uint8_t* blk = w + b * sizeof(BlockQ8_0);
+    total0 = _mm256_fmadd_ps(BlockDotQ8(blk + 2, x + 32 * b), _mm256_set1_ps(HalfScale(blk)),
+                             total0);
+    blk += sizeof(BlockQ8_0);
+    total1 = _mm256_fmadd_ps(BlockDotQ8(blk + 2, x + 32 * b + 32),
+                             _mm256_set1_ps(HalfScale(blk)), total1);
+  }
+  if (b < n_blocks) {
+    const uint8_t* blk = w + b * sizeof(BlockQ8_0);
+    total0 = _mm256_fmadd_ps(BlockDotQ8(blk + 2, x + 32 * b), _mm256_set1_ps(HalfScale(blk)),
+                             total0);
+  }
+  return HorizontalSum(_mm256_add_ps(total0, total1));
+}
+
+// Q4_0: sum (q-8) d x = d * sum q x + (-8 d) * sum x.
 // Q4_1: sum (q d + m) x = d * sum q x + m * sum x.
 template <bool kHasMin>
+LONGREAD_AVX2 inline void BlockDotQ4(const uint8_t* blk, const float* xb, __m256& total_q,
+                                     __m256& total_x) {
+  constexpr int kQsOffset = kHasMin ? 4 : 2;
+  __m256 f[4];
+  NibblesToFloats(blk + kQsOffset, f);
+  const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
+  const __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
+  __m256 sq = _mm256_mul_ps(f[0], x0);
+  sq = _mm256_fmadd_ps(f[1], x1, sq);
+  sq = _mm256_fmadd_ps(f[2], x2, sq);
+  sq = _mm256_fmadd_ps(f[3], x3, sq);
+  const __m256 sx = _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3));
+  const float d = HalfScale(blk);
+  const float m = kHasMin ? HalfScale(blk + 2) : -8.0f * d;
+  total_q = _mm256_fmadd_ps(sq, _mm256_set1_ps(d), total_q);
+  total_x = _mm256_fmadd_ps(sx, _mm256_set1_ps(m), total_x);
+}
+
+template <bool kHasMin>
 LONGREAD_AVX2 float DotQ4(const uint8_t* w, const float* x, int64_t n) {
-  using Block = std::conditional_t<kHasMin, BlockQ4_1, BlockQ4_0>;
-  __m256 total_q[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-  __m256 total_x[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-  for (int64_t b = 0; b < n / 32; ++b) {
-    const auto blk = LoadBlock<Block>(w + b * sizeof(Block));
-    const float* xb = x + 32 * b;
-    __m256 f[4];
-    NibblesToFloats(blk.qs, f);
-    const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
-    const __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
-    __m256 sq = _mm256_mul_ps(f[0], x0);
-    sq = _mm256_fmadd_ps(f[1], x1, sq);
-    sq = _mm256_fmadd_ps(f[2], x2, sq);
-    sq = _mm256_fmadd_ps(f[3], x3, sq);
-    const __m256 sx = _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3));
-    const float d = HalfToFloat(blk.d);
-    float m;
-    if constexpr (kHasMin) {
-      m = HalfToFloat(blk.m);
-    } else {
-      m = -8.0f * d;
-    }
-    total_q[b & 1] = _mm256_fmadd_ps(sq, _mm256_set1_ps(d), total_q[b & 1]);
-    total_x[b & 1] = _mm256_fmadd_ps(sx, _mm256_set1_ps(m), total_x[b & 1]);
+  constexpr int64_t kBlockBytes = kHasMin ? sizeof(BlockQ4_1) : sizeof(BlockQ4_0);
+  __m256 q0 = _mm256_setzero_ps(), q1 = q0, x0 = q0, x1 = q0;
+  const int64_t n_blocks = n / 32;
+  int64_t b = 0;
+  for (; b + 2 <= n_blocks; b += 2) {
+    BlockDotQ4<kHasMin>(w + b * kBlockBytes, x + 32 * b, q0, x0);
+    BlockDotQ4<kHasMin>(w + (b + 1) * kBlockBytes, x + 32 * b + 32, q1, x1);
   }
-  return HorizontalSum(
-      _mm256_add_ps(_mm256_add_ps(total_q[0], total_q[1]), _mm256_add_ps(total_x[0], total_x[1])));
+  if (b < n_blocks) BlockDotQ4<kHasMin>(w + b * kBlockBytes, x + 32 * b, q0, x0);
+  return HorizontalSum(_mm256_add_ps(_mm256_add_ps(q0, q1), _mm256_add_ps(x0, x1)));
 }
 
 LONGREAD_AVX2 void DecodeRows(const MatrixView& w, const float* x, int64_t n_tokens, float* y,

@@ -10,9 +10,11 @@
 namespace longread::kernels {
 namespace {
 
-// About 50-100 microseconds of polling before a worker sleeps: kernel calls of one forward pass
-// follow each other faster than that, and a futex wake costs more.
-constexpr int kSpinIterations = 1 << 14;
+// Waiting is spin (kernel calls of one forward pass follow each other within microseconds, and a
+// futex wake costs more), then yield (when the machine is oversubscribed, the thread we wait
+// for may need this core), then sleep on the futex.
+constexpr int kSpinIterations = 1 << 12;
+constexpr int kYieldIterations = 64;
 
 inline void CpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -46,8 +48,12 @@ void ThreadPool::WorkerLoop(int worker_index) {
   uint32_t seen = 0;
   while (true) {
     uint32_t now = generation_.load(std::memory_order_acquire);
-    for (int spin = 0; now == seen && spin < kSpinIterations; ++spin) {
-      CpuRelax();
+    for (int spin = 0; now == seen && spin < kSpinIterations + kYieldIterations; ++spin) {
+      if (spin < kSpinIterations) {
+        CpuRelax();
+      } else {
+        std::this_thread::yield();
+      }
       now = generation_.load(std::memory_order_acquire);
     }
     if (now == seen) {
@@ -75,8 +81,12 @@ void ThreadPool::ParallelFor(int64_t n, absl::FunctionRef<void(int64_t, int64_t)
   generation_.notify_all();
   RunChunk(0);
   int32_t left = pending_.load(std::memory_order_acquire);
-  for (int spin = 0; left != 0 && spin < kSpinIterations; ++spin) {
-    CpuRelax();
+  for (int spin = 0; left != 0 && spin < kSpinIterations + kYieldIterations; ++spin) {
+    if (spin < kSpinIterations) {
+      CpuRelax();
+    } else {
+      std::this_thread::yield();
+    }
     left = pending_.load(std::memory_order_acquire);
   }
   while (left != 0) {
