@@ -17,6 +17,12 @@ namespace {
 constexpr int64_t kQueryTile = 16;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+void PortableTransposeKeys(const float* k, int64_t n, int64_t head_dim, float* kt) {
+  for (int64_t j = 0; j < kKeyTile; ++j) {
+    for (int64_t d = 0; d < head_dim; ++d) kt[d * kKeyTile + j] = j < n ? k[j * head_dim + d] : 0;
+  }
+}
+
 void PortableScores(const float* q_tile, int64_t rows, const float* kt, int64_t head_dim,
                     float* scores) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -29,19 +35,29 @@ void PortableScores(const float* q_tile, int64_t rows, const float* kt, int64_t 
   }
 }
 
-float PortableExpRow(float* s, float max) {
+float PortableSoftmaxRow(float* s, float* row_max, float* row_sum) {
+  const float tile_max = *std::max_element(s, s + kKeyTile);
+  if (tile_max == kNegInf) return -1.0f;
+  const float new_max = std::max(*row_max, tile_max);
+  const float correction = std::exp(*row_max - new_max);
   float sum = 0;
   for (int j = 0; j < kKeyTile; ++j) {
-    s[j] = s[j] == kNegInf ? 0.0f : std::exp(s[j] - max);
+    s[j] = s[j] == kNegInf ? 0.0f : std::exp(s[j] - new_max);
     sum += s[j];
   }
-  return sum;
+  *row_sum = *row_sum * correction + sum;
+  *row_max = new_max;
+  return correction;
 }
 
-void PortableAccumulate(const float* p, const float* v, int64_t n, int64_t head_dim, float* acc) {
-  for (int64_t j = 0; j < n; ++j) {
-    if (p[j] == 0.0f) continue;
-    for (int64_t d = 0; d < head_dim; ++d) acc[d] += p[j] * v[j * head_dim + d];
+void PortableAccumulate(const float* p, int64_t rows, const float* v, int64_t n, int64_t head_dim,
+                        float* acc) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < n; ++j) {
+      const float pj = p[r * kKeyTile + j];
+      if (pj == 0.0f) continue;
+      for (int64_t d = 0; d < head_dim; ++d) acc[r * head_dim + d] += pj * v[j * head_dim + d];
+    }
   }
 }
 
@@ -103,10 +119,7 @@ void RunTile(const AttentionArgs& a, const AttentionSteps& steps, int64_t g, int
     }
     if (!any_visible) continue;
 
-    const float* k = a.k + (key_base + j0) * hd;
-    for (int64_t j = 0; j < kKeyTile; ++j) {
-      for (int64_t d = 0; d < hd; ++d) kt[d * kKeyTile + j] = j < n ? k[j * hd + d] : 0.0f;
-    }
+    steps.transpose_keys(a.k + (key_base + j0) * hd, n, hd, kt);
     steps.scores(q, rows, kt, hd, scores);
     if (!all_visible) {
       for (int64_t r = 0; r < rows; ++r) {
@@ -119,17 +132,15 @@ void RunTile(const AttentionArgs& a, const AttentionSteps& steps, int64_t g, int
         }
       }
     }
-    const float* v = a.v + (key_base + j0) * hd;
     for (int64_t r = 0; r < rows; ++r) {
       float* s = scores + r * kKeyTile;
-      const float tile_max = *std::max_element(s, s + kKeyTile);
-      if (tile_max == kNegInf) continue;
-      const float new_max = std::max(row_max[r], tile_max);
-      const float correction = std::exp(row_max[r] - new_max);  // 0 for the first visible tile
-      row_sum[r] = row_sum[r] * correction + steps.exp_row(s, new_max);
-      row_max[r] = new_max;
-      float* acc_r = acc + r * hd;
+      const float correction = steps.softmax_row(s, &row_max[r], &row_sum[r]);
+      if (correction < 0) {  // nothing visible to this row in this tile
+        std::fill(s, s + kKeyTile, 0.0f);
+        continue;
+      }
       if (correction != 1.0f) {
+        float* acc_r = acc + r * hd;
         for (int64_t d = 0; d < hd; ++d) acc_r[d] *= correction;
       }
       if (a.score != nullptr) {
@@ -141,8 +152,8 @@ void RunTile(const AttentionArgs& a, const AttentionSteps& steps, int64_t g, int
           }
         }
       }
-      steps.accumulate(s, v, n, hd, acc_r);
     }
+    steps.accumulate(scores, rows, a.v + (key_base + j0) * hd, n, hd, acc);
   }
 
   for (int64_t r = 0; r < rows; ++r) {
@@ -155,7 +166,8 @@ void RunTile(const AttentionArgs& a, const AttentionSteps& steps, int64_t g, int
 }  // namespace
 
 const AttentionSteps& PortableAttentionSteps() {
-  static const AttentionSteps steps{&PortableScores, &PortableExpRow, &PortableAccumulate};
+  static const AttentionSteps steps{&PortableTransposeKeys, &PortableScores, &PortableSoftmaxRow,
+                                    &PortableAccumulate};
   return steps;
 }
 

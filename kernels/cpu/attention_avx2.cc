@@ -9,29 +9,72 @@
 namespace longread::kernels::cpu {
 namespace {
 
-// Two query rows x 32 keys per pass: 8 accumulators, 4 key vectors and 2 broadcasts in registers.
+// Rows [0, 8) of k (row stride head_dim) at columns [d0, d0 + 8) into kt[d0 + i][j0 + r].
+LONGREAD_AVX2 inline void Transpose8x8(const float* k, int64_t ld, float* kt) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(k + i * ld);
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    r[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int j = 0; j < 4; ++j) {
+    _mm256_store_ps(kt + j * kKeyTile, _mm256_permute2f128_ps(r[j], r[4 + j], 0x20));
+    _mm256_store_ps(kt + (4 + j) * kKeyTile, _mm256_permute2f128_ps(r[j], r[4 + j], 0x31));
+  }
+}
+
+LONGREAD_AVX2 void TransposeKeys(const float* k, int64_t n, int64_t head_dim, float* kt) {
+  int64_t j0 = 0;
+  for (; j0 + 8 <= n; j0 += 8) {
+    for (int64_t d0 = 0; d0 < head_dim; d0 += 8) {
+      Transpose8x8(k + j0 * head_dim + d0, head_dim, kt + d0 * kKeyTile + j0);
+    }
+  }
+  for (int64_t d = 0; d < head_dim; ++d) {
+    for (int64_t j = j0; j < kKeyTile; ++j) kt[d * kKeyTile + j] = j < n ? k[j * head_dim + d] : 0;
+  }
+}
+
+// R query rows x 32 keys per pass: 4R accumulators, 4 key vectors and R broadcasts in registers.
 template <int R>
 LONGREAD_AVX2 inline void ScoreRows(const float* q, const float* kt, int64_t head_dim,
                                     float* scores) {
   for (int jb = 0; jb < kKeyTile; jb += 32) {
-    __m256 acc[R][4];
-    for (int r = 0; r < R; ++r) {
-      for (int v = 0; v < 4; ++v) acc[r][v] = _mm256_setzero_ps();
-    }
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
     for (int64_t d = 0; d < head_dim; ++d) {
       const float* k_row = kt + d * kKeyTile + jb;
       const __m256 k0 = _mm256_load_ps(k_row), k1 = _mm256_load_ps(k_row + 8);
       const __m256 k2 = _mm256_load_ps(k_row + 16), k3 = _mm256_load_ps(k_row + 24);
-      for (int r = 0; r < R; ++r) {
-        const __m256 a = _mm256_broadcast_ss(q + r * head_dim + d);
-        acc[r][0] = _mm256_fmadd_ps(a, k0, acc[r][0]);
-        acc[r][1] = _mm256_fmadd_ps(a, k1, acc[r][1]);
-        acc[r][2] = _mm256_fmadd_ps(a, k2, acc[r][2]);
-        acc[r][3] = _mm256_fmadd_ps(a, k3, acc[r][3]);
+      const __m256 qa = _mm256_broadcast_ss(q + d);
+      a0 = _mm256_fmadd_ps(qa, k0, a0);
+      a1 = _mm256_fmadd_ps(qa, k1, a1);
+      a2 = _mm256_fmadd_ps(qa, k2, a2);
+      a3 = _mm256_fmadd_ps(qa, k3, a3);
+      if constexpr (R == 2) {
+        const __m256 qb = _mm256_broadcast_ss(q + head_dim + d);
+        b0 = _mm256_fmadd_ps(qb, k0, b0);
+        b1 = _mm256_fmadd_ps(qb, k1, b1);
+        b2 = _mm256_fmadd_ps(qb, k2, b2);
+        b3 = _mm256_fmadd_ps(qb, k3, b3);
       }
     }
-    for (int r = 0; r < R; ++r) {
-      for (int v = 0; v < 4; ++v) _mm256_store_ps(scores + r * kKeyTile + jb + 8 * v, acc[r][v]);
+    float* s = scores + jb;
+    _mm256_store_ps(s, a0);
+    _mm256_store_ps(s + 8, a1);
+    _mm256_store_ps(s + 16, a2);
+    _mm256_store_ps(s + 24, a3);
+    if constexpr (R == 2) {
+      _mm256_store_ps(s + kKeyTile, b0);
+      _mm256_store_ps(s + kKeyTile + 8, b1);
+      _mm256_store_ps(s + kKeyTile + 16, b2);
+      _mm256_store_ps(s + kKeyTile + 24, b3);
     }
   }
 }
@@ -45,9 +88,18 @@ LONGREAD_AVX2 void Scores(const float* q_tile, int64_t rows, const float* kt, in
   if (r < rows) ScoreRows<1>(q_tile + r * head_dim, kt, head_dim, scores + r * kKeyTile);
 }
 
-LONGREAD_AVX2 float ExpRow(float* s, float max) {
-  const __m256 vmax = _mm256_set1_ps(max);
+LONGREAD_AVX2 float SoftmaxRow(float* s, float* row_max, float* row_sum) {
   const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 mx = neg_inf;
+  for (int j = 0; j < kKeyTile; j += 8) mx = _mm256_max_ps(mx, _mm256_load_ps(s + j));
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  const float tile_max = _mm_cvtss_f32(m4);
+  if (tile_max == -std::numeric_limits<float>::infinity()) return -1.0f;
+  const float new_max = std::max(*row_max, tile_max);
+  const float correction = std::exp(*row_max - new_max);  // 0 on the row's first visible tile
+  const __m256 vmax = _mm256_set1_ps(new_max);
   __m256 sum = _mm256_setzero_ps();
   for (int j = 0; j < kKeyTile; j += 8) {
     const __m256 x = _mm256_load_ps(s + j);
@@ -56,60 +108,99 @@ LONGREAD_AVX2 float ExpRow(float* s, float max) {
     _mm256_store_ps(s + j, p);
     sum = _mm256_add_ps(sum, p);
   }
-  return HorizontalSum(sum);
+  *row_sum = *row_sum * correction + HorizontalSum(sum);
+  *row_max = new_max;
+  return correction;
 }
 
-template <int NV>
-LONGREAD_AVX2 inline void AccumulateChunk(const float* p, const float* v, int64_t n,
+// Two rows x NV*8 dims (NV <= 4) of acc += p . v, accumulators in named registers.
+template <int NV, int R>
+LONGREAD_AVX2 inline void AccumulateBlock(const float* p, const float* v, int64_t n,
                                           int64_t head_dim, float* acc) {
-  __m256 a[NV];
-  for (int i = 0; i < NV; ++i) a[i] = _mm256_loadu_ps(acc + 8 * i);
-  for (int64_t j = 0; j < n; ++j) {
-    if (p[j] == 0.0f) continue;  // masked or underflowed keys: common with sparse intervals
-    const __m256 pj = _mm256_broadcast_ss(p + j);
-    const float* vj = v + j * head_dim;
-    for (int i = 0; i < NV; ++i) a[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8 * i), a[i]);
+  static_assert(NV >= 1 && NV <= 4 && (R == 1 || R == 2));
+  const float* p1 = p + kKeyTile;
+  float* acc1 = acc + head_dim;
+  __m256 a0 = _mm256_loadu_ps(acc), a1 = a0, a2 = a0, a3 = a0;
+  __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+  if constexpr (NV > 1) a1 = _mm256_loadu_ps(acc + 8);
+  if constexpr (NV > 2) a2 = _mm256_loadu_ps(acc + 16);
+  if constexpr (NV > 3) a3 = _mm256_loadu_ps(acc + 24);
+  if constexpr (R == 2) {
+    b0 = _mm256_loadu_ps(acc1);
+    if constexpr (NV > 1) b1 = _mm256_loadu_ps(acc1 + 8);
+    if constexpr (NV > 2) b2 = _mm256_loadu_ps(acc1 + 16);
+    if constexpr (NV > 3) b3 = _mm256_loadu_ps(acc1 + 24);
   }
-  for (int i = 0; i < NV; ++i) _mm256_storeu_ps(acc + 8 * i, a[i]);
-}
-
-// head_dim is a multiple of 8 on this path; chunks of up to 64 dims stay in registers.
-LONGREAD_AVX2 void Accumulate(const float* p, const float* v, int64_t n, int64_t head_dim,
-                              float* acc) {
-  for (int64_t d0 = 0; d0 < head_dim; d0 += 64) {
-    switch (std::min<int64_t>(8, (head_dim - d0) / 8)) {
-      case 8:
-        AccumulateChunk<8>(p, v + d0, n, head_dim, acc + d0);
-        break;
-      case 7:
-        AccumulateChunk<7>(p, v + d0, n, head_dim, acc + d0);
-        break;
-      case 6:
-        AccumulateChunk<6>(p, v + d0, n, head_dim, acc + d0);
-        break;
-      case 5:
-        AccumulateChunk<5>(p, v + d0, n, head_dim, acc + d0);
-        break;
-      case 4:
-        AccumulateChunk<4>(p, v + d0, n, head_dim, acc + d0);
-        break;
-      case 3:
-        AccumulateChunk<3>(p, v + d0, n, head_dim, acc + d0);
-        break;
-      case 2:
-        AccumulateChunk<2>(p, v + d0, n, head_dim, acc + d0);
-        break;
-      default:
-        AccumulateChunk<1>(p, v + d0, n, head_dim, acc + d0);
-        break;
+  for (int64_t j = 0; j < n; ++j) {
+    // Masked and underflowed keys have p = 0: common with sparse intervals, skip them.
+    if (p[j] == 0.0f && (R == 1 || p1[j] == 0.0f)) continue;
+    const float* vj = v + j * head_dim;
+    const __m256 v0 = _mm256_loadu_ps(vj);
+    __m256 v1, v2, v3;
+    if constexpr (NV > 1) v1 = _mm256_loadu_ps(vj + 8);
+    if constexpr (NV > 2) v2 = _mm256_loadu_ps(vj + 16);
+    if constexpr (NV > 3) v3 = _mm256_loadu_ps(vj + 24);
+    const __m256 pa = _mm256_broadcast_ss(p + j);
+    a0 = _mm256_fmadd_ps(pa, v0, a0);
+    if constexpr (NV > 1) a1 = _mm256_fmadd_ps(pa, v1, a1);
+    if constexpr (NV > 2) a2 = _mm256_fmadd_ps(pa, v2, a2);
+    if constexpr (NV > 3) a3 = _mm256_fmadd_ps(pa, v3, a3);
+    if constexpr (R == 2) {
+      const __m256 pb = _mm256_broadcast_ss(p1 + j);
+      b0 = _mm256_fmadd_ps(pb, v0, b0);
+      if constexpr (NV > 1) b1 = _mm256_fmadd_ps(pb, v1, b1);
+      if constexpr (NV > 2) b2 = _mm256_fmadd_ps(pb, v2, b2);
+      if constexpr (NV > 3) b3 = _mm256_fmadd_ps(pb, v3, b3);
     }
   }
+  _mm256_storeu_ps(acc, a0);
+  if constexpr (NV > 1) _mm256_storeu_ps(acc + 8, a1);
+  if constexpr (NV > 2) _mm256_storeu_ps(acc + 16, a2);
+  if constexpr (NV > 3) _mm256_storeu_ps(acc + 24, a3);
+  if constexpr (R == 2) {
+    _mm256_storeu_ps(acc1, b0);
+    if constexpr (NV > 1) _mm256_storeu_ps(acc1 + 8, b1);
+    if constexpr (NV > 2) _mm256_storeu_ps(acc1 + 16, b2);
+    if constexpr (NV > 3) _mm256_storeu_ps(acc1 + 24, b3);
+  }
+}
+
+template <int R>
+LONGREAD_AVX2 inline void AccumulateRows(const float* p, const float* v, int64_t n,
+                                         int64_t head_dim, float* acc) {
+  int64_t d0 = 0;
+  for (; d0 + 32 <= head_dim; d0 += 32) {
+    AccumulateBlock<4, R>(p, v + d0, n, head_dim, acc + d0);
+  }
+  switch ((head_dim - d0) / 8) {
+    case 3:
+      AccumulateBlock<3, R>(p, v + d0, n, head_dim, acc + d0);
+      break;
+    case 2:
+      AccumulateBlock<2, R>(p, v + d0, n, head_dim, acc + d0);
+      break;
+    case 1:
+      AccumulateBlock<1, R>(p, v + d0, n, head_dim, acc + d0);
+      break;
+    default:
+      break;
+  }
+}
+
+// head_dim is a multiple of 8 on this path.
+LONGREAD_AVX2 void Accumulate(const float* p, int64_t rows, const float* v, int64_t n,
+                              int64_t head_dim, float* acc) {
+  int64_t r = 0;
+  for (; r + 2 <= rows; r += 2) {
+    AccumulateRows<2>(p + r * kKeyTile, v, n, head_dim, acc + r * head_dim);
+  }
+  if (r < rows) AccumulateRows<1>(p + r * kKeyTile, v, n, head_dim, acc + r * head_dim);
 }
 
 }  // namespace
 
 const AttentionSteps& Avx2AttentionSteps() {
-  static const AttentionSteps steps{&Scores, &ExpRow, &Accumulate};
+  static const AttentionSteps steps{&TransposeKeys, &Scores, &SoftmaxRow, &Accumulate};
   return steps;
 }
 

@@ -61,17 +61,23 @@ void DequantizeRowAvx2(DType type, const uint8_t* row, int64_t cols, float* out)
 void SiluMulAvx2(const float* gate, const float* up, int64_t n, float* out);
 
 // Inner steps of the tiled attention, one set per ISA. Layouts: q_tile [rows][head_dim] (already
-// scaled), kt [head_dim][kKeyTile] (keys transposed), scores [rows][kKeyTile], acc
-// [rows][head_dim], v_tile [n][head_dim].
+// scaled), kt [head_dim][kKeyTile] (keys transposed, 32-byte aligned), scores/p
+// [rows][kKeyTile] (32-byte aligned), acc [rows][head_dim], keys and values [n][head_dim].
 inline constexpr int kKeyTile = 64;
 struct AttentionSteps {
+  // kt[d][j] = k[j][d] for j < n, 0 for n <= j < kKeyTile.
+  void (*transpose_keys)(const float* k, int64_t n, int64_t head_dim, float* kt);
   // scores[r][j] = sum_d q_tile[r][d] * kt[d][j] for j < kKeyTile.
   void (*scores)(const float* q_tile, int64_t rows, const float* kt, int64_t head_dim,
                  float* scores);
-  // p[j] = exp(s[j] - max) for j < kKeyTile (s = -inf gives exactly 0); returns sum_j p[j].
-  float (*exp_row)(float* s, float max);
-  // acc[d] += sum_{j<n} p[j] * v[j][d].
-  void (*accumulate)(const float* p, const float* v, int64_t n, int64_t head_dim, float* acc);
+  // Online-softmax update of one row: with m = max(*row_max, max_j s[j]), s[j] becomes
+  // exp(s[j] - m) (exactly 0 where s[j] = -inf), *row_sum = *row_sum * c + sum_j s[j] and
+  // *row_max = m. Returns the correction c = exp(old max - m) that the row's accumulator needs,
+  // or a negative value (and leaves everything unchanged) when the whole row is -inf.
+  float (*softmax_row)(float* s, float* row_max, float* row_sum);
+  // acc[r][d] += sum_{j<n} p[r][j] * v[j][d] for r < rows.
+  void (*accumulate)(const float* p, int64_t rows, const float* v, int64_t n, int64_t head_dim,
+                     float* acc);
 };
 const AttentionSteps& PortableAttentionSteps();
 const AttentionSteps& Avx2AttentionSteps();

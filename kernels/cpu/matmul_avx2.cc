@@ -172,8 +172,8 @@ LONGREAD_AVX2 inline void StoreRow(float* y, __m256 lo, __m256 hi, int valid_row
 // Accumulators are named variables, not an array: GCC spills an accumulator array to the stack
 // on every iteration.
 template <int MT>
-LONGREAD_AVX2 inline void PanelKernel(const float* panel, int64_t k_dim, const float* x,
-                                      float* y, int64_t ldy, int valid_rows) {
+LONGREAD_AVX2 inline void PanelKernel(const float* panel, int64_t k_dim, const float* x, float* y,
+                                      int64_t ldy, int valid_rows) {
   static_assert(MT >= 1 && MT <= 6);
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
   __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
@@ -323,9 +323,9 @@ LONGREAD_AVX2 inline float HalfScale(const uint8_t* p) {
 
 // sum_i q_i x_i over one Q8_0 block, in float.
 LONGREAD_AVX2 inline __m256 BlockDotQ8(const uint8_t* qs, const float* xb) {
-  __m256 s = _mm256_mul_ps(
-      SignedBytesToFloats(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qs))),
-      _mm256_loadu_ps(xb));
+  __m256 s =
+      _mm256_mul_ps(SignedBytesToFloats(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qs))),
+                    _mm256_loadu_ps(xb));
   for (int i = 1; i < 4; ++i) {
     const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(qs + 8 * i));
     s = _mm256_fmadd_ps(SignedBytesToFloats(q), _mm256_loadu_ps(xb + 8 * i), s);
@@ -341,16 +341,16 @@ LONGREAD_AVX2 float DotQ8_0(const uint8_t* w, const float* x, int64_t n) {
   int64_t b = 0;
   for (; b + 2 <= n_blocks; b += 2) {
     const uint8_t* blk = w + b * sizeof(BlockQ8_0);
-    total0 = _mm256_fmadd_ps(BlockDotQ8(blk + 2, x + 32 * b), _mm256_set1_ps(HalfScale(blk)),
-                             total0);
+    total0 =
+        _mm256_fmadd_ps(BlockDotQ8(blk + 2, x + 32 * b), _mm256_set1_ps(HalfScale(blk)), total0);
     blk += sizeof(BlockQ8_0);
-    total1 = _mm256_fmadd_ps(BlockDotQ8(blk + 2, x + 32 * b + 32),
-                             _mm256_set1_ps(HalfScale(blk)), total1);
+    total1 = _mm256_fmadd_ps(BlockDotQ8(blk + 2, x + 32 * b + 32), _mm256_set1_ps(HalfScale(blk)),
+                             total1);
   }
   if (b < n_blocks) {
     const uint8_t* blk = w + b * sizeof(BlockQ8_0);
-    total0 = _mm256_fmadd_ps(BlockDotQ8(blk + 2, x + 32 * b), _mm256_set1_ps(HalfScale(blk)),
-                             total0);
+    total0 =
+        _mm256_fmadd_ps(BlockDotQ8(blk + 2, x + 32 * b), _mm256_set1_ps(HalfScale(blk)), total0);
   }
   return HorizontalSum(_mm256_add_ps(total0, total1));
 }
