@@ -2,7 +2,7 @@
 // weight GB/s for decode), and writes bench/results/kernels-cpu-<date>.json (CPU model, date,
 // command, load average at start). Each figure is the best of several timed repetitions, so
 // that other processes on a shared machine disturb it less.
-//   kernels_bench [--quick] [--out PATH] [--portable]
+//   kernels_bench [--quick] [--out PATH] [--portable] [--only matmul|attention]
 #include <algorithm>
 #include <chrono>
 #include <climits>
@@ -132,12 +132,14 @@ std::string ToJson(const Result& r) {
 int Main(int argc, char** argv) {
   bool quick = false;
   std::string out_path;
+  std::string only;  // run only the kernels whose name ("matmul", "attention") contains this
   std::string command;
   for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     if (!std::strcmp(argv[i], "--portable")) cpu::ForcePortable(true);
     if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
+    if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
   }
   char date[32];
   const std::time_t now = std::time(nullptr);
@@ -174,10 +176,13 @@ int Main(int argc, char** argv) {
   std::printf("%-24s %-5s %7s %7s %10s %9s %9s %9s\n", "matmul", "dtype", "tokens", "threads", "ms",
               "GFLOP/s", "wGB/s", "cpuGF/s");
   for (const MatShape& s : shapes) {
+    if (std::string("matmul").find(only) == std::string::npos) break;
     const auto bytes = RandomWeights(s.type, s.n, s.k);
     const MatrixView w{s.type, s.n, s.k, bytes.data()};
-    for (int64_t n_tokens : {int64_t{1}, int64_t{16}, int64_t{512}}) {
+    for (int64_t n_tokens : {int64_t{1}, int64_t{16}, int64_t{512}, int64_t{2048}}) {
       if (quick && n_tokens == 16) continue;
+      // Whole-segment prefill (L = 2048) for the layers' own shapes; the LM head never sees one.
+      if (n_tokens == 2048 && (s.n > 4096 || s.type != DType::kQ4_1)) continue;
       std::vector<float> x(n_tokens * s.k), y(n_tokens * s.n);
       std::mt19937 rng(1);
       for (float& v : x) v = static_cast<float>(rng() % 2001) / 1000.0f - 1.0f;
@@ -211,6 +216,7 @@ int Main(int argc, char** argv) {
   const int64_t n_heads = 9, n_kv = 3, hd = 64;
   for (auto [n_q, past] : {std::pair<int64_t, int64_t>{512, 0}, {512, 1536}, {1, 2047}}) {
     if (quick && n_q == 1) continue;
+    if (std::string("attention").find(only) == std::string::npos) break;
     const int64_t n_keys = n_q + past;
     std::vector<float> q(n_q * n_heads * hd), k(n_kv * n_keys * hd), v(k.size()), o(q.size());
     std::mt19937 rng(3);

@@ -63,14 +63,13 @@ void PortableAccumulate(const float* p, int64_t rows, const float* v, int64_t n,
 
 // Per-thread buffers, grown only when a larger shape arrives.
 struct TileScratch {
-  std::vector<float> q, kt, scores, acc, row_max, row_sum;
+  std::vector<float> q, scores, acc, row_max, row_sum;
 
   void Reserve(int64_t rows, int64_t head_dim) {
     auto grow = [](std::vector<float>& v, int64_t n) {
       if (static_cast<int64_t>(v.size()) < n) v.resize(n);
     };
     grow(q, rows * head_dim);
-    grow(kt, head_dim * kKeyTile + 8);
     grow(scores, rows * kKeyTile + 8);
     grow(acc, rows * head_dim);
     grow(row_max, rows);
@@ -84,8 +83,28 @@ float* Aligned(std::vector<float>& v) {
   return v.data() + ((32 - address % 32) % 32) / sizeof(float);
 }
 
-void RunTile(const AttentionArgs& a, const AttentionSteps& steps, int64_t g, int64_t tile,
-             TileScratch& scratch) {
+// Keys and values of every key tile, packed once per call for all query tiles: keys transposed
+// ([tile][head_dim][kKeyTile]), values copied 32-byte aligned ([tile][kKeyTile][head_dim]).
+// Tile t of KV head g is at index g * n_key_tiles + t.
+struct PackedKv {
+  const float* kt;
+  const float* v;
+  int64_t n_key_tiles;
+};
+
+void PackTile(const AttentionArgs& a, const AttentionSteps& steps, int64_t index, float* kt,
+              float* v, int64_t n_key_tiles) {
+  const int64_t g = index / n_key_tiles;
+  const int64_t j0 = (index % n_key_tiles) * kKeyTile;
+  const int64_t n = std::min<int64_t>(kKeyTile, a.n_keys - j0);
+  const int64_t tile_floats = kKeyTile * a.head_dim;
+  const int64_t src = (g * a.n_keys + j0) * a.head_dim;
+  steps.transpose_keys(a.k + src, n, a.head_dim, kt + index * tile_floats);
+  std::copy(a.v + src, a.v + src + n * a.head_dim, v + index * tile_floats);
+}
+
+void RunTile(const AttentionArgs& a, const AttentionSteps& steps, const PackedKv& kv, int64_t g,
+             int64_t tile, TileScratch& scratch) {
   const int64_t group = a.n_heads / a.n_kv_heads;
   const int64_t hd = a.head_dim;
   const int64_t i0 = tile * kQueryTile;
@@ -93,7 +112,6 @@ void RunTile(const AttentionArgs& a, const AttentionSteps& steps, int64_t g, int
   const int64_t rows = (i1 - i0) * group;  // row r = query i0 + r / group, head g*group + r % group
   scratch.Reserve(rows, hd);
   float* q = scratch.q.data();
-  float* kt = Aligned(scratch.kt);
   float* scores = Aligned(scratch.scores);
   float* acc = scratch.acc.data();
   float* row_max = scratch.row_max.data();
@@ -119,8 +137,8 @@ void RunTile(const AttentionArgs& a, const AttentionSteps& steps, int64_t g, int
     }
     if (!any_visible) continue;
 
-    steps.transpose_keys(a.k + (key_base + j0) * hd, n, hd, kt);
-    steps.scores(q, rows, kt, hd, scores);
+    const int64_t packed = (g * kv.n_key_tiles + j0 / kKeyTile) * kKeyTile * hd;
+    steps.scores(q, rows, kv.kt + packed, hd, scores);
     if (!all_visible) {
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t i = i0 + r / group;
@@ -153,7 +171,7 @@ void RunTile(const AttentionArgs& a, const AttentionSteps& steps, int64_t g, int
         }
       }
     }
-    steps.accumulate(scores, rows, a.v + (key_base + j0) * hd, n, hd, acc);
+    steps.accumulate(scores, rows, kv.v + packed, n, hd, acc);
   }
 
   for (int64_t r = 0; r < rows; ++r) {
@@ -182,13 +200,34 @@ void Attention(const AttentionArgs& a, ThreadPool* pool) {
   const int64_t n_tiles = (a.n_q + cpu::kQueryTile - 1) / cpu::kQueryTile;
   const int64_t n_tasks = n_tiles * a.n_kv_heads;
   const int64_t n_workers = pool == nullptr ? 1 : std::min<int64_t>(pool->size(), n_tasks);
+
+  // Grow-only buffers of the calling thread (workers only read them through kv).
+  thread_local std::vector<float> packed_k, packed_v;
+  const int64_t n_key_tiles = (a.n_keys + cpu::kKeyTile - 1) / cpu::kKeyTile;
+  const int64_t packed_floats = a.n_kv_heads * n_key_tiles * cpu::kKeyTile * a.head_dim;
+  if (static_cast<int64_t>(packed_k.size()) < packed_floats + 8) {
+    packed_k.resize(packed_floats + 8);
+    packed_v.resize(packed_floats + 8);
+  }
+  float* kt = cpu::Aligned(packed_k);
+  float* v = cpu::Aligned(packed_v);
+  const cpu::PackedKv kv{kt, v, n_key_tiles};
+  auto pack = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) cpu::PackTile(a, steps, i, kt, v, n_key_tiles);
+  };
+  if (pool == nullptr) {
+    pack(0, a.n_kv_heads * n_key_tiles);
+  } else {
+    pool->ParallelFor(a.n_kv_heads * n_key_tiles, pack);
+  }
+
   // Worker w takes tasks w, w + n_workers, ...: causal tiles grow with the query index, so
   // striding balances the work; each tile is computed the same way whoever runs it.
   auto run = [&](int64_t begin, int64_t end) {
     thread_local cpu::TileScratch scratch;
     for (int64_t w = begin; w < end; ++w) {
       for (int64_t task = w; task < n_tasks; task += n_workers) {
-        cpu::RunTile(a, steps, task % a.n_kv_heads, task / a.n_kv_heads, scratch);
+        cpu::RunTile(a, steps, kv, task % a.n_kv_heads, task / a.n_kv_heads, scratch);
       }
     }
   };

@@ -132,8 +132,6 @@ LONGREAD_AVX2 inline void AccumulateBlock(const float* p, const float* v, int64_
     if constexpr (NV > 3) b3 = _mm256_loadu_ps(acc1 + 24);
   }
   for (int64_t j = 0; j < n; ++j) {
-    // Masked and underflowed keys have p = 0: common with sparse intervals, skip them.
-    if (p[j] == 0.0f && (R == 1 || p1[j] == 0.0f)) continue;
     const float* vj = v + j * head_dim;
     const __m256 v0 = _mm256_loadu_ps(vj);
     __m256 v1, v2, v3;

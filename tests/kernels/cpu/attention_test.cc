@@ -199,3 +199,25 @@ TEST(AttentionTest, QueryWithNoVisibleKeyOutputsZeros) {
 
 }  // namespace
 }  // namespace longread::kernels
+
+namespace longread::kernels {
+namespace {
+
+TEST(AttentionTest, NoKeysOutputsZeros) {
+  std::vector<float> q(2 * 4 * 8, 1.0f), out(q.size(), NAN);
+  AttentionArgs a;
+  a.q = q.data();
+  a.n_q = 2;
+  a.n_keys = 0;
+  a.n_heads = 4;
+  a.n_kv_heads = 2;
+  a.head_dim = 8;
+  a.scale = 0.5f;
+  a.out = out.data();
+  ThreadPool pool(2);
+  Attention(a, &pool);
+  for (float o : out) EXPECT_EQ(o, 0.0f);
+}
+
+}  // namespace
+}  // namespace longread::kernels
