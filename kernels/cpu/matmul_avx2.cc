@@ -357,45 +357,59 @@ LONGREAD_AVX2 float DotQ8_0(const uint8_t* w, const float* x, int64_t n) {
 
 // Q4_0: sum (q-8) d x = d * sum q x + (-8 d) * sum x.
 // Q4_1: sum (q d + m) x = d * sum q x + m * sum x.
+// sum x per block (x_sums) is computed once per call and shared by all rows.
 template <bool kHasMin>
-LONGREAD_AVX2 inline void BlockDotQ4(const uint8_t* blk, const float* xb, __m256& total_q,
-                                     __m256& total_x) {
+LONGREAD_AVX2 inline void BlockDotQ4(const uint8_t* blk, const float* xb, float x_sum,
+                                     __m256& total_q, float& total_m) {
   constexpr int kQsOffset = kHasMin ? 4 : 2;
   __m256 f[4];
   NibblesToFloats(blk + kQsOffset, f);
-  const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
-  const __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
-  __m256 sq = _mm256_mul_ps(f[0], x0);
-  sq = _mm256_fmadd_ps(f[1], x1, sq);
-  sq = _mm256_fmadd_ps(f[2], x2, sq);
-  sq = _mm256_fmadd_ps(f[3], x3, sq);
-  const __m256 sx = _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3));
+  __m256 sq = _mm256_mul_ps(f[0], _mm256_loadu_ps(xb));
+  sq = _mm256_fmadd_ps(f[1], _mm256_loadu_ps(xb + 8), sq);
+  sq = _mm256_fmadd_ps(f[2], _mm256_loadu_ps(xb + 16), sq);
+  sq = _mm256_fmadd_ps(f[3], _mm256_loadu_ps(xb + 24), sq);
   const float d = HalfScale(blk);
   const float m = kHasMin ? HalfScale(blk + 2) : -8.0f * d;
   total_q = _mm256_fmadd_ps(sq, _mm256_set1_ps(d), total_q);
-  total_x = _mm256_fmadd_ps(sx, _mm256_set1_ps(m), total_x);
+  total_m += m * x_sum;
 }
 
 template <bool kHasMin>
-LONGREAD_AVX2 float DotQ4(const uint8_t* w, const float* x, int64_t n) {
+LONGREAD_AVX2 float DotQ4(const uint8_t* w, const float* x, const float* x_sums, int64_t n) {
   constexpr int64_t kBlockBytes = kHasMin ? sizeof(BlockQ4_1) : sizeof(BlockQ4_0);
-  __m256 q0 = _mm256_setzero_ps(), q1 = q0, x0 = q0, x1 = q0;
+  __m256 q0 = _mm256_setzero_ps(), q1 = q0;
+  float m0 = 0, m1 = 0;
   const int64_t n_blocks = n / 32;
   int64_t b = 0;
   for (; b + 2 <= n_blocks; b += 2) {
-    BlockDotQ4<kHasMin>(w + b * kBlockBytes, x + 32 * b, q0, x0);
-    BlockDotQ4<kHasMin>(w + (b + 1) * kBlockBytes, x + 32 * b + 32, q1, x1);
+    BlockDotQ4<kHasMin>(w + b * kBlockBytes, x + 32 * b, x_sums[b], q0, m0);
+    BlockDotQ4<kHasMin>(w + (b + 1) * kBlockBytes, x + 32 * b + 32, x_sums[b + 1], q1, m1);
   }
-  if (b < n_blocks) BlockDotQ4<kHasMin>(w + b * kBlockBytes, x + 32 * b, q0, x0);
-  return HorizontalSum(_mm256_add_ps(_mm256_add_ps(q0, q1), _mm256_add_ps(x0, x1)));
+  if (b < n_blocks) BlockDotQ4<kHasMin>(w + b * kBlockBytes, x + 32 * b, x_sums[b], q0, m0);
+  return HorizontalSum(_mm256_add_ps(q0, q1)) + (m0 + m1);
 }
 
-LONGREAD_AVX2 void DecodeRows(const MatrixView& w, const float* x, int64_t n_tokens, float* y,
-                              int64_t row_begin, int64_t row_end) {
+// x_sums[t][b] = sum of x[t][32b .. 32b+32).
+LONGREAD_AVX2 void BlockSums(const float* x, int64_t n_tokens, int64_t cols, float* x_sums) {
+  const int64_t n_blocks = cols / 32;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      const float* xb = x + t * cols + 32 * b;
+      const __m256 s =
+          _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(xb), _mm256_loadu_ps(xb + 8)),
+                        _mm256_add_ps(_mm256_loadu_ps(xb + 16), _mm256_loadu_ps(xb + 24)));
+      x_sums[t * n_blocks + b] = HorizontalSum(s);
+    }
+  }
+}
+
+LONGREAD_AVX2 void DecodeRows(const MatrixView& w, const float* x, const float* x_sums,
+                              int64_t n_tokens, float* y, int64_t row_begin, int64_t row_end) {
   for (int64_t r = row_begin; r < row_end; ++r) {
     const uint8_t* row = RowPointer(w, r);
     for (int64_t t = 0; t < n_tokens; ++t) {
       const float* xt = x + t * w.cols;
+      const float* xt_sums = x_sums + t * (w.cols / 32);
       float v = 0;
       switch (w.type) {
         case DType::kF32:
@@ -411,10 +425,10 @@ LONGREAD_AVX2 void DecodeRows(const MatrixView& w, const float* x, int64_t n_tok
           v = DotQ8_0(row, xt, w.cols);
           break;
         case DType::kQ4_0:
-          v = DotQ4<false>(row, xt, w.cols);
+          v = DotQ4<false>(row, xt, xt_sums, w.cols);
           break;
         case DType::kQ4_1:
-          v = DotQ4<true>(row, xt, w.cols);
+          v = DotQ4<true>(row, xt, xt_sums, w.cols);
           break;
       }
       y[t * w.rows + r] = v;
@@ -430,7 +444,17 @@ void DequantizeRowAvx2(DType type, const uint8_t* row, int64_t cols, float* out)
 
 void MatMulAvx2(const MatrixView& w, const float* x, int64_t n_tokens, float* y, ThreadPool* pool) {
   if (n_tokens <= kDecodeMaxTokens) {
-    auto rows = [&](int64_t begin, int64_t end) { DecodeRows(w, x, n_tokens, y, begin, end); };
+    // Block sums of x for the Q4 dots, in the caller's scratch (workers only read them).
+    thread_local std::vector<float> x_sums;
+    const int64_t n_sums = n_tokens * (w.cols / 32);
+    if (static_cast<int64_t>(x_sums.size()) < n_sums) x_sums.resize(n_sums);
+    if (w.type == DType::kQ4_0 || w.type == DType::kQ4_1) {
+      BlockSums(x, n_tokens, w.cols, x_sums.data());
+    }
+    const float* sums = x_sums.data();
+    auto rows = [&](int64_t begin, int64_t end) {
+      DecodeRows(w, x, sums, n_tokens, y, begin, end);
+    };
     if (pool == nullptr) {
       rows(0, w.rows);
     } else {
