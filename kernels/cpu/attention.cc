@@ -63,13 +63,14 @@ void PortableAccumulate(const float* p, int64_t rows, const float* v, int64_t n,
 
 // Per-thread buffers, grown only when a larger shape arrives.
 struct TileScratch {
-  std::vector<float> q, scores, acc, row_max, row_sum;
+  std::vector<float> q, kt, scores, acc, row_max, row_sum;
 
   void Reserve(int64_t rows, int64_t head_dim) {
     auto grow = [](std::vector<float>& v, int64_t n) {
       if (static_cast<int64_t>(v.size()) < n) v.resize(n);
     };
     grow(q, rows * head_dim);
+    grow(kt, head_dim * kKeyTile + 8);
     grow(scores, rows * kKeyTile + 8);
     grow(acc, rows * head_dim);
     grow(row_max, rows);
@@ -85,7 +86,8 @@ float* Aligned(std::vector<float>& v) {
 
 // Keys and values of every key tile, packed once per call for all query tiles: keys transposed
 // ([tile][head_dim][kKeyTile]), values copied 32-byte aligned ([tile][kKeyTile][head_dim]).
-// Tile t of KV head g is at index g * n_key_tiles + t.
+// Tile t of KV head g is at index g * n_key_tiles + t. Null kt: not packed (a single query
+// tile uses every key tile once, so packing would only add a pass over K and V).
 struct PackedKv {
   const float* kt;
   const float* v;
@@ -137,8 +139,19 @@ void RunTile(const AttentionArgs& a, const AttentionSteps& steps, const PackedKv
     }
     if (!any_visible) continue;
 
-    const int64_t packed = (g * kv.n_key_tiles + j0 / kKeyTile) * kKeyTile * hd;
-    steps.scores(q, rows, kv.kt + packed, hd, scores);
+    const float* kt_tile;
+    const float* v_tile;
+    if (kv.kt != nullptr) {
+      const int64_t packed = (g * kv.n_key_tiles + j0 / kKeyTile) * kKeyTile * hd;
+      kt_tile = kv.kt + packed;
+      v_tile = kv.v + packed;
+    } else {
+      float* kt = Aligned(scratch.kt);
+      steps.transpose_keys(a.k + (key_base + j0) * hd, n, hd, kt);
+      kt_tile = kt;
+      v_tile = a.v + (key_base + j0) * hd;
+    }
+    steps.scores(q, rows, kt_tile, hd, scores);
     if (!all_visible) {
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t i = i0 + r / group;
@@ -171,7 +184,7 @@ void RunTile(const AttentionArgs& a, const AttentionSteps& steps, const PackedKv
         }
       }
     }
-    steps.accumulate(scores, rows, kv.v + packed, n, hd, acc);
+    steps.accumulate(scores, rows, v_tile, n, hd, acc);
   }
 
   for (int64_t r = 0; r < rows; ++r) {
@@ -201,26 +214,28 @@ void Attention(const AttentionArgs& a, ThreadPool* pool) {
   const int64_t n_tasks = n_tiles * a.n_kv_heads;
   const int64_t n_workers = pool == nullptr ? 1 : std::min<int64_t>(pool->size(), n_tasks);
 
-  // Grow-only buffers of the calling thread (workers only read them through kv).
-  thread_local std::vector<float> packed_k, packed_v;
-  const int64_t n_key_tiles = (a.n_keys + cpu::kKeyTile - 1) / cpu::kKeyTile;
-  const int64_t packed_floats = a.n_kv_heads * n_key_tiles * cpu::kKeyTile * a.head_dim;
-  if (static_cast<int64_t>(packed_k.size()) < packed_floats + 8) {
-    packed_k.resize(packed_floats + 8);
-    packed_v.resize(packed_floats + 8);
+  cpu::PackedKv kv{nullptr, nullptr, 0};
+  if (n_tiles > 1) {
+    // Grow-only buffers of the calling thread (workers only read them through kv).
+    thread_local std::vector<float> packed_k, packed_v;
+    const int64_t n_key_tiles = (a.n_keys + cpu::kKeyTile - 1) / cpu::kKeyTile;
+    const int64_t packed_floats = a.n_kv_heads * n_key_tiles * cpu::kKeyTile * a.head_dim;
+    if (static_cast<int64_t>(packed_k.size()) < packed_floats + 8) {
+      packed_k.resize(packed_floats + 8);
+      packed_v.resize(packed_floats + 8);
+    }
+    float* kt = cpu::Aligned(packed_k);
+    float* v = cpu::Aligned(packed_v);
+    kv = cpu::PackedKv{kt, v, n_key_tiles};
+    auto pack = [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) cpu::PackTile(a, steps, i, kt, v, n_key_tiles);
+    };
+    if (pool == nullptr) {
+      pack(0, a.n_kv_heads * n_key_tiles);
+    } else {
+      pool->ParallelFor(a.n_kv_heads * n_key_tiles, pack);
+    }
   }
-  float* kt = cpu::Aligned(packed_k);
-  float* v = cpu::Aligned(packed_v);
-  const cpu::PackedKv kv{kt, v, n_key_tiles};
-  auto pack = [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) cpu::PackTile(a, steps, i, kt, v, n_key_tiles);
-  };
-  if (pool == nullptr) {
-    pack(0, a.n_kv_heads * n_key_tiles);
-  } else {
-    pool->ParallelFor(a.n_kv_heads * n_key_tiles, pack);
-  }
-
   // Worker w takes tasks w, w + n_workers, ...: causal tiles grow with the query index, so
   // striding balances the work; each tile is computed the same way whoever runs it.
   auto run = [&](int64_t begin, int64_t end) {
