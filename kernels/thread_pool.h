@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <mutex>
 #include <thread>
@@ -40,6 +41,12 @@ class ThreadPool {
   std::atomic<uint32_t> generation_{0};
   std::atomic<int32_t> pending_{0};
   std::atomic<bool> stopping_{false};
+  // Sleeping uses mutex + condition variable, not std::atomic::wait: libstdc++ 12's atomic
+  // wait/notify lost wake-ups here (a worker slept through a new generation and the caller
+  // waited forever on pending_; reproduced by tests/engine/memory/sparsek_memory_test).
+  std::mutex sleep_mutex_;
+  std::condition_variable work_posted_;
+  std::condition_variable work_done_;
   // The job being run; written before generation_ is bumped, read by workers after they see it.
   const absl::FunctionRef<void(int64_t, int64_t)>* job_fn_ = nullptr;
   int64_t job_n_ = 0;

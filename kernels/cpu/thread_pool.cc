@@ -30,9 +30,12 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads
 }
 
 ThreadPool::~ThreadPool() {
-  stopping_.store(true, std::memory_order_release);
-  generation_.fetch_add(1, std::memory_order_acq_rel);
-  generation_.notify_all();
+  {
+    std::lock_guard<std::mutex> lock(sleep_mutex_);
+    stopping_.store(true, std::memory_order_release);
+    generation_.fetch_add(1, std::memory_order_acq_rel);
+  }
+  work_posted_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
@@ -57,13 +60,17 @@ void ThreadPool::WorkerLoop(int worker_index) {
       now = generation_.load(std::memory_order_acquire);
     }
     if (now == seen) {
-      generation_.wait(seen, std::memory_order_acquire);
+      std::unique_lock<std::mutex> lock(sleep_mutex_);
+      work_posted_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
       continue;
     }
     seen = now;
     if (stopping_.load(std::memory_order_acquire)) return;
     RunChunk(worker_index);
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lock(sleep_mutex_);  // orders the wake after the caller sleeps
+      work_done_.notify_one();
+    }
   }
 }
 
@@ -77,8 +84,11 @@ void ThreadPool::ParallelFor(int64_t n, absl::FunctionRef<void(int64_t, int64_t)
   job_fn_ = &fn;
   job_n_ = n;
   pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-  generation_.fetch_add(1, std::memory_order_acq_rel);
-  generation_.notify_all();
+  {
+    std::lock_guard<std::mutex> lock(sleep_mutex_);
+    generation_.fetch_add(1, std::memory_order_acq_rel);
+  }
+  work_posted_.notify_all();
   RunChunk(0);
   int32_t left = pending_.load(std::memory_order_acquire);
   for (int spin = 0; left != 0 && spin < kSpinIterations + kYieldIterations; ++spin) {
@@ -89,9 +99,9 @@ void ThreadPool::ParallelFor(int64_t n, absl::FunctionRef<void(int64_t, int64_t)
     }
     left = pending_.load(std::memory_order_acquire);
   }
-  while (left != 0) {
-    pending_.wait(left, std::memory_order_acquire);
-    left = pending_.load(std::memory_order_acquire);
+  if (left != 0) {
+    std::unique_lock<std::mutex> lock(sleep_mutex_);
+    work_done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
   }
   job_fn_ = nullptr;
 }
