@@ -51,11 +51,15 @@ absl::StatusOr<std::unique_ptr<CacheDb>> CacheDb::Open(const std::string& path,
   rocksdb::ColumnFamilyOptions snapshot_cf;
   snapshot_cf.compression = ToRocks(options.snapshot_block_compression);
   snapshot_cf.write_buffer_size = options.snapshot_write_buffer_bytes;
-  rocksdb::ColumnFamilyOptions job_cf;
+  // Job state is small; a small memtable also keeps the WAL preallocation (sized from the
+  // largest memtable) from being set by these families.
+  rocksdb::ColumnFamilyOptions small_cf;
+  small_cf.write_buffer_size = 4u << 20;
+  rocksdb::ColumnFamilyOptions job_cf = small_cf;
   job_cf.compression = rocksdb::kNoCompression;
 
   std::vector<rocksdb::ColumnFamilyDescriptor> families = {
-      {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()},
+      {rocksdb::kDefaultColumnFamilyName, small_cf},
       {kSnapshotColumnFamily, snapshot_cf},
       {kJobStateColumnFamily, job_cf},
   };

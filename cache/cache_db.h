@@ -31,9 +31,10 @@ struct CacheDbOptions {
   // that barely compresses (bench/cache), so it is off by default; records can instead compress
   // their own payload (EncodeOptions).
   BlockCompression snapshot_block_compression = BlockCompression::kNone;
-  // Memtable size of the snapshot column family; a full snapshot of the default model is tens
-  // of MiB, so the default 64 MiB would flush on almost every write.
-  size_t snapshot_write_buffer_bytes = 256u << 20;
+  // Memtable size of the snapshot column family. It also bounds the WAL that a restart replays
+  // (bigger = fewer flushes, slower recovery). A full snapshot of the default model is tens of
+  // MiB, so most full writes flush anyway.
+  size_t snapshot_write_buffer_bytes = 64u << 20;
 };
 
 class CacheDb {

@@ -51,17 +51,15 @@ void SyntheticDocument::AdvanceTo(int64_t segment_index) {
     const int64_t new_end =
         std::max<int64_t>(shape_.sink, (segment_index_ + 1) * shape_.segment_len - shape_.window);
     for (size_t h = 0; h < top_k_.size(); ++h) {
-      std::vector<int64_t>& kept = top_k_[h];
-      for (int64_t p = old_end; p < new_end; ++p) kept.push_back(p);
+      std::vector<std::pair<float, int64_t>>& kept = top_k_[h];
+      for (int64_t p = old_end; p < new_end; ++p) kept.emplace_back(Score(h, p), p);
       if (kept.size() > static_cast<size_t>(shape_.top_k)) {
-        auto better = [&](int64_t a, int64_t b) {
-          const float sa = Score(h, a), sb = Score(h, b);
-          return sa != sb ? sa > sb : a < b;
+        auto better = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
+          return a.first != b.first ? a.first > b.first : a.second < b.second;
         };
         std::nth_element(kept.begin(), kept.begin() + shape_.top_k, kept.end(), better);
         kept.resize(shape_.top_k);
       }
-      std::sort(kept.begin(), kept.end());
     }
   }
 }
@@ -88,7 +86,9 @@ engine::MemorySnapshot SyntheticDocument::Snapshot() const {
     for (int64_t p = 0; p < std::min<int64_t>(shape_.sink, s.token_offset); ++p) {
       head.positions.push_back(p);
     }
-    head.positions.insert(head.positions.end(), top_k_[h].begin(), top_k_[h].end());
+    const size_t first_top_k = head.positions.size();
+    for (const auto& [score, p] : top_k_[h]) head.positions.push_back(p);
+    std::sort(head.positions.begin() + first_top_k, head.positions.end());
     for (int64_t p = window_begin; p < s.token_offset; ++p) head.positions.push_back(p);
     head.keys.resize(head.positions.size() * d);
     head.values.resize(head.positions.size() * d);

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/memory/snapshot.h"
@@ -42,8 +43,8 @@ class SyntheticDocument {
   SyntheticShape shape_;
   uint64_t seed_;
   int64_t segment_index_ = 0;
-  std::vector<std::vector<int64_t>> top_k_;    // per head, ascending positions
-  std::vector<std::vector<float>> key_scale_;  // per head, per dim
+  std::vector<std::vector<std::pair<float, int64_t>>> top_k_;  // per head: (score, position)
+  std::vector<std::vector<float>> key_scale_;                  // per head, per dim
 };
 
 }  // namespace longread::cache

@@ -13,8 +13,11 @@ namespace longread::cache {
 // A unique empty directory under the test temp dir, removed at destruction.
 class TempDir {
  public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::path(::testing::TempDir()) / "lrcacheXXXXXX").string();
+  // `base` "" means the test temp dir.
+  explicit TempDir(const std::string& base = "") {
+    std::string tmpl =
+        (std::filesystem::path(base.empty() ? ::testing::TempDir() : base) / "lrcacheXXXXXX")
+            .string();
     path_ = mkdtemp(tmpl.data());
   }
   ~TempDir() {
