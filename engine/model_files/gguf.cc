@@ -634,7 +634,7 @@ absl::StatusOr<float> GgufFile::GetF32(std::string_view key) const {
   MF_ASSIGN_OR_RETURN(const GgufValue* v, Require(key));
   absl::StatusOr<double> f = v->AsF64();
   if (!f.ok()) return WithKey(key, f.status());
-  return static_cast<float>(*f);
+  return mf::NarrowToFloat(*f, mf::Cat("gguf: key '", key, "'"));
 }
 
 absl::StatusOr<bool> GgufFile::GetBool(std::string_view key) const {

@@ -171,8 +171,8 @@ absl::StatusOr<HfConfig> ParseHfConfig(std::string_view text) {
   MF_RETURN_IF_ERROR(int_field("max_position_embeddings", std::nullopt, &c.context_length));
   MF_ASSIGN_OR_RETURN(double theta, mf::JsonNumber(j, "rope_theta", 10000.0, kWhat));
   MF_ASSIGN_OR_RETURN(double eps, mf::JsonNumber(j, "rms_norm_eps", 1e-6, kWhat));
-  c.rope_theta = static_cast<float>(theta);
-  c.rms_eps = static_cast<float>(eps);
+  MF_ASSIGN_OR_RETURN(c.rope_theta, mf::NarrowToFloat(theta, "config.json: rope_theta"));
+  MF_ASSIGN_OR_RETURN(c.rms_eps, mf::NarrowToFloat(eps, "config.json: rms_norm_eps"));
   MF_ASSIGN_OR_RETURN(c.tie_embeddings, mf::JsonBool(j, "tie_word_embeddings", false, kWhat));
   c.rope_style = RopeStyle::kHalf;
   c.attn_qkv_bias = c.architecture == "qwen2";

@@ -3,6 +3,8 @@
 // StrCat that accepts std::string_view (Debian's Abseil has its own string_view type).
 #pragma once
 
+#include <cmath>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -23,6 +25,14 @@ requires std::is_arithmetic_v<T> T Adapt(T v) { return v; }
 template <typename... Args>
 std::string Cat(const Args&... args) {
   return absl::StrCat(Adapt(args)...);
+}
+
+// A double narrowed to float, refusing values a float cannot hold (the cast would be undefined).
+inline absl::StatusOr<float> NarrowToFloat(double v, std::string_view field) {
+  if (std::isfinite(v) && std::fabs(v) > static_cast<double>(std::numeric_limits<float>::max())) {
+    return absl::OutOfRangeError(Cat(field, ": value ", v, " does not fit in a float"));
+  }
+  return static_cast<float>(v);
 }
 
 // Same code, new message: prefixes `context` to `s`'s message.

@@ -97,6 +97,7 @@ TEST(GgufTest, AllValueTypesConvert) {
   EXPECT_FALSE(f.GetI64("u64").ok());
   EXPECT_EQ(*f.GetI64("i64"), std::numeric_limits<int64_t>::min());
   EXPECT_DOUBLE_EQ(*f.Find("f64")->AsF64(), 2.25);
+  EXPECT_FLOAT_EQ(*f.GetF32("f64"), 2.25f);
   const GgufValue* n = f.Find("nested");
   ASSERT_TRUE(n->is_array());
   EXPECT_EQ(n->element_type(), GgufValueType::kArray);
@@ -107,6 +108,15 @@ TEST(GgufTest, AllValueTypesConvert) {
   EXPECT_FALSE(n->ArrayI64().ok());
   EXPECT_EQ(*f.Find("floats")->ArrayF64(), (std::vector<double>{0.5, -1.0}));
   EXPECT_FALSE(f.Find("floats")->ArrayStrings().ok());
+}
+
+TEST(GgufTest, F64BeyondFloatIsRefusedByGetF32) {
+  std::string bytes =
+      GgufBuilder().Kv("big", GgufBuilder::kF64, GgufBuilder::Pod<double>(1e300)).Build();
+  auto f = GgufFile::Parse(bytes);
+  ASSERT_TRUE(f.ok());
+  EXPECT_THAT(Message((*f)->GetF32("big").status()), HasSubstr("does not fit in a float"));
+  EXPECT_DOUBLE_EQ(*(*f)->Find("big")->AsF64(), 1e300);
 }
 
 TEST(GgufTest, EveryTruncationIsAnError) {

@@ -76,6 +76,9 @@ TEST(HfConfigTest, RefusesBadConfigs) {
   j["num_hidden_layers"] = 1e30;
   EXPECT_FALSE(ParseHfConfig(j.dump()).ok());
   j = TinyHfConfig();
+  j["rope_theta"] = 1e300;  // beyond float
+  EXPECT_THAT(Message(ParseHfConfig(j.dump()).status()), HasSubstr("does not fit in a float"));
+  j = TinyHfConfig();
   j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
   EXPECT_THAT(Message(ParseHfConfig(j.dump()).status()), HasSubstr("rope_scaling"));
   EXPECT_THAT(Message(ParseHfConfig("{\"a\": }").status()), HasSubstr("byte offset"));
