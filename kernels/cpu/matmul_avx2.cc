@@ -46,7 +46,20 @@ LONGREAD_AVX2 inline void NibblesToFloats(const uint8_t* qs, __m256 f[4]) {
   f[3] = BytesToFloats(_mm_srli_si128(hi, 8));
 }
 
-LONGREAD_AVX2 void DequantizeRowImpl(DType type, const uint8_t* row, int64_t cols, float* out) {
+// An f16 scale read straight from the block (F16C; exact like HalfToFloat).
+LONGREAD_AVX2 inline float HalfScale(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+// Blocks are read in place, never copied into a struct first: a 16-byte load of nibbles from a
+// freshly copied struct misses store forwarding and costs more than the decoding itself.
+// Inlined into the per-type panel packers below, where `type` is a constant and the switch folds.
+LONGREAD_AVX2 inline __attribute__((always_inline)) void DequantizeRowImpl(DType type,
+                                                                           const uint8_t* row,
+                                                                           int64_t cols,
+                                                                           float* out) {
   switch (type) {
     case DType::kF32:
       std::memcpy(out, row, cols * sizeof(float));
@@ -73,9 +86,7 @@ LONGREAD_AVX2 void DequantizeRowImpl(DType type, const uint8_t* row, int64_t col
     case DType::kQ8_0:
       for (int64_t b = 0; b < cols / 32; ++b) {
         const uint8_t* blk = row + b * sizeof(BlockQ8_0);
-        uint16_t d16;
-        std::memcpy(&d16, blk, 2);
-        const __m256 d = _mm256_set1_ps(HalfToFloat(d16));
+        const __m256 d = _mm256_set1_ps(HalfScale(blk));
         for (int i = 0; i < 4; ++i) {
           const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * i));
           _mm256_storeu_ps(out + 32 * b + 8 * i, _mm256_mul_ps(SignedBytesToFloats(q), d));
@@ -84,11 +95,11 @@ LONGREAD_AVX2 void DequantizeRowImpl(DType type, const uint8_t* row, int64_t col
       return;
     case DType::kQ4_0:
       for (int64_t b = 0; b < cols / 32; ++b) {
-        const auto blk = LoadBlock<BlockQ4_0>(row + b * sizeof(BlockQ4_0));
-        const float d = HalfToFloat(blk.d);
+        const uint8_t* blk = row + b * sizeof(BlockQ4_0);
+        const float d = HalfScale(blk);
         const __m256 vd = _mm256_set1_ps(d), offset = _mm256_set1_ps(-8.0f * d);
         __m256 f[4];
-        NibblesToFloats(blk.qs, f);
+        NibblesToFloats(blk + 2, f);
         // (q - 8) * d is exact in float, and so is this single-rounding FMA.
         for (int i = 0; i < 4; ++i) {
           _mm256_storeu_ps(out + 32 * b + 8 * i, _mm256_fmadd_ps(f[i], vd, offset));
@@ -97,11 +108,11 @@ LONGREAD_AVX2 void DequantizeRowImpl(DType type, const uint8_t* row, int64_t col
       return;
     case DType::kQ4_1:
       for (int64_t b = 0; b < cols / 32; ++b) {
-        const auto blk = LoadBlock<BlockQ4_1>(row + b * sizeof(BlockQ4_1));
-        const __m256 vd = _mm256_set1_ps(HalfToFloat(blk.d));
-        const __m256 vm = _mm256_set1_ps(HalfToFloat(blk.m));
+        const uint8_t* blk = row + b * sizeof(BlockQ4_1);
+        const __m256 vd = _mm256_set1_ps(HalfScale(blk));
+        const __m256 vm = _mm256_set1_ps(HalfScale(blk + 2));
         __m256 f[4];
-        NibblesToFloats(blk.qs, f);
+        NibblesToFloats(blk + 4, f);
         for (int i = 0; i < 4; ++i) {
           _mm256_storeu_ps(out + 32 * b + 8 * i, _mm256_fmadd_ps(f[i], vd, vm));
         }
@@ -134,25 +145,56 @@ LONGREAD_AVX2 inline void Transpose8x8ToPanel(const float* src, int64_t ld, int6
   }
 }
 
-// Decodes rows [r0, r0 + 16) of w (missing rows as zeros) into panel[K][16] via row_buffer[16][K].
-LONGREAD_AVX2 void PackPanel(const MatrixView& w, int64_t r0, float* row_buffer, float* panel) {
+// Decodes rows [r0, r0 + 16) of w (missing rows as zeros) into panel[K][16], 32 columns at a time
+// through a 2 KiB buffer that stays in L1.
+template <DType kType>
+LONGREAD_AVX2 void PackPanelT(const MatrixView& w, int64_t r0, float* panel) {
+  constexpr int kChunk = 32;
+  constexpr int64_t kChunkBytes = kChunk / BlockElements(kType) * BlockBytes(kType);
   const int64_t k_dim = w.cols;
-  for (int rr = 0; rr < kPanelRows; ++rr) {
-    float* dst = row_buffer + rr * k_dim;
-    if (r0 + rr < w.rows) {
-      DequantizeRowImpl(w.type, RowPointer(w, r0 + rr), k_dim, dst);
-    } else {
-      std::fill(dst, dst + k_dim, 0.0f);
+  const int valid = static_cast<int>(std::min<int64_t>(kPanelRows, w.rows - r0));
+  alignas(32) float tmp[kPanelRows * kChunk];
+  if (valid < kPanelRows) std::fill(tmp + valid * kChunk, tmp + kPanelRows * kChunk, 0.0f);
+  int64_t c0 = 0;
+  for (; c0 + kChunk <= k_dim; c0 += kChunk) {
+    const int64_t offset = c0 / kChunk * kChunkBytes;
+    for (int rr = 0; rr < valid; ++rr) {
+      DequantizeRowImpl(kType, RowPointer(w, r0 + rr) + offset, kChunk, tmp + rr * kChunk);
+    }
+    float* dst = panel + c0 * kPanelRows;
+    for (int k8 = 0; k8 < kChunk; k8 += 8) {
+      Transpose8x8ToPanel(tmp, kChunk, k8, dst, 0);
+      Transpose8x8ToPanel(tmp + 8 * kChunk, kChunk, k8, dst, 8);
     }
   }
-  int64_t k0 = 0;
-  for (; k0 + 8 <= k_dim; k0 += 8) {
-    Transpose8x8ToPanel(row_buffer, k_dim, k0, panel, 0);
-    Transpose8x8ToPanel(row_buffer + 8 * k_dim, k_dim, k0, panel, 8);
+  if (c0 < k_dim) {  // float types only: quantized rows are whole 32-element blocks
+    const int64_t rest = k_dim - c0;
+    for (int rr = 0; rr < valid; ++rr) {
+      DequantizeRowPortable(kType, RowPointer(w, r0 + rr) + c0 * BlockBytes(kType), rest,
+                            tmp + rr * kChunk);
+    }
+    for (int64_t k = 0; k < rest; ++k) {
+      for (int rr = 0; rr < kPanelRows; ++rr) {
+        panel[(c0 + k) * kPanelRows + rr] = tmp[rr * kChunk + k];
+      }
+    }
   }
-  for (; k0 < k_dim; ++k0) {
-    for (int rr = 0; rr < kPanelRows; ++rr)
-      panel[k0 * kPanelRows + rr] = row_buffer[rr * k_dim + k0];
+}
+
+void PackPanel(const MatrixView& w, int64_t r0, float* panel) {
+  switch (w.type) {
+    case DType::kF32:
+      return PackPanelT<DType::kF32>(w, r0, panel);
+    case DType::kF16:
+      return PackPanelT<DType::kF16>(w, r0, panel);
+    case DType::kBF16:
+      return PackPanelT<DType::kBF16>(w, r0, panel);
+    case DType::kQ8_0:
+      return PackPanelT<DType::kQ8_0>(w, r0, panel);
+    case DType::kQ4_0:
+      return PackPanelT<DType::kQ4_0>(w, r0, panel);
+    case DType::kQ4_1:
+      return PackPanelT<DType::kQ4_1>(w, r0, panel);
   }
 }
 
@@ -168,22 +210,46 @@ LONGREAD_AVX2 inline void StoreRow(float* y, __m256 lo, __m256 hi, int valid_row
   }
 }
 
-// y[i][0..valid_rows) = panel^T . x[i] for MT <= 6 tokens: one FMA chain over k per output.
-// Accumulators are named variables, not an array: GCC spills an accumulator array to the stack
-// on every iteration.
+// The running sums of one token row: zero on the first depth tile, else what the previous depth
+// tile stored (exact in float, so splitting k into tiles does not change any result).
+LONGREAD_AVX2 inline void LoadRow(const float* y, int valid_rows, bool accumulate, __m256& lo,
+                                  __m256& hi) {
+  if (!accumulate) {
+    lo = hi = _mm256_setzero_ps();
+  } else if (valid_rows == kPanelRows) {
+    lo = _mm256_loadu_ps(y);
+    hi = _mm256_loadu_ps(y + 8);
+  } else {
+    alignas(32) float tmp[kPanelRows] = {};
+    std::copy(y, y + valid_rows, tmp);
+    lo = _mm256_load_ps(tmp);
+    hi = _mm256_load_ps(tmp + 8);
+  }
+}
+
+// y[i][0..valid_rows) (+)= panel^T . x[i] over k < k_len for MT <= 6 tokens (x rows ldx apart):
+// one FMA chain over k per output. Accumulators are named variables, not an array: GCC spills an
+// accumulator array to the stack on every iteration.
 template <int MT>
-LONGREAD_AVX2 inline void PanelKernel(const float* panel, int64_t k_dim, const float* x, float* y,
-                                      int64_t ldy, int valid_rows) {
+LONGREAD_AVX2 inline void PanelKernel(const float* panel, int64_t k_len, const float* x,
+                                      int64_t ldx, float* y, int64_t ldy, int valid_rows,
+                                      bool accumulate) {
   static_assert(MT >= 1 && MT <= 6);
-  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+  c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
+  LoadRow(y, valid_rows, accumulate, c00, c01);
+  if constexpr (MT > 1) LoadRow(y + ldy, valid_rows, accumulate, c10, c11);
+  if constexpr (MT > 2) LoadRow(y + 2 * ldy, valid_rows, accumulate, c20, c21);
+  if constexpr (MT > 3) LoadRow(y + 3 * ldy, valid_rows, accumulate, c30, c31);
+  if constexpr (MT > 4) LoadRow(y + 4 * ldy, valid_rows, accumulate, c40, c41);
+  if constexpr (MT > 5) LoadRow(y + 5 * ldy, valid_rows, accumulate, c50, c51);
   const float* x0 = x;
-  const float* x1 = x + k_dim;
-  const float* x2 = x + 2 * k_dim;
-  const float* x3 = x + 3 * k_dim;
-  const float* x4 = x + 4 * k_dim;
-  const float* x5 = x + 5 * k_dim;
-  for (int64_t k = 0; k < k_dim; ++k) {
+  const float* x1 = x + ldx;
+  const float* x2 = x + 2 * ldx;
+  const float* x3 = x + 3 * ldx;
+  const float* x4 = x + 4 * ldx;
+  const float* x5 = x + 5 * ldx;
+  for (int64_t k = 0; k < k_len; ++k) {
     const __m256 b0 = _mm256_load_ps(panel + k * kPanelRows);
     const __m256 b1 = _mm256_load_ps(panel + k * kPanelRows + 8);
     __m256 a = _mm256_broadcast_ss(x0 + k);
@@ -223,43 +289,71 @@ LONGREAD_AVX2 inline void PanelKernel(const float* panel, int64_t k_dim, const f
   if constexpr (MT > 5) StoreRow(y + 5 * ldy, c50, c51, valid_rows);
 }
 
-LONGREAD_AVX2 void PanelTokens(const float* panel, int64_t k_dim, const float* x, int64_t n_tokens,
-                               float* y, int64_t ldy, int valid_rows) {
+LONGREAD_AVX2 void PanelTokens(const float* panel, int64_t k_len, const float* x, int64_t ldx,
+                               int64_t n_tokens, float* y, int64_t ldy, int valid_rows,
+                               bool accumulate) {
   int64_t t = 0;
   for (; t + kTokenBlock <= n_tokens; t += kTokenBlock) {
-    PanelKernel<kTokenBlock>(panel, k_dim, x + t * k_dim, y + t * ldy, ldy, valid_rows);
+    PanelKernel<kTokenBlock>(panel, k_len, x + t * ldx, ldx, y + t * ldy, ldy, valid_rows,
+                             accumulate);
   }
-  const float* xt = x + t * k_dim;
+  const float* xt = x + t * ldx;
   float* yt = y + t * ldy;
   switch (n_tokens - t) {
     case 5:
-      PanelKernel<5>(panel, k_dim, xt, yt, ldy, valid_rows);
+      PanelKernel<5>(panel, k_len, xt, ldx, yt, ldy, valid_rows, accumulate);
       break;
     case 4:
-      PanelKernel<4>(panel, k_dim, xt, yt, ldy, valid_rows);
+      PanelKernel<4>(panel, k_len, xt, ldx, yt, ldy, valid_rows, accumulate);
       break;
     case 3:
-      PanelKernel<3>(panel, k_dim, xt, yt, ldy, valid_rows);
+      PanelKernel<3>(panel, k_len, xt, ldx, yt, ldy, valid_rows, accumulate);
       break;
     case 2:
-      PanelKernel<2>(panel, k_dim, xt, yt, ldy, valid_rows);
+      PanelKernel<2>(panel, k_len, xt, ldx, yt, ldy, valid_rows, accumulate);
       break;
     case 1:
-      PanelKernel<1>(panel, k_dim, xt, yt, ldy, valid_rows);
+      PanelKernel<1>(panel, k_len, xt, ldx, yt, ldy, valid_rows, accumulate);
       break;
     default:
       break;
   }
 }
 
+// Cache blocking of the prefill: a group of panels (about 1 MiB of packed fp32 weights) is packed
+// once; then for each block of kTokenTile tokens x kDepthTile inputs (about 250 KiB, resident in
+// L2) every panel of the group runs over it. Whole segments (thousands of tokens) thus read the
+// activations from L2 instead of streaming all of x from L3/DRAM once per panel.
+constexpr int64_t kTokenTile = 42 * kTokenBlock;
+constexpr int64_t kDepthTile = 256;
+constexpr int64_t kGroupFloats = 1 << 18;
+
+int64_t PanelsPerGroup(int64_t k_dim) {
+  return std::max<int64_t>(1, kGroupFloats / (k_dim * kPanelRows));
+}
+
 LONGREAD_AVX2 void PrefillPanels(const MatrixView& w, const float* x, int64_t n_tokens, float* y,
-                                 int64_t panel_begin, int64_t panel_end, float* row_buffer,
-                                 float* panel) {
-  for (int64_t p = panel_begin; p < panel_end; ++p) {
-    const int64_t r0 = p * kPanelRows;
-    PackPanel(w, r0, row_buffer, panel);
-    const int valid = static_cast<int>(std::min<int64_t>(kPanelRows, w.rows - r0));
-    PanelTokens(panel, w.cols, x, n_tokens, y + r0, w.rows, valid);
+                                 int64_t panel_begin, int64_t panel_end, float* packed) {
+  const int64_t k_dim = w.cols;
+  const int64_t panel_floats = k_dim * kPanelRows;
+  const int64_t group = PanelsPerGroup(k_dim);
+  for (int64_t g0 = panel_begin; g0 < panel_end; g0 += group) {
+    const int64_t g1 = std::min(panel_end, g0 + group);
+    for (int64_t p = g0; p < g1; ++p)
+      PackPanel(w, p * kPanelRows, packed + (p - g0) * panel_floats);
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += kTokenTile) {
+      const int64_t nt = std::min(kTokenTile, n_tokens - t0);
+      for (int64_t k0 = 0; k0 < k_dim; k0 += kDepthTile) {
+        const int64_t kl = std::min(kDepthTile, k_dim - k0);
+        for (int64_t p = g0; p < g1; ++p) {
+          const int64_t r0 = p * kPanelRows;
+          const int valid = static_cast<int>(std::min<int64_t>(kPanelRows, w.rows - r0));
+          PanelTokens(packed + (p - g0) * panel_floats + k0 * kPanelRows, kl, x + t0 * k_dim + k0,
+                      k_dim, nt, y + t0 * w.rows + r0, w.rows, valid,
+                      /*accumulate=*/k0 > 0);
+        }
+      }
+    }
   }
 }
 
@@ -313,12 +407,6 @@ LONGREAD_AVX2 float DotHalf(const uint8_t* w, const float* x, int64_t n) {
     sum += (kBf16 ? BFloat16ToFloat(h) : HalfToFloat(h)) * x[c];
   }
   return sum;
-}
-
-LONGREAD_AVX2 inline float HalfScale(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
 }
 
 // sum_i q_i x_i over one Q8_0 block, in float.
@@ -438,7 +526,7 @@ LONGREAD_AVX2 void DecodeRows(const MatrixView& w, const float* x, const float* 
 
 }  // namespace
 
-void DequantizeRowAvx2(DType type, const uint8_t* row, int64_t cols, float* out) {
+LONGREAD_AVX2 void DequantizeRowAvx2(DType type, const uint8_t* row, int64_t cols, float* out) {
   DequantizeRowImpl(type, row, cols, out);
 }
 
@@ -464,12 +552,10 @@ void MatMulAvx2(const MatrixView& w, const float* x, int64_t n_tokens, float* y,
   }
   const int64_t n_panels = (w.rows + kPanelRows - 1) / kPanelRows;
   auto panels = [&](int64_t begin, int64_t end) {
-    // One allocation: row buffer [16][K], then the 32-byte aligned panel [K][16].
-    const int64_t panel_floats = w.cols * kPanelRows;
-    float* scratch = ThreadScratch(2 * panel_floats + 8);
-    float* panel = scratch + panel_floats;
-    panel += (8 - (reinterpret_cast<uintptr_t>(panel) / sizeof(float)) % 8) % 8;
-    PrefillPanels(w, x, n_tokens, y, begin, end, scratch, panel);
+    // This thread's 32-byte aligned group of packed panels [group][K][16].
+    float* packed = ThreadScratch(PanelsPerGroup(w.cols) * w.cols * kPanelRows + 8);
+    packed += (8 - (reinterpret_cast<uintptr_t>(packed) / sizeof(float)) % 8) % 8;
+    PrefillPanels(w, x, n_tokens, y, begin, end, packed);
   };
   if (pool == nullptr) {
     panels(0, n_panels);
