@@ -101,9 +101,20 @@ struct Shape {
 
 std::vector<Shape> Shapes(DType type) {
   const bool quantized = BlockElements(type) > 1;
-  std::vector<Shape> shapes = {{17, 64, 1},   {1, 32, 3},     {33, 96, 4}, {5, 576, 17},
-                               {40, 576, 64}, {23, 160, 300}, {16, 32, 6}, {100, 1536, 5},
-                               {64, 2048, 2}, {48, 64, 13}};
+  std::vector<Shape> shapes = {{17, 64, 1},
+                               {1, 32, 3},
+                               {33, 96, 4},
+                               {5, 576, 17},
+                               {40, 576, 64},
+                               {23, 160, 300},
+                               {16, 32, 6},
+                               {100, 1536, 5},
+                               {64, 2048, 2},
+                               {48, 64, 13},
+                               // Crosses the prefill's cache blocks: panel groups (K = 2048:
+                               // 8 panels), 252-token tiles and 256-deep tiles.
+                               {200, 2048, 7},
+                               {20, 1024, 259}};
   if (!quantized) {
     shapes.push_back({7, 13, 1});
     shapes.push_back({19, 37, 9});
