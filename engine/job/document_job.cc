@@ -21,8 +21,8 @@ absl::StatusOr<Task> ParseTask(std::string_view name) {
   if (name == "summarize") return Task::kSummarize;
   if (name == "analyze_code" || name == "analyze-code") return Task::kAnalyzeCode;
   if (name == "question" || name == "ask") return Task::kQuestion;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown task '", name, "' (expected summarize, analyze_code or question)"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown task '", std::string(name), "' (expected summarize, analyze_code or question)"));
 }
 
 std::string_view TaskName(Task task) {
@@ -46,7 +46,7 @@ std::string TaskInstruction(Task task, std::string_view question) {
       return "Analyze the source code above: what it does, how it is structured, and any bugs or "
              "risks you notice.";
     case Task::kQuestion:
-      return absl::StrCat("Answer this question about the document above: ", question);
+      return absl::StrCat("Answer this question about the document above: ", std::string(question));
   }
   return "";
 }
@@ -94,20 +94,30 @@ int64_t CountInvalidUtf8(std::string_view s) {
 absl::StatusOr<TaskPrompt> BuildTaskPrompt(const Tokenizer& tokenizer,
                                            const std::string& chat_template, Task task,
                                            std::string_view question) {
-  (void)tokenizer;
   if (task == Task::kQuestion && question.empty()) {
     return absl::InvalidArgumentError("the question task needs a question");
   }
-  std::vector<ChatMessage> messages = {
-      {"user", absl::StrCat("Here is a document.\n\n", kDocumentMarker, "\n\n",
+  auto tmpl = ChatTemplate::FromSource(chat_template);
+  if (!tmpl.ok()) return tmpl.status();
+  const std::vector<ChatMessage> messages = {
+      {"user", absl::StrCat("Here is a document.\n\n", std::string(kDocumentMarker), "\n\n",
                             TaskInstruction(task, question))}};
-  auto rendered = RenderChat(chat_template, messages, /*add_generation_prompt=*/true);
-  if (!rendered.ok()) return rendered.status();
-  const size_t at = rendered->find(kDocumentMarker);
-  if (at == std::string::npos) {
-    return absl::InternalError("chat template dropped the document");
+  auto parts = tmpl->RenderParts(messages, /*add_generation_prompt=*/true);
+  if (!parts.ok()) return parts.status();
+  std::vector<PromptPart> before, after;
+  bool found = false;
+  for (const PromptPart& part : *parts) {
+    const size_t at = part.markup ? std::string::npos : part.text.find(kDocumentMarker);
+    if (at == std::string::npos) {
+      (found ? after : before).push_back(part);
+      continue;
+    }
+    found = true;
+    before.push_back({part.text.substr(0, at), false});
+    after.push_back({part.text.substr(at + kDocumentMarker.size()), false});
   }
-  return TaskPrompt{rendered->substr(0, at), rendered->substr(at + kDocumentMarker.size())};
+  if (!found) return absl::InternalError("chat template dropped the document");
+  return TaskPrompt{EncodePrompt(tokenizer, before), EncodePrompt(tokenizer, after)};
 }
 
 absl::StatusOr<DocumentJobResult> RunDocumentJob(LlamaModel& model, const Tokenizer& tokenizer,
@@ -129,13 +139,13 @@ absl::StatusOr<DocumentJobResult> RunDocumentJob(LlamaModel& model, const Tokeni
   DocumentJobResult result;
   result.invalid_utf8_sequences = CountInvalidUtf8(document);
   // Document text never yields control tokens: "<|im_end|>" inside a document is plain text.
-  std::vector<int32_t> tokens = tokenizer.Encode(prompt->before_document, true);
+  std::vector<int32_t> tokens = prompt->before_document;
   const int64_t prefix = static_cast<int64_t>(tokens.size());
   std::vector<int32_t> body = tokenizer.Encode(document, false);
   if (body.empty()) return absl::InvalidArgumentError("the document has no tokens");
   tokens.insert(tokens.end(), body.begin(), body.end());
   result.document_tokens = static_cast<int64_t>(body.size());
-  const std::vector<int32_t> question = tokenizer.Encode(prompt->after_document, true);
+  const std::vector<int32_t>& question = prompt->after_document;
   result.prompt_tokens = prefix + static_cast<int64_t>(question.size());
 
   RecurrentRunner runner(&model, options.runner, std::move(scorer), pool);

@@ -48,10 +48,11 @@ struct DocumentJobCallbacks {
 // The instruction text of a task (what the user message asks after the document).
 std::string TaskInstruction(Task task, std::string_view question);
 
-// Splits the chat prompt into the part before the document and the part after it.
+// The chat prompt around the document, as tokens: template markup may hold control tokens, the
+// user's text never does.
 struct TaskPrompt {
-  std::string before_document;
-  std::string after_document;
+  std::vector<int32_t> before_document;
+  std::vector<int32_t> after_document;
 };
 absl::StatusOr<TaskPrompt> BuildTaskPrompt(const Tokenizer& tokenizer,
                                            const std::string& chat_template, Task task,

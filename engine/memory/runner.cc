@@ -133,14 +133,14 @@ MemorySnapshot RecurrentRunner::Snapshot() const {
 
 absl::Status RecurrentRunner::Restore(const MemorySnapshot& snapshot) {
   if (snapshot.model_fingerprint != model_->fingerprint()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("runner: snapshot is of model ", snapshot.model_fingerprint,
-                     ", this run uses ", model_->fingerprint()));
+    return absl::FailedPreconditionError(absl::StrCat("runner: snapshot is of model ",
+                                                      snapshot.model_fingerprint,
+                                                      ", this run uses ", model_->fingerprint()));
   }
   if (snapshot.config_hash != config_.Hash()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("runner: snapshot was taken with config ", snapshot.config_hash,
-                     ", this run uses ", config_.Hash()));
+    return absl::FailedPreconditionError(absl::StrCat("runner: snapshot was taken with config ",
+                                                      snapshot.config_hash, ", this run uses ",
+                                                      config_.Hash()));
   }
   // The memory checks its own part against its own config hash.
   MemorySnapshot memory_part = snapshot;

@@ -30,9 +30,9 @@ struct MemorySnapshot {
   int32_t head_dim = 0;
 
   // Runner state.
-  int64_t segment_index = 0;  // segments fully read
-  int64_t token_offset = 0;   // document tokens fully read (== next token's position)
-  double score_origin = 0.0;  // scores are stored relative to this moving origin
+  int64_t segment_index = 0;            // segments fully read
+  int64_t token_offset = 0;             // document tokens fully read (== next token's position)
+  double score_origin = 0.0;            // scores are stored relative to this moving origin
   std::vector<int32_t> pending_tokens;  // tokenized, not yet read (a partial segment)
   std::string pending_utf8;             // bytes of an incomplete UTF-8 character of the input
 

@@ -14,9 +14,8 @@ absl::StatusOr<kernels::MatrixView> Matrix(const ModelFile& file, const std::str
   auto t = file.Tensor(name);
   if (!t.ok()) return t.status();
   if (t->dims.size() != 2 || t->dims[0] != cols || t->dims[1] != rows) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("model: tensor '", name, "' has the wrong shape; expected [", cols, ", ",
-                     rows, "]"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model: tensor '", name, "' has the wrong shape; expected [", cols, ", ", rows, "]"));
   }
   return kernels::MatrixView{t->type, rows, cols, t->data};
 }
@@ -71,8 +70,8 @@ absl::Status LlamaModel::BindWeights() {
       kernels::MatrixView* dst;
       const char* name;
       int64_t rows, cols;
-    } mats[] = {{&L.wq, "attn_q.weight", qd, d},        {&L.wk, "attn_k.weight", kvd, d},
-                {&L.wv, "attn_v.weight", kvd, d},       {&L.wo, "attn_output.weight", d, qd},
+    } mats[] = {{&L.wq, "attn_q.weight", qd, d},           {&L.wk, "attn_k.weight", kvd, d},
+                {&L.wv, "attn_v.weight", kvd, d},          {&L.wo, "attn_output.weight", d, qd},
                 {&L.w_gate, "ffn_gate.weight", c.d_ff, d}, {&L.w_up, "ffn_up.weight", c.d_ff, d},
                 {&L.w_down, "ffn_down.weight", d, c.d_ff}};
     for (auto& m : mats) {
@@ -87,9 +86,9 @@ absl::Status LlamaModel::BindWeights() {
     if (!fn.ok()) return fn.status();
     L.ffn_norm = std::move(*fn);
     if (c.attn_qkv_bias) {
-      for (auto [dst, name, n] : {std::tuple{&L.bq, "attn_q.bias", qd},
-                                  std::tuple{&L.bk, "attn_k.bias", kvd},
-                                  std::tuple{&L.bv, "attn_v.bias", kvd}}) {
+      for (auto [dst, name, n] :
+           {std::tuple{&L.bq, "attn_q.bias", qd}, std::tuple{&L.bk, "attn_k.bias", kvd},
+            std::tuple{&L.bv, "attn_v.bias", kvd}}) {
         auto b = Vector(*file_, p + name, n);
         if (!b.ok()) return b.status();
         *dst = std::move(*b);

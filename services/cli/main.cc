@@ -145,8 +145,8 @@ bool ParseInt(const Args& args, const std::string& name, int64_t fallback, int64
   *out = fallback;
   if (!args.Has(name)) return true;
   if (!absl::SimpleAtoi(args.Get(name), out) || *out < min) {
-    *error = absl::StrCat("--", name, " must be an integer >= ", min, ", got '", args.Get(name),
-                          "'");
+    *error =
+        absl::StrCat("--", name, " must be an integer >= ", min, ", got '", args.Get(name), "'");
     return false;
   }
   return true;
@@ -219,8 +219,7 @@ bool ParseGenerateOptions(const Args& args, engine::GenerateOptions* options, st
   return ParseInt(args, "max-tokens", 256, 1, &options->max_new_tokens, error) &&
          ParseFloat(args, "temperature", 0.0f, 0.0f, 100.0f, &options->sampling.temperature,
                     error) &&
-         ParseFloat(args, "top-p", 1.0f, 0.0f, 1.0f, &options->sampling.top_p, error) &&
-         [&] {
+         ParseFloat(args, "top-p", 1.0f, 0.0f, 1.0f, &options->sampling.top_p, error) && [&] {
            int64_t seed = 0;
            if (!ParseInt(args, "seed", 0, 0, &seed, error)) return false;
            options->sampling.seed = static_cast<uint64_t>(seed);
@@ -259,17 +258,24 @@ int Generate(const Args& args) {
   Loaded loaded;
   if (int rc = LoadModel(args, &loaded); rc != kOk) return rc;
 
-  std::string prompt = args.Get("prompt");
-  if (!args.Has("raw")) {
-    auto rendered = engine::RenderChat(loaded.model->file().tokenizer().chat_template,
-                                       {{"user", prompt}}, /*add_generation_prompt=*/true);
-    if (!rendered.ok()) {
-      Log(LogLevel::kError, "chat_template", {{"error", std::string(rendered.status().message())}});
+  std::vector<int32_t> tokens;
+  if (args.Has("raw")) {
+    tokens = loaded.tokenizer->Encode(args.Get("prompt"), /*parse_special=*/false);
+  } else {
+    auto tmpl = engine::ChatTemplate::FromSource(loaded.model->file().tokenizer().chat_template);
+    if (!tmpl.ok()) {
+      Log(LogLevel::kError, "chat_template", {{"error", std::string(tmpl.status().message())}});
       return kBadModel;
     }
-    prompt = *rendered;
+    const std::vector<engine::ChatMessage> messages = {{"user", args.Get("prompt")}};
+    auto parts = tmpl->RenderParts(messages, /*add_generation_prompt=*/true);
+    if (!parts.ok()) {
+      Log(LogLevel::kError, "chat_template", {{"error", std::string(parts.status().message())}});
+      return kBadModel;
+    }
+    tokens = engine::EncodePrompt(*loaded.tokenizer, *parts);
   }
-  const std::vector<int32_t> tokens = loaded.tokenizer->Encode(prompt, !args.Has("raw"));
+  if (tokens.empty()) return Usage("--prompt is empty");
   engine::RunnerConfig config;
   config.memory = engine::MemoryConfig::Dense();
   config.segment_tokens = 2048;
@@ -286,7 +292,8 @@ int Generate(const Args& args) {
     return true;
   });
   if (!generated.ok()) {
-    Log(LogLevel::kError, "generate_failed", {{"error", std::string(generated.status().message())}});
+    Log(LogLevel::kError, "generate_failed",
+        {{"error", std::string(generated.status().message())}});
     return generated.status().code() == absl::StatusCode::kOutOfRange ? kTooLong : kInternal;
   }
   std::printf("%s\n", decoder.Flush().c_str());
@@ -403,8 +410,8 @@ int Run(const Args& args) {
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
   };
-  auto result = engine::RunDocumentJob(*loaded.model, *loaded.tokenizer, document, options,
-                                       scorer, loaded.pool.get(), callbacks);
+  auto result = engine::RunDocumentJob(*loaded.model, *loaded.tokenizer, document, options, scorer,
+                                       loaded.pool.get(), callbacks);
   bar.Finish();
   if (!result.ok()) {
     Log(LogLevel::kError, "run_failed", {{"error", std::string(result.status().message())}});

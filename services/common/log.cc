@@ -5,8 +5,6 @@
 #include <ctime>
 #include <mutex>
 
-#include "absl/strings/str_cat.h"
-
 namespace longread::services {
 namespace {
 
@@ -64,7 +62,7 @@ std::string Timestamp() {
       std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
   std::tm tm;
   gmtime_r(&t, &tm);
-  char buf[40];
+  char buf[96];
   std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
   return buf;
@@ -80,8 +78,8 @@ void Log(LogLevel level, std::string_view event,
   if (level < g_min_level) return;
   std::string line;
   if (g_format == LogFormat::kJson) {
-    line = absl::StrCat("{\"ts\":\"", Timestamp(), "\",\"level\":\"", LevelName(level),
-                        "\",\"event\":");
+    line = "{\"ts\":\"" + Timestamp() + "\",\"level\":\"" + std::string(LevelName(level)) +
+           "\",\"event\":";
     AppendJsonString(&line, event);
     for (const auto& [key, value] : fields) {
       line.push_back(',');
@@ -91,9 +89,15 @@ void Log(LogLevel level, std::string_view event,
     }
     line.append("}\n");
   } else {
-    line = absl::StrCat("[longread] ", level == LogLevel::kInfo ? "" : LevelName(level),
-                        level == LogLevel::kInfo ? "" : ": ", event);
-    for (const auto& [key, value] : fields) absl::StrAppend(&line, " ", key, "=", value);
+    line = "[longread] ";
+    if (level != LogLevel::kInfo) line += std::string(LevelName(level)) + ": ";
+    line += event;
+    for (const auto& [key, value] : fields) {
+      line += ' ';
+      line += key;
+      line += '=';
+      line += value;
+    }
     line.push_back('\n');
   }
   std::lock_guard<std::mutex> lock(g_mutex);

@@ -15,8 +15,7 @@ namespace longread::engine {
 namespace {
 
 nlohmann::json LoadFixture() {
-  std::ifstream in(testing::SourceDir() +
-                   "/tests/fixtures/oracle/smollm2-135m-instruct-q4_1.json");
+  std::ifstream in(testing::SourceDir() + "/tests/fixtures/oracle/smollm2-135m-instruct-q4_1.json");
   if (!in) return nullptr;
   return nlohmann::json::parse(in);
 }
@@ -60,8 +59,7 @@ TEST(OracleTest, LogitsMatchTransformers) {
         max_diff = std::max(max_diff, std::abs(ours[subset[i]] - subset_logits[i]));
       }
       worst = std::max(worst, max_diff / max_abs);
-      EXPECT_LE(max_diff / max_abs, 1e-3)
-          << prompt["name"].get<std::string>() << " position " << p;
+      EXPECT_LE(max_diff / max_abs, 1e-3) << prompt["name"].get<std::string>() << " position " << p;
       ++positions_checked;
     }
     // The last position over the whole vocabulary.
