@@ -35,6 +35,9 @@ enum class GgufValueType : uint32_t {
 
 std::string_view GgufValueTypeName(GgufValueType t);
 
+// Bytes of one scalar of type t; 0 for string and array.
+uint64_t GgufScalarSize(GgufValueType t);
+
 // Name of a ggml tensor type id ("Q4_K", ...), or "type#<id>" for ids this reader does not know.
 std::string GgmlTypeName(uint32_t type);
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <string_view>
@@ -25,6 +26,14 @@ requires std::is_arithmetic_v<T> T Adapt(T v) { return v; }
 template <typename... Args>
 std::string Cat(const Args&... args) {
   return absl::StrCat(Adapt(args)...);
+}
+
+// A trivially copyable value read from possibly unaligned little-endian bytes.
+template <typename T>
+T LoadLe(const char* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
 }
 
 // A double narrowed to float, refusing values a float cannot hold (the cast would be undefined).
