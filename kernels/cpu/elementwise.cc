@@ -1,5 +1,6 @@
 // RmsNorm, Rope, SiluMul, Add. These are a few percent of a forward pass, so they stay plain C++
 // (the compiler vectorizes them) except SiluMul, whose exp gets an AVX2 twin.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -21,24 +22,52 @@ void RmsNorm(const float* x, const float* weight, int64_t n_tokens, int64_t dim,
   }
 }
 
+namespace {
+
+// cos/sin of every (token, pair) of the last Rope call on this thread. A forward pass rotates q
+// and k of every layer at the same positions, so all but the first call of a pass reuse it.
+struct RopeTable {
+  float theta = 0;
+  int64_t head_dim = 0;
+  std::vector<int64_t> positions;
+  std::vector<float> cos, sin;  // [token][head_dim / 2]
+
+  const RopeTable& For(const int64_t* pos, int64_t n_tokens, int64_t dim, float base) {
+    if (base == theta && dim == head_dim && static_cast<int64_t>(positions.size()) == n_tokens &&
+        std::equal(pos, pos + n_tokens, positions.begin())) {
+      return *this;
+    }
+    theta = base;
+    head_dim = dim;
+    positions.assign(pos, pos + n_tokens);
+    const int64_t half = dim / 2;
+    cos.resize(n_tokens * half);
+    sin.resize(n_tokens * half);
+    std::vector<double> inv_freq(half);
+    for (int64_t i = 0; i < half; ++i) {
+      inv_freq[i] = std::pow(static_cast<double>(base), -2.0 * static_cast<double>(i) / dim);
+    }
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      for (int64_t i = 0; i < half; ++i) {
+        const double angle = static_cast<double>(pos[t]) * inv_freq[i];
+        cos[t * half + i] = static_cast<float>(std::cos(angle));
+        sin[t * half + i] = static_cast<float>(std::sin(angle));
+      }
+    }
+    return *this;
+  }
+};
+
+}  // namespace
+
 void Rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const int64_t* positions,
           float theta, RopeStyle style) {
   const int64_t half = head_dim / 2;
-  thread_local std::vector<double> inv_freq;
-  thread_local std::vector<float> cos_sin;
-  inv_freq.resize(half);
-  cos_sin.resize(2 * half);
-  for (int64_t i = 0; i < half; ++i) {
-    inv_freq[i] = std::pow(static_cast<double>(theta), -2.0 * static_cast<double>(i) / head_dim);
-  }
-  float* cos_t = cos_sin.data();
-  float* sin_t = cos_sin.data() + half;
+  thread_local RopeTable cache;
+  const RopeTable& table = cache.For(positions, n_tokens, head_dim, theta);
   for (int64_t t = 0; t < n_tokens; ++t) {
-    for (int64_t i = 0; i < half; ++i) {
-      const double angle = static_cast<double>(positions[t]) * inv_freq[i];
-      cos_t[i] = static_cast<float>(std::cos(angle));
-      sin_t[i] = static_cast<float>(std::sin(angle));
-    }
+    const float* cos_t = table.cos.data() + t * half;
+    const float* sin_t = table.sin.data() + t * half;
     for (int64_t h = 0; h < n_heads; ++h) {
       float* v = x + (t * n_heads + h) * head_dim;
       if (style == RopeStyle::kInterleaved) {

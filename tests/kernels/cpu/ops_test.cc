@@ -68,6 +68,24 @@ TEST(RopeTest, BothStylesMatchFloat64) {
   }
 }
 
+// Rope caches its cos/sin table between calls: changed positions, lengths or theta must not
+// reuse a stale one.
+TEST(RopeTest, TableFollowsPositionsLengthAndTheta) {
+  const int64_t n_heads = 2, head_dim = 16;
+  const int64_t calls[][3] = {{5, 6, 7}, {5, 6, 8}, {5, 6, 8}, {9, 9, 9}};
+  const float thetas[] = {10000.0f, 10000.0f, 500000.0f, 10000.0f};
+  for (int64_t n_tokens : {int64_t{3}, int64_t{2}}) {
+    for (int c = 0; c < 4; ++c) {
+      const auto x = RandomFloats(n_tokens * n_heads * head_dim, 8 + c);
+      std::vector<float> fast = x, reference = x;
+      Rope(fast.data(), n_tokens, n_heads, head_dim, calls[c], thetas[c], RopeStyle::kHalf);
+      ref::Rope(reference.data(), n_tokens, n_heads, head_dim, calls[c], thetas[c],
+                RopeStyle::kHalf);
+      for (size_t i = 0; i < x.size(); ++i) ASSERT_NEAR(fast[i], reference[i], 3e-7) << c;
+    }
+  }
+}
+
 TEST(SiluMulTest, MatchesFloat64OnBothPaths) {
   for (bool portable : {false, true}) {
     cpu::ForcePortable(portable);
