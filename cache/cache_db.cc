@@ -51,6 +51,15 @@ absl::StatusOr<std::unique_ptr<CacheDb>> CacheDb::Open(const std::string& path,
   rocksdb::ColumnFamilyOptions snapshot_cf;
   snapshot_cf.compression = ToRocks(options.snapshot_block_compression);
   snapshot_cf.write_buffer_size = options.snapshot_write_buffer_bytes;
+  // A full snapshot can fill a memtable by itself; room for a few keeps writes from stalling
+  // behind a flush.
+  snapshot_cf.max_write_buffer_number = 4;
+  if (options.snapshot_blob_files) {
+    snapshot_cf.enable_blob_files = true;
+    snapshot_cf.min_blob_size = 4096;  // heads stay inline; records go to blob files
+    snapshot_cf.blob_compression_type = snapshot_cf.compression;
+    snapshot_cf.enable_blob_garbage_collection = true;  // reclaim deleted records' space
+  }
   // Job state is small; a small memtable also keeps the WAL preallocation (sized from the
   // largest memtable) from being set by these families.
   rocksdb::ColumnFamilyOptions small_cf;

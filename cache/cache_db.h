@@ -35,6 +35,9 @@ struct CacheDbOptions {
   // (bigger = fewer flushes, slower recovery). A full snapshot of the default model is tens of
   // MiB, so most full writes flush anyway.
   size_t snapshot_write_buffer_bytes = 64u << 20;
+  // Keep snapshot records (MiB each) in RocksDB blob files: a flush writes them once and
+  // compaction moves only keys, instead of rewriting every record at each level.
+  bool snapshot_blob_files = true;
 };
 
 class CacheDb {

@@ -68,26 +68,26 @@ uint64_t HeaderBytes(const MemorySnapshot& s) {
          padded(s.pending_utf8.size()) + 4 + 4 * s.pending_tokens.size() + 4;
 }
 
-std::string FinishRecord(RecordKind kind, const std::string& payload,
-                         const EncodeOptions& options) {
+// `record` holds kRecordHeaderBytes of room followed by the raw payload. Uncompressed, the header
+// is written into that room (no copy of the payload, which is tens of MiB); compressed, a new
+// record is built.
+std::string FinishRecord(RecordKind kind, std::string record, const EncodeOptions& options) {
+  const std::string_view payload = std::string_view(record).substr(kRecordHeaderBytes);
   Codec codec = options.codec;
   bool shuffle = options.shuffle && codec != Codec::kNone;
-  std::string stored;
+  std::string compressed;
   if (codec != Codec::kNone) {
-    absl::StatusOr<std::string> compressed =
-        Compress(codec, options.zstd_level, shuffle ? ShuffleWords(payload) : payload);
-    if (compressed.ok() && compressed->size() < payload.size()) {
-      stored = *std::move(compressed);
+    absl::StatusOr<std::string> packed =
+        Compress(codec, options.zstd_level, shuffle ? ShuffleWords(payload) : std::string(payload));
+    if (packed.ok() && packed->size() < payload.size()) {
+      compressed = *std::move(packed);
     } else {
       codec = Codec::kNone;  // compression did not pay: store the plain payload
       shuffle = false;
     }
   }
-  const std::string& body = codec == Codec::kNone ? payload : stored;
-
-  std::string out;
-  out.reserve(kRecordHeaderBytes + body.size());
-  ByteWriter w(&out);
+  std::string header;
+  ByteWriter w(&header);
   w.PutArray(kRecordMagic, 4);
   w.Put<uint32_t>(kRecordFormatVersion);
   w.Put<uint8_t>(static_cast<uint8_t>(kind));
@@ -96,13 +96,17 @@ std::string FinishRecord(RecordKind kind, const std::string& payload,
   w.Put<uint8_t>(0);
   w.Put<uint32_t>(0);
   w.Put<uint64_t>(payload.size());
+  const std::string_view body = codec == Codec::kNone ? payload : std::string_view(compressed);
   w.Put<uint64_t>(body.size());
   HashState h;
-  XXH3_64bits_update(h.state, out.data(), out.size());
+  XXH3_64bits_update(h.state, header.data(), header.size());
   XXH3_64bits_update(h.state, body.data(), body.size());
   w.Put<uint64_t>(XXH3_64bits_digest(h.state));
-  out.append(body);
-  return out;
+  if (codec == Codec::kNone) {
+    record.replace(0, kRecordHeaderBytes, header);
+    return record;
+  }
+  return header + compressed;
 }
 
 absl::Status ReadHeader(ByteReader* r, DecodedRecord* rec) {
@@ -257,9 +261,9 @@ uint64_t FullPayloadBytes(const MemorySnapshot& s) {
 
 std::string EncodeFullRecord(const MemorySnapshot& s, uint64_t content_hash,
                              const EncodeOptions& options) {
-  std::string payload;
-  payload.reserve(FullPayloadBytes(s));
-  ByteWriter w(&payload);
+  std::string record(kRecordHeaderBytes, '\0');
+  record.reserve(kRecordHeaderBytes + FullPayloadBytes(s));
+  ByteWriter w(&record);
   PutHeader(s, /*base_seq=*/0, content_hash, &w);
   for (const HeadMemorySnapshot& head : s.heads) {
     w.Put<uint32_t>(static_cast<uint32_t>(head.positions.size()));
@@ -268,7 +272,7 @@ std::string EncodeFullRecord(const MemorySnapshot& s, uint64_t content_hash,
     w.PutArray(head.keys.data(), head.keys.size());
     w.PutArray(head.values.data(), head.values.size());
   }
-  return FinishRecord(RecordKind::kFull, payload, options);
+  return FinishRecord(RecordKind::kFull, std::move(record), options);
 }
 
 std::string EncodeDeltaRecord(const MemorySnapshot& next,
@@ -276,13 +280,12 @@ std::string EncodeDeltaRecord(const MemorySnapshot& next,
                               uint64_t base_seq, uint64_t content_hash,
                               const EncodeOptions& options, uint64_t* raw_payload_bytes) {
   const size_t d = static_cast<size_t>(next.head_dim);
-  std::string payload;
-  ByteWriter w(&payload);
+  std::string record(kRecordHeaderBytes, '\0');
+  ByteWriter w(&record);
   PutHeader(next, base_seq, content_hash, &w);
   std::vector<int64_t> removed;
   std::vector<size_t> added;  // indices into next's head
   std::vector<int64_t> added_positions;
-  std::vector<float> rows;
   for (size_t h = 0; h < next.heads.size(); ++h) {
     const HeadMemorySnapshot& head = next.heads[h];
     const std::vector<int64_t>& base = base_positions[h];
@@ -305,17 +308,13 @@ std::string EncodeDeltaRecord(const MemorySnapshot& next,
     added_positions.clear();
     for (size_t a : added) added_positions.push_back(head.positions[a]);
     w.PutArray(added_positions.data(), added_positions.size());
-    rows.clear();
-    for (size_t a : added) AppendRows(head.keys, a, d, &rows);
-    w.PutArray(rows.data(), rows.size());
-    rows.clear();
-    for (size_t a : added) AppendRows(head.values, a, d, &rows);
-    w.PutArray(rows.data(), rows.size());
+    for (size_t a : added) w.PutArray(head.keys.data() + a * d, d);
+    for (size_t a : added) w.PutArray(head.values.data() + a * d, d);
     w.Put<uint32_t>(static_cast<uint32_t>(head.scores.size()));
     w.PutArray(head.scores.data(), head.scores.size());
   }
-  *raw_payload_bytes = payload.size();
-  return FinishRecord(RecordKind::kDelta, payload, options);
+  *raw_payload_bytes = record.size() - kRecordHeaderBytes;
+  return FinishRecord(RecordKind::kDelta, std::move(record), options);
 }
 
 absl::StatusOr<DecodedRecord> DecodeRecord(std::string_view value) {

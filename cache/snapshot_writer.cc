@@ -59,6 +59,14 @@ bool SnapshotWriter::Offer(std::string doc_id, engine::MemorySnapshot snapshot, 
   return true;
 }
 
+bool SnapshotWriter::WantsSnapshot(std::string_view doc_id, int64_t segment_index) const {
+  const absl::Time now = options_.clock();
+  absl::MutexLock lock(&mu_);
+  auto it = policy_.find(std::string(doc_id));
+  const DocPolicyState state = it != policy_.end() ? it->second : DocPolicyState{0, now};
+  return !stopping_ && Due(state, segment_index, now);
+}
+
 void SnapshotWriter::Discard(std::string_view doc_id) {
   absl::MutexLock lock(&mu_);
   const std::string key(doc_id);

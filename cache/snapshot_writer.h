@@ -62,6 +62,10 @@ class SnapshotWriter {
   // policy (e.g. when the document pauses or the service drains).
   bool Offer(std::string doc_id, engine::MemorySnapshot snapshot, std::string job_id = "",
              bool force = false);
+  // Whether a snapshot of this document at `segment_index` would be due now. Building a
+  // snapshot copies the whole memory (tens of MiB), so the runner asks first and builds it only
+  // when due.
+  bool WantsSnapshot(std::string_view doc_id, int64_t segment_index) const;
   // Drops a queued snapshot of the document and its policy state (call before DeleteDocument;
   // a write already in progress still lands).
   void Discard(std::string_view doc_id);

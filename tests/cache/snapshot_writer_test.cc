@@ -50,8 +50,12 @@ class SnapshotWriterTest : public ::testing::Test {
 
 TEST_F(SnapshotWriterTest, EveryNSegments) {
   SnapshotWriter writer(store_.get(), {.policy = {.every_n_segments = 3}});
-  int queued = 0;
-  for (int64_t seg = 1; seg <= 10; ++seg) queued += writer.Offer("doc", SnapshotAt(seg));
+  int queued = 0, wanted = 0;
+  for (int64_t seg = 1; seg <= 10; ++seg) {
+    wanted += writer.WantsSnapshot("doc", seg);
+    queued += writer.Offer("doc", SnapshotAt(seg));
+  }
+  EXPECT_EQ(wanted, 3);
   ASSERT_TRUE(writer.Flush().ok());
   EXPECT_EQ(queued, 3);  // segments 3, 6, 9
   EXPECT_EQ(LatestSegment("doc"), 9);
