@@ -24,6 +24,63 @@ RecurrentRunner::RecurrentRunner(LlamaModel* model, const RunnerConfig& config,
       pool_(pool),
       memory_(model->config(), config.memory, std::move(scorer)) {}
 
+namespace {
+
+// Records each layer's un-rotated queries while a dense memory does the attention.
+class QueryCapture : public AttentionMemory {
+ public:
+  QueryCapture(const ModelConfig& model, std::vector<std::vector<float>>* queries)
+      : dense_(model, MemoryConfig::Dense(), nullptr),
+        queries_(queries),
+        width_(int64_t{model.n_heads} * model.head_dim) {
+    queries_->assign(model.n_layers, {});
+  }
+  absl::Status AttendAndUpdate(const SegmentLayerInput& in, float* out,
+                               kernels::ThreadPool* pool) override {
+    (*queries_)[in.layer].assign(in.q, in.q + in.n_tokens * width_);  // before RoPE
+    return dense_.AttendAndUpdate(in, out, pool);
+  }
+  void EndSegment(int64_t n) override { dense_.EndSegment(n); }
+  int64_t next_position() const override { return dense_.next_position(); }
+
+ private:
+  SparseKMemory dense_;
+  std::vector<std::vector<float>>* queries_;
+  int64_t width_;
+};
+
+uint64_t MixTokens(uint64_t h, std::span<const int32_t> tokens) {
+  for (int32_t t : tokens) {
+    for (int i = 0; i < 4; ++i) {
+      h ^= (static_cast<uint32_t>(t) >> (8 * i)) & 0xff;
+      h *= 1099511628211ull;
+    }
+  }
+  return h;
+}
+
+}  // namespace
+
+uint64_t RecurrentRunner::StateHash() const {
+  return task_.empty() ? config_.Hash() : MixTokens(config_.Hash() ^ 0x7461736bull, task_);
+}
+
+absl::Status RecurrentRunner::SetTask(std::span<const int32_t> task) {
+  if (task.empty()) return absl::OkStatus();
+  if (tokens_read() > 0 || !pending_.empty()) {
+    return absl::FailedPreconditionError("runner: set the task before reading the document");
+  }
+  const ModelConfig& c = model_->config();
+  std::vector<std::vector<float>> queries;
+  QueryCapture capture(c, &queries);
+  if (auto s = model_->Forward(task, capture, LogitsMode::kNone, nullptr, pool_); !s.ok()) {
+    return s;
+  }
+  memory_.SetTaskQueries(std::move(queries), static_cast<int64_t>(task.size()));
+  task_.assign(task.begin(), task.end());
+  return absl::OkStatus();
+}
+
 absl::Status RecurrentRunner::ReadSegment(std::span<const int32_t> segment, LogitsMode mode,
                                           std::vector<float>* logits) {
   const ModelConfig& c = model_->config();
@@ -125,7 +182,7 @@ MemorySnapshot RecurrentRunner::Snapshot() const {
   MemorySnapshot snapshot;
   memory_.ExportTo(&snapshot);
   snapshot.model_fingerprint = model_->fingerprint();
-  snapshot.config_hash = config_.Hash();
+  snapshot.config_hash = StateHash();
   snapshot.segment_index = segments_read_;
   snapshot.pending_tokens = pending_;
   return snapshot;

@@ -46,6 +46,11 @@ class RecurrentRunner {
   absl::Status Feed(std::span<const int32_t> tokens, const ProgressFn& progress = {});
   absl::Status Flush(const ProgressFn& progress = {});
 
+  // Makes the memory task-aware: `task` (the instruction, e.g. the question) is read once on its
+  // own and its query vectors add a task term to the score of every key read afterwards
+  // (MemoryConfig::task_weight). Call before reading the document; an empty task is a no-op.
+  absl::Status SetTask(std::span<const int32_t> task);
+
   // Reads `prompt` (the task/question, after the document) and generates the answer.
   absl::StatusOr<std::vector<int32_t>> Generate(std::span<const int32_t> prompt,
                                                 const GenerateOptions& options,
@@ -65,12 +70,15 @@ class RecurrentRunner {
  private:
   absl::Status ReadSegment(std::span<const int32_t> segment, LogitsMode mode,
                            std::vector<float>* logits);
+  // config_.Hash() combined with the task: what a snapshot must match to be resumed.
+  uint64_t StateHash() const;
 
   LlamaModel* model_;
   RunnerConfig config_;
   kernels::ThreadPool* pool_;
   SparseKMemory memory_;
   std::vector<int32_t> pending_;
+  std::vector<int32_t> task_;
   int64_t segments_read_ = 0;
   std::vector<float> logits_;
 };

@@ -30,6 +30,8 @@ uint64_t Mix(uint64_t h, uint64_t v) {
 }  // namespace
 
 absl::Status MemoryConfig::Validate() const {
+  if (block_tokens < 1) return absl::InvalidArgumentError("memory: block_tokens must be >= 1");
+  if (!(task_weight >= 0.0f)) return absl::InvalidArgumentError("memory: task_weight must be >= 0");
   if (sinks < 0) return absl::InvalidArgumentError("memory: sinks must be >= 0");
   if (top_k < 0) return absl::InvalidArgumentError("memory: top_k must be >= 0");
   if (window < 1) return absl::InvalidArgumentError("memory: window must be >= 1");
@@ -43,6 +45,11 @@ uint64_t MemoryConfig::Hash() const {
   h = Mix(h, static_cast<uint64_t>(top_k));
   h = Mix(h, static_cast<uint64_t>(window));
   h = Mix(h, static_cast<uint64_t>(position_mode));
+  h = Mix(h, static_cast<uint64_t>(block_tokens));
+  h = Mix(h, static_cast<uint64_t>(block_score));
+  uint32_t weight_bits;
+  std::memcpy(&weight_bits, &task_weight, sizeof(weight_bits));
+  h = Mix(h, weight_bits);
   return h;
 }
 
@@ -54,7 +61,7 @@ SparseKMemory::SparseKMemory(const ModelConfig& model, const MemoryConfig& confi
       n_kv_heads_(model.n_kv_heads),
       heads_(static_cast<size_t>(model.n_layers) * model.n_kv_heads) {
   if (!config_.is_dense()) {
-    const int64_t capacity = config_.sinks + config_.top_k + config_.window;
+    const int64_t capacity = config_.sinks + config_.top_k + config_.window + config_.block_tokens;
     for (auto& h : heads_) {
       h.positions.reserve(capacity);
       h.scores.reserve(capacity);
@@ -86,7 +93,8 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
   const int32_t group = H / G;
   const int64_t P = next_position_;
   const int64_t w = config_.window;
-  const int32_t k = static_cast<int32_t>(std::min<int64_t>(config_.top_k, kForever - 1));
+  const int64_t B = config_.block_tokens;
+  const int32_t k_blocks = static_cast<int32_t>(std::min<int64_t>(config_.top_k / B, kForever - 1));
   if (n <= 0 || n >= kForever / 4) {
     return absl::InvalidArgumentError(absl::StrCat("memory: bad segment length ", n));
   }
@@ -98,6 +106,7 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
     for (int64_t i = 0; i < n; ++i) s_.query_pos[i] = P + i;
     ScoreTokens(*scorer_, in.layer, in.x_norm, n, s_.query_pos.data(), s_.token_scores.data());
   }
+  AddTaskScores(in, s_.token_scores.data());
 
   int64_t max_slots = 0;
   for (int32_t g = 0; g < G; ++g) max_slots = std::max(max_slots, slot_count(in.layer, g));
@@ -120,34 +129,65 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
     float* keys = s_.keys.data() + g * n_keys * d;
     float* values = s_.values.data() + g * n_keys * d;
 
-    // Candidates for the top-k in age order (ties keep the older key): key index, score, join.
+    // Candidates for the top-k are whole blocks of B consecutive positions, in age order (ties
+    // keep the older block). A block joins when its last position leaves the window; until then
+    // all its keys stay visible (the window is block-aligned), afterwards until it is pushed out.
     s_.join.clear();
     s_.scores.clear();
-    s_.cand.clear();
+    s_.block_size.clear();
+    s_.key_block.assign(M + n, -1);
+    int64_t current_block = -1;
+    int32_t current_cand = -1;
     auto classify = [&](int64_t key, int64_t position, int32_t first_query, float score) {
       from[key] = first_query;
-      const int64_t join = position + w - P;  // the query at which the key leaves the window
-      if (position < config_.sinks || join > n) {
-        until[key] = kForever;  // a sink, or still in the window for the next segment
+      if (position < config_.sinks) {
+        until[key] = kForever;
         keep[key] = 1;
         return;
       }
-      s_.cand.push_back(static_cast<int32_t>(key));
-      s_.join.push_back(static_cast<int32_t>(std::max<int64_t>(join, 0)));
-      s_.scores.push_back(score);
+      const int64_t block = position / B;
+      if (block != current_block) {
+        current_block = block;
+        const int64_t join =
+            (block + 1) * B - 1 + w - P;  // query where the block leaves the window
+        current_cand = -1;
+        if (join <= n) {
+          current_cand = static_cast<int32_t>(s_.join.size());
+          s_.join.push_back(static_cast<int32_t>(std::max<int64_t>(join, 0)));
+          s_.scores.push_back(config_.block_score == BlockScore::kMax ? score : 0.0f);
+          s_.block_size.push_back(0);
+        }
+      }
+      if (current_cand < 0) {  // in the window for the rest of this segment and the next query
+        until[key] = kForever;
+        keep[key] = 1;
+        return;
+      }
+      s_.key_block[key] = current_cand;
+      float& block_score = s_.scores[current_cand];
+      block_score = config_.block_score == BlockScore::kMax ? std::max(block_score, score)
+                                                            : block_score + score;
+      ++s_.block_size[current_cand];
     };
     for (int64_t c = 0; c < M; ++c) classify(c, hm.positions[c], 0, hm.scores[c]);
     for (int64_t j = 0; j < n; ++j) {
       classify(M + j, P + j, static_cast<int32_t>(j), s_.token_scores[j * G + g]);
     }
     const size_t n_cand = s_.join.size();
+    if (config_.block_score == BlockScore::kMean) {
+      for (size_t c = 0; c < n_cand; ++c) s_.scores[c] /= static_cast<float>(s_.block_size[c]);
+    }
     s_.exit.resize(n_cand);
     if (n_cand > 0) {
-      if (auto st = kernels::TopKExitTimes(s_.scores, s_.join, k, s_.exit); !st.ok()) return st;
+      if (auto st = kernels::TopKExitTimes(s_.scores, s_.join, k_blocks, s_.exit); !st.ok()) {
+        return st;
+      }
     }
-    for (size_t c = 0; c < n_cand; ++c) {
-      until[s_.cand[c]] = s_.exit[c];
-      keep[s_.cand[c]] = s_.exit[c] == kForever;
+    for (int64_t key = 0; key < M + n; ++key) {
+      const int32_t c = s_.key_block[key];
+      if (c < 0) continue;
+      until[key] = s_.exit[c];
+      keep[key] = s_.exit[c] == kForever;
     }
 
     std::memcpy(keys, hm.keys.data(), M * d * sizeof(float));
@@ -219,6 +259,33 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
   return absl::OkStatus();
 }
 
+void SparseKMemory::SetTaskQueries(std::vector<std::vector<float>> queries, int64_t n_task) {
+  task_queries_ = std::move(queries);
+  n_task_ = n_task;
+}
+
+void SparseKMemory::AddTaskScores(const SegmentLayerInput& in, float* scores) const {
+  if (n_task_ == 0 || config_.task_weight == 0.0f || task_queries_.empty()) return;
+  const int64_t d = model_.head_dim, G = n_kv_heads_, H = model_.n_heads, group = H / G;
+  const float* tq = task_queries_[in.layer].data();  // [n_task][H][d], un-rotated
+  const float scale = config_.task_weight / std::sqrt(static_cast<float>(d));
+  for (int64_t j = 0; j < in.n_tokens; ++j) {
+    for (int64_t g = 0; g < G; ++g) {
+      const float* key = in.k + (j * G + g) * d;
+      float best = -std::numeric_limits<float>::infinity();
+      for (int64_t t = 0; t < n_task_; ++t) {
+        for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+          const float* q = tq + (t * H + h) * d;
+          float dot = 0.0f;
+          for (int64_t e = 0; e < d; ++e) dot += q[e] * key[e];
+          best = std::max(best, dot);
+        }
+      }
+      scores[j * G + g] += scale * best;
+    }
+  }
+}
+
 void SparseKMemory::ExportTo(MemorySnapshot* snapshot) const {
   snapshot->n_layers = model_.n_layers;
   snapshot->n_kv_heads = model_.n_kv_heads;
@@ -239,7 +306,7 @@ absl::Status SparseKMemory::ImportFrom(const MemorySnapshot& snapshot) {
         absl::StrCat("memory: snapshot was taken with memory config ", snapshot.config_hash,
                      ", this run uses ", config_.Hash()));
   }
-  const int64_t capacity = config_.sinks + config_.top_k + config_.window;
+  const int64_t capacity = config_.sinks + config_.top_k + config_.window + config_.block_tokens;
   for (const auto& h : snapshot.heads) {
     const size_t m = h.positions.size();
     if (h.scores.size() != m || h.keys.size() != m * model_.head_dim ||

@@ -28,6 +28,9 @@ enum class PositionMode {
   kOriginal,   // position = the token's position in the document
 };
 
+// How a block's score comes from its tokens' scores.
+enum class BlockScore { kMax, kMean };
+
 struct MemoryConfig {
   // Defaults fit the default model's 8,192-token context with a 2,048-token segment:
   // s + k + w + L = 4 + 2048 + 1024 + 2048 < 8192.
@@ -35,6 +38,14 @@ struct MemoryConfig {
   int64_t top_k = 2048;
   int64_t window = 1024;  // the most recent keys a query sees, itself included (>= 1)
   PositionMode position_mode = PositionMode::kSlotOrder;
+  // Selection granularity B: the top-k keeps whole blocks of B consecutive positions (top_k / B
+  // blocks). B = 1 is token selection. Keeping whole blocks is what lets the model copy a fact
+  // (a 5-digit key is 5 tokens; DESIGN.md §4).
+  int64_t block_tokens = 1;
+  BlockScore block_score = BlockScore::kMax;
+  // Weight of the task term: score += task_weight * max over the task's query vectors of
+  // q·k / sqrt(d) (un-rotated), when the runner was given a task. 0 disables it.
+  float task_weight = 1.0f;
 
   // A memory that never evicts: dense causal attention with a KV cache.
   static MemoryConfig Dense() {
@@ -69,10 +80,15 @@ class SparseKMemory : public AttentionMemory {
 
   // The memory as plain data (runner fields left at their defaults) and back.
   void ExportTo(MemorySnapshot* snapshot) const;
+
+  // Query vectors of the job's task per layer ([n_task][n_heads][head_dim], un-rotated), used to
+  // add a task term to the score of every key created from now on.
+  void SetTaskQueries(std::vector<std::vector<float>> queries, int64_t n_task);
   absl::Status ImportFrom(const MemorySnapshot& snapshot);
 
  private:
   HeadMemorySnapshot& head(int32_t layer, int32_t g) { return heads_[layer * n_kv_heads_ + g]; }
+  void AddTaskScores(const SegmentLayerInput& in, float* scores) const;
 
   ModelConfig model_;
   MemoryConfig config_;
@@ -80,11 +96,13 @@ class SparseKMemory : public AttentionMemory {
   int32_t n_kv_heads_ = 0;
   int64_t next_position_ = 0;
   std::vector<HeadMemorySnapshot> heads_;
+  std::vector<std::vector<float>> task_queries_;  // per layer
+  int64_t n_task_ = 0;
 
   // Scratch reused across layers and segments (no allocation in steady state).
   struct Scratch {
     std::vector<float> keys, values, scores, token_scores;
-    std::vector<int32_t> from, until, join, exit, cand;
+    std::vector<int32_t> from, until, join, exit, cand, key_block, block_size;
     std::vector<int64_t> rope_pos, query_pos;
     std::vector<float> q_group;
     std::vector<uint8_t> keep;
