@@ -3,6 +3,8 @@
 // command, load average at start). Each figure is the best of several timed repetitions, so
 // that other processes on a shared machine disturb it less.
 //   kernels_bench [--quick] [--out PATH] [--portable] [--only matmul|attention]
+//                 [--blocking TOKENS,DEPTH,GROUP_FLOATS]   (prefill cache blocking, e.g.
+//                 252,256,262144)
 #include <algorithm>
 #include <chrono>
 #include <climits>
@@ -140,6 +142,14 @@ int Main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--portable")) cpu::ForcePortable(true);
     if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
     if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+    if (!std::strcmp(argv[i], "--blocking") && i + 1 < argc) {
+      cpu::PrefillBlocking b;
+      long long t = 0, d = 0, g = 0;
+      if (std::sscanf(argv[++i], "%lld,%lld,%lld", &t, &d, &g) == 3) {
+        b = cpu::PrefillBlocking{t, d, g};
+      }
+      cpu::SetPrefillBlocking(b);
+    }
   }
   char date[32];
   const std::time_t now = std::time(nullptr);

@@ -55,6 +55,16 @@ bool CpuHasAvx2Fma();
 void MatMulPortable(const MatrixView& w, const float* x, int64_t n_tokens, float* y,
                     ThreadPool* pool);
 
+// Cache blocking of the AVX2 prefill (see matmul_avx2.cc). The defaults disable it (one panel,
+// all tokens, full depth); tests and benches turn it on to check and measure it. Not thread-safe:
+// set it while no MatMul runs.
+struct PrefillBlocking {
+  int64_t token_tile = int64_t{1} << 40;
+  int64_t depth_tile = int64_t{1} << 40;
+  int64_t group_floats = 0;  // packed fp32 weights per group; a group holds at least one panel
+};
+void SetPrefillBlocking(const PrefillBlocking& blocking);
+
 // AVX2 pieces; callers must check UseAvx2() first.
 void MatMulAvx2(const MatrixView& w, const float* x, int64_t n_tokens, float* y, ThreadPool* pool);
 void DequantizeRowAvx2(DType type, const uint8_t* row, int64_t cols, float* out);

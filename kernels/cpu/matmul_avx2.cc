@@ -320,16 +320,16 @@ LONGREAD_AVX2 void PanelTokens(const float* panel, int64_t k_len, const float* x
   }
 }
 
-// Cache blocking of the prefill: a group of panels (about 1 MiB of packed fp32 weights) is packed
-// once; then for each block of kTokenTile tokens x kDepthTile inputs (about 250 KiB, resident in
-// L2) every panel of the group runs over it. Whole segments (thousands of tokens) thus read the
-// activations from L2 instead of streaming all of x from L3/DRAM once per panel.
-constexpr int64_t kTokenTile = 42 * kTokenBlock;
-constexpr int64_t kDepthTile = 256;
-constexpr int64_t kGroupFloats = 1 << 18;
+// Optional cache blocking of the prefill: a group of panels is packed once, then every panel of
+// the group runs over each block of token_tile tokens x depth_tile inputs, so that long segments
+// could read the activations from L2 instead of from L3 once per panel. Off by default: on the
+// 2-core EPYC dev machine (bench/kernels, interleaved A/B runs) 252 x 256 blocks with 1 MiB or
+// 256 KiB groups were slower at 512 tokens and mixed at 2048; one packed panel streaming all
+// tokens measured best. Results are bit-identical either way (see LoadRow).
+PrefillBlocking blocking_setting;
 
 int64_t PanelsPerGroup(int64_t k_dim) {
-  return std::max<int64_t>(1, kGroupFloats / (k_dim * kPanelRows));
+  return std::max<int64_t>(1, blocking_setting.group_floats / (k_dim * kPanelRows));
 }
 
 LONGREAD_AVX2 void PrefillPanels(const MatrixView& w, const float* x, int64_t n_tokens, float* y,
@@ -337,14 +337,16 @@ LONGREAD_AVX2 void PrefillPanels(const MatrixView& w, const float* x, int64_t n_
   const int64_t k_dim = w.cols;
   const int64_t panel_floats = k_dim * kPanelRows;
   const int64_t group = PanelsPerGroup(k_dim);
+  const int64_t token_tile = blocking_setting.token_tile;
+  const int64_t depth_tile = blocking_setting.depth_tile;
   for (int64_t g0 = panel_begin; g0 < panel_end; g0 += group) {
     const int64_t g1 = std::min(panel_end, g0 + group);
     for (int64_t p = g0; p < g1; ++p)
       PackPanel(w, p * kPanelRows, packed + (p - g0) * panel_floats);
-    for (int64_t t0 = 0; t0 < n_tokens; t0 += kTokenTile) {
-      const int64_t nt = std::min(kTokenTile, n_tokens - t0);
-      for (int64_t k0 = 0; k0 < k_dim; k0 += kDepthTile) {
-        const int64_t kl = std::min(kDepthTile, k_dim - k0);
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += token_tile) {
+      const int64_t nt = std::min(token_tile, n_tokens - t0);
+      for (int64_t k0 = 0; k0 < k_dim; k0 += depth_tile) {
+        const int64_t kl = std::min(depth_tile, k_dim - k0);
         for (int64_t p = g0; p < g1; ++p) {
           const int64_t r0 = p * kPanelRows;
           const int valid = static_cast<int>(std::min<int64_t>(kPanelRows, w.rows - r0));
@@ -525,6 +527,12 @@ LONGREAD_AVX2 void DecodeRows(const MatrixView& w, const float* x, const float* 
 }
 
 }  // namespace
+
+void SetPrefillBlocking(const PrefillBlocking& blocking) {
+  blocking_setting = blocking;
+  if (blocking_setting.token_tile < 1) blocking_setting.token_tile = PrefillBlocking{}.token_tile;
+  if (blocking_setting.depth_tile < 1) blocking_setting.depth_tile = PrefillBlocking{}.depth_tile;
+}
 
 LONGREAD_AVX2 void DequantizeRowAvx2(DType type, const uint8_t* row, int64_t cols, float* out) {
   DequantizeRowImpl(type, row, cols, out);

@@ -138,8 +138,13 @@ TEST(MatMulTest, ReferenceMatchesFloat64) {
 
 TEST(MatMulTest, FastAndPortableMatchFloat64AndAreThreadCountIndependent) {
   ThreadPool pool2(2), pool3(3);
-  for (bool portable : {false, true}) {
+  for (int mode = 0; mode < 3; ++mode) {
+    // 0: AVX2 path (when the CPU has it), 1: the same with small prefill cache blocks (12 tokens x
+    // 64 deep, 16K-float panel groups), 2: portable path.
+    const bool portable = mode == 2;
     PortableGuard guard(portable);
+    cpu::SetPrefillBlocking(mode == 1 ? cpu::PrefillBlocking{12, 64, 1 << 14}
+                                      : cpu::PrefillBlocking{});
     for (DType type : kAllTypes) {
       for (const Shape& s : Shapes(type)) {
         const TestMatrix w = MakeMatrix(type, s.rows, s.cols, 200 + s.cols);
@@ -159,6 +164,21 @@ TEST(MatMulTest, FastAndPortableMatchFloat64AndAreThreadCountIndependent) {
       }
     }
   }
+  cpu::SetPrefillBlocking(cpu::PrefillBlocking{});
+}
+
+// Cache blocking splits each dot product into depth tiles but keeps one FMA chain per output, so
+// it must not change a single bit.
+TEST(MatMulTest, PrefillBlockingIsBitIdentical) {
+  const TestMatrix w = MakeMatrix(DType::kQ4_1, 70, 1024, 4);
+  const auto x = RandomFloats(37 * 1024, 2);
+  std::vector<float> plain(37 * 70), blocked(37 * 70);
+  cpu::SetPrefillBlocking(cpu::PrefillBlocking{});
+  MatMul(w.view(), x.data(), 37, plain.data(), nullptr);
+  cpu::SetPrefillBlocking(cpu::PrefillBlocking{18, 96, 1 << 15});
+  MatMul(w.view(), x.data(), 37, blocked.data(), nullptr);
+  cpu::SetPrefillBlocking(cpu::PrefillBlocking{});
+  EXPECT_EQ(0, std::memcmp(plain.data(), blocked.data(), plain.size() * sizeof(float)));
 }
 
 TEST(MatMulTest, DoesNotWriteOutsideOutput) {
