@@ -65,17 +65,52 @@ uint64_t RecurrentRunner::StateHash() const {
   return task_.empty() ? config_.Hash() : MixTokens(config_.Hash() ^ 0x7461736bull, task_);
 }
 
+static absl::Status CaptureQueries(LlamaModel* model, std::span<const int32_t> tokens,
+                                   kernels::ThreadPool* pool,
+                                   std::vector<std::vector<float>>* queries) {
+  QueryCapture capture(model->config(), queries);
+  return model->Forward(tokens, capture, LogitsMode::kNone, nullptr, pool);
+}
+
+absl::StatusOr<int64_t> RecurrentRunner::Recall(std::span<const int32_t> question, int64_t blocks) {
+  if (archive_ == nullptr || blocks <= 0 || question.empty()) return 0;
+  if (!memory_.archive_status().ok()) return memory_.archive_status();
+  if (auto s = Flush(); !s.ok()) return s;
+  const ModelConfig& c = model_->config();
+  std::vector<std::vector<float>> queries;
+  if (auto s = CaptureQueries(model_, question, pool_, &queries); !s.ok()) return s;
+  const int64_t n = static_cast<int64_t>(question.size()), d = c.head_dim;
+  const int32_t group = c.n_heads / c.n_kv_heads;
+  // Fetch everything first so that a failing archive leaves the memory untouched.
+  std::vector<std::vector<ArchivedBlock>> recalled(static_cast<size_t>(c.n_layers) * c.n_kv_heads);
+  std::vector<float> group_queries(n * group * d);
+  for (int32_t l = 0; l < c.n_layers; ++l) {
+    for (int32_t g = 0; g < c.n_kv_heads; ++g) {
+      for (int64_t t = 0; t < n; ++t) {
+        const float* src = queries[l].data() + (t * c.n_heads + g * group) * d;
+        std::copy(src, src + group * d, group_queries.data() + t * group * d);
+      }
+      auto got = archive_->Recall(l, g, group_queries, n * group, blocks);
+      if (!got.ok()) return got.status();
+      recalled[l * c.n_kv_heads + g] = std::move(*got);
+    }
+  }
+  int64_t added = 0;
+  for (int32_t l = 0; l < c.n_layers; ++l) {
+    for (int32_t g = 0; g < c.n_kv_heads; ++g) {
+      added += memory_.InsertRecalled(l, g, recalled[l * c.n_kv_heads + g]);
+    }
+  }
+  return added;
+}
+
 absl::Status RecurrentRunner::SetTask(std::span<const int32_t> task) {
   if (task.empty()) return absl::OkStatus();
   if (tokens_read() > 0 || !pending_.empty()) {
     return absl::FailedPreconditionError("runner: set the task before reading the document");
   }
-  const ModelConfig& c = model_->config();
   std::vector<std::vector<float>> queries;
-  QueryCapture capture(c, &queries);
-  if (auto s = model_->Forward(task, capture, LogitsMode::kNone, nullptr, pool_); !s.ok()) {
-    return s;
-  }
+  if (auto s = CaptureQueries(model_, task, pool_, &queries); !s.ok()) return s;
   memory_.SetTaskQueries(std::move(queries), static_cast<int64_t>(task.size()));
   task_.assign(task.begin(), task.end());
   return absl::OkStatus();
@@ -89,7 +124,7 @@ absl::Status RecurrentRunner::ReadSegment(std::span<const int32_t> segment, Logi
   const int64_t last_position =
       m.is_dense() || m.position_mode == PositionMode::kOriginal
           ? memory_.next_position() + static_cast<int64_t>(segment.size())
-          : m.sinks + m.top_k + m.window + static_cast<int64_t>(segment.size());
+          : memory_.max_slot_count() + static_cast<int64_t>(segment.size());
   if (last_position > c.context_length) {
     return absl::OutOfRangeError(absl::StrCat(
         "reading would place a token at position ", last_position,
@@ -152,6 +187,7 @@ absl::StatusOr<std::vector<int32_t>> RecurrentRunner::Generate(std::span<const i
                                                                const TokenFn& on_token) {
   if (prompt.empty()) return absl::InvalidArgumentError("generate: empty prompt");
   if (auto s = Flush(); !s.ok()) return s;
+  memory_.FreezeEviction();
   const size_t L = static_cast<size_t>(config_.segment_tokens);
   for (size_t at = 0; at < prompt.size(); at += L) {
     const size_t len = std::min(L, prompt.size() - at);

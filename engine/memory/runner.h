@@ -51,6 +51,16 @@ class RecurrentRunner {
   // (MemoryConfig::task_weight). Call before reading the document; an empty task is a no-op.
   absl::Status SetTask(std::span<const int32_t> task);
 
+  // Evicted blocks go to `archive` (not owned) for Recall.
+  void set_archive(BlockArchive* archive) {
+    archive_ = archive;
+    memory_.set_archive(archive);
+  }
+  // After reading: scores the archive's blocks with `question`'s query vectors and brings the
+  // best `blocks` per (layer, KV head) back into the memory. Returns the slots added; an archive
+  // error is returned as is and leaves the memory unchanged (answer without recall).
+  absl::StatusOr<int64_t> Recall(std::span<const int32_t> question, int64_t blocks);
+
   // Reads `prompt` (the task/question, after the document) and generates the answer.
   absl::StatusOr<std::vector<int32_t>> Generate(std::span<const int32_t> prompt,
                                                 const GenerateOptions& options,
@@ -79,6 +89,7 @@ class RecurrentRunner {
   SparseKMemory memory_;
   std::vector<int32_t> pending_;
   std::vector<int32_t> task_;
+  BlockArchive* archive_ = nullptr;
   int64_t segments_read_ = 0;
   std::vector<float> logits_;
 };

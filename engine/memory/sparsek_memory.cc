@@ -230,6 +230,7 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
     HeadMemorySnapshot& hm = head(in.layer, g);
     const int64_t M = static_cast<int64_t>(hm.positions.size());
     const uint8_t* keep = s_.keep.data() + g * n_keys;
+    if (archive_ != nullptr && archive_status_.ok()) ArchiveEvicted(in, g, M, keep);
     int64_t kept = 0;
     for (int64_t c = 0; c < M; ++c) {
       if (!keep[c]) continue;
@@ -257,6 +258,73 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
     }
   }
   return absl::OkStatus();
+}
+
+void SparseKMemory::ArchiveEvicted(const SegmentLayerInput& in, int32_t g, int64_t M,
+                                   const uint8_t* keep) {
+  const HeadMemorySnapshot& hm = head(in.layer, g);
+  const int64_t d = model_.head_dim, G = n_kv_heads_, B = config_.block_tokens;
+  const int64_t P = next_position_;
+  ArchivedBlock block;
+  auto flush = [&] {
+    if (block.positions.empty()) return;
+    if (auto s = archive_->Put(std::move(block)); !s.ok()) archive_status_ = s;
+    block = ArchivedBlock();
+  };
+  for (int64_t key = 0; key < M + in.n_tokens; ++key) {
+    if (keep[key]) continue;
+    const bool from_memory = key < M;
+    const int64_t pos = from_memory ? hm.positions[key] : P + (key - M);
+    if (!block.positions.empty() && pos / B != block.block_id) flush();
+    if (!archive_status_.ok()) return;
+    if (block.positions.empty()) {
+      block.layer = in.layer;
+      block.kv_head = g;
+      block.block_id = pos / B;
+    }
+    const float* k = from_memory ? &hm.keys[key * d] : in.k + ((key - M) * G + g) * d;
+    const float* v = from_memory ? &hm.values[key * d] : in.v + ((key - M) * G + g) * d;
+    block.positions.push_back(pos);
+    block.scores.push_back(from_memory ? hm.scores[key] : s_.token_scores[(key - M) * G + g]);
+    block.keys.insert(block.keys.end(), k, k + d);
+    block.values.insert(block.values.end(), v, v + d);
+  }
+  flush();
+}
+
+int64_t SparseKMemory::InsertRecalled(int32_t layer, int32_t g,
+                                      const std::vector<ArchivedBlock>& blocks) {
+  HeadMemorySnapshot& hm = head(layer, g);
+  const int64_t d = model_.head_dim;
+  HeadMemorySnapshot merged;
+  size_t c = 0;
+  int64_t added = 0;
+  auto take_slot = [&](size_t i) {
+    merged.positions.push_back(hm.positions[i]);
+    merged.scores.push_back(hm.scores[i]);
+    merged.keys.insert(merged.keys.end(), &hm.keys[i * d], &hm.keys[i * d] + d);
+    merged.values.insert(merged.values.end(), &hm.values[i * d], &hm.values[i * d] + d);
+  };
+  for (const ArchivedBlock& b : blocks) {
+    for (size_t t = 0; t < b.positions.size(); ++t) {
+      while (c < hm.positions.size() && hm.positions[c] < b.positions[t]) take_slot(c++);
+      if (c < hm.positions.size() && hm.positions[c] == b.positions[t]) continue;
+      merged.positions.push_back(b.positions[t]);
+      merged.scores.push_back(b.scores[t]);
+      merged.keys.insert(merged.keys.end(), &b.keys[t * d], &b.keys[t * d] + d);
+      merged.values.insert(merged.values.end(), &b.values[t * d], &b.values[t * d] + d);
+      ++added;
+    }
+  }
+  while (c < hm.positions.size()) take_slot(c++);
+  hm = std::move(merged);
+  return added;
+}
+
+int64_t SparseKMemory::max_slot_count() const {
+  size_t most = 0;
+  for (const auto& h : heads_) most = std::max(most, h.positions.size());
+  return static_cast<int64_t>(most);
 }
 
 void SparseKMemory::SetTaskQueries(std::vector<std::vector<float>> queries, int64_t n_task) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "engine/memory/block_archive.h"
 #include "engine/memory/snapshot.h"
 #include "engine/model/attention_memory.h"
 #include "engine/model_files/model_config.h"
@@ -81,14 +82,28 @@ class SparseKMemory : public AttentionMemory {
   // The memory as plain data (runner fields left at their defaults) and back.
   void ExportTo(MemorySnapshot* snapshot) const;
 
+  // Evicted blocks go to `archive` (not owned; null: they are dropped). A failing archive is
+  // remembered in archive_status() and archiving stops; reading goes on.
+  void set_archive(BlockArchive* archive) { archive_ = archive; }
+  const absl::Status& archive_status() const { return archive_status_; }
+  // The answer phase is short: from now on nothing is evicted (the memory grows by the prompt
+  // and the answer only).
+  void FreezeEviction() { frozen_ = true; }
+  // Puts recalled blocks back among (layer, kv_head)'s slots, in position order; positions
+  // already held are skipped. Returns the number of slots added.
+  int64_t InsertRecalled(int32_t layer, int32_t kv_head, const std::vector<ArchivedBlock>& blocks);
+  int64_t max_slot_count() const;
+
   // Query vectors of the job's task per layer ([n_task][n_heads][head_dim], un-rotated), used to
   // add a task term to the score of every key created from now on.
   void SetTaskQueries(std::vector<std::vector<float>> queries, int64_t n_task);
+  const std::vector<std::vector<float>>& task_queries() const { return task_queries_; }
   absl::Status ImportFrom(const MemorySnapshot& snapshot);
 
  private:
   HeadMemorySnapshot& head(int32_t layer, int32_t g) { return heads_[layer * n_kv_heads_ + g]; }
   void AddTaskScores(const SegmentLayerInput& in, float* scores) const;
+  void ArchiveEvicted(const SegmentLayerInput& in, int32_t g, int64_t M, const uint8_t* keep);
 
   ModelConfig model_;
   MemoryConfig config_;
@@ -97,6 +112,9 @@ class SparseKMemory : public AttentionMemory {
   int64_t next_position_ = 0;
   std::vector<HeadMemorySnapshot> heads_;
   std::vector<std::vector<float>> task_queries_;  // per layer
+  BlockArchive* archive_ = nullptr;
+  absl::Status archive_status_;
+  bool frozen_ = false;
   int64_t n_task_ = 0;
 
   // Scratch reused across layers and segments (no allocation in steady state).

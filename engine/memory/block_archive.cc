@@ -1,0 +1,88 @@
+#include "engine/memory/block_archive.h"
+
+#include <algorithm>
+#include <limits>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+
+namespace longread::engine {
+
+BlockBounds ComputeBounds(const ArchivedBlock& block, int64_t head_dim) {
+  BlockBounds b;
+  b.key_min.assign(head_dim, std::numeric_limits<float>::infinity());
+  b.key_max.assign(head_dim, -std::numeric_limits<float>::infinity());
+  for (size_t t = 0; t < block.positions.size(); ++t) {
+    for (int64_t e = 0; e < head_dim; ++e) {
+      const float x = block.keys[t * head_dim + e];
+      b.key_min[e] = std::min(b.key_min[e], x);
+      b.key_max[e] = std::max(b.key_max[e], x);
+    }
+  }
+  return b;
+}
+
+float RecallScore(const BlockBounds& bounds, std::span<const float> queries, int64_t n_queries,
+                  int64_t head_dim) {
+  float best = -std::numeric_limits<float>::infinity();
+  for (int64_t q = 0; q < n_queries; ++q) {
+    const float* v = queries.data() + q * head_dim;
+    float bound = 0.0f;
+    for (int64_t e = 0; e < head_dim; ++e) {
+      bound += std::max(v[e] * bounds.key_min[e], v[e] * bounds.key_max[e]);
+    }
+    best = std::max(best, bound);
+  }
+  return best;
+}
+
+std::vector<int64_t> TopRIndices(std::span<const float> scores, int64_t r) {
+  std::vector<int64_t> order(scores.size());
+  std::iota(order.begin(), order.end(), 0);
+  const int64_t keep = std::min<int64_t>(r, static_cast<int64_t>(order.size()));
+  std::partial_sort(order.begin(), order.begin() + keep, order.end(), [&](int64_t a, int64_t b) {
+    return scores[a] != scores[b] ? scores[a] > scores[b] : a < b;
+  });
+  order.resize(keep);
+  std::sort(order.begin(), order.end());
+  return order;
+}
+
+InMemoryBlockArchive::InMemoryBlockArchive(int32_t n_layers, int32_t n_kv_heads, int64_t head_dim)
+    : n_kv_heads_(n_kv_heads),
+      head_dim_(head_dim),
+      heads_(static_cast<size_t>(n_layers) * n_kv_heads) {}
+
+absl::Status InMemoryBlockArchive::Put(ArchivedBlock block) {
+  const size_t index = static_cast<size_t>(block.layer) * n_kv_heads_ + block.kv_head;
+  if (block.layer < 0 || block.kv_head < 0 || block.kv_head >= n_kv_heads_ ||
+      index >= heads_.size() || block.positions.empty() ||
+      block.keys.size() != block.positions.size() * head_dim_ ||
+      block.values.size() != block.keys.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("archive: malformed block ", block.block_id));
+  }
+  bytes_ += static_cast<int64_t>(block.keys.size() + block.values.size() + block.scores.size()) *
+                sizeof(float) +
+            static_cast<int64_t>(block.positions.size()) * sizeof(int64_t);
+  BlockBounds bounds = ComputeBounds(block, head_dim_);
+  heads_[index].push_back({std::move(block), std::move(bounds)});
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<ArchivedBlock>> InMemoryBlockArchive::Recall(
+    int32_t layer, int32_t kv_head, std::span<const float> queries, int64_t n_queries, int64_t r) {
+  const size_t index = static_cast<size_t>(layer) * n_kv_heads_ + kv_head;
+  if (index >= heads_.size()) return absl::InvalidArgumentError("archive: no such head");
+  const auto& entries = heads_[index];
+  std::vector<float> scores(entries.size());
+  for (size_t i = 0; i < entries.size(); ++i) {
+    scores[i] = RecallScore(entries[i].bounds, queries, n_queries, head_dim_);
+  }
+  std::vector<ArchivedBlock> out;
+  for (int64_t i : TopRIndices(scores, r)) out.push_back(entries[i].block);
+  std::sort(out.begin(), out.end(),
+            [](const auto& a, const auto& b) { return a.positions[0] < b.positions[0]; });
+  return out;
+}
+
+}  // namespace longread::engine

@@ -1,0 +1,78 @@
+// Where evicted blocks go: the memory in RAM stays s + k + w slots, but a block that loses its
+// place is not lost. At answer time the question's queries score every archived block through a
+// small representative (element-wise min/max of its keys) and the best R blocks come back into the
+// memory before generation (DESIGN.md §4: a question-blind score cannot know which fact will be
+// asked for; the question can). The engine defines the interface and an in-RAM archive; cache/
+// implements it on RocksDB with a size cap.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace longread::engine {
+
+struct ArchivedBlock {
+  int32_t layer = 0;
+  int32_t kv_head = 0;
+  int64_t block_id = 0;            // first position / block_tokens
+  std::vector<int64_t> positions;  // ascending
+  std::vector<float> scores;
+  std::vector<float> keys;    // positions.size() x head_dim, before RoPE
+  std::vector<float> values;  // positions.size() x head_dim
+};
+
+// Element-wise bounds of a block's keys: for any query q, Σ_e max(q_e·lo_e, q_e·hi_e) bounds
+// q·k from above for every key k of the block (the Quest-style representative).
+struct BlockBounds {
+  std::vector<float> key_min, key_max;  // head_dim each
+};
+
+BlockBounds ComputeBounds(const ArchivedBlock& block, int64_t head_dim);
+
+// The recall score of a block for a question: the largest bound over the question's queries
+// (`queries`: n_queries x head_dim, un-rotated).
+float RecallScore(const BlockBounds& bounds, std::span<const float> queries, int64_t n_queries,
+                  int64_t head_dim);
+
+class BlockArchive {
+ public:
+  virtual ~BlockArchive() = default;
+  // Takes a block the memory has just evicted.
+  virtual absl::Status Put(ArchivedBlock block) = 0;
+  // The (at most) `r` blocks of (layer, kv_head) with the highest RecallScore, ties to the
+  // older block; returned in position order.
+  virtual absl::StatusOr<std::vector<ArchivedBlock>> Recall(int32_t layer, int32_t kv_head,
+                                                            std::span<const float> queries,
+                                                            int64_t n_queries, int64_t r) = 0;
+  virtual int64_t stored_bytes() const = 0;
+};
+
+// Keeps everything in RAM: for tests and short documents (grows with the document).
+class InMemoryBlockArchive : public BlockArchive {
+ public:
+  InMemoryBlockArchive(int32_t n_layers, int32_t n_kv_heads, int64_t head_dim);
+  absl::Status Put(ArchivedBlock block) override;
+  absl::StatusOr<std::vector<ArchivedBlock>> Recall(int32_t layer, int32_t kv_head,
+                                                    std::span<const float> queries,
+                                                    int64_t n_queries, int64_t r) override;
+  int64_t stored_bytes() const override { return bytes_; }
+
+ private:
+  struct Entry {
+    ArchivedBlock block;
+    BlockBounds bounds;
+  };
+  int32_t n_kv_heads_;
+  int64_t head_dim_;
+  std::vector<std::vector<Entry>> heads_;  // [layer * n_kv_heads + kv_head]
+  int64_t bytes_ = 0;
+};
+
+// Picks the top-r of `scores` (higher first, ties to the lower index) and returns their indices
+// in ascending order. Shared by archive implementations.
+std::vector<int64_t> TopRIndices(std::span<const float> scores, int64_t r);
+
+}  // namespace longread::engine

@@ -1,0 +1,186 @@
+// Task-aware scores and recall from the archive of evicted blocks.
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "engine/memory/block_archive.h"
+#include "engine/memory/runner.h"
+#include "gtest/gtest.h"
+#include "tests/engine/test_model.h"
+
+namespace longread::engine {
+namespace {
+
+std::vector<int32_t> Tokens(int n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(100, 20000);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = dist(rng);
+  return t;
+}
+
+RunnerConfig Small(int64_t block) {
+  RunnerConfig config;
+  config.memory.sinks = 2;
+  config.memory.block_tokens = block;
+  config.memory.top_k = 4 * block;
+  config.memory.window = 8;
+  config.segment_tokens = 24;
+  return config;
+}
+
+TEST(BlockArchiveTest, BoundsNeverUnderestimateAndTopRIsStable) {
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> normal;
+  const int64_t d = 16;
+  ArchivedBlock block;
+  for (int t = 0; t < 7; ++t) {
+    block.positions.push_back(t);
+    block.scores.push_back(0);
+    for (int e = 0; e < d; ++e) block.keys.push_back(normal(rng));
+  }
+  block.values = block.keys;
+  const BlockBounds bounds = ComputeBounds(block, d);
+  for (int trial = 0; trial < 100; ++trial) {
+    std::vector<float> q(d);
+    for (auto& x : q) x = normal(rng);
+    float best = -1e30f;
+    for (int t = 0; t < 7; ++t) {
+      float dot = 0;
+      for (int e = 0; e < d; ++e) dot += q[e] * block.keys[t * d + e];
+      best = std::max(best, dot);
+    }
+    EXPECT_GE(RecallScore(bounds, q, 1, d), best - 1e-4f);
+  }
+  const std::vector<float> scores = {1.0f, 3.0f, 3.0f, 2.0f};
+  EXPECT_EQ(TopRIndices(scores, 2), (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(TopRIndices(scores, 9), (std::vector<int64_t>{0, 1, 2, 3}));
+}
+
+TEST(RecallTest, EvictedBlocksAreArchivedOnceAndRecallBringsThemBack) {
+  REQUIRE_DEFAULT_MODEL(model);
+  const ModelConfig& c = model->config();
+  kernels::ThreadPool pool(2);
+  for (int64_t block : {1, 4}) {
+    RecurrentRunner runner(model, Small(block), nullptr, &pool);
+    InMemoryBlockArchive archive(c.n_layers, c.n_kv_heads, c.head_dim);
+    runner.set_archive(&archive);
+    const std::vector<int32_t> tokens = Tokens(100, 3);
+    ASSERT_TRUE(runner.Feed(tokens).ok());
+    ASSERT_TRUE(runner.Flush().ok());
+    ASSERT_GT(archive.stored_bytes(), 0);
+    // Memory and archive together hold every position exactly once, for every head.
+    const MemorySnapshot before = runner.Snapshot();
+    const std::vector<float> all_queries(c.head_dim, 1.0f);
+    for (int32_t l = 0; l < c.n_layers; l += 7) {
+      for (int32_t g = 0; g < c.n_kv_heads; ++g) {
+        auto everything = archive.Recall(l, g, all_queries, 1, 1000);
+        ASSERT_TRUE(everything.ok());
+        std::multiset<int64_t> seen(before.heads[l * c.n_kv_heads + g].positions.begin(),
+                                    before.heads[l * c.n_kv_heads + g].positions.end());
+        for (const auto& b : *everything) {
+          for (int64_t p : b.positions) {
+            seen.insert(p);
+            EXPECT_EQ(p / block, b.block_id);
+          }
+        }
+        ASSERT_EQ(seen.size(), 100u);
+        int64_t expect = 0;
+        for (int64_t p : seen) EXPECT_EQ(p, expect++);
+      }
+    }
+    auto added = runner.Recall(Tokens(6, 9), 2);
+    ASSERT_TRUE(added.ok()) << added.status();
+    EXPECT_GT(*added, 0);
+    const MemorySnapshot after = runner.Snapshot();
+    for (size_t h = 0; h < after.heads.size(); ++h) {
+      const auto& p = after.heads[h].positions;
+      EXPECT_TRUE(std::is_sorted(p.begin(), p.end()));
+      EXPECT_LE(p.size(), before.heads[h].positions.size() + 2 * block);
+    }
+    GenerateOptions options;
+    options.max_new_tokens = 4;
+    EXPECT_TRUE(runner.Generate(Tokens(5, 1), options).ok());
+  }
+}
+
+class BrokenArchive : public BlockArchive {
+ public:
+  absl::Status Put(ArchivedBlock) override { return absl::OkStatus(); }
+  absl::StatusOr<std::vector<ArchivedBlock>> Recall(int32_t, int32_t, std::span<const float>,
+                                                    int64_t, int64_t) override {
+    return absl::DataLossError("archive: checksum mismatch in block 3");
+  }
+  int64_t stored_bytes() const override { return 0; }
+};
+
+TEST(RecallTest, BrokenArchiveLeavesMemoryUntouchedAndAnswerStillWorks) {
+  REQUIRE_DEFAULT_MODEL(model);
+  kernels::ThreadPool pool(2);
+  RecurrentRunner runner(model, Small(4), nullptr, &pool);
+  BrokenArchive archive;
+  runner.set_archive(&archive);
+  ASSERT_TRUE(runner.Feed(Tokens(60, 4)).ok());
+  ASSERT_TRUE(runner.Flush().ok());
+  const MemorySnapshot before = runner.Snapshot();
+  auto added = runner.Recall(Tokens(3, 2), 2);
+  EXPECT_EQ(added.status().code(), absl::StatusCode::kDataLoss);
+  const MemorySnapshot after = runner.Snapshot();
+  for (size_t h = 0; h < after.heads.size(); ++h) {
+    EXPECT_EQ(after.heads[h].positions, before.heads[h].positions);
+  }
+  GenerateOptions options;
+  options.max_new_tokens = 3;
+  EXPECT_TRUE(runner.Generate(Tokens(4, 1), options).ok());
+}
+
+TEST(TaskScoreTest, TaskTermIsTheLargestTaskQueryDotProduct) {
+  REQUIRE_DEFAULT_MODEL(model);
+  const ModelConfig& c = model->config();
+  kernels::ThreadPool pool(2);
+  RunnerConfig config = Small(1);
+  config.memory.task_weight = 0.5f;
+  const std::vector<int32_t> task = Tokens(5, 8), doc = Tokens(50, 6);
+
+  RecurrentRunner plain(model, config, nullptr, &pool);
+  ASSERT_TRUE(plain.SetTask({}).ok());  // empty task: the plain scorer
+  ASSERT_TRUE(plain.Feed(doc).ok());
+  RecurrentRunner aware(model, config, nullptr, &pool);
+  ASSERT_TRUE(aware.SetTask(task).ok());
+  ASSERT_TRUE(aware.Feed(doc).ok());
+  EXPECT_FALSE(aware.SetTask(task).ok()) << "a task after reading started must be refused";
+
+  const MemorySnapshot p = plain.Snapshot(), a = aware.Snapshot();
+  const auto& tq = aware.memory().task_queries();
+  ASSERT_EQ(tq.size(), static_cast<size_t>(c.n_layers));
+  const int64_t d = c.head_dim, group = c.n_heads / c.n_kv_heads;
+  for (int32_t l : {0, 29}) {
+    for (int32_t g = 0; g < c.n_kv_heads; ++g) {
+      const auto& ha = a.heads[l * c.n_kv_heads + g];
+      const auto& hp = p.heads[l * c.n_kv_heads + g];
+      for (size_t s = 0; s < ha.positions.size(); ++s) {
+        // Without a scorer the plain score is 0: what remains is the task term.
+        auto it = std::find(hp.positions.begin(), hp.positions.end(), ha.positions[s]);
+        if (it != hp.positions.end()) {
+          EXPECT_EQ(hp.scores[it - hp.positions.begin()], 0.0f);
+        }
+        double best = -1e300;
+        for (int64_t t = 0; t < 5; ++t) {
+          for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+            double dot = 0;
+            for (int64_t e = 0; e < d; ++e) {
+              dot += double{tq[l][(t * c.n_heads + h) * d + e]} * ha.keys[s * d + e];
+            }
+            best = std::max(best, dot);
+          }
+        }
+        EXPECT_NEAR(ha.scores[s], 0.5 * best / std::sqrt(double(d)), 1e-3);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace longread::engine
