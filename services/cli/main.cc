@@ -14,12 +14,14 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/job/document_job.h"
+#include "engine/memory/block_archive.h"
 #include "engine/model/llama_model.h"
 #include "engine/model_files/model_file.h"
 #include "engine/scorer/scorer.h"
 #include "engine/tokenizer/chat_template.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "kernels/thread_pool.h"
+#include "services/cli/calibrate_command.h"
 #include "services/cli/progress_bar.h"
 #include "services/common/log.h"
 
@@ -48,6 +50,7 @@ Usage: longread <command> [options]
 Commands:
   run FILE        read FILE (or - for stdin) and perform a task on it (default: summarize)
   generate        answer a prompt with the model (no document)
+  calibrate       fit the SparseK scorer weights on a corpus (least squares, no GPU)
   help COMMAND    show the options of a command
 
 Every command accepts --help. Exit codes: 0 success, 1 internal error, 2 bad usage,
@@ -87,6 +90,12 @@ Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
   --sinks S              first tokens of the document always kept (default 4)
   --segment-tokens L     tokens per forward pass (default 2048)
   --positions MODE       slot (default: positions by slot order, stay in context) or original
+  --block-tokens B       select whole blocks of B consecutive tokens (default 1: tokens)
+  --task-weight X        weight of the task term in key scores (default 1; 0: question-blind)
+  --instruction-first    also put the instruction before the document
+  --recall-blocks R      keep evicted blocks in an archive and bring back the R best blocks per
+                         layer and KV head for the question before answering (default 0: off;
+                         the archive is held in RAM, so use it for documents of moderate size)
   --scorer PATH          scorer weights for this model (default: none; keys tie on score and
                          the oldest are kept, i.e. sinks + window + the document's start)
   --dense                dense causal attention instead (exact; only up to the model's context)
@@ -113,7 +122,8 @@ struct Args {
 
 // Flags that take no value.
 bool IsSwitch(const std::string& name) {
-  return name == "help" || name == "quiet" || name == "json" || name == "dense" || name == "raw";
+  return name == "help" || name == "quiet" || name == "json" || name == "dense" || name == "raw" ||
+         name == "instruction-first";
 }
 
 bool ParseArgs(int argc, char** argv, int first, Args* args, std::string* error) {
@@ -328,6 +338,13 @@ int Run(const Args& args) {
     return Usage(error);
   }
   memory.sinks = static_cast<int32_t>(sinks);
+  if (!ParseInt(args, "block-tokens", memory.block_tokens, 1, &memory.block_tokens, &error) ||
+      !ParseFloat(args, "task-weight", memory.task_weight, 0.0f, 1e6f, &memory.task_weight,
+                  &error) ||
+      !ParseInt(args, "recall-blocks", 0, 0, &options.recall_blocks, &error)) {
+    return Usage(error);
+  }
+  options.instruction_first = args.Has("instruction-first");
   const std::string positions = args.Get("positions", "slot");
   if (positions == "original") {
     memory.position_mode = engine::PositionMode::kOriginal;
@@ -424,6 +441,9 @@ int Run(const Args& args) {
         return kInternal;
     }
   }
+  if (!result->recall_error.empty()) {
+    Log(LogLevel::kWarning, "recall_skipped", {{"error", result->recall_error}});
+  }
   if (json) {
     std::printf(
         "{\"answer\":%s,\"document_tokens\":%lld,\"generated_tokens\":%lld,"
@@ -442,6 +462,7 @@ int Run(const Args& args) {
         absl::StrCat(result->read_seconds > 0 ? result->document_tokens / result->read_seconds
                                               : 0)},
        {"generated_tokens", std::to_string(result->generated_tokens)},
+       {"recalled_slots", std::to_string(result->recalled_slots)},
        {"generate_seconds", absl::StrCat(result->generate_seconds)}});
   return kOk;
 }
@@ -466,6 +487,7 @@ int main(int argc, char** argv) {
     std::fputs(kMainHelp, stdout);
     return kOk;
   }
+  if (command == "calibrate") return services::RunCalibrateCommand(argc, argv);
   Args args;
   std::string error;
   if (!ParseArgs(argc, argv, 2, &args, &error)) return Usage(error);
