@@ -1,6 +1,7 @@
 #include "engine/model/llama_model.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -34,7 +35,32 @@ absl::StatusOr<std::vector<float>> Vector(const ModelFile& file, const std::stri
   return out;
 }
 
+// Charges the time since the previous mark to an op; does nothing without a profile.
+class OpTimer {
+ public:
+  explicit OpTimer(ForwardProfile* profile) : profile_(profile) {
+    if (profile_ != nullptr) last_ = std::chrono::steady_clock::now();
+  }
+  void Mark(ForwardProfile::Op op) {
+    if (profile_ == nullptr) return;
+    const auto now = std::chrono::steady_clock::now();
+    profile_->seconds[op] += std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+  }
+
+ private:
+  ForwardProfile* profile_;
+  std::chrono::steady_clock::time_point last_;
+};
+
 }  // namespace
+
+const char* ForwardProfile::Name(int op) {
+  static constexpr const char* kNames[kOpCount] = {
+      "embedding",      "attn_norm", "qkv_matmul",  "attention",    "output_proj", "ffn_norm",
+      "gate_up_matmul", "silu_mul",  "down_matmul", "residual_add", "lm_head"};
+  return op >= 0 && op < kOpCount ? kNames[op] : "unknown";
+}
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(std::unique_ptr<ModelFile> file) {
   if (file == nullptr) return absl::InvalidArgumentError("model: no file");
@@ -126,14 +152,21 @@ absl::Status LlamaModel::Forward(std::span<const int32_t> tokens, AttentionMemor
           absl::StrCat("model: token id ", t, " outside the vocabulary [0, ", c.vocab_size, ")"));
     }
   }
+  OpTimer timer(profile_);
+  if (profile_ != nullptr) {
+    ++profile_->forwards;
+    profile_->tokens += n;
+  }
   EnsureWorkspace(n);
   const int64_t d = c.d_model;
   float* h = ws_.hidden.data();
   for (int64_t t = 0; t < n; ++t) kernels::DequantizeRow(token_embd_, tokens[t], h + t * d);
+  timer.Mark(ForwardProfile::kEmbedding);
 
   for (int32_t l = 0; l < c.n_layers; ++l) {
     const Layer& L = layers_[l];
     kernels::RmsNorm(h, L.attn_norm.data(), n, d, c.rms_eps, ws_.x_norm.data());
+    timer.Mark(ForwardProfile::kAttnNorm);
     kernels::MatMul(L.wq, ws_.x_norm.data(), n, ws_.q.data(), pool);
     kernels::MatMul(L.wk, ws_.x_norm.data(), n, ws_.k.data(), pool);
     kernels::MatMul(L.wv, ws_.x_norm.data(), n, ws_.v.data(), pool);
@@ -147,17 +180,26 @@ absl::Status LlamaModel::Forward(std::span<const int32_t> tokens, AttentionMemor
                      ws_.v.data() + t * L.wv.rows);
       }
     }
+    timer.Mark(ForwardProfile::kQkvMatMul);
     SegmentLayerInput in{l, n, ws_.q.data(), ws_.k.data(), ws_.v.data(), ws_.x_norm.data()};
     if (auto s = memory.AttendAndUpdate(in, ws_.attn.data(), pool); !s.ok()) return s;
+    timer.Mark(ForwardProfile::kAttention);
     kernels::MatMul(L.wo, ws_.attn.data(), n, ws_.proj.data(), pool);
+    timer.Mark(ForwardProfile::kOutputProj);
     kernels::Add(h, ws_.proj.data(), n * d, h);
+    timer.Mark(ForwardProfile::kResidual);
 
     kernels::RmsNorm(h, L.ffn_norm.data(), n, d, c.rms_eps, ws_.x_norm.data());
+    timer.Mark(ForwardProfile::kFfnNorm);
     kernels::MatMul(L.w_gate, ws_.x_norm.data(), n, ws_.gate.data(), pool);
     kernels::MatMul(L.w_up, ws_.x_norm.data(), n, ws_.up.data(), pool);
+    timer.Mark(ForwardProfile::kGateUpMatMul);
     kernels::SiluMul(ws_.gate.data(), ws_.up.data(), n * c.d_ff, ws_.gate.data());
+    timer.Mark(ForwardProfile::kSilu);
     kernels::MatMul(L.w_down, ws_.gate.data(), n, ws_.proj.data(), pool);
+    timer.Mark(ForwardProfile::kDownMatMul);
     kernels::Add(h, ws_.proj.data(), n * d, h);
+    timer.Mark(ForwardProfile::kResidual);
   }
   memory.EndSegment(n);
 
@@ -167,6 +209,7 @@ absl::Status LlamaModel::Forward(std::span<const int32_t> tokens, AttentionMemor
   kernels::RmsNorm(h + first * d, output_norm_.data(), rows, d, c.rms_eps, ws_.x_norm.data());
   logits->resize(rows * c.vocab_size);
   kernels::MatMul(lm_head_, ws_.x_norm.data(), rows, logits->data(), pool);
+  timer.Mark(ForwardProfile::kLmHead);
   return absl::OkStatus();
 }
 

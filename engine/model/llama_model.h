@@ -19,6 +19,29 @@
 
 namespace longread::engine {
 
+// Wall time of each op group, summed over every Forward while attached (set_profile). Off by
+// default: the unprofiled path pays one null-pointer test per op group.
+struct ForwardProfile {
+  enum Op {
+    kEmbedding,
+    kAttnNorm,
+    kQkvMatMul,  // with the QKV biases, if any
+    kAttention,  // the memory's AttendAndUpdate: RoPE, selection, attention, eviction
+    kOutputProj,
+    kFfnNorm,
+    kGateUpMatMul,
+    kSilu,
+    kDownMatMul,
+    kResidual,
+    kLmHead,  // output norm and LM head
+    kOpCount
+  };
+  static const char* Name(int op);
+  double seconds[kOpCount] = {};
+  int64_t forwards = 0;
+  int64_t tokens = 0;
+};
+
 enum class LogitsMode {
   kNone,  // reading a document: skip the LM head entirely
   kLast,  // generation: logits of the segment's last token only
@@ -37,6 +60,9 @@ class LlamaModel {
   // `logits` receives 0, 1 or tokens.size() rows of vocab_size floats, per `mode`.
   absl::Status Forward(std::span<const int32_t> tokens, AttentionMemory& memory, LogitsMode mode,
                        std::vector<float>* logits, kernels::ThreadPool* pool);
+
+  // Accumulates op timings into `profile` from now on; null turns profiling off.
+  void set_profile(ForwardProfile* profile) { profile_ = profile; }
 
  private:
   struct Layer {
@@ -61,6 +87,7 @@ class LlamaModel {
   std::vector<float> output_norm_;
   std::vector<Layer> layers_;
   Workspace ws_;
+  ForwardProfile* profile_ = nullptr;
 };
 
 }  // namespace longread::engine
