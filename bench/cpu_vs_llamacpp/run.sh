@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# One command for the side-by-side CPU benchmark of Longread and llama.cpp on the same GGUF, the
+# same threads and the same token ids of real text. Writes bench/results/cpu-<date>.json (ours),
+# bench/results/cpu-vs-llamacpp-<date>.json (both, with ratios) and, unless PROFILE=0,
+# bench/results/cpu-profile-<date>.json (time share per op).
+#
+#   bench/cpu_vs_llamacpp/run.sh            # everything with the defaults below
+#   THREADS=2 REPS=3 SPARSEK=8000,32000,128000,1000000 SKIP_TIME=128000,1000000 \
+#   SKIP_REASON="..." SPARSEK_REPS=1 NOTES="..." PROFILE=1 bench/cpu_vs_llamacpp/run.sh
+#
+# It installs llama-cpp-python (which compiles llama.cpp from source, minutes) into .venv-bench
+# when missing. Never in CI: the comparison is a developer's measurement, not a test.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+LLAMA_CPP_PYTHON_VERSION=0.3.36
+MODEL=${MODEL:-$root/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+THREADS=${THREADS:-$(nproc)}
+REPS=${REPS:-3}
+SPARSEK_REPS=${SPARSEK_REPS:-$REPS}
+PREFILL=${PREFILL:-512,2048,8000}
+DECODE_AFTER=${DECODE_AFTER:-512,8000}
+DECODE_TOKENS=${DECODE_TOKENS:-64}
+SPARSEK=${SPARSEK:-8000,32000,128000,1000000}
+SKIP_TIME=${SKIP_TIME:-}
+SKIP_REASON=${SKIP_REASON:-skipped with SKIP_TIME (too long for this machine)}
+PROFILE=${PROFILE:-1}
+NOTES=${NOTES:-}
+date=$(date -u +%Y-%m-%d)
+work=$root/build-bench/cpu_vs_llamacpp
+results=$root/bench/results
+
+if [ -n "${CI:-}" ]; then
+  echo "bench/cpu_vs_llamacpp is not run in CI (it builds llama.cpp from source)" >&2
+  exit 1
+fi
+[ -f "$MODEL" ] || { echo "model missing: $MODEL (run scripts/setup.sh)" >&2; exit 1; }
+
+py=$root/.venv-bench/bin/python
+if ! "$py" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_PYTHON_VERSION')" \
+    2>/dev/null; then
+  echo "installing llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION into .venv-bench (builds llama.cpp)"
+  [ -x "$py" ] || python3 -m venv "$root/.venv-bench"
+  "$py" -m pip install "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" numpy
+fi
+
+cmake -S . -B build-bench -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGREAD_NATIVE=OFF \
+  -DLONGREAD_ENGINE_ONLY=ON -DLONGREAD_BUILD_TESTS=OFF >/dev/null
+ninja -C build-bench longread_cpu_bench
+mkdir -p "$work" "$results"
+
+"$py" bench/cpu_vs_llamacpp/llamacpp_bench.py tokenize --model "$MODEL" --out "$work/tokens.txt"
+
+profile_args=()
+[ "$PROFILE" = 1 ] && profile_args=(--profile --profile-json "$results/cpu-profile-$date.json")
+LONGREAD_SOURCE_DIR=$root build-bench/bench/engine/longread_cpu_bench --model "$MODEL" \
+  --threads "$THREADS" --tokens "$work/tokens.txt" --prefill "$PREFILL" \
+  --decode-after "$DECODE_AFTER" --decode-tokens "$DECODE_TOKENS" --sparsek "$SPARSEK" \
+  --skip-time "$SKIP_TIME" --skip-reason "$SKIP_REASON" --reps "$REPS" \
+  --sparsek-reps "$SPARSEK_REPS" --notes "$NOTES" --json "$results/cpu-$date.json" \
+  "${profile_args[@]}"
+
+"$py" bench/cpu_vs_llamacpp/llamacpp_bench.py measure --model "$MODEL" --tokens "$work/tokens.txt" \
+  --threads "$THREADS" --prefill "$PREFILL" --decode-after "$DECODE_AFTER" \
+  --decode-tokens "$DECODE_TOKENS" --reps "$REPS" --json "$work/llamacpp.json"
+
+"$py" bench/cpu_vs_llamacpp/compare.py --ours "$results/cpu-$date.json" \
+  --llamacpp "$work/llamacpp.json" --out "$results/cpu-vs-llamacpp-$date.json" \
+  --command "THREADS=$THREADS REPS=$REPS SPARSEK_REPS=$SPARSEK_REPS SPARSEK=$SPARSEK SKIP_TIME=$SKIP_TIME bench/cpu_vs_llamacpp/run.sh" \
+  --notes "$NOTES"
