@@ -1,0 +1,101 @@
+"""Plots a longread_quality_bench JSON: passkey accuracy vs length per method (with counts), and
+perplexity / planted-fact bars when the run measured them.
+
+Usage: .venv/bin/python bench/quality/plot.py bench/results/quality-DATE.json [more.json ...]
+       [--out bench/results/quality-DATE.png]
+Several JSON files are merged (their passkey trials pooled per method and length).
+"""
+
+import argparse
+import collections
+import json
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLORS = {"dense": "black", "window": "tab:orange", "sparsek": "tab:blue",
+          "sparsek-noscorer": "tab:cyan"}
+
+
+def wilson(correct, n, z=1.96):
+    """95% Wilson interval: honest error bars for small trial counts."""
+    if n == 0:
+        return 0.0, 0.0
+    p = correct / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("json", nargs="+")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    runs = [json.load(open(p)) for p in args.json]
+    counts = collections.defaultdict(lambda: [0, 0])  # (method, length) -> [correct, trials]
+    ppl, facts = [], []
+    scorer = runs[0].get("scorer", "?")
+    for run in runs:
+        for t in run.get("passkey_trials", []):
+            if t["possible"]:
+                c = counts[(t["method"], t["length"])]
+                c[0] += t["correct"]
+                c[1] += 1
+        ppl += [r for r in run.get("perplexity", []) if r["possible"]]
+        facts += [r for r in run.get("facts", []) if r["possible"]]
+
+    panels = 1 + bool(ppl) + bool(facts)
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 + 4 * (panels - 1), 4.5), squeeze=False)
+    ax = axes[0][0]
+    methods = sorted({m for m, _ in counts}, key=lambda m: list(COLORS).index(m) if m in COLORS else 9)
+    for m in methods:
+        lengths = sorted(length for mm, length in counts if mm == m)
+        acc = [counts[(m, length)][0] / counts[(m, length)][1] for length in lengths]
+        lo_hi = [wilson(*counts[(m, length)]) for length in lengths]
+        err = [[a - lo for a, (lo, _) in zip(acc, lo_hi)], [hi - a for a, (_, hi) in zip(acc, lo_hi)]]
+        label = m if m != "sparsek" else f"sparsek (scorer {os.path.basename(scorer)})"
+        ax.errorbar(lengths, acc, yerr=err, marker="o", capsize=3, label=label, color=COLORS.get(m))
+        for length, a in zip(lengths, acc):
+            c = counts[(m, length)]
+            ax.annotate(f"{c[0]}/{c[1]}", (length, a), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7, color=COLORS.get(m))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("tokens the model sees (prompt + document + answer room)")
+    ax.set_ylabel("passkey accuracy (95% Wilson interval)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(f"passkey retrieval, {runs[0]['config'].get('haystack', '?')} haystack, "
+                 f"budget {runs[0]['config'].get('budget', '?')}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+    panel = 1
+    if ppl:
+        ax = axes[0][panel]
+        panel += 1
+        names = [f"{r['method']}\n{r['tokens']} tok" for r in ppl]
+        ax.bar(names, [r["perplexity"] for r in ppl], color=[COLORS.get(r["method"], "gray") for r in ppl])
+        for i, r in enumerate(ppl):
+            ax.annotate(f"{r['perplexity']:.2f}", (i, r["perplexity"]), ha="center", va="bottom", fontsize=8)
+        ax.set_ylabel("perplexity after the first segment")
+        ax.set_title("long real text")
+    if facts:
+        ax = axes[0][panel]
+        ax.bar([r["method"] for r in facts], [r["mentioned"] for r in facts],
+               color=[COLORS.get(r["method"], "gray") for r in facts])
+        ax.set_ylabel(f"planted facts in the summary (of {facts[0]['facts']})")
+        ax.set_title(f"summary of a {facts[0]['total_tokens']}-token document")
+    fig.tight_layout()
+    out = args.out or os.path.join(os.path.dirname(args.json[0]),
+                                   f"quality-{runs[0]['date'][:10]}.png")
+    fig.savefig(out, dpi=120)
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,639 @@
+// longread_quality_bench: does the memory keep what the model needs? Compares memory methods at an
+// equal budget of keys per query (dense attention where it fits the model's context, window-only
+// with sinks, SparseK) on passkey retrieval in real or filler text, on perplexity of long real
+// text, and on how many planted facts a summary mentions. Prints a table and writes every trial
+// to JSON (bench/results/quality-<date>.json by default). See bench/quality/README.md.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "bench/quality/haystack.h"
+#include "bench/quality/report.h"
+#include "engine/job/document_job.h"
+#include "engine/model/llama_model.h"
+#include "engine/model_files/model_file.h"
+#include "engine/scorer/scorer.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "kernels/thread_pool.h"
+
+namespace longread::bench {
+namespace {
+
+using engine::MemoryConfig;
+using engine::RunnerConfig;
+
+constexpr char kHelp[] = R"(Usage: longread_quality_bench [options]
+
+Model:      --model PATH (default models/SmolLM2-135M-Instruct.Q4_1.gguf) --threads N
+Methods:    --methods dense,window,sparsek   --budget B (keys per query besides sinks, 1024)
+            --sinks S (4)  --sparsek-window W (256; SparseK top_k = B - W)  --segment-tokens L
+            --scorer PATH|auto|none (auto: engine/scorer/weights/<model>.lrscorer if present)
+Passkey:    --lengths 2048,4096 (tokens the model sees: chat prompt + document + answer room)
+            --depths 0.1,0.5,0.9 | random   --trials N or N1,N2,... (per length, per depth)
+            --haystack filler|real  --haystack-dir DIR[:NAME[:MAX_FILES]] (repeatable)
+            --answer-tokens N (32; the model writes one token per digit)
+Perplexity: --perplexity FILE_OR_DIR --ppl-tokens N (mean NLL after the first segment)
+Facts:      --facts N --facts-tokens T (8192) --summary-tokens N (200)
+Run:        --seed N  --max-seconds S (stop between documents, counts recorded)  --json OUT
+)";
+
+struct Options {
+  std::string model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  int64_t threads = 0;
+  std::vector<std::string> methods = {"dense", "window", "sparsek"};
+  int64_t budget = 1024, sinks = 4, sparsek_window = 256, segment_tokens = 2048;
+  std::string scorer = "auto";
+  std::vector<int64_t> lengths = {2048, 4096};
+  std::vector<double> depths = {0.1, 0.5, 0.9};
+  bool random_depth = false;
+  std::vector<int64_t> trials = {20};
+  HaystackKind haystack = HaystackKind::kReal;
+  std::vector<std::string> haystack_dirs;
+  int64_t answer_tokens = 32;
+  std::string perplexity;
+  int64_t ppl_tokens = 8192;
+  int64_t facts = 0, facts_tokens = 8192, summary_tokens = 200;
+  uint64_t seed = 1;
+  double max_seconds = 0;
+  std::string json;
+};
+
+std::vector<std::string> DefaultHaystackDirs() {
+  // Licenses, package copyright files, a slice of the C++ standard headers and this repository's
+  // own sources: prose, legal text and code, as a real long document mixes them.
+  const char* src = std::getenv("LONGREAD_SOURCE_DIR");
+  const std::string root = src != nullptr ? src : ".";
+  return {"/usr/share/common-licenses",
+          "/usr/share/doc:copyright:400",
+          "/usr/include/c++/12::150",
+          root + "/engine",
+          root + "/kernels",
+          root + "/services",
+          root + "/cache"};
+}
+
+bool ParseOptions(int argc, char** argv, Options* o, std::string* error) {
+  auto ints = [](const std::string& v, std::vector<int64_t>* out) {
+    out->clear();
+    for (absl::string_view part : absl::StrSplit(v, ',')) {
+      int64_t x = 0;
+      if (!absl::SimpleAtoi(part, &x) || x < 0) return false;
+      out->push_back(x);
+    }
+    return !out->empty();
+  };
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(kHelp, stdout);
+      std::exit(0);
+    }
+    if (i + 1 >= argc || a.rfind("--", 0) != 0) {
+      *error = absl::StrCat("unexpected argument or missing value: ", a);
+      return false;
+    }
+    const std::string name = a.substr(2), v = argv[++i];
+    std::vector<int64_t> list;
+    bool ok = true;
+    auto one = [&](int64_t* out, int64_t min) { ok = absl::SimpleAtoi(v, out) && *out >= min; };
+    if (name == "model") {
+      o->model = v;
+    } else if (name == "threads") {
+      one(&o->threads, 1);
+    } else if (name == "methods") {
+      o->methods = absl::StrSplit(v, ',');
+      for (const auto& m : o->methods) ok = ok && (m == "dense" || m == "window" || m == "sparsek");
+    } else if (name == "budget") {
+      one(&o->budget, 1);
+    } else if (name == "sinks") {
+      one(&o->sinks, 0);
+    } else if (name == "sparsek-window") {
+      one(&o->sparsek_window, 1);
+    } else if (name == "segment-tokens") {
+      one(&o->segment_tokens, 1);
+    } else if (name == "scorer") {
+      o->scorer = v;
+    } else if (name == "lengths") {
+      ok = ints(v, &o->lengths);
+    } else if (name == "depths") {
+      o->random_depth = v == "random";
+      o->depths.clear();
+      if (!o->random_depth) {
+        for (absl::string_view part : absl::StrSplit(v, ',')) {
+          double d = 0;
+          ok = ok && absl::SimpleAtod(part, &d) && d >= 0 && d <= 1;
+          o->depths.push_back(d);
+        }
+      }
+    } else if (name == "trials") {
+      ok = ints(v, &o->trials);
+    } else if (name == "haystack") {
+      ok = v == "real" || v == "filler";
+      o->haystack = v == "filler" ? HaystackKind::kFiller : HaystackKind::kReal;
+    } else if (name == "haystack-dir") {
+      o->haystack_dirs.push_back(v);
+    } else if (name == "answer-tokens") {
+      one(&o->answer_tokens, 1);
+    } else if (name == "perplexity") {
+      o->perplexity = v;
+    } else if (name == "ppl-tokens") {
+      one(&o->ppl_tokens, 2);
+    } else if (name == "facts") {
+      one(&o->facts, 0);
+    } else if (name == "facts-tokens") {
+      one(&o->facts_tokens, 256);
+    } else if (name == "summary-tokens") {
+      one(&o->summary_tokens, 1);
+    } else if (name == "seed") {
+      int64_t s = 0;
+      one(&s, 0);
+      o->seed = static_cast<uint64_t>(s);
+    } else if (name == "max-seconds") {
+      ok = absl::SimpleAtod(v, &o->max_seconds) && o->max_seconds >= 0;
+    } else if (name == "json") {
+      o->json = v;
+    } else {
+      *error = absl::StrCat("unknown option --", name);
+      return false;
+    }
+    if (!ok) {
+      *error = absl::StrCat("bad value for --", name, ": '", v, "'");
+      return false;
+    }
+  }
+  if (o->trials.size() != 1 && o->trials.size() != o->lengths.size()) {
+    *error = "--trials takes one count or one per length";
+    return false;
+  }
+  if (o->sparsek_window > o->budget) {
+    *error = "--sparsek-window must not exceed --budget";
+    return false;
+  }
+  if (o->haystack_dirs.empty()) o->haystack_dirs = DefaultHaystackDirs();
+  return true;
+}
+
+struct Method {
+  std::string name;
+  RunnerConfig runner;
+  std::shared_ptr<const engine::ScorerWeights> scorer;
+};
+
+std::vector<Method> MakeMethods(const Options& o,
+                                std::shared_ptr<const engine::ScorerWeights> scorer) {
+  std::vector<Method> methods;
+  for (const std::string& name : o.methods) {
+    Method m{name, {}, nullptr};
+    m.runner.segment_tokens = o.segment_tokens;
+    if (name == "dense") {
+      m.runner.memory = MemoryConfig::Dense();
+    } else {
+      m.runner.memory.sinks = static_cast<int32_t>(o.sinks);
+      const bool window_only = name == "window";
+      m.runner.memory.window = window_only ? o.budget : o.sparsek_window;
+      m.runner.memory.top_k = window_only ? 0 : o.budget - o.sparsek_window;
+      if (!window_only) {
+        m.scorer = scorer;
+        // Without a scorer every key ties at 0 and SparseK keeps the oldest: say so in every
+        // record.
+        if (scorer == nullptr) m.name = "sparsek-noscorer";
+      }
+    }
+    methods.push_back(std::move(m));
+  }
+  return methods;
+}
+
+double SecondsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+std::vector<int32_t> StopTokens(const engine::Tokenizer& tokenizer) {
+  std::vector<int32_t> stops;
+  for (const char* stop : {"<|im_end|>", "<|endoftext|>", "<|eot_id|>"}) {
+    if (const int32_t id = tokenizer.TokenId(stop); id >= 0) stops.push_back(id);
+  }
+  if (tokenizer.eos_id() >= 0) stops.push_back(tokenizer.eos_id());
+  return stops;
+}
+
+// The flow of engine::RunDocumentJob on pre-tokenized text: prompt head and document read
+// through the runner, then the task's tail read and the answer generated greedily.
+struct Answer {
+  std::string text;
+  double read_seconds = 0, generate_seconds = 0;
+  int64_t read_tokens = 0, generated_tokens = 0;
+};
+
+absl::StatusOr<Answer> ReadAndAnswer(engine::LlamaModel& model, const engine::Tokenizer& tokenizer,
+                                     const Method& method, const engine::TaskPrompt& prompt,
+                                     const std::vector<int32_t>& document, int64_t max_new_tokens,
+                                     kernels::ThreadPool* pool) {
+  engine::RecurrentRunner runner(&model, method.runner, method.scorer, pool);
+  Answer answer;
+  auto start = std::chrono::steady_clock::now();
+  if (auto s = runner.Feed(prompt.before_document); !s.ok()) return s;
+  if (auto s = runner.Feed(document); !s.ok()) return s;
+  if (auto s = runner.Flush(); !s.ok()) return s;
+  answer.read_seconds = SecondsSince(start);
+  answer.read_tokens = runner.tokens_read();
+  engine::GenerateOptions generate;
+  generate.max_new_tokens = max_new_tokens;
+  generate.stop_tokens = StopTokens(tokenizer);
+  engine::TokenDecoder decoder(tokenizer);
+  start = std::chrono::steady_clock::now();
+  auto generated = runner.Generate(prompt.after_document, generate, [&](int32_t token) {
+    if (!tokenizer.IsControl(token)) answer.text += decoder.Push(token);
+    return true;
+  });
+  if (!generated.ok()) return generated.status();
+  answer.text += decoder.Flush();
+  answer.generate_seconds = SecondsSince(start);
+  answer.generated_tokens = static_cast<int64_t>(generated->size());
+  return answer;
+}
+
+bool DenseFits(const engine::LlamaModel& model, const Method& m, int64_t total_tokens) {
+  return !m.runner.memory.is_dense() || total_tokens <= model.config().context_length;
+}
+
+class Bench {
+ public:
+  Bench(const Options& o, engine::LlamaModel& model, const engine::Tokenizer& tokenizer,
+        const Corpus* corpus, std::vector<Method> methods, kernels::ThreadPool* pool,
+        Report* report)
+      : o_(o),
+        model_(model),
+        tokenizer_(tokenizer),
+        corpus_(corpus),
+        methods_(std::move(methods)),
+        pool_(pool),
+        report_(report),
+        start_(std::chrono::steady_clock::now()) {}
+
+  // Trial-major order (every length and depth gets its t-th document before any gets its
+  // (t+1)-th), so that a run stopped by --max-seconds is balanced across lengths and methods.
+  absl::Status Passkey() {
+    auto prompt = engine::BuildTaskPrompt(tokenizer_, model_.file().tokenizer().chat_template,
+                                          engine::Task::kQuestion, "What is the pass key?");
+    if (!prompt.ok()) return prompt.status();
+    const int64_t overhead =
+        static_cast<int64_t>(prompt->before_document.size() + prompt->after_document.size()) +
+        o_.answer_tokens;
+    const size_t n_depths = o_.random_depth ? 1 : o_.depths.size();
+    int64_t max_trials = 0;
+    for (size_t li = 0; li < o_.lengths.size(); ++li) max_trials = std::max(max_trials, Trials(li));
+    std::map<int64_t, double> seconds_per_document;  // by length, the latest measured
+    for (int64_t t = 0; t < max_trials; ++t) {
+      for (size_t li = 0; li < o_.lengths.size(); ++li) {
+        if (t >= Trials(li)) continue;
+        const int64_t length = o_.lengths[li];
+        const int64_t doc_tokens = length - overhead;
+        if (doc_tokens < 64) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("--lengths ", length, " leaves no room for a document"));
+        }
+        for (size_t di = 0; di < n_depths; ++di) {
+          if (OutOfTime(seconds_per_document[length])) {
+            report_->stopped_early = true;
+            return absl::OkStatus();
+          }
+          // One seed per (length, depth, trial): runs with other lengths or counts reproduce it.
+          std::mt19937_64 rng(o_.seed * 1000003 + static_cast<uint64_t>(length) * 7919 +
+                              di * 104729 + static_cast<uint64_t>(t));
+          const double depth = o_.random_depth
+                                   ? std::uniform_real_distribution<double>(0.05, 0.95)(rng)
+                                   : o_.depths[di];
+          PasskeyDocument doc =
+              MakePasskeyDocument(tokenizer_, o_.haystack, corpus_, rng, doc_tokens, depth);
+          const auto doc_start = std::chrono::steady_clock::now();
+          for (const Method& m : methods_) {
+            PasskeyTrial trial;
+            trial.method = m.name;
+            trial.length = length;
+            trial.depth = depth;
+            trial.trial = static_cast<int>(t);
+            trial.key = doc.key;
+            trial.phrasing = doc.phrasing;
+            trial.document_tokens = doc_tokens;
+            trial.needle_at = doc.needle_at;
+            if (!DenseFits(model_, m, length)) {
+              trial.possible = false;
+              report_->passkey.push_back(trial);
+              continue;
+            }
+            auto answer =
+                ReadAndAnswer(model_, tokenizer_, m, *prompt, doc.tokens, o_.answer_tokens, pool_);
+            if (!answer.ok()) return answer.status();
+            trial.answer = answer->text;
+            trial.correct = answer->text.find(doc.key) != std::string::npos;
+            trial.read_tokens = answer->read_tokens;
+            trial.read_seconds = answer->read_seconds;
+            trial.generate_seconds = answer->generate_seconds;
+            trial.generated_tokens = answer->generated_tokens;
+            std::fprintf(stderr,
+                         "[%6.0fs] len %lld depth %.2f trial %lld %-8s key %s %s %.0f tok/s\n",
+                         SecondsSince(start_), static_cast<long long>(length), depth,
+                         static_cast<long long>(t), m.name.c_str(), doc.key.c_str(),
+                         trial.correct ? "OK  " : "MISS",
+                         static_cast<double>(trial.read_tokens) / trial.read_seconds);
+            report_->passkey.push_back(trial);
+          }
+          seconds_per_document[length] = SecondsSince(doc_start);
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Perplexity() {
+    auto text = ReadTextSource(o_.perplexity);
+    if (!text.ok()) return text.status();
+    std::vector<int32_t> tokens = tokenizer_.Encode(*text, false);
+    if (static_cast<int64_t>(tokens.size()) < o_.ppl_tokens) {
+      std::fprintf(stderr, "perplexity: %s has only %zu tokens (asked %lld)\n",
+                   o_.perplexity.c_str(), tokens.size(), static_cast<long long>(o_.ppl_tokens));
+    } else {
+      tokens.resize(static_cast<size_t>(o_.ppl_tokens));
+    }
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    const int64_t first = o_.segment_tokens;  // NLL counted for positions >= first
+    if (n <= first) return absl::InvalidArgumentError("perplexity text shorter than one segment");
+    const int32_t vocab = model_.config().vocab_size;
+    for (const Method& m : methods_) {
+      PerplexityResult r;
+      r.method = m.name;
+      r.source = o_.perplexity;
+      r.tokens = n;
+      r.first_counted = first;
+      if (!DenseFits(model_, m, n)) {
+        r.possible = false;
+        report_->perplexity.push_back(r);
+        continue;
+      }
+      if (OutOfTime(0)) {
+        report_->stopped_early = true;
+        return absl::OkStatus();
+      }
+      engine::RecurrentRunner runner(&model_, m.runner, m.scorer, pool_);
+      std::vector<float> logits, last_row;
+      double nll = 0;
+      int64_t counted = 0;
+      const auto start = std::chrono::steady_clock::now();
+      // Segment by segment, so that logits stay one segment large at any length.
+      for (int64_t at = 0; at < n; at += o_.segment_tokens) {
+        const int64_t len = std::min(o_.segment_tokens, n - at);
+        std::span<const int32_t> chunk(tokens.data() + at, static_cast<size_t>(len));
+        if (auto s = runner.ReadWithLogits(chunk, &logits); !s.ok()) return s;
+        auto add = [&](const float* row, int32_t target) {
+          double max = row[0], sum = 0;
+          for (int32_t v = 1; v < vocab; ++v) max = std::max<double>(max, row[v]);
+          for (int32_t v = 0; v < vocab; ++v) sum += std::exp(row[v] - max);
+          nll += max + std::log(sum) - row[target];
+          ++counted;
+        };
+        if (!last_row.empty() && at >= first) add(last_row.data(), tokens[at]);
+        for (int64_t i = 0; i + 1 < len; ++i) {
+          if (at + i + 1 >= first) add(logits.data() + i * vocab, tokens[at + i + 1]);
+        }
+        last_row.assign(logits.end() - vocab, logits.end());
+      }
+      r.seconds = SecondsSince(start);
+      r.counted_tokens = counted;
+      r.mean_nll = nll / static_cast<double>(counted);
+      r.perplexity = std::exp(r.mean_nll);
+      std::fprintf(stderr, "perplexity %-8s %lld tokens: %.3f (%.0fs)\n", m.name.c_str(),
+                   static_cast<long long>(n), r.perplexity, r.seconds);
+      report_->perplexity.push_back(r);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Facts() {
+    auto prompt = engine::BuildTaskPrompt(tokenizer_, model_.file().tokenizer().chat_template,
+                                          engine::Task::kSummarize, "");
+    if (!prompt.ok()) return prompt.status();
+    const int64_t total = o_.facts_tokens;
+    const int64_t doc_tokens =
+        total -
+        static_cast<int64_t>(prompt->before_document.size() + prompt->after_document.size()) -
+        o_.summary_tokens;
+    if (doc_tokens < 256) return absl::InvalidArgumentError("--facts-tokens too small");
+    std::mt19937_64 rng(o_.seed * 31337 + 17);
+    FactsResult base;
+    base.facts = MakeFacts(rng, static_cast<int>(o_.facts));
+    const std::vector<int32_t> doc =
+        MakeFactsDocument(tokenizer_, *corpus_, rng, doc_tokens, base.facts);
+    for (const Method& m : methods_) {
+      FactsResult r = base;
+      r.method = m.name;
+      r.total_tokens = total;
+      if (!DenseFits(model_, m, total)) {
+        r.possible = false;
+        report_->facts.push_back(r);
+        continue;
+      }
+      if (OutOfTime(0)) {
+        report_->stopped_early = true;
+        return absl::OkStatus();
+      }
+      auto answer = ReadAndAnswer(model_, tokenizer_, m, *prompt, doc, o_.summary_tokens, pool_);
+      if (!answer.ok()) return answer.status();
+      r.summary = answer->text;
+      r.mentioned_count = CountMentionedFacts(answer->text, r.facts, &r.mentioned);
+      std::fprintf(stderr, "facts %-8s %d/%zu mentioned\n", m.name.c_str(), r.mentioned_count,
+                   r.facts.size());
+      report_->facts.push_back(r);
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  int64_t Trials(size_t length_index) const {
+    return o_.trials.size() == 1 ? o_.trials[0] : o_.trials[length_index];
+  }
+
+  // True when the next piece of work, expected to take `next_seconds`, would pass the limit.
+  bool OutOfTime(double next_seconds) const {
+    return o_.max_seconds > 0 && SecondsSince(start_) + next_seconds > o_.max_seconds;
+  }
+
+  static absl::StatusOr<std::string> ReadTextSource(const std::string& path) {
+    namespace fs = std::filesystem;
+    std::vector<std::string> files;
+    std::error_code ec;
+    if (fs::is_directory(path, ec)) {
+      for (auto it = fs::recursive_directory_iterator(path, ec);
+           !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+        if (it->is_regular_file(ec)) files.push_back(it->path().string());
+      }
+      std::sort(files.begin(), files.end());
+    } else {
+      files.push_back(path);
+    }
+    std::string text;
+    for (const std::string& f : files) {
+      std::ifstream in(f, std::ios::binary);
+      if (!in) return absl::NotFoundError(absl::StrCat("--perplexity: cannot read ", f));
+      text.append(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      text += "\n\n";
+    }
+    return text;
+  }
+
+  const Options& o_;
+  engine::LlamaModel& model_;
+  const engine::Tokenizer& tokenizer_;
+  const Corpus* corpus_;
+  std::vector<Method> methods_;
+  kernels::ThreadPool* pool_;
+  Report* report_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+std::vector<std::pair<std::string, std::string>> ConfigJson(const Options& o,
+                                                            const std::string& scorer) {
+  auto list = [](const auto& v) { return absl::StrCat("[", absl::StrJoin(v, ","), "]"); };
+  std::vector<std::string> dirs;
+  for (const auto& d : o.haystack_dirs) dirs.push_back(JsonString(d));
+  std::vector<std::string> methods;
+  for (const auto& m : o.methods) methods.push_back(JsonString(m));
+  const std::string sparsek =
+      absl::StrCat("sinks ", o.sinks, " + top_k ", o.budget - o.sparsek_window, " + window ",
+                   o.sparsek_window, ", scorer ", scorer);
+  return {{"methods", list(methods)},
+          {"budget", absl::StrCat(o.budget)},
+          {"window_method", JsonString(absl::StrCat("sinks ", o.sinks, " + window ", o.budget))},
+          {"sparsek_method", JsonString(sparsek)},
+          {"dense_method", JsonString("every key (only where the whole input fits the context)")},
+          {"segment_tokens", absl::StrCat(o.segment_tokens)},
+          {"lengths", list(o.lengths)},
+          {"depths", o.random_depth ? "\"random\"" : list(o.depths)},
+          {"trials_requested", list(o.trials)},
+          {"haystack", o.haystack == HaystackKind::kReal ? "\"real\"" : "\"filler\""},
+          {"haystack_dirs", list(dirs)},
+          {"question", "\"What is the pass key?\""},
+          {"answer_tokens", absl::StrCat(o.answer_tokens)},
+          {"perplexity_source", JsonString(o.perplexity)},
+          {"ppl_tokens", absl::StrCat(o.ppl_tokens)},
+          {"facts", absl::StrCat(o.facts)},
+          {"facts_tokens", absl::StrCat(o.facts_tokens)},
+          {"summary_tokens", absl::StrCat(o.summary_tokens)},
+          {"seed", absl::StrCat(o.seed)},
+          {"max_seconds", absl::StrCat(o.max_seconds)}};
+}
+
+int Main(int argc, char** argv) {
+  Options o;
+  std::string error;
+  if (!ParseOptions(argc, argv, &o, &error)) {
+    std::fprintf(stderr, "longread_quality_bench: %s\n%s", error.c_str(), kHelp);
+    return 2;
+  }
+  Report report;
+  for (int i = 0; i < argc; ++i) report.command += (i ? " " : "") + std::string(argv[i]);
+
+  auto file = engine::ModelFile::Open(o.model);
+  if (!file.ok()) {
+    std::fprintf(stderr, "model %s: %s\n", o.model.c_str(), file.status().ToString().c_str());
+    return 4;
+  }
+  auto tokenizer = engine::Tokenizer::Create((*file)->tokenizer());
+  if (!tokenizer.ok()) {
+    std::fprintf(stderr, "tokenizer: %s\n", tokenizer.status().ToString().c_str());
+    return 4;
+  }
+  auto model = engine::LlamaModel::Load(std::move(*file));
+  if (!model.ok()) {
+    std::fprintf(stderr, "model: %s\n", model.status().ToString().c_str());
+    return 4;
+  }
+  const auto& c = (*model)->config();
+
+  // The scorer: explicit path, "none", or "auto" = the calibrated weights for this model when
+  // they have been produced; without one SparseK keeps the oldest keys (all scores tie at 0).
+  std::shared_ptr<const engine::ScorerWeights> scorer;
+  std::string scorer_path = o.scorer;
+  if (o.scorer == "auto") {
+    const char* src = std::getenv("LONGREAD_SOURCE_DIR");
+    scorer_path = absl::StrCat(src != nullptr ? src : ".", "/engine/scorer/weights/",
+                               std::filesystem::path(o.model).stem().string(), ".lrscorer");
+    if (!std::filesystem::exists(scorer_path)) scorer_path = "none";
+  }
+  if (scorer_path != "none") {
+    auto weights = engine::LoadScorerWeights(scorer_path, (*model)->fingerprint(), c.n_layers,
+                                             c.n_kv_heads, c.d_model);
+    if (!weights.ok()) {
+      std::fprintf(stderr, "scorer %s: %s\n", scorer_path.c_str(),
+                   weights.status().ToString().c_str());
+      return 4;
+    }
+    report.scorer_provenance = weights->provenance;
+    scorer = std::make_shared<const engine::ScorerWeights>(std::move(*weights));
+  }
+  report.scorer = scorer_path;
+
+  std::unique_ptr<Corpus> corpus;
+  std::vector<CorpusSource> sources;
+  for (const std::string& spec : o.haystack_dirs) {
+    auto source = ParseCorpusSource(spec);
+    if (!source.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(source.status().message()).c_str());
+      return 2;
+    }
+    sources.push_back(*source);
+  }
+  if (o.haystack == HaystackKind::kReal || o.facts > 0) {
+    auto built = Corpus::Build(sources);
+    if (!built.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(built.status().message()).c_str());
+      return 3;
+    }
+    corpus = std::make_unique<Corpus>(std::move(*built));
+    report.corpus = corpus->Summary();
+    report.corpus_skipped = corpus->skipped();
+  }
+
+  const int threads = o.threads > 0 ? static_cast<int>(o.threads) : kernels::DefaultThreadCount();
+  kernels::ThreadPool pool(threads);
+  report.config = ConfigJson(o, scorer_path);
+  report.threads = threads;
+  report.model = o.model;
+  report.model_fingerprint = (*model)->fingerprint();
+  report.context_length = c.context_length;
+  report.FillEnvironment();
+
+  Bench bench(o, **model, **tokenizer, corpus.get(), MakeMethods(o, scorer), &pool, &report);
+  const auto start = std::chrono::steady_clock::now();
+  absl::Status status = absl::OkStatus();
+  if (o.trials[0] > 0 && !o.lengths.empty()) status = bench.Passkey();
+  if (status.ok() && !o.perplexity.empty()) status = bench.Perplexity();
+  if (status.ok() && o.facts > 0) status = bench.Facts();
+  report.elapsed_seconds = SecondsSince(start);
+  if (!status.ok()) {
+    std::fprintf(stderr, "longread_quality_bench: %s\n", status.ToString().c_str());
+    report.error = status.ToString();
+  }
+  report.PrintTables();
+  const std::string out = report.WriteJson(o.json);
+  std::fprintf(stderr, "wrote %s\n", out.c_str());
+  return status.ok() ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace longread::bench
+
+int main(int argc, char** argv) { return longread::bench::Main(argc, argv); }
