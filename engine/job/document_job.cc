@@ -93,15 +93,17 @@ int64_t CountInvalidUtf8(std::string_view s) {
 
 absl::StatusOr<TaskPrompt> BuildTaskPrompt(const Tokenizer& tokenizer,
                                            const std::string& chat_template, Task task,
-                                           std::string_view question) {
+                                           std::string_view question, bool instruction_first) {
   if (task == Task::kQuestion && question.empty()) {
     return absl::InvalidArgumentError("the question task needs a question");
   }
   auto tmpl = ChatTemplate::FromSource(chat_template);
   if (!tmpl.ok()) return tmpl.status();
+  const std::string instruction = TaskInstruction(task, question);
   const std::vector<ChatMessage> messages = {
-      {"user", absl::StrCat("Here is a document.\n\n", std::string(kDocumentMarker), "\n\n",
-                            TaskInstruction(task, question))}};
+      {"user",
+       absl::StrCat(instruction_first ? instruction + "\n\n" : "", "Here is a document.\n\n",
+                    std::string(kDocumentMarker), "\n\n", instruction)}};
   auto parts = tmpl->RenderParts(messages, /*add_generation_prompt=*/true);
   if (!parts.ok()) return parts.status();
   std::vector<PromptPart> before, after;
@@ -133,7 +135,7 @@ absl::StatusOr<DocumentJobResult> RunDocumentJob(LlamaModel& model, const Tokeni
                                               options.max_document_bytes));
   }
   auto prompt = BuildTaskPrompt(tokenizer, model.file().tokenizer().chat_template, options.task,
-                                options.question);
+                                options.question, options.instruction_first);
   if (!prompt.ok()) return prompt.status();
 
   DocumentJobResult result;
@@ -149,6 +151,12 @@ absl::StatusOr<DocumentJobResult> RunDocumentJob(LlamaModel& model, const Tokeni
   result.prompt_tokens = prefix + static_cast<int64_t>(question.size());
 
   RecurrentRunner runner(&model, options.runner, std::move(scorer), pool);
+  const std::vector<int32_t> instruction =
+      tokenizer.Encode(TaskInstruction(options.task, options.question), false);
+  if (options.task_aware) {
+    if (auto s = runner.SetTask(instruction); !s.ok()) return s;
+  }
+  if (options.archive != nullptr) runner.set_archive(options.archive);
   const auto read_start = std::chrono::steady_clock::now();
   const int64_t total = static_cast<int64_t>(tokens.size());
   auto progress = [&](int64_t read) {
@@ -157,6 +165,15 @@ absl::StatusOr<DocumentJobResult> RunDocumentJob(LlamaModel& model, const Tokeni
   if (auto s = runner.Feed(tokens, progress); !s.ok()) return s;
   if (auto s = runner.Flush(progress); !s.ok()) return s;
   result.read_seconds = SecondsSince(read_start);
+  if (options.archive != nullptr && options.recall_blocks > 0) {
+    // A broken archive costs the recall, not the answer.
+    auto recalled = runner.Recall(instruction, options.recall_blocks);
+    if (recalled.ok()) {
+      result.recalled_slots = *recalled;
+    } else {
+      result.recall_error = std::string(recalled.status().message());
+    }
+  }
 
   GenerateOptions generate = options.generate;
   for (const char* stop : {"<|im_end|>", "<|endoftext|>", "<|eot_id|>"}) {

@@ -28,6 +28,16 @@ struct DocumentJobOptions {
   RunnerConfig runner;
   GenerateOptions generate;
   int64_t max_document_bytes = int64_t{1} << 30;
+  // Task-aware memory: the instruction's query vectors add a task term to every key's score
+  // (MemoryConfig::task_weight). Known before reading starts, as in a batch job.
+  bool task_aware = true;
+  // Also place the instruction before the document in the prompt (the model then reads the
+  // document knowing the question).
+  bool instruction_first = false;
+  // Evicted blocks go to `archive` (not owned; null: no archive) and the best `recall_blocks`
+  // per (layer, KV head) come back before the answer.
+  BlockArchive* archive = nullptr;
+  int64_t recall_blocks = 0;
 };
 
 struct DocumentJobResult {
@@ -36,6 +46,8 @@ struct DocumentJobResult {
   int64_t prompt_tokens = 0;
   int64_t generated_tokens = 0;
   int64_t invalid_utf8_sequences = 0;  // replaced by U+FFFD before tokenizing
+  int64_t recalled_slots = 0;          // slots brought back from the archive, all heads
+  std::string recall_error;            // why recall was skipped, if it failed
   double read_seconds = 0;
   double generate_seconds = 0;
 };
@@ -56,7 +68,8 @@ struct TaskPrompt {
 };
 absl::StatusOr<TaskPrompt> BuildTaskPrompt(const Tokenizer& tokenizer,
                                            const std::string& chat_template, Task task,
-                                           std::string_view question);
+                                           std::string_view question,
+                                           bool instruction_first = false);
 
 absl::StatusOr<DocumentJobResult> RunDocumentJob(LlamaModel& model, const Tokenizer& tokenizer,
                                                  std::string_view document,
