@@ -67,10 +67,18 @@ absl::StatusOr<std::unique_ptr<CacheDb>> CacheDb::Open(const std::string& path,
   rocksdb::ColumnFamilyOptions job_cf = small_cf;
   job_cf.compression = rocksdb::kNoCompression;
 
+  // Archived blocks are small records (KiB) written in batches while reading and read a few at a
+  // time at answer time; bf16/fp32 noise does not compress.
+  rocksdb::ColumnFamilyOptions archive_cf;
+  archive_cf.write_buffer_size = 16u << 20;
+  archive_cf.compression = rocksdb::kNoCompression;
+
+  // create_missing_column_families adds a family that an older database lacks.
   std::vector<rocksdb::ColumnFamilyDescriptor> families = {
       {rocksdb::kDefaultColumnFamilyName, small_cf},
       {kSnapshotColumnFamily, snapshot_cf},
       {kJobStateColumnFamily, job_cf},
+      {kBlockArchiveColumnFamily, archive_cf},
   };
 
   auto cache = std::unique_ptr<CacheDb>(new CacheDb());
@@ -92,12 +100,13 @@ absl::StatusOr<std::unique_ptr<CacheDb>> CacheDb::Open(const std::string& path,
   cache->default_cf_ = handles[0];
   cache->snapshots_ = handles[1];
   cache->job_state_ = handles[2];
+  cache->block_archive_ = handles[3];
   return cache;
 }
 
 CacheDb::~CacheDb() {
   if (db_ == nullptr) return;
-  for (rocksdb::ColumnFamilyHandle* h : {default_cf_, snapshots_, job_state_}) {
+  for (rocksdb::ColumnFamilyHandle* h : {default_cf_, snapshots_, job_state_, block_archive_}) {
     if (h != nullptr) db_->DestroyColumnFamilyHandle(h);
   }
   db_->Close();

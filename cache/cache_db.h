@@ -1,5 +1,6 @@
-// The RocksDB database behind the cache: one directory, two column families (memory snapshots,
-// job state). SnapshotStore and JobStateStore are views over it.
+// The RocksDB database behind the cache: one directory, three column families (memory snapshots,
+// job state, archived blocks). SnapshotStore, JobStateStore and RocksDbBlockArchive are views over
+// it.
 #pragma once
 
 #include <memory>
@@ -18,6 +19,9 @@ namespace longread::cache {
 
 inline constexpr char kSnapshotColumnFamily[] = "memory_snapshots";
 inline constexpr char kJobStateColumnFamily[] = "job_state";
+// Evicted memory blocks for recall at answer time (cache/block_archive_store.h). Created on open
+// when an older database lacks it.
+inline constexpr char kBlockArchiveColumnFamily[] = "block_archive";
 
 enum class BlockCompression { kNone, kLz4, kZstd };
 
@@ -51,6 +55,7 @@ class CacheDb {
   rocksdb::DB* db() const { return db_; }
   rocksdb::ColumnFamilyHandle* snapshots() const { return snapshots_; }
   rocksdb::ColumnFamilyHandle* job_state() const { return job_state_; }
+  rocksdb::ColumnFamilyHandle* block_archive() const { return block_archive_; }
   // Where a damaged database was moved to by Open ("" when it was not).
   const std::string& moved_aside_to() const { return moved_aside_to_; }
 
@@ -61,6 +66,7 @@ class CacheDb {
   rocksdb::ColumnFamilyHandle* default_cf_ = nullptr;
   rocksdb::ColumnFamilyHandle* snapshots_ = nullptr;
   rocksdb::ColumnFamilyHandle* job_state_ = nullptr;
+  rocksdb::ColumnFamilyHandle* block_archive_ = nullptr;
   std::string moved_aside_to_;
 };
 

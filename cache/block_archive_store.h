@@ -1,0 +1,146 @@
+// The archive of evicted memory blocks in RocksDB (engine::BlockArchive, DESIGN.md §4): while a
+// document is read, every block the SparseK memory evicts is written (bf16 or fp32) with a small
+// fp32 representative (element-wise key min/max); at answer time the question's queries score
+// the representatives and only the best R payloads are read back. Layout, sizes, cap, GC and
+// failure behaviour: cache/FORMAT.md, "Archive of evicted blocks".
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "cache/cache_db.h"
+#include "engine/memory/block_archive.h"
+
+namespace rocksdb {
+class WriteBatch;
+}  // namespace rocksdb
+
+namespace longread::cache {
+
+// How keys and values are stored. Representatives (and hence which blocks are recalled) are fp32
+// in both; bf16 halves the payload and rounds the recalled keys/values (relative error <= 2^-8).
+enum class ArchivePrecision : uint8_t { kFp32 = 0, kBf16 = 1 };
+
+struct BlockArchiveOptions {
+  ArchivePrecision precision = ArchivePrecision::kBf16;
+  // Per document, payloads + representatives + keys. Beyond it the blocks with the lowest stored
+  // importance (max of their tokens' scores; ties: the earlier block) are deleted. 0: no cap.
+  uint64_t max_bytes = uint64_t{1} << 30;
+  // Puts wait in one WriteBatch that is written when it holds this many blocks or bytes (and on
+  // Flush, Recall and destruction): Put costs a memcpy, one RocksDB write per batch.
+  size_t flush_every_blocks = 256;
+  size_t flush_every_bytes = size_t{4} << 20;
+  // Keep every block's representative in RAM (2 * head_dim floats + ~80 bytes per block, bounded
+  // by max_bytes) so Recall scores without reading RocksDB. Off: Recall scans the head's
+  // representative records.
+  bool keep_representatives_in_ram = true;
+};
+
+struct BlockArchiveStats {
+  uint64_t blocks_put = 0;
+  uint64_t blocks_stored = 0;  // now, after cap evictions
+  uint64_t tokens_stored = 0;
+  uint64_t payload_bytes = 0;         // stored payload records
+  uint64_t representative_bytes = 0;  // stored representative records
+  uint64_t evicted_for_cap = 0;       // blocks deleted to stay within max_bytes
+  uint64_t batches_written = 0;
+  uint64_t recalls = 0;
+};
+
+class RocksDbBlockArchive : public engine::BlockArchive {
+ public:
+  // Opens the archive of `doc_id` (non-empty, no NUL), loading the representatives already
+  // stored (a restart). A damaged representative does not fail Open: Recall of its head returns
+  // DataLoss naming the key. InvalidArgument for a bad doc_id or shape.
+  static absl::StatusOr<std::unique_ptr<RocksDbBlockArchive>> Open(
+      CacheDb* db, std::string doc_id, int32_t n_layers, int32_t n_kv_heads, int64_t head_dim,
+      BlockArchiveOptions options = {});
+  ~RocksDbBlockArchive() override;  // writes what is pending (errors are dropped: call Flush)
+
+  // Buffers the block; writes the batch when it is full. InvalidArgument for a malformed block.
+  // Putting a block again (same layer, head, block id and first position: a resumed document
+  // re-evicts what it evicted before the crash) replaces it.
+  absl::Status Put(engine::ArchivedBlock block) override;
+  // Writes pending Puts, scores the head's representatives with engine::RecallScore, reads the
+  // best r payloads (engine::TopRIndices; ties: the earlier block) and returns them in position
+  // order, keys/values as fp32. DataLoss naming the key for a damaged or missing record.
+  absl::StatusOr<std::vector<engine::ArchivedBlock>> Recall(int32_t layer, int32_t kv_head,
+                                                            std::span<const float> queries,
+                                                            int64_t n_queries, int64_t r) override;
+  int64_t stored_bytes() const override;
+
+  absl::Status Flush();
+  // Deletes this document's archive (records and RAM index).
+  absl::Status DeleteAll();
+  BlockArchiveStats stats() const;
+
+ private:
+  struct Entry {
+    int64_t last_position = 0;
+    uint32_t n_tokens = 0;
+    float score_max = 0;
+    uint64_t bytes = 0;          // both records and their keys
+    engine::BlockBounds bounds;  // empty unless keep_representatives_in_ram
+  };
+  using BlockKey = std::pair<int64_t, int64_t>;  // (block_id, first position)
+  // Cap eviction order: (score_max, first position, head index, block_id).
+  using Victim = std::tuple<float, int64_t, int32_t, int64_t>;
+
+  RocksDbBlockArchive(CacheDb* db, std::string doc_id, int32_t n_layers, int32_t n_kv_heads,
+                      int64_t head_dim, BlockArchiveOptions options);
+  absl::Status Load();
+  absl::Status FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Forget(int32_t head, const BlockKey& key, bool delete_records)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Index(int32_t head, const BlockKey& key, Entry entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ScanRepresentatives(int32_t head, std::vector<BlockKey>* keys,
+                                   std::vector<engine::BlockBounds>* bounds) const;
+
+  CacheDb* db_;
+  const std::string doc_id_;
+  const int32_t n_layers_, n_kv_heads_;
+  const int64_t head_dim_;
+  const BlockArchiveOptions options_;
+
+  mutable absl::Mutex mu_;
+  std::vector<std::map<BlockKey, Entry>> heads_ ABSL_GUARDED_BY(mu_);
+  std::vector<absl::Status> damaged_ ABSL_GUARDED_BY(mu_);  // per head, from Load
+  std::set<Victim> by_score_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<rocksdb::WriteBatch> pending_ ABSL_GUARDED_BY(mu_);
+  size_t pending_blocks_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  BlockArchiveStats stats_ ABSL_GUARDED_BY(mu_);
+};
+
+// Deletes every archive record of `doc_id` (call when its job ends; RocksDbBlockArchive need not
+// be open). One range deletion per record kind.
+absl::Status DeleteArchivedDocument(CacheDb* db, std::string_view doc_id);
+
+// Documents that have archive records (from their last-write markers), with when each was last
+// written.
+absl::StatusOr<std::vector<std::pair<std::string, absl::Time>>> ListArchivedDocuments(CacheDb* db);
+
+// Deletes the archives of documents not written for `ttl` (and of unreadable markers); returns
+// how many.
+absl::StatusOr<int> GarbageCollectArchives(CacheDb* db, absl::Time now, absl::Duration ttl);
+
+// Record keys (FORMAT.md): payloads "a/p/<doc>\0<layer>/<head>/<block_id>/<first position>",
+// representatives the same under "a/r/", fixed-width lowercase hex so that keys sort by number.
+std::string ArchivePayloadKey(std::string_view doc_id, int32_t layer, int32_t kv_head,
+                              int64_t block_id, int64_t first_position);
+std::string ArchiveRepresentativeKey(std::string_view doc_id, int32_t layer, int32_t kv_head,
+                                     int64_t block_id, int64_t first_position);
+
+}  // namespace longread::cache
