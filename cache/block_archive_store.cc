@@ -25,7 +25,7 @@ constexpr uint32_t kPayloadMagic = 0x4241524c;         // "LRAB" little-endian
 constexpr uint32_t kRepresentativeMagic = 0x5241524c;  // "LRAR"
 constexpr uint32_t kMarkerMagic = 0x4d41524c;          // "LRAM"
 constexpr uint32_t kArchiveVersion = 1;
-constexpr size_t kPayloadHeaderBytes = 32;
+constexpr size_t kPayloadHeaderBytes = 36;
 constexpr size_t kRepresentativeHeaderBytes = 56;
 constexpr size_t kChecksumBytes = 8;
 
