@@ -32,6 +32,27 @@ def wilson(correct, n, z=1.96):
     return max(0.0, c - h), min(1.0, c + h)
 
 
+def print_table(runs, counts):
+    """Markdown table of the pooled runs: accuracy, share of dense, and of the documents dense
+    answered (same seed = same document in every run), how many each method answered."""
+    docs = collections.defaultdict(dict)  # (length, depth, trial) -> method -> correct
+    for run in runs:
+        for t in run.get("passkey_trials", []):
+            if t["possible"]:
+                docs[(t["length"], round(t["depth"], 6), t["trial"])][t["method"]] = t["correct"]
+    print("| length | method | correct/trials | accuracy | share of dense | of dense-correct docs |")
+    print("|---|---|---|---|---|---|")
+    for length in sorted({length for _, length in counts}):
+        dense = counts.get(("dense", length))
+        for m in sorted({m for m, n in counts if n == length},
+                        key=lambda m: list(COLORS).index(m) if m in COLORS else 9):
+            c, n = counts[(m, length)]
+            share = f"{(c / n) / (dense[0] / dense[1]):.0%}" if dense and dense[0] else "-"
+            both = [d[m] for k, d in docs.items() if k[0] == length and d.get("dense") and m in d]
+            paired = f"{sum(both)}/{len(both)}" if m != "dense" else "-"
+            print(f"| {length} | {m} | {c}/{n} | {c / n:.0%} | {share} | {paired} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("json", nargs="+")
@@ -40,7 +61,7 @@ def main():
     runs = [json.load(open(p)) for p in args.json]
     counts = collections.defaultdict(lambda: [0, 0])  # (method, length) -> [correct, trials]
     ppl, facts = [], []
-    scorer = runs[0].get("scorer", "?")
+    scorer = next((r["scorer"] for r in runs if r.get("scorer", "none") != "none"), "none")
     for run in runs:
         for t in run.get("passkey_trials", []):
             if t["possible"]:
@@ -50,22 +71,25 @@ def main():
         ppl += [r for r in run.get("perplexity", []) if r["possible"]]
         facts += [r for r in run.get("facts", []) if r["possible"]]
 
+    print_table(runs, counts)
     panels = 1 + bool(ppl) + bool(facts)
     fig, axes = plt.subplots(1, panels, figsize=(6.5 + 4 * (panels - 1), 4.5), squeeze=False)
     ax = axes[0][0]
     methods = sorted({m for m, _ in counts}, key=lambda m: list(COLORS).index(m) if m in COLORS else 9)
-    for m in methods:
+    for i, m in enumerate(methods):
         lengths = sorted(length for mm, length in counts if mm == m)
+        dodge = [length * 2 ** (0.04 * (i - (len(methods) - 1) / 2)) for length in lengths]
         acc = [counts[(m, length)][0] / counts[(m, length)][1] for length in lengths]
         lo_hi = [wilson(*counts[(m, length)]) for length in lengths]
         err = [[a - lo for a, (lo, _) in zip(acc, lo_hi)], [hi - a for a, (_, hi) in zip(acc, lo_hi)]]
         label = m if m != "sparsek" else f"sparsek (scorer {os.path.basename(scorer)})"
-        ax.errorbar(lengths, acc, yerr=err, marker="o", capsize=3, label=label, color=COLORS.get(m))
-        for length, a in zip(lengths, acc):
+        ax.errorbar(dodge, acc, yerr=err, marker="o", capsize=3, label=label, color=COLORS.get(m))
+        for length, x, a in zip(lengths, dodge, acc):
             c = counts[(m, length)]
-            ax.annotate(f"{c[0]}/{c[1]}", (length, a), textcoords="offset points", xytext=(4, 4),
+            ax.annotate(f"{c[0]}/{c[1]}", (x, a), textcoords="offset points", xytext=(4, 4),
                         fontsize=7, color=COLORS.get(m))
     ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({n for _, n in counts}), [str(n) for n in sorted({n for _, n in counts})])
     ax.set_xlabel("tokens the model sees (prompt + document + answer room)")
     ax.set_ylabel("passkey accuracy (95% Wilson interval)")
     ax.set_ylim(-0.05, 1.05)

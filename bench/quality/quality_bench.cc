@@ -38,11 +38,12 @@ using engine::RunnerConfig;
 constexpr char kHelp[] = R"(Usage: longread_quality_bench [options]
 
 Model:      --model PATH (default models/SmolLM2-135M-Instruct.Q4_1.gguf) --threads N
-Methods:    --methods dense,window,sparsek   --budget B (keys per query besides sinks, 1024)
+Methods:    --methods dense,window,sparsek[,sparsek-noscorer]   --budget B (keys per query besides sinks, 1024)
             --sinks S (4)  --sparsek-window W (256; SparseK top_k = B - W)  --segment-tokens L
             --scorer PATH|auto|none (auto: engine/scorer/weights/<model>.lrscorer if present)
 Passkey:    --lengths 2048,4096 (tokens the model sees: chat prompt + document + answer room)
             --depths 0.1,0.5,0.9 | random   --trials N or N1,N2,... (per length, per depth)
+            --first-trial T (start at trial T: extends an earlier run with new documents)
             --haystack filler|real  --haystack-dir DIR[:NAME[:MAX_FILES]] (repeatable)
             --answer-tokens N (32; the model writes one token per digit)
 Perplexity: --perplexity FILE_OR_DIR --ppl-tokens N (mean NLL after the first segment)
@@ -60,6 +61,7 @@ struct Options {
   std::vector<double> depths = {0.1, 0.5, 0.9};
   bool random_depth = false;
   std::vector<int64_t> trials = {20};
+  int64_t first_trial = 0;  // to extend an earlier run with the next trials' documents
   HaystackKind haystack = HaystackKind::kReal;
   std::vector<std::string> haystack_dirs;
   int64_t answer_tokens = 32;
@@ -115,7 +117,9 @@ bool ParseOptions(int argc, char** argv, Options* o, std::string* error) {
       one(&o->threads, 1);
     } else if (name == "methods") {
       o->methods = absl::StrSplit(v, ',');
-      for (const auto& m : o->methods) ok = ok && (m == "dense" || m == "window" || m == "sparsek");
+      for (const auto& m : o->methods) {
+        ok = ok && (m == "dense" || m == "window" || m == "sparsek" || m == "sparsek-noscorer");
+      }
     } else if (name == "budget") {
       one(&o->budget, 1);
     } else if (name == "sinks") {
@@ -138,6 +142,8 @@ bool ParseOptions(int argc, char** argv, Options* o, std::string* error) {
           o->depths.push_back(d);
         }
       }
+    } else if (name == "first-trial") {
+      one(&o->first_trial, 0);
     } else if (name == "trials") {
       ok = ints(v, &o->trials);
     } else if (name == "haystack") {
@@ -205,7 +211,7 @@ std::vector<Method> MakeMethods(const Options& o,
       const bool window_only = name == "window";
       m.runner.memory.window = window_only ? o.budget : o.sparsek_window;
       m.runner.memory.top_k = window_only ? 0 : o.budget - o.sparsek_window;
-      if (!window_only) {
+      if (!window_only && name == "sparsek") {
         m.scorer = scorer;
         // Without a scorer every key ties at 0 and SparseK keeps the oldest: say so in every
         // record.
@@ -297,7 +303,7 @@ class Bench {
     int64_t max_trials = 0;
     for (size_t li = 0; li < o_.lengths.size(); ++li) max_trials = std::max(max_trials, Trials(li));
     std::map<int64_t, double> seconds_per_document;  // by length, the latest measured
-    for (int64_t t = 0; t < max_trials; ++t) {
+    for (int64_t t = o_.first_trial; t < max_trials; ++t) {
       for (size_t li = 0; li < o_.lengths.size(); ++li) {
         if (t >= Trials(li)) continue;
         const int64_t length = o_.lengths[li];
@@ -488,7 +494,9 @@ class Bench {
     for (const std::string& f : files) {
       std::ifstream in(f, std::ios::binary);
       if (!in) return absl::NotFoundError(absl::StrCat("--perplexity: cannot read ", f));
-      text.append(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (content.find('\0') != std::string::npos) continue;  // binary (e.g. scorer weights)
+      text += content;
       text += "\n\n";
     }
     return text;
@@ -523,6 +531,7 @@ std::vector<std::pair<std::string, std::string>> ConfigJson(const Options& o,
           {"lengths", list(o.lengths)},
           {"depths", o.random_depth ? "\"random\"" : list(o.depths)},
           {"trials_requested", list(o.trials)},
+          {"first_trial", absl::StrCat(o.first_trial)},
           {"haystack", o.haystack == HaystackKind::kReal ? "\"real\"" : "\"filler\""},
           {"haystack_dirs", list(dirs)},
           {"question", "\"What is the pass key?\""},
@@ -544,7 +553,7 @@ int Main(int argc, char** argv) {
     return 2;
   }
   Report report;
-  for (int i = 0; i < argc; ++i) report.command += (i ? " " : "") + std::string(argv[i]);
+  report.command = absl::StrJoin(argv, argv + argc, " ");
 
   auto file = engine::ModelFile::Open(o.model);
   if (!file.ok()) {

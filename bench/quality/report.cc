@@ -158,7 +158,7 @@ void Report::PrintTables() const {
   if (!s.methods.empty()) {
     std::printf("\npasskey retrieval (scorer: %s)%s\n", scorer.c_str(),
                 stopped_early ? "  [stopped early by --max-seconds]" : "");
-    std::printf("%8s  %-8s %15s %9s %15s %12s\n", "length", "method", "correct/trials", "accuracy",
+    std::printf("%8s  %-17s %15s %9s %15s %12s\n", "length", "method", "correct/trials", "accuracy",
                 "share of dense", "read tok/s");
     for (int64_t length : s.lengths) {
       const auto dense = s.by_length.find({"dense", length});
@@ -167,7 +167,7 @@ void Report::PrintTables() const {
         if (it == s.by_length.end()) continue;
         const Cell& c = it->second;
         if (c.trials == 0) {
-          std::printf("%8lld  %-8s %15s\n", static_cast<long long>(length), m.c_str(),
+          std::printf("%8lld  %-17s %15s\n", static_cast<long long>(length), m.c_str(),
                       "not possible");
           continue;
         }
@@ -176,21 +176,21 @@ void Report::PrintTables() const {
           share = absl::StrCat(
               static_cast<int>(100 * c.accuracy() / dense->second.accuracy() + 0.5), "%");
         }
-        std::printf("%8lld  %-8s %15s %8.0f%% %15s %12.0f\n", static_cast<long long>(length),
+        std::printf("%8lld  %-17s %15s %8.0f%% %15s %12.0f\n", static_cast<long long>(length),
                     m.c_str(), absl::StrCat(c.correct, "/", c.trials).c_str(), 100 * c.accuracy(),
                     share.c_str(), c.tok_per_s_sum / c.trials);
       }
     }
   }
   if (!perplexity.empty()) {
-    std::printf("\nperplexity (NLL over positions >= first segment)\n%-8s %8s %10s %10s %8s\n",
+    std::printf("\nperplexity (NLL over positions >= first segment)\n%-17s %8s %10s %10s %8s\n",
                 "method", "tokens", "mean NLL", "ppl", "seconds");
     for (const PerplexityResult& r : perplexity) {
       if (!r.possible) {
-        std::printf("%-8s %8lld  not possible\n", r.method.c_str(),
+        std::printf("%-17s %8lld  not possible\n", r.method.c_str(),
                     static_cast<long long>(r.tokens));
       } else {
-        std::printf("%-8s %8lld %10.4f %10.3f %8.0f\n", r.method.c_str(),
+        std::printf("%-17s %8lld %10.4f %10.3f %8.0f\n", r.method.c_str(),
                     static_cast<long long>(r.tokens), r.mean_nll, r.perplexity, r.seconds);
       }
     }
@@ -199,10 +199,10 @@ void Report::PrintTables() const {
     std::printf("\nplanted facts mentioned in the summary\n");
     for (const FactsResult& r : facts) {
       if (!r.possible) {
-        std::printf("%-8s not possible at %lld tokens\n", r.method.c_str(),
+        std::printf("%-17s not possible at %lld tokens\n", r.method.c_str(),
                     static_cast<long long>(r.total_tokens));
       } else {
-        std::printf("%-8s %d/%zu\n", r.method.c_str(), r.mentioned_count, r.facts.size());
+        std::printf("%-17s %d/%zu\n", r.method.c_str(), r.mentioned_count, r.facts.size());
       }
     }
   }
