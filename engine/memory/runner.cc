@@ -230,10 +230,11 @@ absl::Status RecurrentRunner::Restore(const MemorySnapshot& snapshot) {
                                                       snapshot.model_fingerprint,
                                                       ", this run uses ", model_->fingerprint()));
   }
-  if (snapshot.config_hash != config_.Hash()) {
-    return absl::FailedPreconditionError(absl::StrCat("runner: snapshot was taken with config ",
-                                                      snapshot.config_hash, ", this run uses ",
-                                                      config_.Hash()));
+  // A task-aware run must be given the same task (SetTask) before it is restored.
+  if (snapshot.config_hash != StateHash()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("runner: snapshot was taken with config/task ", snapshot.config_hash,
+                     ", this run uses ", StateHash()));
   }
   // The memory checks its own part against its own config hash.
   MemorySnapshot memory_part = snapshot;

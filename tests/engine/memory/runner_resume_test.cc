@@ -98,6 +98,17 @@ TEST(RunnerResumeTest, RefusesSnapshotOfAnotherConfigOrModel) {
   RecurrentRunner different(model, other, nullptr, &pool);
   EXPECT_EQ(different.Restore(snapshot).code(), absl::StatusCode::kFailedPrecondition);
 
+  // A task-aware run resumes only with the same task.
+  RecurrentRunner with_task(model, SmallMemory(), nullptr, &pool);
+  ASSERT_TRUE(with_task.SetTask(std::vector<int32_t>{5, 6, 7}).ok());
+  ASSERT_TRUE(with_task.Feed(Tokens(40)).ok());
+  const MemorySnapshot task_snapshot = with_task.Snapshot();
+  RecurrentRunner same_task(model, SmallMemory(), nullptr, &pool);
+  ASSERT_TRUE(same_task.SetTask(std::vector<int32_t>{5, 6, 7}).ok());
+  EXPECT_TRUE(same_task.Restore(task_snapshot).ok());
+  RecurrentRunner no_task(model, SmallMemory(), nullptr, &pool);
+  EXPECT_EQ(no_task.Restore(task_snapshot).code(), absl::StatusCode::kFailedPrecondition);
+
   snapshot.model_fingerprint = "another-model";
   RecurrentRunner same(model, SmallMemory(), nullptr, &pool);
   EXPECT_EQ(same.Restore(snapshot).code(), absl::StatusCode::kFailedPrecondition);
