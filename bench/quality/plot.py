@@ -95,7 +95,7 @@ def main():
     ax.set_ylim(-0.05, 1.05)
     ax.set_title(f"passkey retrieval, {runs[0]['config'].get('haystack', '?')} haystack, "
                  f"budget {runs[0]['config'].get('budget', '?')}")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     ax.grid(alpha=0.3)
 
     panel = 1
@@ -112,6 +112,9 @@ def main():
         ax = axes[0][panel]
         ax.bar([r["method"] for r in facts], [r["mentioned"] for r in facts],
                color=[COLORS.get(r["method"], "gray") for r in facts])
+        for i, r in enumerate(facts):
+            ax.annotate(f"{r['mentioned']}/{r['facts']}", (i, r["mentioned"]), ha="center", va="bottom")
+        ax.set_ylim(0, max(r["facts"] for r in facts))
         ax.set_ylabel(f"planted facts in the summary (of {facts[0]['facts']})")
         ax.set_title(f"summary of a {facts[0]['total_tokens']}-token document")
     fig.tight_layout()

@@ -272,6 +272,18 @@ absl::StatusOr<Answer> ReadAndAnswer(engine::LlamaModel& model, const engine::To
   return answer;
 }
 
+// The corpus includes this repository's sources, which change between commits: the hash says
+// whether two runs' trials with the same seed really read the same document.
+uint64_t TokensHash(const std::vector<int32_t>& tokens) {
+  uint64_t h = 14695981039346656037ull;
+  for (int32_t t : tokens) {
+    for (int i = 0; i < 4; ++i) {
+      h = (h ^ ((static_cast<uint32_t>(t) >> (8 * i)) & 0xff)) * 1099511628211ull;
+    }
+  }
+  return h;
+}
+
 bool DenseFits(const engine::LlamaModel& model, const Method& m, int64_t total_tokens) {
   return !m.runner.memory.is_dense() || total_tokens <= model.config().context_length;
 }
@@ -336,6 +348,7 @@ class Bench {
             trial.phrasing = doc.phrasing;
             trial.document_tokens = doc_tokens;
             trial.needle_at = doc.needle_at;
+            trial.document_hash = TokensHash(doc.tokens);
             if (!DenseFits(model_, m, length)) {
               trial.possible = false;
               report_->passkey.push_back(trial);

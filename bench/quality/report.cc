@@ -269,6 +269,8 @@ std::string Report::WriteJson(const std::string& requested) const {
       << ",\"length\":" << t.length << ",\"depth\":" << Num(t.depth) << ",\"trial\":" << t.trial
       << ",\"key\":" << JsonString(t.key) << ",\"phrasing\":" << t.phrasing
       << ",\"document_tokens\":" << t.document_tokens << ",\"needle_at\":" << t.needle_at
+      << ",\"document_hash\":\"" << absl::StrCat(absl::Hex(t.document_hash, absl::kZeroPad16))
+      << "\""
       << ",\"possible\":" << (t.possible ? "true" : "false");
     if (t.possible) {
       j << ",\"answer\":" << JsonString(t.answer)

@@ -20,7 +20,8 @@ struct PasskeyTrial {
   int phrasing = 0;
   int64_t document_tokens = 0;
   int64_t needle_at = 0;
-  bool possible = true;  // false: dense attention beyond the model's context
+  uint64_t document_hash = 0;  // FNV-1a of the tokens: pairs trials across runs only if equal
+  bool possible = true;        // false: dense attention beyond the model's context
   std::string answer;
   bool correct = false;
   int64_t read_tokens = 0, generated_tokens = 0;
