@@ -134,6 +134,7 @@ def cmd_measure(args):
         "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip(),
         "settings": {"n_batch": 512, "n_ubatch": 512, "flash_attn": False, "kv_cache": "f16",
                      "n_threads": args.threads, "n_threads_batch": args.threads,
+                     "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset: spinning)"),
                      "timing": "wall clock around Llama.eval (prefill: whole prompt, last-token "
                                "logits only; decode: greedy argmax + one-token eval per token)"},
         "model": os.path.basename(args.model),

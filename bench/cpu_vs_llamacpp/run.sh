@@ -8,6 +8,9 @@
 #   THREADS=2 REPS=3 SPARSEK=8000,32000,128000,1000000 SKIP_TIME=128000,1000000 \
 #   SKIP_REASON="..." SPARSEK_REPS=1 NOTES="..." PROFILE=1 bench/cpu_vs_llamacpp/run.sh
 #
+# OMP_WAIT_POLICY=PASSIVE is worth setting on a machine shared with other work: llama.cpp's
+# OpenMP workers spin by default, which collapses its speed when cores are oversubscribed.
+#
 # It installs llama-cpp-python (which compiles llama.cpp from source, minutes) into .venv-bench
 # when missing. Never in CI: the comparison is a developer's measurement, not a test.
 set -euo pipefail
