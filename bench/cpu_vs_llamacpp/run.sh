@@ -21,15 +21,15 @@ MODEL=${MODEL:-$root/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 THREADS=${THREADS:-$(nproc)}
 REPS=${REPS:-3}
 SPARSEK_REPS=${SPARSEK_REPS:-$REPS}
-PREFILL=${PREFILL:-512,2048,8000}
-DECODE_AFTER=${DECODE_AFTER:-512,8000}
+PREFILL=${PREFILL-512,2048,8000}
+DECODE_AFTER=${DECODE_AFTER-512,8000}
 DECODE_TOKENS=${DECODE_TOKENS:-64}
-SPARSEK=${SPARSEK:-8000,32000,128000,1000000}
+SPARSEK=${SPARSEK-8000,32000,128000,1000000}
 SKIP_TIME=${SKIP_TIME:-}
 SKIP_REASON=${SKIP_REASON:-skipped with SKIP_TIME (too long for this machine)}
 PROFILE=${PROFILE:-1}
 NOTES=${NOTES:-}
-date=$(date -u +%Y-%m-%d)
+date=$(date -u +%Y-%m-%d)${TAG:+-$TAG}  # TAG=quiet: cpu-<date>-quiet.json etc.
 work=$root/build-bench/cpu_vs_llamacpp
 results=$root/bench/results
 
