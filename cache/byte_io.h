@@ -71,7 +71,7 @@ class ByteReader {
     static_assert(std::is_trivially_copyable_v<T>);
     if (n > remaining() / sizeof(T)) return Truncated(field, n * sizeof(T));
     out->resize(n);
-    std::memcpy(out->data(), data_.data() + pos_, n * sizeof(T));
+    if (n > 0) std::memcpy(out->data(), data_.data() + pos_, n * sizeof(T));  // data() may be null
     pos_ += n * sizeof(T);
     return absl::OkStatus();
   }
