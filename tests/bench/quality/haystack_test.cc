@@ -3,6 +3,8 @@
 // offsets equal to byte offsets.
 #include "bench/quality/haystack.h"
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -26,7 +28,10 @@ class HaystackTest : public ::testing::Test {
     auto tok = engine::Tokenizer::Create(engine::TinySpec({}, {}));
     ASSERT_TRUE(tok.ok()) << tok.status();
     tokenizer_ = std::move(*tok);
-    dir_ = fs::path(::testing::TempDir()) / "haystack_test_corpus";
+    // ctest runs every test of this fixture as its own process in parallel: one directory each.
+    dir_ = fs::path(::testing::TempDir()) /
+           ("haystack_test_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
     fs::create_directories(dir_ / "pkg");
     for (int f = 0; f < 3; ++f) {
