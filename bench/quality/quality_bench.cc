@@ -1,8 +1,9 @@
 // longread_quality_bench: does the memory keep what the model needs? Compares memory methods at an
 // equal budget of keys per query (dense attention where it fits the model's context, window-only
-// with sinks, SparseK) on passkey retrieval in real or filler text, on perplexity of long real
-// text, and on how many planted facts a summary mentions. Prints a table and writes every trial
-// to JSON (bench/results/quality-<date>.json by default). See bench/quality/README.md.
+// with sinks, SparseK over tokens or blocks, task-aware scores, recall from the archive) on passkey
+// retrieval in real or filler text, on perplexity of long real text, and on how many planted facts
+// a summary mentions. Prints a table and writes every trial to JSON
+// (bench/results/quality-<date>.json by default). See bench/quality/README.md.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -35,12 +36,18 @@ namespace {
 using engine::MemoryConfig;
 using engine::RunnerConfig;
 
+constexpr char kQuestion[] = "What is the pass key?";
+
 constexpr char kHelp[] = R"(Usage: longread_quality_bench [options]
 
 Model:      --model PATH (default models/SmolLM2-135M-Instruct.Q4_1.gguf) --threads N
-Methods:    --methods dense,window,sparsek[,sparsek-noscorer]   --budget B (keys per query besides sinks, 1024)
+Methods:    --methods dense,window,sparsek,sparsek-noscorer,blocks,blocks+task,blocks+task+recall
+            (default dense,window,sparsek)   --budget B (keys per query besides sinks, 1024)
             --sinks S (4)  --sparsek-window W (256; SparseK top_k = B - W)  --segment-tokens L
             --scorer PATH|auto|none (auto: engine/scorer/weights/<model>.lrscorer if present)
+            --block-tokens N (32: blocks*)  --task-weight X (1: +task)
+            --recall-blocks R (4: +recall; its top_k is B - W - R*N, so that the memory after
+            recall holds the same budget as every other method)
 Passkey:    --lengths 2048,4096 (tokens the model sees: chat prompt + document + answer room)
             --depths 0.1,0.5,0.9 | random   --trials N or N1,N2,... (per length, per depth)
             --first-trial T (start at trial T: extends an earlier run with new documents)
@@ -57,6 +64,8 @@ struct Options {
   std::vector<std::string> methods = {"dense", "window", "sparsek"};
   int64_t budget = 1024, sinks = 4, sparsek_window = 256, segment_tokens = 2048;
   std::string scorer = "auto";
+  int64_t block_tokens = 32, recall_blocks = 4;
+  double task_weight = 1.0;
   std::vector<int64_t> lengths = {2048, 4096};
   std::vector<double> depths = {0.1, 0.5, 0.9};
   bool random_depth = false;
@@ -118,7 +127,8 @@ bool ParseOptions(int argc, char** argv, Options* o, std::string* error) {
     } else if (name == "methods") {
       o->methods = absl::StrSplit(v, ',');
       for (const auto& m : o->methods) {
-        ok = ok && (m == "dense" || m == "window" || m == "sparsek" || m == "sparsek-noscorer");
+        ok = ok && (m == "dense" || m == "window" || m == "sparsek" || m == "sparsek-noscorer" ||
+                    m == "blocks" || m == "blocks+task" || m == "blocks+task+recall");
       }
     } else if (name == "budget") {
       one(&o->budget, 1);
@@ -130,6 +140,12 @@ bool ParseOptions(int argc, char** argv, Options* o, std::string* error) {
       one(&o->segment_tokens, 1);
     } else if (name == "scorer") {
       o->scorer = v;
+    } else if (name == "block-tokens") {
+      one(&o->block_tokens, 1);
+    } else if (name == "recall-blocks") {
+      one(&o->recall_blocks, 1);
+    } else if (name == "task-weight") {
+      ok = absl::SimpleAtod(v, &o->task_weight) && o->task_weight >= 0;
     } else if (name == "lengths") {
       ok = ints(v, &o->lengths);
     } else if (name == "depths") {
@@ -188,14 +204,25 @@ bool ParseOptions(int argc, char** argv, Options* o, std::string* error) {
     *error = "--sparsek-window must not exceed --budget";
     return false;
   }
+  for (const auto& m : o->methods) {
+    if (m == "blocks+task+recall" &&
+        o->budget - o->sparsek_window < o->recall_blocks * o->block_tokens) {
+      *error = "--recall-blocks x --block-tokens must fit in --budget minus --sparsek-window";
+      return false;
+    }
+  }
   if (o->haystack_dirs.empty()) o->haystack_dirs = DefaultHaystackDirs();
   return true;
 }
 
+// A memory method is a configuration of the product's own job (engine::RunDocumentJob's flow on
+// tokens), so the bench measures what `longread run` does with the same flags.
 struct Method {
   std::string name;
   RunnerConfig runner;
   std::shared_ptr<const engine::ScorerWeights> scorer;
+  bool task_aware = false;
+  int64_t recall_blocks = 0;
 };
 
 std::vector<Method> MakeMethods(const Options& o,
@@ -207,15 +234,30 @@ std::vector<Method> MakeMethods(const Options& o,
     if (name == "dense") {
       m.runner.memory = MemoryConfig::Dense();
     } else {
-      m.runner.memory.sinks = static_cast<int32_t>(o.sinks);
-      const bool window_only = name == "window";
-      m.runner.memory.window = window_only ? o.budget : o.sparsek_window;
-      m.runner.memory.top_k = window_only ? 0 : o.budget - o.sparsek_window;
-      if (!window_only && name == "sparsek") {
+      MemoryConfig& memory = m.runner.memory;
+      memory.sinks = static_cast<int32_t>(o.sinks);
+      memory.task_weight = 0.0f;
+      if (name == "window") {
+        memory.window = o.budget;
+        memory.top_k = 0;
+      } else {
+        memory.window = o.sparsek_window;
+        memory.top_k = o.budget - o.sparsek_window;
         m.scorer = scorer;
         // Without a scorer every key ties at 0 and SparseK keeps the oldest: say so in every
         // record.
-        if (scorer == nullptr) m.name = "sparsek-noscorer";
+        if (name == "sparsek" && scorer == nullptr) m.name = "sparsek-noscorer";
+        if (name == "sparsek-noscorer") m.scorer = nullptr;
+      }
+      if (name.rfind("blocks", 0) == 0) memory.block_tokens = o.block_tokens;
+      if (name.find("+task") != std::string::npos) {
+        m.task_aware = true;
+        memory.task_weight = static_cast<float>(o.task_weight);
+      }
+      if (name.find("+recall") != std::string::npos) {
+        // Recalled blocks join the memory before the answer: leave room for them in the budget.
+        m.recall_blocks = o.recall_blocks;
+        memory.top_k -= o.recall_blocks * o.block_tokens;
       }
     }
     methods.push_back(std::move(m));
@@ -227,48 +269,44 @@ double SecondsSince(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
-std::vector<int32_t> StopTokens(const engine::Tokenizer& tokenizer) {
-  std::vector<int32_t> stops;
-  for (const char* stop : {"<|im_end|>", "<|endoftext|>", "<|eot_id|>"}) {
-    if (const int32_t id = tokenizer.TokenId(stop); id >= 0) stops.push_back(id);
-  }
-  if (tokenizer.eos_id() >= 0) stops.push_back(tokenizer.eos_id());
-  return stops;
-}
-
-// The flow of engine::RunDocumentJob on pre-tokenized text: prompt head and document read
-// through the runner, then the task's tail read and the answer generated greedily.
 struct Answer {
   std::string text;
   double read_seconds = 0, generate_seconds = 0;
-  int64_t read_tokens = 0, generated_tokens = 0;
+  int64_t read_tokens = 0, generated_tokens = 0, recalled_slots = 0;
+  std::string recall_error;
 };
 
 absl::StatusOr<Answer> ReadAndAnswer(engine::LlamaModel& model, const engine::Tokenizer& tokenizer,
-                                     const Method& method, const engine::TaskPrompt& prompt,
+                                     const Method& method, engine::Task task,
+                                     std::string_view question,
                                      const std::vector<int32_t>& document, int64_t max_new_tokens,
                                      kernels::ThreadPool* pool) {
-  engine::RecurrentRunner runner(&model, method.runner, method.scorer, pool);
+  engine::DocumentJobOptions options;
+  options.task = task;
+  options.question = std::string(question);
+  options.runner = method.runner;
+  options.generate.max_new_tokens = max_new_tokens;
+  options.task_aware = method.task_aware;
+  const auto& c = model.config();
+  // In RAM: the bench measures what recall brings back, not RocksDB (bench/cache measures that).
+  std::unique_ptr<engine::InMemoryBlockArchive> archive;
+  if (method.recall_blocks > 0) {
+    archive = std::make_unique<engine::InMemoryBlockArchive>(c.n_layers, c.n_kv_heads,
+                                                             c.d_model / c.n_heads);
+    options.archive = archive.get();
+    options.recall_blocks = method.recall_blocks;
+  }
+  auto result =
+      engine::RunTokenizedDocumentJob(model, tokenizer, document, options, method.scorer, pool);
+  if (!result.ok()) return result.status();
   Answer answer;
-  auto start = std::chrono::steady_clock::now();
-  if (auto s = runner.Feed(prompt.before_document); !s.ok()) return s;
-  if (auto s = runner.Feed(document); !s.ok()) return s;
-  if (auto s = runner.Flush(); !s.ok()) return s;
-  answer.read_seconds = SecondsSince(start);
-  answer.read_tokens = runner.tokens_read();
-  engine::GenerateOptions generate;
-  generate.max_new_tokens = max_new_tokens;
-  generate.stop_tokens = StopTokens(tokenizer);
-  engine::TokenDecoder decoder(tokenizer);
-  start = std::chrono::steady_clock::now();
-  auto generated = runner.Generate(prompt.after_document, generate, [&](int32_t token) {
-    if (!tokenizer.IsControl(token)) answer.text += decoder.Push(token);
-    return true;
-  });
-  if (!generated.ok()) return generated.status();
-  answer.text += decoder.Flush();
-  answer.generate_seconds = SecondsSince(start);
-  answer.generated_tokens = static_cast<int64_t>(generated->size());
+  answer.text = result->answer;
+  answer.read_seconds = result->read_seconds;
+  answer.generate_seconds = result->generate_seconds;
+  answer.read_tokens = result->read_tokens;
+  answer.generated_tokens = result->generated_tokens;
+  answer.recalled_slots = result->recalled_slots;
+  answer.recall_error = result->recall_error;
   return answer;
 }
 
@@ -306,7 +344,7 @@ class Bench {
   // (t+1)-th), so that a run stopped by --max-seconds is balanced across lengths and methods.
   absl::Status Passkey() {
     auto prompt = engine::BuildTaskPrompt(tokenizer_, model_.file().tokenizer().chat_template,
-                                          engine::Task::kQuestion, "What is the pass key?");
+                                          engine::Task::kQuestion, kQuestion);
     if (!prompt.ok()) return prompt.status();
     const int64_t overhead =
         static_cast<int64_t>(prompt->before_document.size() + prompt->after_document.size()) +
@@ -354,12 +392,14 @@ class Bench {
               report_->passkey.push_back(trial);
               continue;
             }
-            auto answer =
-                ReadAndAnswer(model_, tokenizer_, m, *prompt, doc.tokens, o_.answer_tokens, pool_);
+            auto answer = ReadAndAnswer(model_, tokenizer_, m, engine::Task::kQuestion, kQuestion,
+                                        doc.tokens, o_.answer_tokens, pool_);
             if (!answer.ok()) return answer.status();
             trial.answer = answer->text;
             trial.correct = answer->text.find(doc.key) != std::string::npos;
             trial.read_tokens = answer->read_tokens;
+            trial.recalled_slots = answer->recalled_slots;
+            trial.recall_error = answer->recall_error;
             trial.read_seconds = answer->read_seconds;
             trial.generate_seconds = answer->generate_seconds;
             trial.generated_tokens = answer->generated_tokens;
@@ -469,7 +509,8 @@ class Bench {
         report_->stopped_early = true;
         return absl::OkStatus();
       }
-      auto answer = ReadAndAnswer(model_, tokenizer_, m, *prompt, doc, o_.summary_tokens, pool_);
+      auto answer = ReadAndAnswer(model_, tokenizer_, m, engine::Task::kSummarize, "", doc,
+                                  o_.summary_tokens, pool_);
       if (!answer.ok()) return answer.status();
       r.summary = answer->text;
       r.mentioned_count = CountMentionedFacts(answer->text, r.facts, &r.mentioned);
@@ -539,6 +580,22 @@ std::vector<std::pair<std::string, std::string>> ConfigJson(const Options& o,
           {"budget", absl::StrCat(o.budget)},
           {"window_method", JsonString(absl::StrCat("sinks ", o.sinks, " + window ", o.budget))},
           {"sparsek_method", JsonString(sparsek)},
+          {"blocks_method",
+           JsonString(absl::StrCat("as sparsek, whole blocks of ", o.block_tokens,
+                                   " tokens (block score = max of its tokens' scores)"))},
+          {"task_method",
+           JsonString(absl::StrCat("+task: score += ", o.task_weight,
+                                   " x max over the question's query vectors of q.k/sqrt(d)"))},
+          {"recall_method",
+           JsonString(absl::StrCat(
+               "+recall: evicted blocks to an in-RAM archive, the best ", o.recall_blocks,
+               " blocks per (layer, KV head) recalled before "
+               "the answer; top_k = ",
+               o.budget - o.sparsek_window, " - ", o.recall_blocks * o.block_tokens,
+               " so that the memory after recall holds the same budget"))},
+          {"block_tokens", absl::StrCat(o.block_tokens)},
+          {"task_weight", absl::StrCat(o.task_weight)},
+          {"recall_blocks", absl::StrCat(o.recall_blocks)},
           {"dense_method", JsonString("every key (only where the whole input fits the context)")},
           {"segment_tokens", absl::StrCat(o.segment_tokens)},
           {"lengths", list(o.lengths)},

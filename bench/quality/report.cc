@@ -277,7 +277,9 @@ std::string Report::WriteJson(const std::string& requested) const {
         << ",\"correct\":" << (t.correct ? "true" : "false") << ",\"read_tokens\":" << t.read_tokens
         << ",\"read_seconds\":" << Num(t.read_seconds)
         << ",\"generated_tokens\":" << t.generated_tokens
-        << ",\"generate_seconds\":" << Num(t.generate_seconds);
+        << ",\"generate_seconds\":" << Num(t.generate_seconds)
+        << ",\"recalled_slots\":" << t.recalled_slots;
+      if (!t.recall_error.empty()) j << ",\"recall_error\":" << JsonString(t.recall_error);
     }
     j << "}";
   }

@@ -26,6 +26,8 @@ struct PasskeyTrial {
   bool correct = false;
   int64_t read_tokens = 0, generated_tokens = 0;
   double read_seconds = 0, generate_seconds = 0;
+  int64_t recalled_slots = 0;  // all (layer, KV head) together
+  std::string recall_error;    // recall failed: answered without it
 };
 
 struct PerplexityResult {

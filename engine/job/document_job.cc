@@ -134,19 +134,29 @@ absl::StatusOr<DocumentJobResult> RunDocumentJob(LlamaModel& model, const Tokeni
                                               " bytes, more than the limit of ",
                                               options.max_document_bytes));
   }
+  // Document text never yields control tokens: "<|im_end|>" inside a document is plain text.
+  const std::vector<int32_t> body = tokenizer.Encode(document, false);
+  if (body.empty()) return absl::InvalidArgumentError("the document has no tokens");
+  auto result =
+      RunTokenizedDocumentJob(model, tokenizer, body, options, std::move(scorer), pool, callbacks);
+  if (result.ok()) result->invalid_utf8_sequences = CountInvalidUtf8(document);
+  return result;
+}
+
+absl::StatusOr<DocumentJobResult> RunTokenizedDocumentJob(
+    LlamaModel& model, const Tokenizer& tokenizer, std::span<const int32_t> document_tokens,
+    const DocumentJobOptions& options, std::shared_ptr<const ScorerWeights> scorer,
+    kernels::ThreadPool* pool, const DocumentJobCallbacks& callbacks) {
+  if (document_tokens.empty()) return absl::InvalidArgumentError("the document has no tokens");
   auto prompt = BuildTaskPrompt(tokenizer, model.file().tokenizer().chat_template, options.task,
                                 options.question, options.instruction_first);
   if (!prompt.ok()) return prompt.status();
 
   DocumentJobResult result;
-  result.invalid_utf8_sequences = CountInvalidUtf8(document);
-  // Document text never yields control tokens: "<|im_end|>" inside a document is plain text.
   std::vector<int32_t> tokens = prompt->before_document;
   const int64_t prefix = static_cast<int64_t>(tokens.size());
-  std::vector<int32_t> body = tokenizer.Encode(document, false);
-  if (body.empty()) return absl::InvalidArgumentError("the document has no tokens");
-  tokens.insert(tokens.end(), body.begin(), body.end());
-  result.document_tokens = static_cast<int64_t>(body.size());
+  tokens.insert(tokens.end(), document_tokens.begin(), document_tokens.end());
+  result.document_tokens = static_cast<int64_t>(document_tokens.size());
   const std::vector<int32_t>& question = prompt->after_document;
   result.prompt_tokens = prefix + static_cast<int64_t>(question.size());
 
@@ -165,7 +175,41 @@ absl::StatusOr<DocumentJobResult> RunDocumentJob(LlamaModel& model, const Tokeni
   if (auto s = runner.Feed(tokens, progress); !s.ok()) return s;
   if (auto s = runner.Flush(progress); !s.ok()) return s;
   result.read_seconds = SecondsSince(read_start);
-  if (options.archive != nullptr && options.recall_blocks > 0) {
+  result.read_tokens = total;
+
+  GenerateOptions generate = options.generate;
+  for (const char* stop : {"<|im_end|>", "<|endoftext|>", "<|eot_id|>"}) {
+    const int32_t id = tokenizer.TokenId(stop);
+    if (id >= 0) generate.stop_tokens.push_back(id);
+  }
+  if (tokenizer.eos_id() >= 0) generate.stop_tokens.push_back(tokenizer.eos_id());
+  // Reads the question and generates; `stream` says whether the text goes to the callbacks.
+  auto answer = [&](bool stream, std::string* text) -> absl::StatusOr<int64_t> {
+    TokenDecoder decoder(tokenizer);
+    auto on_token = [&](int32_t token) {
+      for (int32_t stop : generate.stop_tokens) {
+        if (token == stop) return true;
+      }
+      std::string piece = decoder.Push(token);
+      *text += piece;
+      if (stream && callbacks.answer_text && !piece.empty()) callbacks.answer_text(piece);
+      return true;
+    };
+    auto generated = runner.Generate(question, generate, on_token);
+    if (!generated.ok()) return generated.status();
+    std::string tail = decoder.Flush();
+    *text += tail;
+    if (stream && callbacks.answer_text && !tail.empty()) callbacks.answer_text(tail);
+    return static_cast<int64_t>(generated->size());
+  };
+
+  const bool recall = options.archive != nullptr && options.recall_blocks > 0;
+  if (recall && options.also_answer_without_recall) {
+    const MemorySnapshot before_answer = runner.Snapshot();
+    if (auto n = answer(false, &result.answer_without_recall); !n.ok()) return n.status();
+    if (auto s = runner.Restore(before_answer); !s.ok()) return s;
+  }
+  if (recall) {
     // A broken archive costs the recall, not the answer.
     auto recalled = runner.Recall(instruction, options.recall_blocks);
     if (recalled.ok()) {
@@ -175,30 +219,10 @@ absl::StatusOr<DocumentJobResult> RunDocumentJob(LlamaModel& model, const Tokeni
     }
   }
 
-  GenerateOptions generate = options.generate;
-  for (const char* stop : {"<|im_end|>", "<|endoftext|>", "<|eot_id|>"}) {
-    const int32_t id = tokenizer.TokenId(stop);
-    if (id >= 0) generate.stop_tokens.push_back(id);
-  }
-  if (tokenizer.eos_id() >= 0) generate.stop_tokens.push_back(tokenizer.eos_id());
-
-  TokenDecoder decoder(tokenizer);
   const auto gen_start = std::chrono::steady_clock::now();
-  auto on_token = [&](int32_t token) {
-    for (int32_t stop : generate.stop_tokens) {
-      if (token == stop) return true;
-    }
-    std::string text = decoder.Push(token);
-    result.answer += text;
-    if (callbacks.answer_text && !text.empty()) callbacks.answer_text(text);
-    return true;
-  };
-  auto generated = runner.Generate(question, generate, on_token);
+  auto generated = answer(true, &result.answer);
   if (!generated.ok()) return generated.status();
-  std::string tail = decoder.Flush();
-  result.answer += tail;
-  if (callbacks.answer_text && !tail.empty()) callbacks.answer_text(tail);
-  result.generated_tokens = static_cast<int64_t>(generated->size());
+  result.generated_tokens = *generated;
   result.generate_seconds = SecondsSince(gen_start);
   return result;
 }

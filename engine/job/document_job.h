@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -38,16 +39,21 @@ struct DocumentJobOptions {
   // per (layer, KV head) come back before the answer.
   BlockArchive* archive = nullptr;
   int64_t recall_blocks = 0;
+  // Evaluation: with recall on, also answer from the memory as it stands before recall (the read
+  // is shared; the memory is snapshotted and restored between the two answers).
+  bool also_answer_without_recall = false;
 };
 
 struct DocumentJobResult {
   std::string answer;
   int64_t document_tokens = 0;
   int64_t prompt_tokens = 0;
+  int64_t read_tokens = 0;  // prompt head + document, read before the answer
   int64_t generated_tokens = 0;
   int64_t invalid_utf8_sequences = 0;  // replaced by U+FFFD before tokenizing
   int64_t recalled_slots = 0;          // slots brought back from the archive, all heads
   std::string recall_error;            // why recall was skipped, if it failed
+  std::string answer_without_recall;   // DocumentJobOptions::also_answer_without_recall
   double read_seconds = 0;
   double generate_seconds = 0;
 };
@@ -77,6 +83,13 @@ absl::StatusOr<DocumentJobResult> RunDocumentJob(LlamaModel& model, const Tokeni
                                                  std::shared_ptr<const ScorerWeights> scorer,
                                                  kernels::ThreadPool* pool,
                                                  const DocumentJobCallbacks& callbacks = {});
+
+// The same job on a document that is already tokens (none of them control tokens), e.g. the
+// quality bench's documents, whose planted facts sit at exact token offsets.
+absl::StatusOr<DocumentJobResult> RunTokenizedDocumentJob(
+    LlamaModel& model, const Tokenizer& tokenizer, std::span<const int32_t> document_tokens,
+    const DocumentJobOptions& options, std::shared_ptr<const ScorerWeights> scorer,
+    kernels::ThreadPool* pool, const DocumentJobCallbacks& callbacks = {});
 
 // Number of maximal invalid UTF-8 subparts (each becomes one U+FFFD when tokenized).
 int64_t CountInvalidUtf8(std::string_view text);
