@@ -23,6 +23,7 @@
 #include "kernels/thread_pool.h"
 #include "services/cli/calibrate_command.h"
 #include "services/cli/progress_bar.h"
+#include "services/cli/run_archive.h"
 #include "services/common/log.h"
 
 namespace longread {
@@ -93,9 +94,18 @@ Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
   --block-tokens B       select whole blocks of B consecutive tokens (default 1: tokens)
   --task-weight X        weight of the task term in key scores (default 1; 0: question-blind)
   --instruction-first    also put the instruction before the document
-  --recall-blocks R      keep evicted blocks in an archive and bring back the R best blocks per
-                         layer and KV head for the question before answering (default 0: off;
-                         the archive is held in RAM, so use it for documents of moderate size)
+  --recall-blocks R      keep evicted blocks in an archive on disk and bring back the R best
+                         blocks per layer and KV head for the task before answering (default 0:
+                         off; needs --block-tokens > 1 to pay: blocks of 32 cost ~26 KB/token
+                         in bf16 with the default model, see cache/FORMAT.md)
+  --cache-dir DIR        where the archive lives, a RocksDB database in DIR/db (default:
+                         $XDG_CACHE_HOME/longread, else ~/.cache/longread). A run's archive is
+                         deleted when it ends; archives of killed runs are deleted by the next
+                         run after 24 h. One run at a time per DIR: a second concurrent run, an
+                         unwritable DIR or a damaged database -> a warning and an answer without
+                         recall (a damaged database is moved aside to DIR/db.corrupt-<time>)
+  --archive-max-bytes N  cap on the run's archive in bytes (default 1073741824 = 1 GiB; 0: none);
+                         beyond it the blocks with the lowest importance are dropped
   --scorer PATH          scorer weights for this model (default: none; keys tie on score and
                          the oldest are kept, i.e. sinks + window + the document's start)
   --dense                dense causal attention instead (exact; only up to the model's context)
@@ -344,6 +354,13 @@ int Run(const Args& args) {
       !ParseInt(args, "recall-blocks", 0, 0, &options.recall_blocks, &error)) {
     return Usage(error);
   }
+  int64_t archive_max_bytes = 0;
+  if (!ParseInt(args, "archive-max-bytes", int64_t{1} << 30, 0, &archive_max_bytes, &error)) {
+    return Usage(error);
+  }
+  if (args.Has("cache-dir") && args.Get("cache-dir").empty()) {
+    return Usage("--cache-dir needs a directory");
+  }
   options.instruction_first = args.Has("instruction-first");
   const std::string positions = args.Get("positions", "slot");
   if (positions == "original") {
@@ -398,6 +415,41 @@ int Run(const Args& args) {
     }
     scorer = std::make_shared<const engine::ScorerWeights>(std::move(*weights));
   }
+  // The archive is opened only when recall is asked for: other runs never touch the cache. Any
+  // failure here costs the recall, never the answer (exit code unchanged).
+  std::unique_ptr<services::RunArchive> run_archive;
+  std::string recall_error;
+  if (options.recall_blocks > 0 && !memory.is_dense()) {
+    const auto& c = loaded.model->config();
+    services::RunArchiveOptions archive_options;
+    archive_options.cache_dir = args.Get("cache-dir", services::DefaultCacheDir());
+    archive_options.max_bytes = static_cast<uint64_t>(archive_max_bytes);
+    archive_options.n_layers = c.n_layers;
+    archive_options.n_kv_heads = c.n_kv_heads;
+    archive_options.head_dim = c.head_dim;
+    auto opened = services::RunArchive::Open(archive_options);
+    if (opened.ok()) {
+      run_archive = std::move(*opened);
+      options.archive = run_archive->archive();
+      if (!run_archive->moved_aside_to().empty()) {
+        Log(LogLevel::kWarning, "cache_damaged",
+            {{"moved_to", run_archive->moved_aside_to()},
+             {"note", "a fresh cache was created; delete the old one to free its space"}});
+      }
+      if (!run_archive->gc_status().ok()) {
+        Log(LogLevel::kWarning, "cache_gc_failed",
+            {{"error", std::string(run_archive->gc_status().message())}});
+      }
+      Log(LogLevel::kInfo, "archive_opened",
+          {{"db", run_archive->db_path()},
+           {"document", run_archive->doc_id()},
+           {"stale_archives_deleted", std::to_string(run_archive->collected())}});
+    } else {
+      recall_error = absl::StrCat("cache unusable: ", opened.status().message());
+      Log(LogLevel::kWarning, "recall_disabled",
+          {{"cache_dir", archive_options.cache_dir}, {"error", recall_error}});
+    }
+  }
   const int64_t invalid = engine::CountInvalidUtf8(document);
   if (invalid > 0) {
     Log(LogLevel::kWarning, "invalid_utf8_replaced", {{"sequences", std::to_string(invalid)}});
@@ -430,6 +482,14 @@ int Run(const Args& args) {
   auto result = engine::RunDocumentJob(*loaded.model, *loaded.tokenizer, document, options, scorer,
                                        loaded.pool.get(), callbacks);
   bar.Finish();
+  int64_t archive_bytes = 0;
+  if (run_archive != nullptr) {
+    archive_bytes = run_archive->archive()->stored_bytes();
+    if (absl::Status closed = run_archive->Close(); !closed.ok()) {
+      Log(LogLevel::kWarning, "archive_not_deleted",
+          {{"document", run_archive->doc_id()}, {"error", std::string(closed.message())}});
+    }
+  }
   if (!result.ok()) {
     Log(LogLevel::kError, "run_failed", {{"error", std::string(result.status().message())}});
     switch (result.status().code()) {
@@ -442,16 +502,20 @@ int Run(const Args& args) {
     }
   }
   if (!result->recall_error.empty()) {
+    recall_error = result->recall_error;
     Log(LogLevel::kWarning, "recall_skipped", {{"error", result->recall_error}});
   }
   if (json) {
     std::printf(
         "{\"answer\":%s,\"document_tokens\":%lld,\"generated_tokens\":%lld,"
-        "\"invalid_utf8_sequences\":%lld,\"read_seconds\":%.3f,\"generate_seconds\":%.3f}\n",
+        "\"invalid_utf8_sequences\":%lld,\"read_seconds\":%.3f,\"generate_seconds\":%.3f,"
+        "\"recalled_slots\":%lld,\"archive_bytes\":%lld,\"recall_error\":%s}\n",
         JsonEscape(result->answer).c_str(), static_cast<long long>(result->document_tokens),
         static_cast<long long>(result->generated_tokens),
         static_cast<long long>(result->invalid_utf8_sequences), result->read_seconds,
-        result->generate_seconds);
+        result->generate_seconds, static_cast<long long>(result->recalled_slots),
+        static_cast<long long>(archive_bytes),
+        recall_error.empty() ? "null" : JsonEscape(recall_error).c_str());
   } else {
     std::printf("\n");
   }
