@@ -12,7 +12,8 @@ namespace {
 
 // Waiting is spin (kernel calls of one forward pass follow each other within microseconds, and a
 // futex wake costs more), then yield (when the machine is oversubscribed, the thread we wait
-// for may need this core), then sleep on the futex.
+// for may need this core), then sleep. The spin is bounded (~4096 pauses, tens of microseconds):
+// unbounded spinning collapses throughput when the cores are shared with other work.
 constexpr int kSpinIterations = 1 << 12;
 constexpr int kYieldIterations = 64;
 
@@ -22,55 +23,90 @@ inline void CpuRelax() {
 #endif
 }
 
+// Spins, then yields, until done() or the budget is spent; returns done().
+template <typename Done>
+bool SpinThenYield(Done done) {
+  for (int spin = 0; spin < kSpinIterations + kYieldIterations; ++spin) {
+    if (done()) return true;
+    if (spin < kSpinIterations) {
+      CpuRelax();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+  return done();
+}
+
+inline uint32_t Generation(uint64_t state) { return static_cast<uint32_t>(state >> 32); }
+inline uint32_t NextChunk(uint64_t state) { return static_cast<uint32_t>(state); }
+
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
   workers_.reserve(n_threads_ - 1);
-  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this] { WorkerLoop(); });
 }
 
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(sleep_mutex_);
-    stopping_.store(true, std::memory_order_release);
-    generation_.fetch_add(1, std::memory_order_acq_rel);
+    stopping_.store(true, std::memory_order_seq_cst);
+    const uint32_t next = Generation(state_.load(std::memory_order_relaxed)) + 1;
+    // A generation with no chunk left to claim: workers only notice that it changed.
+    state_.store((uint64_t{next} << 32) | static_cast<uint32_t>(n_threads_),
+                 std::memory_order_seq_cst);
   }
   work_posted_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::RunChunk(int chunk_index) {
-  const int64_t begin = job_n_ * chunk_index / n_threads_;
-  const int64_t end = job_n_ * (chunk_index + 1) / n_threads_;
-  if (begin < end) (*job_fn_)(begin, end);
-}
-
-void ThreadPool::WorkerLoop(int worker_index) {
-  // Generation 0 is the pool's state at construction; a thread that starts late must still run
-  // every job posted since then.
-  uint32_t seen = 0;
-  while (true) {
-    uint32_t now = generation_.load(std::memory_order_acquire);
-    for (int spin = 0; now == seen && spin < kSpinIterations + kYieldIterations; ++spin) {
-      if (spin < kSpinIterations) {
-        CpuRelax();
-      } else {
-        std::this_thread::yield();
-      }
-      now = generation_.load(std::memory_order_acquire);
+void ThreadPool::ClaimChunks(uint32_t generation, bool is_worker) {
+  uint64_t state = state_.load(std::memory_order_acquire);
+  while (Generation(state) == generation && NextChunk(state) < static_cast<uint32_t>(n_threads_)) {
+    // Read the job before claiming: a successful claim proves the job had not changed (the
+    // caller posts the next job only after every chunk of this one is done, and generations
+    // only grow), so what was read belongs to the claimed chunk.
+    const Job* fn = job_fn_.load(std::memory_order_relaxed);
+    const int64_t n = job_n_.load(std::memory_order_relaxed);
+    if (!state_.compare_exchange_weak(state, state + 1, std::memory_order_acq_rel,
+                                      std::memory_order_acquire)) {
+      continue;  // `state` now holds the current value
     }
-    if (now == seen) {
-      std::unique_lock<std::mutex> lock(sleep_mutex_);
-      work_posted_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
-      continue;
+    const int64_t chunk = NextChunk(state);
+    const int64_t begin = n * chunk / n_threads_;
+    const int64_t end = n * (chunk + 1) / n_threads_;
+    if (begin < end) {
+      (*fn)(begin, end);
+      if (is_worker) worker_chunks_.fetch_add(1, std::memory_order_relaxed);
     }
-    seen = now;
-    if (stopping_.load(std::memory_order_acquire)) return;
-    RunChunk(worker_index);
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      std::lock_guard<std::mutex> lock(sleep_mutex_);  // orders the wake after the caller sleeps
+    if (chunks_done_.fetch_add(1, std::memory_order_seq_cst) + 1 == n_threads_ && is_worker &&
+        caller_sleeping_.load(std::memory_order_seq_cst)) {
+      // The caller sleeps (or is about to: it checks chunks_done_ under the mutex after setting
+      // caller_sleeping_); taking the mutex orders this wake after its check.
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
       work_done_.notify_one();
     }
+    state = state_.load(std::memory_order_acquire);
+  }
+}
+
+void ThreadPool::WorkerLoop() {
+  // Generation 0 is the pool's state at construction (no job).
+  uint32_t seen = 0;
+  while (true) {
+    const bool changed =
+        SpinThenYield([&] { return Generation(state_.load(std::memory_order_acquire)) != seen; });
+    if (!changed) {
+      std::unique_lock<std::mutex> lock(sleep_mutex_);
+      sleeping_workers_.fetch_add(1, std::memory_order_seq_cst);
+      work_posted_.wait(lock,
+                        [&] { return Generation(state_.load(std::memory_order_seq_cst)) != seen; });
+      sleeping_workers_.fetch_sub(1, std::memory_order_relaxed);
+      continue;
+    }
+    if (stopping_.load(std::memory_order_acquire)) return;
+    seen = Generation(state_.load(std::memory_order_acquire));
+    ClaimChunks(seen, /*is_worker=*/true);
   }
 }
 
@@ -80,30 +116,28 @@ void ThreadPool::ParallelFor(int64_t n, absl::FunctionRef<void(int64_t, int64_t)
     fn(0, n);
     return;
   }
-  std::lock_guard<std::mutex> lock(call_mutex_);
-  job_fn_ = &fn;
-  job_n_ = n;
-  pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-  {
-    std::lock_guard<std::mutex> lock(sleep_mutex_);
-    generation_.fetch_add(1, std::memory_order_acq_rel);
+  std::lock_guard<std::mutex> call_lock(call_mutex_);
+  job_fn_.store(&fn, std::memory_order_relaxed);
+  job_n_.store(n, std::memory_order_relaxed);
+  chunks_done_.store(0, std::memory_order_relaxed);
+  const uint32_t generation = Generation(state_.load(std::memory_order_relaxed)) + 1;
+  state_.store(uint64_t{generation} << 32, std::memory_order_seq_cst);
+  if (sleeping_workers_.load(std::memory_order_seq_cst) > 0) {
+    // A worker that counted itself as sleeping checks the generation under the mutex, so taking
+    // it here orders the notify after that check.
+    { std::lock_guard<std::mutex> lock(sleep_mutex_); }
+    work_posted_.notify_all();
   }
-  work_posted_.notify_all();
-  RunChunk(0);
-  int32_t left = pending_.load(std::memory_order_acquire);
-  for (int spin = 0; left != 0 && spin < kSpinIterations + kYieldIterations; ++spin) {
-    if (spin < kSpinIterations) {
-      CpuRelax();
-    } else {
-      std::this_thread::yield();
-    }
-    left = pending_.load(std::memory_order_acquire);
-  }
-  if (left != 0) {
+  ClaimChunks(generation, /*is_worker=*/false);
+  // Only chunks that a worker claimed and is still running are left.
+  auto all_done = [&] { return chunks_done_.load(std::memory_order_seq_cst) == n_threads_; };
+  if (!SpinThenYield(all_done)) {
     std::unique_lock<std::mutex> lock(sleep_mutex_);
-    work_done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+    caller_sleeping_.store(true, std::memory_order_seq_cst);
+    work_done_.wait(lock, all_done);
+    caller_sleeping_.store(false, std::memory_order_relaxed);
   }
-  job_fn_ = nullptr;
+  job_fn_.store(nullptr, std::memory_order_relaxed);
 }
 
 int DefaultThreadCount() {
