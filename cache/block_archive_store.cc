@@ -672,6 +672,14 @@ absl::StatusOr<std::vector<std::pair<std::string, absl::Time>>> ListArchivedDocu
   return docs;
 }
 
+absl::Status CompactArchives(CacheDb* db) {
+  rocksdb::CompactRangeOptions options;
+  // Files already at the last level are rewritten too: a tombstone there drops nothing otherwise.
+  options.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForceOptimized;
+  return FromRocks(db->db()->CompactRange(options, db->block_archive(), nullptr, nullptr),
+                   "compacting the block archive");
+}
+
 absl::StatusOr<int> GarbageCollectArchives(CacheDb* db, absl::Time now, absl::Duration ttl) {
   CACHE_ASSIGN_OR_RETURN(auto docs, ListArchivedDocuments(db));
   int deleted = 0;

@@ -136,6 +136,13 @@ absl::StatusOr<std::vector<std::pair<std::string, absl::Time>>> ListArchivedDocu
 // how many.
 absl::StatusOr<int> GarbageCollectArchives(CacheDb* db, absl::Time now, absl::Duration ttl);
 
+// Deleted records keep their disk space until a compaction drops them (range deletions are
+// tombstones, and a run that deletes its archive at the end writes nothing afterwards that would
+// trigger one). Compacts the whole archive column family down to its last level; call when a job's
+// archive has been deleted: what is left then is only other documents' archives, so the cost is
+// reading those, and the deleted records' files go.
+absl::Status CompactArchives(CacheDb* db);
+
 // Record keys (FORMAT.md): payloads "a/p/<doc>\0<layer>/<head>/<block_id>/<first position>",
 // representatives the same under "a/r/", fixed-width lowercase hex so that keys sort by number.
 std::string ArchivePayloadKey(std::string_view doc_id, int32_t layer, int32_t kv_head,

@@ -2,6 +2,7 @@
 // work itself lives in engine/ so that the worker service runs exactly the same code.
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -485,9 +486,16 @@ int Run(const Args& args) {
   int64_t archive_bytes = 0;
   if (run_archive != nullptr) {
     archive_bytes = run_archive->archive()->stored_bytes();
+    const auto close_start = std::chrono::steady_clock::now();
     if (absl::Status closed = run_archive->Close(); !closed.ok()) {
       Log(LogLevel::kWarning, "archive_not_deleted",
           {{"document", run_archive->doc_id()}, {"error", std::string(closed.message())}});
+    } else {
+      Log(LogLevel::kInfo, "archive_deleted",
+          {{"bytes", std::to_string(archive_bytes)},
+           {"seconds", absl::StrCat(std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                                                  close_start)
+                                        .count())}});
     }
   }
   if (!result.ok()) {

@@ -81,6 +81,9 @@ absl::Status RunArchive::Close() {
   } else if (!doc_id_.empty()) {
     status = cache::DeleteArchivedDocument(db_.get(), doc_id_);
   }
+  // Without it the deleted archive (up to max_bytes) would stay on disk until some later write
+  // happened to compact it.
+  if (status.ok()) status = cache::CompactArchives(db_.get());
   db_.reset();
   return status;
 }

@@ -54,7 +54,8 @@ class RunArchive {
   int collected() const { return collected_; }
   const absl::Status& gc_status() const { return gc_status_; }
 
-  // Deletes this run's records and closes the database. Idempotent.
+  // Deletes this run's records, compacts them off the disk (cache::CompactArchives) and closes the
+  // database. Idempotent.
   absl::Status Close();
 
  private:

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <random>
 #include <string>
@@ -331,6 +332,46 @@ TEST_F(BlockArchiveStoreTest, DeleteDocumentAndGarbageCollection) {
   ASSERT_TRUE(reopened->DeleteAll().ok());
   EXPECT_EQ(reopened->stored_bytes(), 0);
   EXPECT_TRUE(ListArchivedDocuments(db_.get())->empty());
+}
+
+uint64_t DirectoryBytes(const std::string& path) {
+  uint64_t bytes = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(path)) {
+    if (e.is_regular_file()) bytes += e.file_size();
+  }
+  return bytes;
+}
+
+// A deleted archive's records stay on disk (range tombstones) until CompactArchives; the other
+// documents' archives come through the compaction intact.
+TEST_F(BlockArchiveStoreTest, CompactionFreesDeletedArchivesAndKeepsTheOthers) {
+  const std::vector<ArchivedBlock> blocks = Blocks(1500);
+  const std::vector<float> q = Queries(2, 5);
+  std::vector<int64_t> before;
+  {
+    auto a = OpenArchive({}, "a");
+    auto b = OpenArchive({}, "b");
+    ASSERT_NE(a, nullptr);
+    ASSERT_NE(b, nullptr);
+    PutAll(*a, blocks);
+    PutAll(*b, blocks);
+    auto got = b->Recall(1, 0, q, 2, 4);
+    ASSERT_TRUE(got.ok()) << got.status();
+    before = FirstPositions(*got);
+  }
+  ASSERT_TRUE(DeleteArchivedDocument(db_.get(), "a").ok());
+  const uint64_t deleted_only = DirectoryBytes(dir_.db());
+  ASSERT_TRUE(CompactArchives(db_.get()).ok());
+  const uint64_t compacted = DirectoryBytes(dir_.db());
+  EXPECT_LT(compacted, deleted_only * 3 / 4) << deleted_only << " -> " << compacted;
+  ReopenDb();
+  auto b = OpenArchive({}, "b");
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(b->stats().blocks_stored, blocks.size());
+  auto got = b->Recall(1, 0, q, 2, 4);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(FirstPositions(*got), before);
+  ASSERT_TRUE(CompactArchives(db_.get()).ok());  // nothing to drop: still fine
 }
 
 class ArchiveCorruptionTest : public BlockArchiveStoreTest {

@@ -89,6 +89,44 @@ TEST(RunArchiveTest, DestructionDeletesPendingAndWrittenRecords) {
   EXPECT_TRUE(Archived(dir.path()).empty());
 }
 
+uint64_t DirectoryBytes(const std::string& path) {
+  uint64_t bytes = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(path)) {
+    if (e.is_regular_file()) bytes += e.file_size();
+  }
+  return bytes;
+}
+
+// Range deletions alone leave the records on disk; Close compacts them away, including those
+// flushed to SST files (more than the 16 MiB memtable of the archive family is written).
+TEST(RunArchiveTest, CloseFreesTheDiskSpace) {
+  cache::TempDir dir;
+  RunArchiveOptions options = Options(dir.path());
+  options.head_dim = 64;
+  auto run = RunArchive::Open(options);
+  ASSERT_TRUE(run.ok()) << run.status();
+  for (int64_t id = 0; id < 3000; ++id) {
+    engine::ArchivedBlock b;
+    b.layer = static_cast<int32_t>(id % kLayers);
+    b.block_id = id;
+    for (int64_t t = 0; t < 32; ++t) {
+      b.positions.push_back(id * 32 + t);
+      b.scores.push_back(static_cast<float>(t));
+      for (int64_t e = 0; e < 64; ++e) {
+        b.keys.push_back(static_cast<float>((id * 31 + t * 7 + e) % 17));
+        b.values.push_back(static_cast<float>((id + t * e) % 13));
+      }
+    }
+    ASSERT_TRUE((*run)->archive()->Put(std::move(b)).ok());
+  }
+  ASSERT_TRUE((*run)->archive()->Flush().ok());
+  const uint64_t written = DirectoryBytes(dir.path());
+  EXPECT_GT(written, uint64_t{20} << 20);
+  ASSERT_TRUE((*run)->Close().ok());
+  EXPECT_LT(DirectoryBytes(dir.path()), uint64_t{1} << 20) << "written: " << written;
+  EXPECT_TRUE(Archived(dir.path()).empty());
+}
+
 TEST(RunArchiveTest, RunsGetDistinctDocumentIds) {
   EXPECT_NE(NewRunDocumentId(), NewRunDocumentId());
   EXPECT_EQ(NewRunDocumentId().rfind("run-", 0), 0u);
