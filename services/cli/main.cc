@@ -84,7 +84,9 @@ Invalid UTF-8 is replaced by U+FFFD (a warning says how many sequences).
 Task:
   --task NAME            summarize (default), analyze_code, or question
   --question TEXT        the question for --task question
-  --json                 print a JSON object (answer, token counts, timings) instead of text
+  --json                 print a JSON object (answer, token counts, timings, recalled_slots,
+                         archive_bytes, recall_error: null or why recall was skipped) instead
+                         of text
 
 Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
   --memory-k K           selected older keys per layer and KV head (default 2048)
@@ -99,12 +101,12 @@ Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
                          blocks per layer and KV head for the task before answering (default 0:
                          off; needs --block-tokens > 1 to pay: blocks of 32 cost ~26 KB/token
                          in bf16 with the default model, see cache/FORMAT.md)
-  --cache-dir DIR        where the archive lives, a RocksDB database in DIR/db (default:
+  --cache-dir DIR        where the archive lives: a RocksDB database in DIR/db (default:
                          $XDG_CACHE_HOME/longread, else ~/.cache/longread). A run's archive is
-                         deleted when it ends; archives of killed runs are deleted by the next
-                         run after 24 h. One run at a time per DIR: a second concurrent run, an
-                         unwritable DIR or a damaged database -> a warning and an answer without
-                         recall (a damaged database is moved aside to DIR/db.corrupt-<time>)
+                         deleted when it ends; a killed run's, by the first run 24 h later.
+                         A damaged database is moved aside to DIR/db.corrupt-<time> (a warning)
+                         and replaced; an unwritable DIR, or one another run is using: a warning
+                         and an answer without recall
   --archive-max-bytes N  cap on the run's archive in bytes (default 1073741824 = 1 GiB; 0: none);
                          beyond it the blocks with the lowest importance are dropped
   --scorer PATH          scorer weights for this model (default: none; keys tie on score and
@@ -483,6 +485,10 @@ int Run(const Args& args) {
   auto result = engine::RunDocumentJob(*loaded.model, *loaded.tokenizer, document, options, scorer,
                                        loaded.pool.get(), callbacks);
   bar.Finish();
+  if (result.ok() && !result->recall_error.empty()) {
+    recall_error = result->recall_error;
+    Log(LogLevel::kWarning, "recall_skipped", {{"error", result->recall_error}});
+  }
   int64_t archive_bytes = 0;
   if (run_archive != nullptr) {
     archive_bytes = run_archive->archive()->stored_bytes();
@@ -508,10 +514,6 @@ int Run(const Args& args) {
       default:
         return kInternal;
     }
-  }
-  if (!result->recall_error.empty()) {
-    recall_error = result->recall_error;
-    Log(LogLevel::kWarning, "recall_skipped", {{"error", result->recall_error}});
   }
   if (json) {
     std::printf(

@@ -86,5 +86,21 @@ TEST(CliRecallFaultTest, LockedCacheAnswersWithoutRecall) {
   EXPECT_EQ(JsonInt(run.out, "recalled_slots"), 0) << run.out;
 }
 
+// The disk refuses the archive's writes in the middle of reading (a file-size limit, as a full
+// disk or a quota would; SIGXFSZ ignored so that the write fails instead of killing the process):
+// the memory stops archiving, reading goes on, recall is skipped with the reason in --json and on
+// stderr, and the answer comes.
+TEST(CliRecallFaultTest, ArchiveWriteFailureMidJobAnswersWithRecallError) {
+  if (!testing::HaveModel()) GTEST_SKIP() << "default model missing: run scripts/setup.sh";
+  cache::TempDir work;
+  const std::string cache_dir = work.path() + "/cache";
+  const testing::CliResult run = RunLongread(work.path(), SmallDocument(), RecallArgs(cache_dir),
+                                             "trap '' XFSZ; ulimit -f 1024; ");
+  ExpectAnswered(run);
+  EXPECT_NE(run.err.find("recall_skipped"), std::string::npos) << run.err;
+  EXPECT_EQ(JsonInt(run.out, "recalled_slots"), 0) << run.out;
+  EXPECT_NE(run.out.find("\"recall_error\":\"writing the archive"), std::string::npos) << run.out;
+}
+
 }  // namespace
 }  // namespace longread::services

@@ -68,9 +68,11 @@ struct CliResult {
   std::string out, err;
 };
 
-// Runs `longread run` with `args` on `document` (written under `work_dir`).
+// Runs `longread run` with `args` on `document` (written under `work_dir`); `shell_prefix` runs
+// first in the same shell (limits, signal dispositions).
 inline CliResult RunLongread(const std::string& work_dir, const std::string& document,
-                             const std::vector<std::string>& args) {
+                             const std::vector<std::string>& args,
+                             const std::string& shell_prefix = "") {
   const std::string doc = work_dir + "/document.txt";
   std::ofstream(doc, std::ios::binary) << document;
   auto quote = [](const std::string& s) {
@@ -78,8 +80,8 @@ inline CliResult RunLongread(const std::string& work_dir, const std::string& doc
     for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
     return q + "'";
   };
-  std::string command =
-      absl::StrCat(quote(LONGREAD_BINARY), " run --model ", quote(ModelPath()), " --threads 2");
+  std::string command = absl::StrCat(shell_prefix, quote(LONGREAD_BINARY), " run --model ",
+                                     quote(ModelPath()), " --threads 2");
   for (const std::string& a : args) absl::StrAppend(&command, " ", quote(a));
   const std::string out = work_dir + "/stdout", err = work_dir + "/stderr";
   absl::StrAppend(&command, " ", quote(doc), " >", quote(out), " 2>", quote(err));
