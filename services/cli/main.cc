@@ -103,7 +103,7 @@ Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
                          in bf16 with the default model, see cache/FORMAT.md)
   --cache-dir DIR        where the archive lives: a RocksDB database in DIR/db (default:
                          $XDG_CACHE_HOME/longread, else ~/.cache/longread). A run's archive is
-                         deleted when it ends; a killed run's, by the first run 24 h later.
+                         deleted when it ends; a killed run's, by the next run on DIR.
                          A damaged database is moved aside to DIR/db.corrupt-<time> (a warning)
                          and replaced; an unwritable DIR, or one another run is using: a warning
                          and an answer without recall

@@ -8,6 +8,7 @@
 #include <system_error>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -32,7 +33,7 @@ std::string CacheDbPath(const std::string& cache_dir) { return cache_dir + "/db"
 std::string NewRunDocumentId() {
   std::random_device device;
   const uint64_t random = (uint64_t{device()} << 32) ^ device();
-  return absl::StrFormat("run-%d-%d-%016x", absl::ToUnixMicros(absl::Now()),
+  return absl::StrFormat("%s%d-%d-%016x", kRunDocumentIdPrefix, absl::ToUnixMicros(absl::Now()),
                          static_cast<int>(getpid()), random);
 }
 
@@ -54,12 +55,7 @@ absl::StatusOr<std::unique_ptr<RunArchive>> RunArchive::Open(const RunArchiveOpt
   run->db_ = std::move(*db);
   run->moved_aside_to_ = run->db_->moved_aside_to();
   // A failed collection costs disk, not this run: reported, not fatal.
-  auto collected = cache::GarbageCollectArchives(run->db_.get(), absl::Now(), options.gc_ttl);
-  if (collected.ok()) {
-    run->collected_ = *collected;
-  } else {
-    run->gc_status_ = collected.status();
-  }
+  run->gc_status_ = run->CollectOrphans(options.gc_ttl);
   run->doc_id_ = NewRunDocumentId();
   cache::BlockArchiveOptions archive_options;
   archive_options.max_bytes = options.max_bytes;
@@ -69,6 +65,21 @@ absl::StatusOr<std::unique_ptr<RunArchive>> RunArchive::Open(const RunArchiveOpt
   if (!archive.ok()) return archive.status();
   run->archive_ = std::move(*archive);
   return run;
+}
+
+absl::Status RunArchive::CollectOrphans(absl::Duration ttl) {
+  auto docs = cache::ListArchivedDocuments(db_.get());
+  if (!docs.ok()) return docs.status();
+  for (const auto& [doc_id, last_write] : *docs) {
+    if (!absl::StartsWith(doc_id, kRunDocumentIdPrefix)) continue;
+    if (absl::Status s = cache::DeleteArchivedDocument(db_.get(), doc_id); !s.ok()) return s;
+    ++collected_;
+  }
+  auto stale = cache::GarbageCollectArchives(db_.get(), absl::Now(), ttl);
+  if (!stale.ok()) return stale.status();
+  collected_ += *stale;
+  // The orphans' space comes back now rather than at this run's end (it may be GiB).
+  return collected_ > 0 ? cache::CompactArchives(db_.get()) : absl::OkStatus();
 }
 
 absl::Status RunArchive::Close() {

@@ -28,8 +28,10 @@ std::string CacheDbPath(const std::string& cache_dir);
 struct RunArchiveOptions {
   std::string cache_dir;
   uint64_t max_bytes = uint64_t{1} << 30;  // per run; 0: no cap
-  // Archives whose last write is older than this belong to runs that were killed (a live run
-  // writes its marker at every batch, and RocksDB's lock keeps two processes off one database).
+  // Archives of `longread run` itself (ids from NewRunDocumentId) found at Open are orphans of a
+  // killed run and are deleted at once: RocksDB's lock keeps two processes off one database, so
+  // their run has ended, and a fresh id is never resumed. Any other archive (a future resumable
+  // job's, say) is deleted once its last write is older than gc_ttl.
   absl::Duration gc_ttl = absl::Hours(24);
   int32_t n_layers = 0;
   int32_t n_kv_heads = 0;
@@ -51,7 +53,7 @@ class RunArchive {
   const std::string& db_path() const { return db_path_; }
   // Where a damaged database was moved ("" if it was not): worth a warning, since it holds disk.
   const std::string& moved_aside_to() const { return moved_aside_to_; }
-  int collected() const { return collected_; }
+  int collected() const { return collected_; }  // archives deleted by Open
   const absl::Status& gc_status() const { return gc_status_; }
 
   // Deletes this run's records, compacts them off the disk (cache::CompactArchives) and closes the
@@ -60,6 +62,7 @@ class RunArchive {
 
  private:
   RunArchive() = default;
+  absl::Status CollectOrphans(absl::Duration ttl);
 
   std::string db_path_;
   std::string doc_id_;
@@ -71,6 +74,7 @@ class RunArchive {
 };
 
 // A document id that no other run uses: "run-<unix µs>-<pid>-<64 random bits>".
+inline constexpr char kRunDocumentIdPrefix[] = "run-";
 std::string NewRunDocumentId();
 
 }  // namespace longread::services

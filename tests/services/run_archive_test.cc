@@ -163,6 +163,27 @@ TEST(RunArchiveTest, OpenCollectsStaleArchivesOnly) {
   EXPECT_TRUE(Archived(dir.path()).empty());
 }
 
+// A run that was killed (its process gone, so the lock released) leaves an archive under a run
+// id: the next run deletes it at once, whatever the TTL, and frees its disk space.
+TEST(RunArchiveTest, OpenDeletesArchivesOfKilledRunsAtOnce) {
+  cache::TempDir dir;
+  const std::string orphan = NewRunDocumentId();
+  {  // what a SIGKILLed run leaves: its records, flushed, and no Close
+    auto db = cache::CacheDb::Open(CacheDbPath(dir.path()));
+    ASSERT_TRUE(db.ok()) << db.status();
+    auto killed = cache::RocksDbBlockArchive::Open(db->get(), orphan, kLayers, kKvHeads, kHeadDim);
+    ASSERT_TRUE(killed.ok()) << killed.status();
+    PutSome(killed->get());
+  }
+  EXPECT_EQ(Archived(dir.path()), std::vector<std::string>{orphan});
+  auto next = RunArchive::Open(Options(dir.path()));  // default TTL: 24 h
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ((*next)->collected(), 1);
+  EXPECT_TRUE((*next)->gc_status().ok()) << (*next)->gc_status();
+  ASSERT_TRUE((*next)->Close().ok());
+  EXPECT_TRUE(Archived(dir.path()).empty());
+}
+
 TEST(RunArchiveTest, UncreatableDirectoryIsAnError) {
   cache::TempDir dir;
   const std::string file = dir.path() + "/file";
