@@ -13,6 +13,11 @@ struct AttentionArgs {
   const float* q = nullptr;  // [n_q][n_heads][head_dim], already rotated
   const float* k = nullptr;  // [n_kv_heads][n_keys][head_dim], already rotated (head-major!)
   const float* v = nullptr;  // [n_kv_heads][n_keys][head_dim]
+  // Optional: when non-null, KV head g's keys (values) are the n_keys rows of head_dim floats at
+  // k_heads[g] (v_heads[g]) and k (v) is ignored. Lets a memory attend over its own per-head
+  // buffers without first copying them into one array.
+  const float* const* k_heads = nullptr;
+  const float* const* v_heads = nullptr;
   // Key j of KV head g is visible to query i iff
   //   visible_from[g*n_keys+j] <= i < visible_until[g*n_keys+j].
   // (Dense causal attention over a cache of P past keys + n_q new ones: from = max(0, j-P),

@@ -59,7 +59,8 @@ SparseKMemory::SparseKMemory(const ModelConfig& model, const MemoryConfig& confi
       config_(config),
       scorer_(std::move(scorer)),
       n_kv_heads_(model.n_kv_heads),
-      heads_(static_cast<size_t>(model.n_layers) * model.n_kv_heads) {
+      heads_(static_cast<size_t>(model.n_layers) * model.n_kv_heads),
+      rotated_(heads_.size()) {
   if (!config_.is_dense()) {
     const int64_t capacity = config_.sinks + config_.top_k + config_.window + config_.block_tokens;
     for (auto& h : heads_) {
@@ -80,6 +81,9 @@ int64_t SparseKMemory::resident_bytes() const {
   for (const auto& h : heads_) {
     bytes += h.positions.capacity() * sizeof(int64_t) + h.scores.capacity() * sizeof(float) +
              (h.keys.capacity() + h.values.capacity()) * sizeof(float);
+  }
+  for (const auto& r : rotated_) {
+    bytes += r.keys.capacity() * sizeof(float) + r.positions.capacity() * sizeof(int64_t);
   }
   return bytes;
 }
@@ -111,8 +115,6 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
   int64_t max_slots = 0;
   for (int32_t g = 0; g < G; ++g) max_slots = std::max(max_slots, slot_count(in.layer, g));
   const int64_t n_keys = max_slots + n;
-  s_.keys.resize(G * n_keys * d);
-  s_.values.resize(G * n_keys * d);
   s_.from.assign(G * n_keys, 0);
   s_.until.assign(G * n_keys, 0);  // padding keys stay invisible
   s_.keep.assign(G * n_keys, 0);
@@ -126,8 +128,16 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
     int32_t* from = s_.from.data() + g * n_keys;
     int32_t* until = s_.until.data() + g * n_keys;
     uint8_t* keep = s_.keep.data() + g * n_keys;
-    float* keys = s_.keys.data() + g * n_keys * d;
-    float* values = s_.values.data() + g * n_keys * d;
+
+    if (config_.is_dense()) {
+      // Nothing is ever evicted: every key stays visible from its own query on. (The general
+      // path below computes the same intervals, at O((M + n) log) per layer and head.)
+      std::fill(from, from + M, 0);
+      for (int64_t j = 0; j < n; ++j) from[M + j] = static_cast<int32_t>(j);
+      std::fill(until, until + M + n, kForever);
+      std::fill(keep, keep + M + n, uint8_t{1});
+      continue;
+    }
 
     // Candidates for the top-k are whole blocks of B consecutive positions, in age order (ties
     // keep the older block). A block joins when its last position leaves the window; until then
@@ -189,30 +199,77 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
       until[key] = s_.exit[c];
       keep[key] = s_.exit[c] == kForever;
     }
+  }
 
-    std::memcpy(keys, hm.keys.data(), M * d * sizeof(float));
-    std::memcpy(values, hm.values.data(), M * d * sizeof(float));
+  // Keys and values of memory ∪ segment, per head, in buffers that persist across calls: the
+  // values in the head's own slots (the segment's appended, compacted again on fold below) and
+  // the keys rotated in `rotated_`, where a slot is re-rotated only when its RoPE position
+  // changed (new keys, and in slot order the slots behind an evicted one). Nothing is copied per
+  // call but the segment itself. Rows up to n_keys exist (zero padding, invisible).
+  const bool slot_order = config_.position_mode == PositionMode::kSlotOrder;
+  s_.k_heads.resize(G);
+  s_.v_heads.resize(G);
+  for (int32_t g = 0; g < G; ++g) {
+    HeadMemorySnapshot& hm = head(in.layer, g);
+    RotatedKeys& rot = rotated_[in.layer * G + g];
+    const int64_t M = static_cast<int64_t>(hm.positions.size());
+    if (static_cast<int64_t>(rot.positions.size()) != M) rot.positions.assign(M, -1);
+    // Exact capacities: growth by doubling would double the resident memory of SparseK.
+    if (static_cast<int64_t>(hm.values.capacity()) < n_keys * d) hm.values.reserve(n_keys * d);
+    if (static_cast<int64_t>(rot.keys.capacity()) < n_keys * d) rot.keys.reserve(n_keys * d);
+    hm.values.resize(n_keys * d);
+    rot.keys.resize(n_keys * d);
+    rot.positions.resize(n_keys, -1);
     for (int64_t j = 0; j < n; ++j) {
-      std::memcpy(keys + (M + j) * d, in.k + (j * G + g) * d, d * sizeof(float));
-      std::memcpy(values + (M + j) * d, in.v + (j * G + g) * d, d * sizeof(float));
+      std::memcpy(&hm.values[(M + j) * d], in.v + (j * G + g) * d, d * sizeof(float));
+      rot.positions[M + j] = -1;
     }
-    const bool slot_order = config_.position_mode == PositionMode::kSlotOrder;
     for (int64_t c = 0; c < M; ++c) s_.rope_pos[c] = slot_order ? c : hm.positions[c];
     for (int64_t j = 0; j < n; ++j) s_.rope_pos[M + j] = slot_order ? M + j : P + j;
-    kernels::Rope(keys, M + n, 1, d, s_.rope_pos.data(), model_.rope_theta,
-                  KernelRope(model_.rope_style));
-    // Queries of this KV head's group share its positions.
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t pos = slot_order ? M + i : P + i;
-      kernels::Rope(in.q + (i * H + g * group) * d, 1, group, d, &pos, model_.rope_theta,
+    for (int64_t c0 = 0; c0 < M + n;) {
+      if (rot.positions[c0] == s_.rope_pos[c0]) {
+        ++c0;
+        continue;
+      }
+      int64_t c1 = c0;
+      for (; c1 < M + n && rot.positions[c1] != s_.rope_pos[c1]; ++c1) {
+        const float* src = c1 < M ? &hm.keys[c1 * d] : in.k + ((c1 - M) * G + g) * d;
+        std::memcpy(&rot.keys[c1 * d], src, d * sizeof(float));
+        rot.positions[c1] = s_.rope_pos[c1];
+      }
+      kernels::Rope(&rot.keys[c0 * d], c1 - c0, 1, d, &s_.rope_pos[c0], model_.rope_theta,
                     KernelRope(model_.rope_style));
+      c0 = c1;
+    }
+    s_.k_heads[g] = rot.keys.data();
+    s_.v_heads[g] = hm.values.data();
+  }
+  // Queries of a KV head's group share its positions: P + i, or in slot order M_g + i. When
+  // they agree for every head (always for the dense cache), one call rotates all of them.
+  const int64_t first_slots = slot_count(in.layer, 0);
+  bool same_positions = true;
+  for (int32_t g = 1; g < G && slot_order; ++g) {
+    same_positions &= slot_count(in.layer, g) == first_slots;
+  }
+  if (same_positions) {
+    for (int64_t i = 0; i < n; ++i) s_.query_pos[i] = (slot_order ? first_slots : P) + i;
+    kernels::Rope(in.q, n, H, d, s_.query_pos.data(), model_.rope_theta,
+                  KernelRope(model_.rope_style));
+  } else {
+    for (int32_t g = 0; g < G; ++g) {
+      const int64_t M = slot_count(in.layer, g);
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t pos = M + i;
+        kernels::Rope(in.q + (i * H + g * group) * d, 1, group, d, &pos, model_.rope_theta,
+                      KernelRope(model_.rope_style));
+      }
     }
   }
 
   kernels::AttentionArgs args;
   args.q = in.q;
-  args.k = s_.keys.data();
-  args.v = s_.values.data();
+  args.k_heads = s_.k_heads.data();
+  args.v_heads = s_.v_heads.data();
   args.visible_from = s_.from.data();
   args.visible_until = s_.until.data();
   args.n_q = n;
@@ -225,37 +282,53 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
   kernels::Attention(args, pool);
 
   // Fold the segment into the memory: kept memory slots, then kept segment keys (both in
-  // position order, so the slots stay sorted).
+  // position order, so the slots stay sorted). hm.values and the rotated keys already hold the
+  // segment's rows at M + j.
   for (int32_t g = 0; g < G; ++g) {
     HeadMemorySnapshot& hm = head(in.layer, g);
+    RotatedKeys& rot = rotated_[in.layer * G + g];
     const int64_t M = static_cast<int64_t>(hm.positions.size());
     const uint8_t* keep = s_.keep.data() + g * n_keys;
     if (archive_ != nullptr && archive_status_.ok()) ArchiveEvicted(in, g, M, keep);
+    auto move_row = [d](std::vector<float>& rows, int64_t to, int64_t from_row) {
+      std::memmove(&rows[to * d], &rows[from_row * d], d * sizeof(float));
+    };
     int64_t kept = 0;
     for (int64_t c = 0; c < M; ++c) {
       if (!keep[c]) continue;
       if (kept != c) {
         hm.positions[kept] = hm.positions[c];
         hm.scores[kept] = hm.scores[c];
-        std::memmove(&hm.keys[kept * d], &hm.keys[c * d], d * sizeof(float));
-        std::memmove(&hm.values[kept * d], &hm.values[c * d], d * sizeof(float));
+        move_row(hm.keys, kept, c);
+        move_row(hm.values, kept, c);
+        move_row(rot.keys, kept, c);
+        rot.positions[kept] = rot.positions[c];
       }
       ++kept;
     }
     int64_t added = 0;
     for (int64_t j = 0; j < n; ++j) added += keep[M + j];
+    if (static_cast<int64_t>(hm.keys.capacity()) < (kept + added) * d) {
+      hm.keys.reserve((kept + added) * d);  // exact, as above
+    }
     hm.positions.resize(kept + added);
     hm.scores.resize(kept + added);
     hm.keys.resize((kept + added) * d);
-    hm.values.resize((kept + added) * d);
     for (int64_t j = 0; j < n; ++j) {
       if (!keep[M + j]) continue;
       hm.positions[kept] = P + j;
       hm.scores[kept] = s_.token_scores[j * G + g];
       std::memcpy(&hm.keys[kept * d], in.k + (j * G + g) * d, d * sizeof(float));
-      std::memcpy(&hm.values[kept * d], in.v + (j * G + g) * d, d * sizeof(float));
+      if (kept != M + j) {
+        move_row(hm.values, kept, M + j);
+        move_row(rot.keys, kept, M + j);
+        rot.positions[kept] = rot.positions[M + j];
+      }
       ++kept;
     }
+    hm.values.resize(kept * d);
+    rot.keys.resize(kept * d);
+    rot.positions.resize(kept);
   }
   return absl::OkStatus();
 }
@@ -318,6 +391,7 @@ int64_t SparseKMemory::InsertRecalled(int32_t layer, int32_t g,
   }
   while (c < hm.positions.size()) take_slot(c++);
   hm = std::move(merged);
+  rotated_[layer * n_kv_heads_ + g] = RotatedKeys();  // slots moved: rotate again
   return added;
 }
 
@@ -386,6 +460,7 @@ absl::Status SparseKMemory::ImportFrom(const MemorySnapshot& snapshot) {
     }
   }
   heads_ = snapshot.heads;
+  for (auto& r : rotated_) r = RotatedKeys();
   next_position_ = snapshot.token_offset;
   return absl::OkStatus();
 }

@@ -111,6 +111,14 @@ class SparseKMemory : public AttentionMemory {
   int32_t n_kv_heads_ = 0;
   int64_t next_position_ = 0;
   std::vector<HeadMemorySnapshot> heads_;
+  // Per (layer, KV head), aligned with its slots: the keys rotated at `positions` (RoPE
+  // positions, -1 = not rotated yet). A cache, not state: never exported, rebuilt when slots
+  // change under it (import, recall).
+  struct RotatedKeys {
+    std::vector<float> keys;
+    std::vector<int64_t> positions;
+  };
+  std::vector<RotatedKeys> rotated_;
   std::vector<std::vector<float>> task_queries_;  // per layer
   BlockArchive* archive_ = nullptr;
   absl::Status archive_status_;
@@ -119,7 +127,8 @@ class SparseKMemory : public AttentionMemory {
 
   // Scratch reused across layers and segments (no allocation in steady state).
   struct Scratch {
-    std::vector<float> keys, values, scores, token_scores;
+    std::vector<float> scores, token_scores;
+    std::vector<const float*> k_heads, v_heads;
     std::vector<int32_t> from, until, join, exit, cand, key_block, block_size;
     std::vector<int64_t> rope_pos, query_pos;
     std::vector<float> q_group;

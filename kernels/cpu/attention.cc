@@ -61,6 +61,16 @@ void PortableAccumulate(const float* p, int64_t rows, const float* v, int64_t n,
   }
 }
 
+// Key j of KV head g (and its value), per the layout the caller chose.
+inline const float* KeyRow(const AttentionArgs& a, int64_t g, int64_t j) {
+  return a.k_heads != nullptr ? a.k_heads[g] + j * a.head_dim
+                              : a.k + (g * a.n_keys + j) * a.head_dim;
+}
+inline const float* ValueRow(const AttentionArgs& a, int64_t g, int64_t j) {
+  return a.v_heads != nullptr ? a.v_heads[g] + j * a.head_dim
+                              : a.v + (g * a.n_keys + j) * a.head_dim;
+}
+
 // Per-thread buffers, grown only when a larger shape arrives.
 struct TileScratch {
   std::vector<float> q, kt, scores, acc, row_max, row_sum;
@@ -100,9 +110,9 @@ void PackTile(const AttentionArgs& a, const AttentionSteps& steps, int64_t index
   const int64_t j0 = (index % n_key_tiles) * kKeyTile;
   const int64_t n = std::min<int64_t>(kKeyTile, a.n_keys - j0);
   const int64_t tile_floats = kKeyTile * a.head_dim;
-  const int64_t src = (g * a.n_keys + j0) * a.head_dim;
-  steps.transpose_keys(a.k + src, n, a.head_dim, kt + index * tile_floats);
-  std::copy(a.v + src, a.v + src + n * a.head_dim, v + index * tile_floats);
+  steps.transpose_keys(KeyRow(a, g, j0), n, a.head_dim, kt + index * tile_floats);
+  const float* values = ValueRow(a, g, j0);
+  std::copy(values, values + n * a.head_dim, v + index * tile_floats);
 }
 
 void RunTile(const AttentionArgs& a, const AttentionSteps& steps, const PackedKv& kv, int64_t g,
@@ -147,9 +157,9 @@ void RunTile(const AttentionArgs& a, const AttentionSteps& steps, const PackedKv
       v_tile = kv.v + packed;
     } else {
       float* kt = Aligned(scratch.kt);
-      steps.transpose_keys(a.k + (key_base + j0) * hd, n, hd, kt);
+      steps.transpose_keys(KeyRow(a, g, j0), n, hd, kt);
       kt_tile = kt;
-      v_tile = a.v + (key_base + j0) * hd;
+      v_tile = ValueRow(a, g, j0);
     }
     steps.scores(q, rows, kt_tile, hd, scores);
     if (!all_visible) {

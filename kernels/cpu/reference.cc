@@ -141,7 +141,8 @@ void Attention(const AttentionArgs& a) {
           weights[j] = -std::numeric_limits<double>::infinity();
           continue;
         }
-        const float* k = a.k + key * a.head_dim;
+        const float* k =
+            a.k_heads != nullptr ? a.k_heads[g] + j * a.head_dim : a.k + key * a.head_dim;
         double dot = 0;
         for (int64_t d = 0; d < a.head_dim; ++d) dot += double{q[d]} * k[d];
         weights[j] = dot * a.scale;
@@ -163,7 +164,8 @@ void Attention(const AttentionArgs& a) {
         if (a.score != nullptr && a.value_gate[key] != 0) {
           gate = std::clamp(double{a.score[key]} - a.tau[i * a.n_kv_heads + g], 0.0, 1.0);
         }
-        const float* v = a.v + key * a.head_dim;
+        const float* v =
+            a.v_heads != nullptr ? a.v_heads[g] + j * a.head_dim : a.v + key * a.head_dim;
         for (int64_t d = 0; d < a.head_dim; ++d) acc[d] += p * gate * v[d];
       }
       for (int64_t d = 0; d < a.head_dim; ++d) out[d] = static_cast<float>(acc[d] / denom);
