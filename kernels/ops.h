@@ -16,6 +16,16 @@ namespace longread::kernels {
 // x: n_tokens x w.cols, y: n_tokens x w.rows (row-major fp32). y must not alias x.
 void MatMul(const MatrixView& w, const float* x, int64_t n_tokens, float* y, ThreadPool* pool);
 
+// Decode (MatMul with at most 3 tokens) on Q4_0/Q4_1/Q8_0 weights can quantize x to 8-bit
+// blocks of 32 (one fp32 scale each, round to nearest) and use integer dot products, as llama.cpp
+// does: at most half a step (1/254 of a block's max |x|) per element, which the unit tests bound.
+// Off by default: with it the HF oracle's 64-token greedy continuations diverge after a few
+// tokens (tests/engine/model/oracle_test), so fp32 dots on the dequantized blocks stay the
+// default. On with LONGREAD_INT8_ACTIVATIONS=1 or SetInt8Activations(true). Prefill always uses
+// fp32. Not thread-safe: set it while no MatMul runs.
+void SetInt8Activations(bool enabled);
+bool Int8ActivationsEnabled();
+
 // out: w.cols floats, row `row` of w decoded to fp32 (embedding lookup).
 void DequantizeRow(const MatrixView& w, int64_t row, float* out);
 

@@ -65,6 +65,35 @@ struct PrefillBlocking {
 };
 void SetPrefillBlocking(const PrefillBlocking& blocking);
 
+// 8-bit activations for the decode matvec (see kernels/ops.h, SetInt8Activations).
+inline constexpr bool kInt8ActivationsDefault = false;
+bool UseInt8Activations();
+// Q4_0, Q4_1 and Q8_0 have an integer dot against 8-bit activations.
+bool HasInt8Dot(DType type);
+// Quantizes cols (a multiple of 32) floats: per block b of 32, d[b] = max|x| / 127,
+// q = round-to-nearest-even(x / d[b]) (0 when the block is all zero), sum[b] = the block's fp32
+// sum (exact inputs for the Q4 offset terms). The AVX2 twin gives bit-identical output.
+void QuantizeRowQ8Portable(const float* x, int64_t cols, int8_t* q, float* d, float* sum);
+void QuantizeRowQ8Avx2(const float* x, int64_t cols, int8_t* q, float* d, float* sum);
+// sum_c w[c] * x[c] with x as quantized above, w one row of a HasInt8Dot type:
+// per block dw * d[b] * sum(qw * q) + offset * sum[b] (offset = min for Q4_1, -8 dw for Q4_0).
+float DotInt8Portable(DType type, const uint8_t* w, const int8_t* q, const float* d,
+                      const float* sum, int64_t cols);
+float DotInt8Avx2(DType type, const uint8_t* w, const int8_t* q, const float* d, const float* sum,
+                  int64_t cols);
+
+// The decode regime (MatMul with this many tokens or fewer) is where 8-bit activations apply.
+inline constexpr int64_t kInt8MaxTokens = 3;
+// x quantized per token row (n_tokens x cols) in the calling thread's scratch.
+struct Int8Activations {
+  const int8_t* q;
+  const float* d;
+  const float* sum;
+};
+Int8Activations QuantizeActivations(const float* x, int64_t n_tokens, int64_t cols,
+                                    void (*quantize)(const float*, int64_t, int8_t*, float*,
+                                                     float*));
+
 // AVX2 pieces; callers must check UseAvx2() first.
 void MatMulAvx2(const MatrixView& w, const float* x, int64_t n_tokens, float* y, ThreadPool* pool);
 void DequantizeRowAvx2(DType type, const uint8_t* row, int64_t cols, float* out);

@@ -539,6 +539,24 @@ LONGREAD_AVX2 void DequantizeRowAvx2(DType type, const uint8_t* row, int64_t col
 }
 
 void MatMulAvx2(const MatrixView& w, const float* x, int64_t n_tokens, float* y, ThreadPool* pool) {
+  if (n_tokens <= kInt8MaxTokens && UseInt8Activations() && HasInt8Dot(w.type)) {
+    const Int8Activations act = QuantizeActivations(x, n_tokens, w.cols, &QuantizeRowQ8Avx2);
+    auto rows = [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        for (int64_t t = 0; t < n_tokens; ++t) {
+          y[t * w.rows + r] =
+              DotInt8Avx2(w.type, RowPointer(w, r), act.q + t * w.cols, act.d + t * (w.cols / 32),
+                          act.sum + t * (w.cols / 32), w.cols);
+        }
+      }
+    };
+    if (pool == nullptr) {
+      rows(0, w.rows);
+    } else {
+      pool->ParallelFor(w.rows, rows);
+    }
+    return;
+  }
   if (n_tokens <= kDecodeMaxTokens) {
     // Block sums of x for the Q4 dots, in the caller's scratch (workers only read them).
     thread_local std::vector<float> x_sums;
