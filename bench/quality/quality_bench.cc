@@ -4,6 +4,7 @@
 // retrieval in real or filler text, on perplexity of long real text, and on how many planted facts
 // a summary mentions. Prints a table and writes every trial to JSON
 // (bench/results/quality-<date>.json by default). See bench/quality/README.md.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -14,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -46,6 +48,7 @@ Methods:    --methods dense,window,sparsek,sparsek-noscorer,blocks,blocks+task,b
             --sinks S (4)  --sparsek-window W (256; SparseK top_k = B - W)  --segment-tokens L
             --scorer PATH|auto|none (auto: engine/scorer/weights/<model>.lrscorer if present)
             --block-tokens N (32: blocks*)  --task-weight X (1: +task)
+            --task-score segment-mass|max-dot (segment-mass: see engine::TaskScore)
             --recall-blocks R (4: +recall; its top_k is B - W - R*N, so that the memory after
             recall holds the same budget as every other method)
 Passkey:    --lengths 2048,4096 (tokens the model sees: chat prompt + document + answer room)
@@ -66,6 +69,7 @@ struct Options {
   std::string scorer = "auto";
   int64_t block_tokens = 32, recall_blocks = 4;
   double task_weight = 1.0;
+  engine::TaskScore task_score = engine::TaskScore::kSegmentMass;
   std::vector<int64_t> lengths = {2048, 4096};
   std::vector<double> depths = {0.1, 0.5, 0.9};
   bool random_depth = false;
@@ -144,6 +148,9 @@ bool ParseOptions(int argc, char** argv, Options* o, std::string* error) {
       one(&o->block_tokens, 1);
     } else if (name == "recall-blocks") {
       one(&o->recall_blocks, 1);
+    } else if (name == "task-score") {
+      ok = v == "segment-mass" || v == "max-dot";
+      o->task_score = v == "max-dot" ? engine::TaskScore::kMaxDot : engine::TaskScore::kSegmentMass;
     } else if (name == "task-weight") {
       ok = absl::SimpleAtod(v, &o->task_weight) && o->task_weight >= 0;
     } else if (name == "lengths") {
@@ -253,6 +260,7 @@ std::vector<Method> MakeMethods(const Options& o,
       if (name.find("+task") != std::string::npos) {
         m.task_aware = true;
         memory.task_weight = static_cast<float>(o.task_weight);
+        memory.task_score = o.task_score;
       }
       if (name.find("+recall") != std::string::npos) {
         // Recalled blocks join the memory before the answer: leave room for them in the budget.
@@ -274,13 +282,36 @@ struct Answer {
   double read_seconds = 0, generate_seconds = 0;
   int64_t read_tokens = 0, generated_tokens = 0, recalled_slots = 0;
   std::string recall_error;
+  double key_held_share = -1;
 };
+
+// Where the key's digits sit in the document (the first time they appear at or after the
+// needle), so that the bench can tell "the memory lost the key" from "the model did not use it".
+std::vector<int64_t> KeyPositions(const engine::Tokenizer& tokenizer,
+                                  const std::vector<int32_t>& document, int64_t needle_at,
+                                  const std::string& key) {
+  for (int64_t i = needle_at; i < static_cast<int64_t>(document.size()); ++i) {
+    std::string text;
+    for (int64_t j = i; j < static_cast<int64_t>(document.size()) && text.size() < key.size();
+         ++j) {
+      text += tokenizer.Decode(std::span<const int32_t>(&document[j], 1));
+      if (text == key) {
+        std::vector<int64_t> positions;
+        for (int64_t p = i; p <= j; ++p) positions.push_back(p);
+        return positions;
+      }
+      if (key.compare(0, text.size(), text) != 0) break;
+    }
+  }
+  return {};
+}
 
 absl::StatusOr<Answer> ReadAndAnswer(engine::LlamaModel& model, const engine::Tokenizer& tokenizer,
                                      const Method& method, engine::Task task,
                                      std::string_view question,
                                      const std::vector<int32_t>& document, int64_t max_new_tokens,
-                                     kernels::ThreadPool* pool) {
+                                     kernels::ThreadPool* pool,
+                                     const std::vector<int64_t>& key_positions = {}) {
   engine::DocumentJobOptions options;
   options.task = task;
   options.question = std::string(question);
@@ -296,8 +327,27 @@ absl::StatusOr<Answer> ReadAndAnswer(engine::LlamaModel& model, const engine::To
     options.archive = archive.get();
     options.recall_blocks = method.recall_blocks;
   }
-  auto result =
-      engine::RunTokenizedDocumentJob(model, tokenizer, document, options, method.scorer, pool);
+  double key_held_share = -1;
+  engine::DocumentJobCallbacks callbacks;
+  if (!key_positions.empty()) {
+    callbacks.before_answer = [&](const engine::RecurrentRunner& runner) {
+      engine::MemorySnapshot snapshot;
+      runner.memory().ExportTo(&snapshot);
+      // Memory positions count from the start of the read: the prompt head comes first.
+      const int64_t offset = runner.tokens_read() - static_cast<int64_t>(document.size());
+      int64_t held = 0;
+      for (const auto& head : snapshot.heads) {
+        bool all = true;
+        for (int64_t p : key_positions) {
+          all = all && std::binary_search(head.positions.begin(), head.positions.end(), p + offset);
+        }
+        held += all;
+      }
+      key_held_share = static_cast<double>(held) / static_cast<double>(snapshot.heads.size());
+    };
+  }
+  auto result = engine::RunTokenizedDocumentJob(model, tokenizer, document, options, method.scorer,
+                                                pool, callbacks);
   if (!result.ok()) return result.status();
   Answer answer;
   answer.text = result->answer;
@@ -307,6 +357,7 @@ absl::StatusOr<Answer> ReadAndAnswer(engine::LlamaModel& model, const engine::To
   answer.generated_tokens = result->generated_tokens;
   answer.recalled_slots = result->recalled_slots;
   answer.recall_error = result->recall_error;
+  answer.key_held_share = key_held_share;
   return answer;
 }
 
@@ -375,6 +426,8 @@ class Bench {
                                    : o_.depths[di];
           PasskeyDocument doc =
               MakePasskeyDocument(tokenizer_, o_.haystack, corpus_, rng, doc_tokens, depth);
+          const std::vector<int64_t> key_positions =
+              KeyPositions(tokenizer_, doc.tokens, doc.needle_at, doc.key);
           const auto doc_start = std::chrono::steady_clock::now();
           for (const Method& m : methods_) {
             PasskeyTrial trial;
@@ -393,21 +446,23 @@ class Bench {
               continue;
             }
             auto answer = ReadAndAnswer(model_, tokenizer_, m, engine::Task::kQuestion, kQuestion,
-                                        doc.tokens, o_.answer_tokens, pool_);
+                                        doc.tokens, o_.answer_tokens, pool_, key_positions);
             if (!answer.ok()) return answer.status();
             trial.answer = answer->text;
             trial.correct = answer->text.find(doc.key) != std::string::npos;
             trial.read_tokens = answer->read_tokens;
             trial.recalled_slots = answer->recalled_slots;
             trial.recall_error = answer->recall_error;
+            trial.key_held_share = answer->key_held_share;
             trial.read_seconds = answer->read_seconds;
             trial.generate_seconds = answer->generate_seconds;
             trial.generated_tokens = answer->generated_tokens;
             std::fprintf(stderr,
-                         "[%6.0fs] len %lld depth %.2f trial %lld %-8s key %s %s %.0f tok/s\n",
+                         "[%6.0fs] len %lld depth %.2f trial %lld %-18s key %s %s held %3.0f%% "
+                         "%.0f tok/s\n",
                          SecondsSince(start_), static_cast<long long>(length), depth,
                          static_cast<long long>(t), m.name.c_str(), doc.key.c_str(),
-                         trial.correct ? "OK  " : "MISS",
+                         trial.correct ? "OK  " : "MISS", 100 * trial.key_held_share,
                          static_cast<double>(trial.read_tokens) / trial.read_seconds);
             report_->passkey.push_back(trial);
           }
@@ -595,6 +650,8 @@ std::vector<std::pair<std::string, std::string>> ConfigJson(const Options& o,
                " so that the memory after recall holds the same budget"))},
           {"block_tokens", absl::StrCat(o.block_tokens)},
           {"task_weight", absl::StrCat(o.task_weight)},
+          {"task_score",
+           o.task_score == engine::TaskScore::kMaxDot ? "\"max-dot\"" : "\"segment-mass\""},
           {"recall_blocks", absl::StrCat(o.recall_blocks)},
           {"dense_method", JsonString("every key (only where the whole input fits the context)")},
           {"segment_tokens", absl::StrCat(o.segment_tokens)},

@@ -56,6 +56,9 @@ struct Cell {
   int64_t trials = 0, correct = 0, impossible = 0;
   int64_t dense_correct_docs = 0, kept_of_dense = 0;  // documents dense got right; of those, ours
   double tok_per_s_sum = 0, decode_tok_per_s_sum = 0;
+  double key_held_sum = 0;  // over trials where the key's tokens were located
+  int64_t key_held_trials = 0;
+  double key_held() const { return key_held_trials > 0 ? key_held_sum / key_held_trials : -1; }
   double accuracy() const { return trials > 0 ? static_cast<double>(correct) / trials : 0; }
 };
 
@@ -92,6 +95,10 @@ Summary Summarize(const std::vector<PasskeyTrial>& trials) {
       c->tok_per_s_sum += t.read_seconds > 0 ? t.read_tokens / t.read_seconds : 0;
       c->decode_tok_per_s_sum +=
           t.generate_seconds > 0 ? t.generated_tokens / t.generate_seconds : 0;
+      if (t.key_held_share >= 0) {
+        c->key_held_sum += t.key_held_share;
+        ++c->key_held_trials;
+      }
       auto d = dense_ok.find({t.length, t.depth, t.trial});
       if (d != dense_ok.end() && d->second) {
         ++c->dense_correct_docs;
@@ -113,6 +120,7 @@ std::string CellJson(const std::string& method, int64_t length, const Cell& c, c
                     ",\"dense_correct_documents\":", c.dense_correct_docs,
                     ",\"of_those_correct\":", c.kept_of_dense);
   }
+  absl::StrAppend(&j, ",\"mean_key_held_share\":", Num(c.key_held()));
   absl::StrAppend(&j, ",\"mean_read_tokens_per_s\":", Num(c.tok_per_s_sum / c.trials),
                   ",\"mean_decode_tokens_per_s\":", Num(c.decode_tok_per_s_sum / c.trials), "}");
   return j;
@@ -158,8 +166,8 @@ void Report::PrintTables() const {
   if (!s.methods.empty()) {
     std::printf("\npasskey retrieval (scorer: %s)%s\n", scorer.c_str(),
                 stopped_early ? "  [stopped early by --max-seconds]" : "");
-    std::printf("%8s  %-17s %15s %9s %15s %12s\n", "length", "method", "correct/trials", "accuracy",
-                "share of dense", "read tok/s");
+    std::printf("%8s  %-19s %15s %9s %15s %9s %12s\n", "length", "method", "correct/trials",
+                "accuracy", "share of dense", "key held", "read tok/s");
     for (int64_t length : s.lengths) {
       const auto dense = s.by_length.find({"dense", length});
       for (const std::string& m : s.methods) {
@@ -167,7 +175,7 @@ void Report::PrintTables() const {
         if (it == s.by_length.end()) continue;
         const Cell& c = it->second;
         if (c.trials == 0) {
-          std::printf("%8lld  %-17s %15s\n", static_cast<long long>(length), m.c_str(),
+          std::printf("%8lld  %-19s %15s\n", static_cast<long long>(length), m.c_str(),
                       "not possible");
           continue;
         }
@@ -176,9 +184,10 @@ void Report::PrintTables() const {
           share = absl::StrCat(
               static_cast<int>(100 * c.accuracy() / dense->second.accuracy() + 0.5), "%");
         }
-        std::printf("%8lld  %-17s %15s %8.0f%% %15s %12.0f\n", static_cast<long long>(length),
-                    m.c_str(), absl::StrCat(c.correct, "/", c.trials).c_str(), 100 * c.accuracy(),
-                    share.c_str(), c.tok_per_s_sum / c.trials);
+        std::printf("%8lld  %-19s %15s %8.0f%% %15s %8.0f%% %12.0f\n",
+                    static_cast<long long>(length), m.c_str(),
+                    absl::StrCat(c.correct, "/", c.trials).c_str(), 100 * c.accuracy(),
+                    share.c_str(), 100 * c.key_held(), c.tok_per_s_sum / c.trials);
       }
     }
   }
@@ -278,7 +287,8 @@ std::string Report::WriteJson(const std::string& requested) const {
         << ",\"read_seconds\":" << Num(t.read_seconds)
         << ",\"generated_tokens\":" << t.generated_tokens
         << ",\"generate_seconds\":" << Num(t.generate_seconds)
-        << ",\"recalled_slots\":" << t.recalled_slots;
+        << ",\"recalled_slots\":" << t.recalled_slots
+        << ",\"key_held_share\":" << Num(t.key_held_share);
       if (!t.recall_error.empty()) j << ",\"recall_error\":" << JsonString(t.recall_error);
     }
     j << "}";

@@ -27,7 +27,10 @@ struct PasskeyTrial {
   int64_t read_tokens = 0, generated_tokens = 0;
   double read_seconds = 0, generate_seconds = 0;
   int64_t recalled_slots = 0;  // all (layer, KV head) together
-  std::string recall_error;    // recall failed: answered without it
+  // Share of (layer, KV head) whose memory holds every token of the key when the answer starts
+  // (-1: the key's tokens were not found in the document).
+  double key_held_share = -1;
+  std::string recall_error;  // recall failed: answered without it
 };
 
 struct PerplexityResult {

@@ -219,6 +219,7 @@ absl::StatusOr<DocumentJobResult> RunTokenizedDocumentJob(
     }
   }
 
+  if (callbacks.before_answer) callbacks.before_answer(runner);
   const auto gen_start = std::chrono::steady_clock::now();
   auto generated = answer(true, &result.answer);
   if (!generated.ok()) return generated.status();

@@ -61,6 +61,8 @@ struct DocumentJobResult {
 struct DocumentJobCallbacks {
   std::function<void(int64_t tokens_read, int64_t total_tokens)> progress;
   std::function<void(std::string_view text)> answer_text;  // streamed, whole UTF-8 characters
+  // After reading (and recall), before the answer: what the memory holds (evaluation, tracing).
+  std::function<void(const RecurrentRunner& runner)> before_answer;
 };
 
 // The instruction text of a task (what the user message asks after the document).

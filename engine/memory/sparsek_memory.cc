@@ -18,6 +18,16 @@ kernels::RopeStyle KernelRope(RopeStyle style) {
   return style == RopeStyle::kHalf ? kernels::RopeStyle::kHalf : kernels::RopeStyle::kInterleaved;
 }
 
+// Makes room for n elements. The dense cache grows every call, so geometrically (amortized: no
+// allocation on most tokens); SparseK's slot count is bounded, so exactly (doubling would double
+// its resident memory).
+template <typename T>
+void Grow(std::vector<T>& v, int64_t n, bool geometric) {
+  const int64_t capacity = static_cast<int64_t>(v.capacity());
+  if (capacity >= n) return;
+  v.reserve(geometric ? std::max(n, 2 * capacity) : n);
+}
+
 uint64_t Mix(uint64_t h, uint64_t v) {
   // FNV-1a over the value's bytes: stable across platforms and runs.
   for (int i = 0; i < 8; ++i) {
@@ -50,6 +60,7 @@ uint64_t MemoryConfig::Hash() const {
   uint32_t weight_bits;
   std::memcpy(&weight_bits, &task_weight, sizeof(weight_bits));
   h = Mix(h, weight_bits);
+  h = Mix(h, static_cast<uint64_t>(task_score));
   return h;
 }
 
@@ -214,9 +225,9 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
     RotatedKeys& rot = rotated_[in.layer * G + g];
     const int64_t M = static_cast<int64_t>(hm.positions.size());
     if (static_cast<int64_t>(rot.positions.size()) != M) rot.positions.assign(M, -1);
-    // Exact capacities: growth by doubling would double the resident memory of SparseK.
-    if (static_cast<int64_t>(hm.values.capacity()) < n_keys * d) hm.values.reserve(n_keys * d);
-    if (static_cast<int64_t>(rot.keys.capacity()) < n_keys * d) rot.keys.reserve(n_keys * d);
+    Grow(hm.values, n_keys * d, config_.is_dense());
+    Grow(rot.keys, n_keys * d, config_.is_dense());
+    Grow(rot.positions, n_keys, config_.is_dense());
     hm.values.resize(n_keys * d);
     rot.keys.resize(n_keys * d);
     rot.positions.resize(n_keys, -1);
@@ -308,9 +319,9 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
     }
     int64_t added = 0;
     for (int64_t j = 0; j < n; ++j) added += keep[M + j];
-    if (static_cast<int64_t>(hm.keys.capacity()) < (kept + added) * d) {
-      hm.keys.reserve((kept + added) * d);  // exact, as above
-    }
+    Grow(hm.keys, (kept + added) * d, config_.is_dense());
+    Grow(hm.positions, kept + added, config_.is_dense());
+    Grow(hm.scores, kept + added, config_.is_dense());
     hm.positions.resize(kept + added);
     hm.scores.resize(kept + added);
     hm.keys.resize((kept + added) * d);
@@ -406,24 +417,55 @@ void SparseKMemory::SetTaskQueries(std::vector<std::vector<float>> queries, int6
   n_task_ = n_task;
 }
 
-void SparseKMemory::AddTaskScores(const SegmentLayerInput& in, float* scores) const {
+void SparseKMemory::AddTaskScores(const SegmentLayerInput& in, float* scores) {
   if (n_task_ == 0 || config_.task_weight == 0.0f || task_queries_.empty()) return;
   const int64_t d = model_.head_dim, G = n_kv_heads_, H = model_.n_heads, group = H / G;
+  const int64_t n = in.n_tokens, rows = n_task_ * group;
   const float* tq = task_queries_[in.layer].data();  // [n_task][H][d], un-rotated
-  const float scale = config_.task_weight / std::sqrt(static_cast<float>(d));
-  for (int64_t j = 0; j < in.n_tokens; ++j) {
-    for (int64_t g = 0; g < G; ++g) {
-      const float* key = in.k + (j * G + g) * d;
-      float best = -std::numeric_limits<float>::infinity();
-      for (int64_t t = 0; t < n_task_; ++t) {
-        for (int64_t h = g * group; h < (g + 1) * group; ++h) {
-          const float* q = tq + (t * H + h) * d;
+  const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
+  s_.task_logits.resize(rows * n);
+  s_.task_lse.resize(rows);
+  for (int64_t g = 0; g < G; ++g) {
+    // logits[r][j]: task query r (task token x query head of this group) against key j.
+    for (int64_t t = 0; t < n_task_; ++t) {
+      for (int64_t h = 0; h < group; ++h) {
+        const float* q = tq + (t * H + g * group + h) * d;
+        float* row = s_.task_logits.data() + (t * group + h) * n;
+        for (int64_t j = 0; j < n; ++j) {
+          const float* key = in.k + (j * G + g) * d;
           float dot = 0.0f;
           for (int64_t e = 0; e < d; ++e) dot += q[e] * key[e];
-          best = std::max(best, dot);
+          row[j] = dot * inv_sqrt_d;
         }
       }
-      scores[j * G + g] += scale * best;
+    }
+    if (config_.task_score == TaskScore::kMaxDot) {
+      for (int64_t j = 0; j < n; ++j) {
+        float best = -std::numeric_limits<float>::infinity();
+        for (int64_t r = 0; r < rows; ++r) best = std::max(best, s_.task_logits[r * n + j]);
+        scores[j * G + g] += config_.task_weight * best;
+      }
+      continue;
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = s_.task_logits.data() + r * n;
+      const float top = *std::max_element(row, row + n);
+      double sum = 0;
+      for (int64_t j = 0; j < n; ++j) sum += std::exp(static_cast<double>(row[j] - top));
+      s_.task_lse[r] = top + static_cast<float>(std::log(sum));
+    }
+    const float log_uniform = std::log(static_cast<float>(n)) - std::log(static_cast<float>(rows));
+    for (int64_t j = 0; j < n; ++j) {
+      float top = -std::numeric_limits<float>::infinity();
+      for (int64_t r = 0; r < rows; ++r) {
+        top = std::max(top, s_.task_logits[r * n + j] - s_.task_lse[r]);
+      }
+      double sum = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        sum += std::exp(static_cast<double>(s_.task_logits[r * n + j] - s_.task_lse[r] - top));
+      }
+      scores[j * G + g] +=
+          config_.task_weight * (top + static_cast<float>(std::log(sum)) + log_uniform);
     }
   }
 }

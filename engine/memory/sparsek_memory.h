@@ -32,6 +32,18 @@ enum class PositionMode {
 // How a block's score comes from its tokens' scores.
 enum class BlockScore { kMax, kMean };
 
+// The task term added to a key's score (when the runner has a task).
+enum class TaskScore {
+  // task_weight x max over the task's query vectors of q·k/sqrt(d).
+  kMaxDot,
+  // task_weight x log of the attention mass the task's queries would give the key within its own
+  // segment, relative to uniform: log(mean_t softmax_j(q_t·k_j/sqrt(d)) x L). A raw dot product
+  // lets queries with large norms and keys that every query likes (punctuation, newlines) decide;
+  // normalizing per query, as attention does, is what DESIGN.md §4 measured to single out the
+  // fact a question asks for.
+  kSegmentMass,
+};
+
 struct MemoryConfig {
   // Defaults fit the default model's 8,192-token context with a 2,048-token segment:
   // s + k + w + L = 4 + 2048 + 1024 + 2048 < 8192.
@@ -47,6 +59,7 @@ struct MemoryConfig {
   // Weight of the task term: score += task_weight * max over the task's query vectors of
   // q·k / sqrt(d) (un-rotated), when the runner was given a task. 0 disables it.
   float task_weight = 1.0f;
+  TaskScore task_score = TaskScore::kSegmentMass;
 
   // A memory that never evicts: dense causal attention with a KV cache.
   static MemoryConfig Dense() {
@@ -102,7 +115,7 @@ class SparseKMemory : public AttentionMemory {
 
  private:
   HeadMemorySnapshot& head(int32_t layer, int32_t g) { return heads_[layer * n_kv_heads_ + g]; }
-  void AddTaskScores(const SegmentLayerInput& in, float* scores) const;
+  void AddTaskScores(const SegmentLayerInput& in, float* scores);
   void ArchiveEvicted(const SegmentLayerInput& in, int32_t g, int64_t M, const uint8_t* keep);
 
   ModelConfig model_;
@@ -132,6 +145,7 @@ class SparseKMemory : public AttentionMemory {
     std::vector<int32_t> from, until, join, exit, cand, key_block, block_size;
     std::vector<int64_t> rope_pos, query_pos;
     std::vector<float> q_group;
+    std::vector<float> task_logits, task_lse;
     std::vector<uint8_t> keep;
   } s_;
 };

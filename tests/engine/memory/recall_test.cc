@@ -142,6 +142,7 @@ TEST(TaskScoreTest, TaskTermIsTheLargestTaskQueryDotProduct) {
   kernels::ThreadPool pool(2);
   RunnerConfig config = Small(1);
   config.memory.task_weight = 0.5f;
+  config.memory.task_score = TaskScore::kMaxDot;
   const std::vector<int32_t> task = Tokens(5, 8), doc = Tokens(50, 6);
 
   RecurrentRunner plain(model, config, nullptr, &pool);
@@ -177,6 +178,66 @@ TEST(TaskScoreTest, TaskTermIsTheLargestTaskQueryDotProduct) {
           }
         }
         EXPECT_NEAR(ha.scores[s], 0.5 * best / std::sqrt(double(d)), 1e-3);
+      }
+    }
+  }
+}
+
+// The default task term: log of the attention mass the task's queries give a key within its
+// segment, relative to uniform, checked in float64 against every key of the segment (a memory
+// large enough to keep them all).
+TEST(TaskScoreTest, SegmentMassIsTheTaskQueriesMeanSoftmaxOverTheSegment) {
+  REQUIRE_DEFAULT_MODEL(model);
+  const ModelConfig& c = model->config();
+  kernels::ThreadPool pool(2);
+  RunnerConfig config;
+  config.memory.sinks = 2;
+  config.memory.top_k = 1000;
+  config.memory.window = 8;
+  config.memory.task_weight = 2.0f;
+  config.memory.task_score = TaskScore::kSegmentMass;
+  config.segment_tokens = 20;
+  const int64_t n_task = 4, n_doc = 40;
+  const std::vector<int32_t> task = Tokens(n_task, 9), doc = Tokens(n_doc, 10);
+  RecurrentRunner runner(model, config, nullptr, &pool);
+  ASSERT_TRUE(runner.SetTask(task).ok());
+  ASSERT_TRUE(runner.Feed(doc).ok());
+  const MemorySnapshot snap = runner.Snapshot();
+  const auto& tq = runner.memory().task_queries();
+  const int64_t d = c.head_dim, group = c.n_heads / c.n_kv_heads, L = config.segment_tokens;
+  for (int32_t l : {0, 17}) {
+    for (int32_t g = 0; g < c.n_kv_heads; ++g) {
+      const auto& head = snap.heads[l * c.n_kv_heads + g];
+      ASSERT_EQ(head.positions.size(), static_cast<size_t>(n_doc));
+      for (int64_t seg = 0; seg < n_doc / L; ++seg) {
+        // logits[r][j] for the segment's keys, r = task token x query head of the group.
+        std::vector<std::vector<double>> logits;
+        for (int64_t t = 0; t < n_task; ++t) {
+          for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+            std::vector<double> row(L);
+            for (int64_t j = 0; j < L; ++j) {
+              double dot = 0;
+              for (int64_t e = 0; e < d; ++e) {
+                dot +=
+                    double{tq[l][(t * c.n_heads + h) * d + e]} * head.keys[(seg * L + j) * d + e];
+              }
+              row[j] = dot / std::sqrt(double(d));
+            }
+            logits.push_back(row);
+          }
+        }
+        for (int64_t j = 0; j < L; ++j) {
+          double mass = 0;
+          for (const auto& row : logits) {
+            double z = 0;
+            for (double x : row) z += std::exp(x - row[j]);
+            mass += 1.0 / z;  // softmax of key j under this query
+          }
+          mass /= static_cast<double>(logits.size());
+          const double expected = 2.0 * std::log(mass * static_cast<double>(L));
+          EXPECT_NEAR(head.scores[seg * L + j], expected, 1e-3 * std::max(1.0, std::abs(expected)))
+              << "layer " << l << " head " << g << " position " << seg * L + j;
+        }
       }
     }
   }
