@@ -25,6 +25,11 @@ void MatMul(const MatrixView& w, const float* x, int64_t n_tokens, float* y, Thr
 // fp32. Not thread-safe: set it while no MatMul runs.
 void SetInt8Activations(bool enabled);
 bool Int8ActivationsEnabled();
+// The same with 16-bit activations (scale max|x| / 32767 per block of 32, madd_epi16 dots): at
+// most 1/65534 of a block's max |x| per element, the oracle test passes with it. On by default
+// (LONGREAD_INT16_ACTIVATIONS=0 turns it off); 8-bit activations, when on, take precedence.
+void SetInt16Activations(bool enabled);
+bool Int16ActivationsEnabled();
 
 // out: w.cols floats, row `row` of w decoded to fp32 (embedding lookup).
 void DequantizeRow(const MatrixView& w, int64_t row, float* out);

@@ -6,7 +6,8 @@
 //   longread_cpu_bench [--model GGUF] [--threads N] [--text FILE | --tokens FILE]
 //       [--prefill 512,2048,8000] [--decode-after 512,8000] [--decode-tokens 64]
 //       [--sparsek 8000,32000,128000,1000000] [--skip-time SIZES --skip-reason TEXT]
-//       [--reps 3] [--sparsek-reps N] [--profile] [--profile-json OUT] [--json OUT]
+//       [--reps 3] [--sparsek-reps N] [--profile | --profile-dense-only] [--profile-json OUT]
+//       [--json OUT]
 //       [--notes TEXT]
 //
 // A prefill of N tokens and a decode after N tokens share one run: the prompt is read as one
@@ -69,6 +70,7 @@ struct Options {
   int reps = 3;
   int sparsek_reps = 0;  // 0: same as reps
   bool profile = false;
+  bool profile_sparse = true;  // --profile-dense-only: no separate 32K SparseK profile run
   std::string command;
 };
 
@@ -96,6 +98,11 @@ Options ParseOptions(int argc, char** argv) {
   }
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
+    if (flag == "--profile-dense-only") {
+      o.profile = true;
+      o.profile_sparse = false;
+      continue;
+    }
     if (flag == "--profile") {
       o.profile = true;
       continue;
@@ -547,7 +554,7 @@ int Main(int argc, char** argv) {
     }
     const double decode_wall = d;
     const bool sparse_separate = sparse_profile_wall < 0;
-    if (sparse_separate) {
+    if (sparse_separate && o.profile_sparse) {
       model.set_profile(&sparse_profile);
       SparseResult ignored;
       sparse_profile_wall = SparseRun(model, pool, corpus, kProfileSparseTokens, &ignored, false);
@@ -558,7 +565,7 @@ int Main(int argc, char** argv) {
     const double sparse_wall = sparse_profile_wall;
     PrintProfile("dense prefill 2048", prefill_2k, prefill_wall);
     PrintProfile("dense decode 64 after 512", decode_512, decode_wall);
-    PrintProfile("sparsek read 32000", sparse_32k, sparse_wall);
+    if (sparse_wall >= 0) PrintProfile("sparsek read 32000", sparse_32k, sparse_wall);
     if (!o.profile_json_out.empty()) {
       std::ofstream j(o.profile_json_out);
       j << "{\n  \"bench\": \"cpu-profile\",\n"
@@ -572,7 +579,9 @@ int Main(int argc, char** argv) {
                                            : "the first timed repetition of sparsek 32000"))
         << ",\n  \"dense_prefill_2048\": " << ProfileJson(prefill_2k, prefill_wall)
         << ",\n  \"dense_decode_64_after_512\": " << ProfileJson(decode_512, decode_wall)
-        << ",\n  \"sparsek_read_32000\": " << ProfileJson(sparse_32k, sparse_wall) << "\n}\n";
+        << ",\n  \"sparsek_read_32000\": "
+        << (sparse_wall >= 0 ? ProfileJson(sparse_32k, sparse_wall) : std::string("null"))
+        << "\n}\n";
       std::printf("wrote %s\n", o.profile_json_out.c_str());
     }
   }

@@ -82,6 +82,17 @@ float DotInt8Portable(DType type, const uint8_t* w, const int8_t* q, const float
 float DotInt8Avx2(DType type, const uint8_t* w, const int8_t* q, const float* d, const float* sum,
                   int64_t cols);
 
+// The same with 16-bit activations (scale max|x| / 32767): 1/65534 of a block's max |x| per
+// element, the accuracy of fp32 dots for practical purposes, with integer madd_epi16 dots.
+inline constexpr bool kInt16ActivationsDefault = true;
+bool UseInt16Activations();
+void QuantizeRowQ16Portable(const float* x, int64_t cols, int16_t* q, float* d, float* sum);
+void QuantizeRowQ16Avx2(const float* x, int64_t cols, int16_t* q, float* d, float* sum);
+float DotInt16Portable(DType type, const uint8_t* w, const int16_t* q, const float* d,
+                       const float* sum, int64_t cols);
+float DotInt16Avx2(DType type, const uint8_t* w, const int16_t* q, const float* d, const float* sum,
+                   int64_t cols);
+
 // The decode regime (MatMul with this many tokens or fewer) is where 8-bit activations apply.
 inline constexpr int64_t kInt8MaxTokens = 3;
 // x quantized per token row (n_tokens x cols) in the calling thread's scratch.
@@ -93,6 +104,14 @@ struct Int8Activations {
 Int8Activations QuantizeActivations(const float* x, int64_t n_tokens, int64_t cols,
                                     void (*quantize)(const float*, int64_t, int8_t*, float*,
                                                      float*));
+struct Int16Activations {
+  const int16_t* q;
+  const float* d;
+  const float* sum;
+};
+Int16Activations QuantizeActivations16(const float* x, int64_t n_tokens, int64_t cols,
+                                       void (*quantize)(const float*, int64_t, int16_t*, float*,
+                                                        float*));
 
 // AVX2 pieces; callers must check UseAvx2() first.
 void MatMulAvx2(const MatrixView& w, const float* x, int64_t n_tokens, float* y, ThreadPool* pool);

@@ -55,8 +55,46 @@ Int8Activations QuantizeActivations(const float* x, int64_t n_tokens, int64_t co
   return Int8Activations{q.data(), d.data(), sum.data()};
 }
 
+Int16Activations QuantizeActivations16(const float* x, int64_t n_tokens, int64_t cols,
+                                       void (*quantize)(const float*, int64_t, int16_t*, float*,
+                                                        float*)) {
+  thread_local std::vector<int16_t> q;
+  thread_local std::vector<float> d, sum;
+  const int64_t n_blocks = n_tokens * (cols / 32);
+  if (static_cast<int64_t>(q.size()) < n_tokens * cols) q.resize(n_tokens * cols);
+  if (static_cast<int64_t>(d.size()) < n_blocks) {
+    d.resize(n_blocks);
+    sum.resize(n_blocks);
+  }
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    quantize(x + t * cols, cols, q.data() + t * cols, d.data() + t * (cols / 32),
+             sum.data() + t * (cols / 32));
+  }
+  return Int16Activations{q.data(), d.data(), sum.data()};
+}
+
 void MatMulPortable(const MatrixView& w, const float* x, int64_t n_tokens, float* y,
                     ThreadPool* pool) {
+  if (n_tokens <= kInt8MaxTokens && !UseInt8Activations() && UseInt16Activations() &&
+      HasInt8Dot(w.type)) {
+    const Int16Activations act =
+        QuantizeActivations16(x, n_tokens, w.cols, &QuantizeRowQ16Portable);
+    auto rows = [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        for (int64_t t = 0; t < n_tokens; ++t) {
+          y[t * w.rows + r] =
+              DotInt16Portable(w.type, RowPointer(w, r), act.q + t * w.cols,
+                               act.d + t * (w.cols / 32), act.sum + t * (w.cols / 32), w.cols);
+        }
+      }
+    };
+    if (pool == nullptr) {
+      rows(0, w.rows);
+    } else {
+      pool->ParallelFor(w.rows, rows);
+    }
+    return;
+  }
   if (n_tokens <= kInt8MaxTokens && UseInt8Activations() && HasInt8Dot(w.type)) {
     const Int8Activations act = QuantizeActivations(x, n_tokens, w.cols, &QuantizeRowQ8Portable);
     auto rows = [&](int64_t begin, int64_t end) {

@@ -557,6 +557,24 @@ void MatMulAvx2(const MatrixView& w, const float* x, int64_t n_tokens, float* y,
     }
     return;
   }
+  if (n_tokens <= kInt8MaxTokens && UseInt16Activations() && HasInt8Dot(w.type)) {
+    const Int16Activations act = QuantizeActivations16(x, n_tokens, w.cols, &QuantizeRowQ16Avx2);
+    auto rows = [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        for (int64_t t = 0; t < n_tokens; ++t) {
+          y[t * w.rows + r] =
+              DotInt16Avx2(w.type, RowPointer(w, r), act.q + t * w.cols, act.d + t * (w.cols / 32),
+                           act.sum + t * (w.cols / 32), w.cols);
+        }
+      }
+    };
+    if (pool == nullptr) {
+      rows(0, w.rows);
+    } else {
+      pool->ParallelFor(w.rows, rows);
+    }
+    return;
+  }
   if (n_tokens <= kDecodeMaxTokens) {
     // Block sums of x for the Q4 dots, in the caller's scratch (workers only read them).
     thread_local std::vector<float> x_sums;

@@ -137,19 +137,26 @@ TEST(MatMulTest, ReferenceMatchesFloat64) {
   }
 }
 
-// Switches the decode matvec's 8-bit activations on or off for one test.
-class Int8Guard {
+// Sets the decode matvec's activation format (fp32, 16-bit or 8-bit) for one test.
+class ActivationGuard {
  public:
-  explicit Int8Guard(bool on) : before_(Int8ActivationsEnabled()) { SetInt8Activations(on); }
-  ~Int8Guard() { SetInt8Activations(before_); }
+  ActivationGuard(bool int8, bool int16)
+      : int8_(Int8ActivationsEnabled()), int16_(Int16ActivationsEnabled()) {
+    SetInt8Activations(int8);
+    SetInt16Activations(int16);
+  }
+  ~ActivationGuard() {
+    SetInt8Activations(int8_);
+    SetInt16Activations(int16_);
+  }
 
  private:
-  bool before_;
+  bool int8_, int16_;
 };
 
-// fp32 paths only: with 8-bit activations decode is checked by the Int8 tests below.
+// fp32 paths only: quantized activations are checked by the Int8/Int16 tests below.
 TEST(MatMulTest, FastAndPortableMatchFloat64AndAreThreadCountIndependent) {
-  Int8Guard fp32(false);
+  ActivationGuard fp32(false, false);
   ThreadPool pool2(2), pool3(3);
   for (int mode = 0; mode < 3; ++mode) {
     // 0: AVX2 path (when the CPU has it), 1: the same with small prefill cache blocks (12 tokens x
@@ -202,10 +209,12 @@ TEST(MatMulTest, DoesNotWriteOutsideOutput) {
   for (size_t i = 7 * 21; i < y.size(); ++i) EXPECT_EQ(y[i], -123.0f);
 }
 
-// Quantizing activations to 8 bits moves element c of x by at most half a step, d_b / 2 with
-// d_b = max|x| / 127 over its block b, so |y - exact| <= sum_c |W[r][c]| d_b / 2 (the stated
-// tolerance), plus fp32 accumulation (kFastTolerance of sum |W x|).
-double Int8Bound(const TestMatrix& w, const std::vector<float>& x, int64_t t, int64_t r) {
+// Quantizing activations to 8 (16) bits moves element c of x by at most half a step, d_b / 2
+// with d_b = max|x| / levels over its block b (levels 127 or 32767), so
+// |y - exact| <= sum_c |W[r][c]| d_b / 2 (the stated tolerance), plus fp32 accumulation
+// (kFastTolerance of sum |W x|).
+double QuantBound(const TestMatrix& w, const std::vector<float>& x, int64_t t, int64_t r,
+                  double levels) {
   double bound = 0;
   for (int64_t b = 0; b < w.cols / 32; ++b) {
     double amax = 0, wsum = 0;
@@ -213,55 +222,58 @@ double Int8Bound(const TestMatrix& w, const std::vector<float>& x, int64_t t, in
       amax = std::max(amax, std::fabs(double{x[t * w.cols + 32 * b + i]}));
       wsum += std::fabs(w.exact[r * w.cols + 32 * b + i]);
     }
-    bound += wsum * amax / 127.0 / 2.0;
+    bound += wsum * amax / levels / 2.0;
   }
   return bound;
 }
 
-TEST(MatMulTest, Int8ActivationsWithinQuantizationBoundAndPathsAgree) {
-  Int8Guard int8(true);
-  ThreadPool pool2(2), pool3(3);
-  struct DecodeShape {
-    int64_t rows, cols, n_tokens;
-  };
-  const DecodeShape shapes[] = {{17, 64, 1}, {1, 32, 3},     {33, 96, 3},
-                                {5, 576, 1}, {100, 1536, 2}, {64, 2048, 1}};
-  for (DType type : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1}) {
-    for (const DecodeShape& s : shapes) {
-      const TestMatrix w = MakeMatrix(type, s.rows, s.cols, 300 + s.cols);
-      auto x = RandomFloats(s.n_tokens * s.cols, 5 + s.rows);
-      for (int i = 0; i < 32 && i < s.cols; ++i) x[i] = 0.0f;  // an all-zero block
-      const Expected e = ExactProduct(w, x, s.n_tokens);
-      std::vector<float> fast(s.n_tokens * s.rows, NAN), portable(fast.size(), NAN);
-      std::vector<float> fast2(fast.size(), NAN), fast3(fast.size(), NAN);
-      MatMul(w.view(), x.data(), s.n_tokens, fast.data(), nullptr);
-      MatMul(w.view(), x.data(), s.n_tokens, fast2.data(), &pool2);
-      MatMul(w.view(), x.data(), s.n_tokens, fast3.data(), &pool3);
-      {
-        PortableGuard guard(true);
-        MatMul(w.view(), x.data(), s.n_tokens, portable.data(), &pool2);
-      }
-      const std::string what = std::string(DTypeName(type)) + " rows=" + std::to_string(s.rows) +
-                               " cols=" + std::to_string(s.cols);
-      for (int64_t t = 0; t < s.n_tokens; ++t) {
-        for (int64_t r = 0; r < s.rows; ++r) {
-          const size_t i = t * s.rows + r;
-          const double bound = Int8Bound(w, x, t, r) + kFastTolerance * e.magnitude[i];
-          ASSERT_LE(std::fabs(fast[i] - e.y[i]), bound) << what << " at " << i;
-          ASSERT_LE(std::fabs(portable[i] - e.y[i]), bound) << what << " at " << i;
-          // Same integers, same scales: only the order of fp32 additions differs.
-          ASSERT_LE(std::fabs(fast[i] - portable[i]), kFastTolerance * e.magnitude[i] + 1e-30)
-              << what << " at " << i;
+TEST(MatMulTest, Int8AndInt16ActivationsWithinQuantizationBoundAndPathsAgree) {
+  for (const bool int8 : {true, false}) {
+    ActivationGuard guard(int8, !int8);
+    const double levels = int8 ? 127.0 : 32767.0;
+    ThreadPool pool2(2), pool3(3);
+    struct DecodeShape {
+      int64_t rows, cols, n_tokens;
+    };
+    const DecodeShape shapes[] = {{17, 64, 1}, {1, 32, 3},     {33, 96, 3},
+                                  {5, 576, 1}, {100, 1536, 2}, {64, 2048, 1}};
+    for (DType type : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_1}) {
+      for (const DecodeShape& s : shapes) {
+        const TestMatrix w = MakeMatrix(type, s.rows, s.cols, 300 + s.cols);
+        auto x = RandomFloats(s.n_tokens * s.cols, 5 + s.rows);
+        for (int i = 0; i < 32 && i < s.cols; ++i) x[i] = 0.0f;  // an all-zero block
+        const Expected e = ExactProduct(w, x, s.n_tokens);
+        std::vector<float> fast(s.n_tokens * s.rows, NAN), portable(fast.size(), NAN);
+        std::vector<float> fast2(fast.size(), NAN), fast3(fast.size(), NAN);
+        MatMul(w.view(), x.data(), s.n_tokens, fast.data(), nullptr);
+        MatMul(w.view(), x.data(), s.n_tokens, fast2.data(), &pool2);
+        MatMul(w.view(), x.data(), s.n_tokens, fast3.data(), &pool3);
+        {
+          PortableGuard guard(true);
+          MatMul(w.view(), x.data(), s.n_tokens, portable.data(), &pool2);
         }
+        const std::string what = std::string(DTypeName(type)) + " rows=" + std::to_string(s.rows) +
+                                 " cols=" + std::to_string(s.cols) + (int8 ? " int8" : " int16");
+        for (int64_t t = 0; t < s.n_tokens; ++t) {
+          for (int64_t r = 0; r < s.rows; ++r) {
+            const size_t i = t * s.rows + r;
+            const double bound = QuantBound(w, x, t, r, levels) + kFastTolerance * e.magnitude[i];
+            ASSERT_LE(std::fabs(fast[i] - e.y[i]), bound) << what << " at " << i;
+            ASSERT_LE(std::fabs(portable[i] - e.y[i]), bound) << what << " at " << i;
+            // Same integers, same scales: only the order of fp32 additions differs.
+            ASSERT_LE(std::fabs(fast[i] - portable[i]), kFastTolerance * e.magnitude[i] + 1e-30)
+                << what << " at " << i;
+          }
+        }
+        ASSERT_EQ(0, std::memcmp(fast.data(), fast2.data(), fast.size() * sizeof(float))) << what;
+        ASSERT_EQ(0, std::memcmp(fast.data(), fast3.data(), fast.size() * sizeof(float))) << what;
       }
-      ASSERT_EQ(0, std::memcmp(fast.data(), fast2.data(), fast.size() * sizeof(float))) << what;
-      ASSERT_EQ(0, std::memcmp(fast.data(), fast3.data(), fast.size() * sizeof(float))) << what;
     }
   }
 }
 
-// The AVX2 quantizer rounds like the portable one (nearest even, same scale), bit for bit.
-TEST(MatMulTest, Int8QuantizationIsIdenticalOnBothPaths) {
+// The AVX2 quantizers round like the portable ones (nearest even, same scale), bit for bit.
+TEST(MatMulTest, ActivationQuantizationIsIdenticalOnBothPaths) {
   if (!cpu::CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX2";
   auto x = RandomFloats(8 * 32, 11);
   for (int i = 0; i < 32; ++i) x[32 + i] = 0.0f;                     // all zero
@@ -276,6 +288,13 @@ TEST(MatMulTest, Int8QuantizationIsIdenticalOnBothPaths) {
   EXPECT_EQ(0, std::memcmp(s1.data(), s2.data(), s1.size() * sizeof(float)));
   for (int i = 0; i < 32; ++i) EXPECT_EQ(q1[32 + i], 0);
   EXPECT_EQ(q1[96 + 5], -127);
+  std::vector<int16_t> w1(x.size()), w2(x.size());
+  cpu::QuantizeRowQ16Portable(x.data(), x.size(), w1.data(), d1.data(), s1.data());
+  cpu::QuantizeRowQ16Avx2(x.data(), x.size(), w2.data(), d2.data(), s2.data());
+  EXPECT_EQ(w1, w2);
+  EXPECT_EQ(0, std::memcmp(d1.data(), d2.data(), d1.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(s1.data(), s2.data(), s1.size() * sizeof(float)));
+  EXPECT_EQ(w1[96 + 5], -32767);
 }
 
 }  // namespace
