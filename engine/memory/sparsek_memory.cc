@@ -126,6 +126,11 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
   int64_t max_slots = 0;
   for (int32_t g = 0; g < G; ++g) max_slots = std::max(max_slots, slot_count(in.layer, g));
   const int64_t n_keys = max_slots + n;
+  // Scratch grows geometrically: the dense cache adds a key per token, and an exact-size assign
+  // would reallocate on every one.
+  Grow(s_.from, G * n_keys, true);
+  Grow(s_.until, G * n_keys, true);
+  Grow(s_.keep, G * n_keys, true);
   s_.from.assign(G * n_keys, 0);
   s_.until.assign(G * n_keys, 0);  // padding keys stay invisible
   s_.keep.assign(G * n_keys, 0);

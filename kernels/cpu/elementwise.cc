@@ -30,7 +30,8 @@ struct RopeTable {
   float theta = 0;
   int64_t head_dim = 0;
   std::vector<int64_t> positions;
-  std::vector<float> cos, sin;  // [token][head_dim / 2]
+  std::vector<float> cos, sin;   // [token][head_dim / 2]
+  std::vector<double> inv_freq;  // kept: decode recomputes the table for one new position a token
 
   const RopeTable& For(const int64_t* pos, int64_t n_tokens, int64_t dim, float base) {
     if (base == theta && dim == head_dim && static_cast<int64_t>(positions.size()) == n_tokens &&
@@ -43,7 +44,7 @@ struct RopeTable {
     const int64_t half = dim / 2;
     cos.resize(n_tokens * half);
     sin.resize(n_tokens * half);
-    std::vector<double> inv_freq(half);
+    inv_freq.resize(half);
     for (int64_t i = 0; i < half; ++i) {
       inv_freq[i] = std::pow(static_cast<double>(base), -2.0 * static_cast<double>(i) / dim);
     }
