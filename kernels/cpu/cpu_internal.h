@@ -82,9 +82,9 @@ float DotInt8Portable(DType type, const uint8_t* w, const int8_t* q, const float
 float DotInt8Avx2(DType type, const uint8_t* w, const int8_t* q, const float* d, const float* sum,
                   int64_t cols);
 
-// The same with 16-bit activations (scale max|x| / 32767): 1/65534 of a block's max |x| per
-// element, the accuracy of fp32 dots for practical purposes, with integer madd_epi16 dots.
-inline constexpr bool kInt16ActivationsDefault = true;
+// The same with 16-bit activations (scale max|x| / 32767) and integer madd_epi16 dots; off by
+// default (kernels/ops.h says why).
+inline constexpr bool kInt16ActivationsDefault = false;
 bool UseInt16Activations();
 void QuantizeRowQ16Portable(const float* x, int64_t cols, int16_t* q, float* d, float* sum);
 void QuantizeRowQ16Avx2(const float* x, int64_t cols, int16_t* q, float* d, float* sum);
