@@ -30,7 +30,8 @@ SKIP_REASON=${SKIP_REASON:-skipped with SKIP_TIME (too long for this machine)}
 PROFILE=${PROFILE:-1}
 NOTES=${NOTES:-}
 date=$(date -u +%Y-%m-%d)${TAG:+-$TAG}  # TAG=quiet: cpu-<date>-quiet.json etc.
-work=$root/build-bench/cpu_vs_llamacpp
+BUILD_DIR=${BUILD_DIR:-build-bench}  # a shared machine: each engineer benches from their own build
+work=$root/$BUILD_DIR/cpu_vs_llamacpp
 results=$root/bench/results
 
 if [ -n "${CI:-}" ]; then
@@ -47,16 +48,16 @@ if ! "$py" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_
   "$py" -m pip install "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" numpy
 fi
 
-cmake -S . -B build-bench -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGREAD_NATIVE=OFF \
+cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGREAD_NATIVE=OFF \
   -DLONGREAD_ENGINE_ONLY=ON -DLONGREAD_BUILD_TESTS=OFF >/dev/null
-ninja -C build-bench longread_cpu_bench
+ninja -C "$BUILD_DIR" longread_cpu_bench
 mkdir -p "$work" "$results"
 
 "$py" bench/cpu_vs_llamacpp/llamacpp_bench.py tokenize --model "$MODEL" --out "$work/tokens.txt"
 
 profile_args=()
 [ "$PROFILE" = 1 ] && profile_args=(--profile --profile-json "$results/cpu-profile-$date.json")
-LONGREAD_SOURCE_DIR=$root build-bench/bench/engine/longread_cpu_bench --model "$MODEL" \
+LONGREAD_SOURCE_DIR=$root "$BUILD_DIR"/bench/engine/longread_cpu_bench --model "$MODEL" \
   --threads "$THREADS" --tokens "$work/tokens.txt" --prefill "$PREFILL" \
   --decode-after "$DECODE_AFTER" --decode-tokens "$DECODE_TOKENS" --sparsek "$SPARSEK" \
   --skip-time "$SKIP_TIME" --skip-reason "$SKIP_REASON" --reps "$REPS" \
