@@ -24,12 +24,13 @@ struct AttentionArgs {
   // until = INT32_MAX.)
   const int32_t* visible_from = nullptr;
   const int32_t* visible_until = nullptr;
-  // Optional "soft" SparseK mode: when score is non-null, the value of a key with
-  // value_gate[g*n_keys+j] != 0 is scaled by clamp(score[g*n_keys+j] - tau[i*n_kv_heads+g], 0, 1)
-  // for query i; other keys (sinks, window) are unscaled. The softmax itself is unchanged.
+  // Optional "soft" SparseK mode: when score is non-null, the value of key j is scaled by
+  // clamp(score[g*n_keys+j] - tau[i*n_kv_heads+g], 0, 1) for the queries i >= gate_from[g*n_keys+j]
+  // (INT32_MAX: never). A key is a top-k candidate only from the query where it leaves the window
+  // on; before that, and for sinks, its value is unscaled. The softmax itself is unchanged.
   const float* score = nullptr;
   const float* tau = nullptr;
-  const uint8_t* value_gate = nullptr;
+  const int32_t* gate_from = nullptr;
   int64_t n_q = 0, n_keys = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
   float scale = 0;       // usually 1/sqrt(head_dim)
   float* out = nullptr;  // [n_q][n_heads][head_dim]

@@ -61,6 +61,7 @@ uint64_t MemoryConfig::Hash() const {
   std::memcpy(&weight_bits, &task_weight, sizeof(weight_bits));
   h = Mix(h, weight_bits);
   h = Mix(h, static_cast<uint64_t>(task_score));
+  h = Mix(h, static_cast<uint64_t>(mask_mode));
   return h;
 }
 
@@ -134,6 +135,12 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
   s_.from.assign(G * n_keys, 0);
   s_.until.assign(G * n_keys, 0);  // padding keys stay invisible
   s_.keep.assign(G * n_keys, 0);
+  const bool soft = config_.mask_mode == MaskMode::kSoft && !config_.is_dense() && k_blocks > 0;
+  if (soft) {
+    s_.gate_from.assign(G * n_keys, kForever);
+    s_.gate_score.assign(G * n_keys, 0.0f);
+    s_.tau.assign(n * G, -std::numeric_limits<float>::infinity());
+  }
   s_.rope_pos.resize(n_keys);
   s_.query_pos.resize(n);
   s_.q_group.resize(group * d);
@@ -215,6 +222,27 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
       until[key] = s_.exit[c];
       keep[key] = s_.exit[c] == kForever;
     }
+    if (soft && n_cand > 0) {
+      // Candidates join in age order, so the joins are non-decreasing and τ of every prefix of
+      // them is τ for the queries from that join on.
+      s_.tau_prefix.resize(n_cand);
+      if (auto st = kernels::SparseKPrefixThresholds(s_.scores, static_cast<double>(k_blocks),
+                                                     s_.tau_prefix);
+          !st.ok()) {
+        return st;
+      }
+      size_t joined = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        while (joined < n_cand && s_.join[joined] <= i) ++joined;
+        if (joined > 0) s_.tau[i * G + g] = static_cast<float>(s_.tau_prefix[joined - 1]);
+      }
+      for (int64_t key = 0; key < M + n; ++key) {
+        const int32_t c = s_.key_block[key];
+        if (c < 0) continue;
+        s_.gate_from[g * n_keys + key] = s_.join[c];
+        s_.gate_score[g * n_keys + key] = s_.scores[c];
+      }
+    }
   }
 
   // Keys and values of memory ∪ segment, per head, in buffers that persist across calls: the
@@ -295,6 +323,11 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
   args.head_dim = d;
   args.scale = 1.0f / std::sqrt(static_cast<float>(d));
   args.out = out;
+  if (soft) {
+    args.score = s_.gate_score.data();
+    args.tau = s_.tau.data();
+    args.gate_from = s_.gate_from.data();
+  }
   kernels::Attention(args, pool);
 
   // Fold the segment into the memory: kept memory slots, then kept segment keys (both in

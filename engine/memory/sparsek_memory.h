@@ -32,6 +32,20 @@ enum class PositionMode {
 // How a block's score comes from its tokens' scores.
 enum class BlockScore { kMax, kMean };
 
+// How selected keys enter attention (DESIGN.md §4).
+enum class MaskMode {
+  // Selected keys' values are used as they are: for a scorer not trained through the operator
+  // (the calibrated one).
+  kHard,
+  // The trained mode: a selected block's values are scaled by its SparseK mask value
+  // clip(z − τ_i, 0, 1) for query i, where τ_i makes the masks of the candidates query i can see
+  // sum to k/B blocks. The candidates are those the fixed memory holds (memory ∪ segment): keys
+  // evicted in earlier segments no longer enter τ — the price of a memory of fixed size. Sinks
+  // and window keys are unscaled; with a budget that covers the document every mask is 1 and
+  // this is dense attention again.
+  kSoft,
+};
+
 // The task term added to a key's score (when the runner has a task).
 enum class TaskScore {
   // task_weight x max over the task's query vectors of q·k/sqrt(d).
@@ -60,6 +74,7 @@ struct MemoryConfig {
   // q·k / sqrt(d) (un-rotated), when the runner was given a task. 0 disables it.
   float task_weight = 1.0f;
   TaskScore task_score = TaskScore::kSegmentMass;
+  MaskMode mask_mode = MaskMode::kHard;
 
   // A memory that never evicts: dense causal attention with a KV cache.
   static MemoryConfig Dense() {
@@ -146,6 +161,9 @@ class SparseKMemory : public AttentionMemory {
     std::vector<int64_t> rope_pos, query_pos;
     std::vector<float> q_group;
     std::vector<float> task_logits, task_lse;
+    std::vector<float> gate_score, tau;  // soft mask mode
+    std::vector<int32_t> gate_from;
+    std::vector<double> tau_prefix;
     std::vector<uint8_t> keep;
   } s_;
 };

@@ -188,7 +188,7 @@ void RunTile(const AttentionArgs& a, const AttentionSteps& steps, const PackedKv
         const int64_t i = i0 + r / group;
         const float tau = a.tau[i * a.n_kv_heads + g];
         for (int64_t j = 0; j < n; ++j) {
-          if (a.value_gate[key_base + j0 + j] != 0) {
+          if (i >= a.gate_from[key_base + j0 + j]) {
             s[j] *= std::clamp(a.score[key_base + j0 + j] - tau, 0.0f, 1.0f);
           }
         }

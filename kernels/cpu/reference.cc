@@ -161,7 +161,7 @@ void Attention(const AttentionArgs& a) {
         const double p = std::exp(weights[j] - max_logit);
         denom += p;
         double gate = 1.0;
-        if (a.score != nullptr && a.value_gate[key] != 0) {
+        if (a.score != nullptr && i >= a.gate_from[key]) {
           gate = std::clamp(double{a.score[key]} - a.tau[i * a.n_kv_heads + g], 0.0, 1.0);
         }
         const float* v =

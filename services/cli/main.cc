@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -96,6 +97,11 @@ Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
   --positions MODE       slot (default: positions by slot order, stay in context) or original
   --block-tokens B       select whole blocks of B consecutive tokens (default 1: tokens)
   --task-weight X        weight of the task term in key scores (default 1; 0: question-blind)
+  --task-score KIND      segment-mass (default: the task queries' attention mass on the key
+                         within its segment, relative to uniform) or max-dot (largest q.k/sqrt(d))
+  --mask MODE            hard (default: selected keys' values as they are) or soft (values
+                         scaled by the SparseK mask clip(z - tau, 0, 1), for scorers trained
+                         through the operator)
   --instruction-first    also put the instruction before the document
   --recall-blocks R      keep evicted blocks in an archive on disk and bring back the R best
                          blocks per layer and KV head for the task before answering (default 0:
@@ -371,6 +377,18 @@ int Run(const Args& args) {
   } else if (positions != "slot") {
     return Usage("--positions must be slot or original");
   }
+  const std::string task_score = args.Get("task-score", "segment-mass");
+  if (task_score == "max-dot") {
+    memory.task_score = engine::TaskScore::kMaxDot;
+  } else if (task_score != "segment-mass") {
+    return Usage("--task-score must be segment-mass or max-dot");
+  }
+  const std::string mask = args.Get("mask", "hard");
+  if (mask == "soft") {
+    memory.mask_mode = engine::MaskMode::kSoft;
+  } else if (mask != "hard") {
+    return Usage("--mask must be hard or soft");
+  }
   if (args.Has("dense")) memory = engine::MemoryConfig::Dense();
 
   // Read the document before loading the model: a bad path fails fast.
@@ -572,6 +590,39 @@ int main(int argc, char** argv) {
     return Usage("--log-format must be text or json");
   }
   if (args.Has("quiet")) services::SetMinLogLevel(services::LogLevel::kWarning);
+  // A misspelt option must not silently fall back to a default (a 1M-token read with the wrong
+  // memory is an expensive mistake).
+  if (command == "run" || command == "generate") {
+    static const std::set<std::string> kCommon = {"help",        "model", "threads",
+                                                  "log-format",  "quiet", "max-tokens",
+                                                  "temperature", "top-p", "seed"};
+    static const std::set<std::string> kRun = {"task",
+                                               "question",
+                                               "json",
+                                               "memory-k",
+                                               "window",
+                                               "sinks",
+                                               "segment-tokens",
+                                               "positions",
+                                               "block-tokens",
+                                               "task-weight",
+                                               "task-score",
+                                               "mask",
+                                               "instruction-first",
+                                               "recall-blocks",
+                                               "cache-dir",
+                                               "archive-max-bytes",
+                                               "scorer",
+                                               "dense",
+                                               "max-bytes"};
+    static const std::set<std::string> kGenerate = {"prompt", "raw"};
+    const auto& own = command == "run" ? kRun : kGenerate;
+    for (const auto& [name, value] : args.options) {
+      if (!kCommon.count(name) && !own.count(name)) {
+        return Usage(absl::StrCat("unknown option --", name, " for ", command));
+      }
+    }
+  }
   if (command == "run") return Run(args);
   if (command == "generate") return Generate(args);
   return Usage("unknown command '" + command + "'");

@@ -30,7 +30,7 @@ struct Case {
 struct Inputs {
   std::vector<float> q, k, v, score, tau;
   std::vector<int32_t> from, until;
-  std::vector<uint8_t> gate;
+  std::vector<int32_t> gate_from;
   AttentionArgs args;
 };
 
@@ -62,8 +62,12 @@ Inputs MakeInputs(const Case& c, uint32_t seed) {
   if (c.soft) {
     in.score = RandomFloats(total, seed + 4, -1, 2);
     in.tau = RandomFloats(c.n_q * c.n_kv_heads, seed + 5, -0.5, 1);
-    in.gate.resize(total);
-    for (auto& g : in.gate) g = rng() % 3 != 0;
+    // Never gated, gated from the start, or from some query on.
+    in.gate_from.resize(total);
+    for (auto& g : in.gate_from) {
+      const uint64_t kind = rng() % 3;
+      g = kind == 0 ? INT32_MAX : kind == 1 ? 0 : static_cast<int32_t>(rng() % (c.n_q + 1));
+    }
   }
   AttentionArgs& a = in.args;
   a.q = in.q.data();
@@ -74,7 +78,7 @@ Inputs MakeInputs(const Case& c, uint32_t seed) {
   if (c.soft) {
     a.score = in.score.data();
     a.tau = in.tau.data();
-    a.value_gate = in.gate.data();
+    a.gate_from = in.gate_from.data();
   }
   a.n_q = c.n_q;
   a.n_keys = c.n_keys;
@@ -111,7 +115,7 @@ std::vector<double> BruteForce(const Inputs& in) {
       for (double& l : logits) denom += (l = std::exp(l - mx));
       for (size_t n = 0; n < keys.size(); ++n) {
         double gate = 1;
-        if (a.score != nullptr && in.gate[keys[n]]) {
+        if (a.score != nullptr && i >= in.gate_from[keys[n]]) {
           gate = std::min(1.0,
                           std::max(0.0, double{in.score[keys[n]]} - in.tau[i * a.n_kv_heads + g]));
         }

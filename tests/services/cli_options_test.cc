@@ -1,0 +1,62 @@
+// `longread run` options: a misspelt or invalid option is a usage error (exit 2) before anything
+// is loaded, and the memory modes that the options name run end to end with the real model.
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/services/cli_runner.h"
+
+namespace longread::services {
+namespace {
+
+using testing::RunLongread;
+
+class CliOptionsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::path(::testing::TempDir()) /
+           ("cli_options_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::filesystem::path dir_;
+};
+
+TEST_F(CliOptionsTest, UnknownAndInvalidOptionsAreUsageErrors) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {{"--memroy-k", "64"}, "unknown option --memroy-k"},
+      {{"--mask", "fuzzy"}, "--mask must be hard or soft"},
+      {{"--task-score", "psychic"}, "--task-score must be segment-mass or max-dot"},
+      {{"--positions", "random"}, "--positions must be slot or original"},
+      {{"--block-tokens", "0"}, "block-tokens"},
+  };
+  for (const Case& c : cases) {
+    const testing::CliResult r = RunLongread(dir_.string(), "some text", c.args);
+    EXPECT_EQ(r.exit_code, 2) << c.args[0] << ": " << r.err;
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << c.args[0] << ": " << r.err;
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
+}
+
+TEST_F(CliOptionsTest, SoftMaskAndMaxDotTaskScoreAnswer) {
+  if (!testing::HaveModel()) GTEST_SKIP() << "default model missing: run scripts/setup.sh";
+  const testing::CliResult r = RunLongread(
+      dir_.string(), testing::SmallDocument(),
+      {"--task",         "question", "--question",       "What is the code of the east storeroom?",
+       "--mask",         "soft",     "--task-score",     "max-dot",
+       "--block-tokens", "16",       "--memory-k",       "64",
+       "--window",       "64",       "--segment-tokens", "128",
+       "--max-tokens",   "12",       "--json",           "--quiet"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"answer\":"), std::string::npos) << r.out;
+  EXPECT_GT(testing::JsonInt(r.out, "document_tokens"), 300) << r.out;
+}
+
+}  // namespace
+}  // namespace longread::services
