@@ -95,7 +95,8 @@ Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
   --sinks S              first tokens of the document always kept (default 4)
   --segment-tokens L     tokens per forward pass (default 2048)
   --positions MODE       slot (default: positions by slot order, stay in context) or original
-  --block-tokens B       select whole blocks of B consecutive tokens (default 1: tokens)
+  --block-tokens B       select whole blocks of B consecutive tokens (default 32, the best
+                         measured with the task term: bench/quality/README.md; 1: tokens)
   --task-weight X        weight of the task term in key scores (default 1; 0: question-blind)
   --task-score KIND      segment-mass (default: the task queries' attention mass on the key
                          within its segment, relative to uniform) or max-dot (largest q.k/sqrt(d))
@@ -357,7 +358,9 @@ int Run(const Args& args) {
     return Usage(error);
   }
   memory.sinks = static_cast<int32_t>(sinks);
-  if (!ParseInt(args, "block-tokens", memory.block_tokens, 1, &memory.block_tokens, &error) ||
+  // Blocks of 32 scored with the task are what kept a planted key (bench/results/
+  // quality-blocks-*.json; DESIGN.md §4): tokens and question-blind scores did not.
+  if (!ParseInt(args, "block-tokens", 32, 1, &memory.block_tokens, &error) ||
       !ParseFloat(args, "task-weight", memory.task_weight, 0.0f, 1e6f, &memory.task_weight,
                   &error) ||
       !ParseInt(args, "recall-blocks", 0, 0, &options.recall_blocks, &error)) {
