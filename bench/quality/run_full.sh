@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full-size quality evaluation of issues 3 and 12 in one command, for a machine with more
 # cores than the dev box: engine-only build (no RocksDB/gRPC/GTest), passkey at 4K/8K/32K/128K
-# (50/50/20/N trials, random depths, real haystack), perplexity on 32K tokens of real text, the
+# (50/50/20/N trials, random depths, real haystack; every memory method of issues 3 and 12),
+# perplexity on 32K tokens of real text, the
 # planted-facts summary check, JSON and PNG in bench/results/.
 #
 #   bench/quality/run_full.sh                   # everything, no time limit
@@ -19,8 +20,11 @@ cmake -S . -B "$BUILD" -G Ninja -DLONGREAD_ENGINE_ONLY=ON -DLONGREAD_BUILD_TESTS
   -DLONGREAD_NATIVE=ON > /dev/null
 ninja -C "$BUILD" longread_quality_bench
 BENCH="$BUILD/bench/quality/longread_quality_bench"
-COMMON=(--model "$MODEL" --threads "$THREADS" --methods dense,window,sparsek --budget 1024
-        --sparsek-window 256 --scorer "${SCORER:-auto}" --seed "${SEED:-1}")
+# Budget 768 (+4 sinks) is <= 10% of an 8K document's keys (issue 12's target setting).
+METHODS=${METHODS:-dense,window,sparsek,blocks,blocks+task,blocks+task+recall}
+COMMON=(--model "$MODEL" --threads "$THREADS" --methods "$METHODS" --budget 768
+        --sparsek-window 256 --block-tokens 32 --recall-blocks 4 --answer-tokens 24
+        --scorer "${SCORER:-auto}" --seed "${SEED:-1}")
 [ -n "${MAX_SECONDS:-}" ] && COMMON+=(--max-seconds "$MAX_SECONDS")
 
 "$BENCH" "${COMMON[@]}" --haystack real --depths random --lengths 4096,8192,32768,131072 \
@@ -33,7 +37,8 @@ COMMON=(--model "$MODEL" --threads "$THREADS" --methods dense,window,sparsek --b
 "$BENCH" "${COMMON[@]}" --trials 0 --perplexity engine --ppl-tokens 8192 \
   --facts 20 --facts-tokens 8192 --summary-tokens 256 \
   --json "bench/results/quality-ppl-facts-8k-$DATE.json"
-"$BENCH" "${COMMON[@]}" --methods window,sparsek --trials 0 --facts 20 --facts-tokens 32768 \
+"$BENCH" "${COMMON[@]}" --methods window,sparsek,blocks+task,blocks+task+recall --trials 0 \
+  --facts 20 --facts-tokens 32768 \
   --summary-tokens 256 --json "bench/results/quality-facts-32k-$DATE.json"
 
 PY=${PYTHON:-.venv/bin/python}
