@@ -18,7 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLORS = {"dense": "black", "window": "tab:orange", "sparsek": "tab:blue",
-          "sparsek-noscorer": "tab:cyan"}
+          "sparsek-noscorer": "tab:cyan", "blocks": "tab:purple", "blocks+task": "tab:green",
+          "blocks+task+recall": "tab:red"}
 
 
 def wilson(correct, n, z=1.96):
