@@ -277,11 +277,9 @@ double SecondsSince(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
+// The job's own result, plus what the bench measures on the memory before the answer.
 struct Answer {
-  std::string text;
-  double read_seconds = 0, generate_seconds = 0;
-  int64_t read_tokens = 0, generated_tokens = 0, recalled_slots = 0;
-  std::string recall_error;
+  engine::DocumentJobResult job;
   double key_held_share = -1;
 };
 
@@ -349,16 +347,7 @@ absl::StatusOr<Answer> ReadAndAnswer(engine::LlamaModel& model, const engine::To
   auto result = engine::RunTokenizedDocumentJob(model, tokenizer, document, options, method.scorer,
                                                 pool, callbacks);
   if (!result.ok()) return result.status();
-  Answer answer;
-  answer.text = result->answer;
-  answer.read_seconds = result->read_seconds;
-  answer.generate_seconds = result->generate_seconds;
-  answer.read_tokens = result->read_tokens;
-  answer.generated_tokens = result->generated_tokens;
-  answer.recalled_slots = result->recalled_slots;
-  answer.recall_error = result->recall_error;
-  answer.key_held_share = key_held_share;
-  return answer;
+  return Answer{std::move(*result), key_held_share};
 }
 
 // The corpus includes this repository's sources, which change between commits: the hash says
@@ -448,15 +437,16 @@ class Bench {
             auto answer = ReadAndAnswer(model_, tokenizer_, m, engine::Task::kQuestion, kQuestion,
                                         doc.tokens, o_.answer_tokens, pool_, key_positions);
             if (!answer.ok()) return answer.status();
-            trial.answer = answer->text;
-            trial.correct = answer->text.find(doc.key) != std::string::npos;
-            trial.read_tokens = answer->read_tokens;
-            trial.recalled_slots = answer->recalled_slots;
-            trial.recall_error = answer->recall_error;
+            const engine::DocumentJobResult& job = answer->job;
+            trial.answer = job.answer;
+            trial.correct = job.answer.find(doc.key) != std::string::npos;
+            trial.read_tokens = job.read_tokens;
+            trial.recalled_slots = job.recalled_slots;
+            trial.recall_error = job.recall_error;
             trial.key_held_share = answer->key_held_share;
-            trial.read_seconds = answer->read_seconds;
-            trial.generate_seconds = answer->generate_seconds;
-            trial.generated_tokens = answer->generated_tokens;
+            trial.read_seconds = job.read_seconds;
+            trial.generate_seconds = job.generate_seconds;
+            trial.generated_tokens = job.generated_tokens;
             std::fprintf(stderr,
                          "[%6.0fs] len %lld depth %.2f trial %lld %-18s key %s %s held %3.0f%% "
                          "%.0f tok/s\n",
@@ -567,8 +557,8 @@ class Bench {
       auto answer = ReadAndAnswer(model_, tokenizer_, m, engine::Task::kSummarize, "", doc,
                                   o_.summary_tokens, pool_);
       if (!answer.ok()) return answer.status();
-      r.summary = answer->text;
-      r.mentioned_count = CountMentionedFacts(answer->text, r.facts, &r.mentioned);
+      r.summary = answer->job.answer;
+      r.mentioned_count = CountMentionedFacts(answer->job.answer, r.facts, &r.mentioned);
       std::fprintf(stderr, "facts %-8s %d/%zu mentioned\n", m.name.c_str(), r.mentioned_count,
                    r.facts.size());
       report_->facts.push_back(r);
