@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 COLORS = {"dense": "black", "window": "tab:orange", "sparsek": "tab:blue",
           "sparsek-noscorer": "tab:cyan", "blocks": "tab:purple", "blocks+task": "tab:green",
-          "blocks+task+recall": "tab:red"}
+          "blocks+task+recall": "tab:red", "window+recall": "tab:brown",
+          "blocks+recall": "tab:pink"}
 
 
 def wilson(correct, n, z=1.96):

@@ -43,14 +43,16 @@ constexpr char kQuestion[] = "What is the pass key?";
 constexpr char kHelp[] = R"(Usage: longread_quality_bench [options]
 
 Model:      --model PATH (default models/SmolLM2-135M-Instruct.Q4_1.gguf) --threads N
-Methods:    --methods dense,window,sparsek,sparsek-noscorer,blocks,blocks+task,blocks+task+recall
+Methods:    --methods dense,window,window+recall,sparsek,sparsek-noscorer,blocks,blocks+task,
+            blocks+task+recall
             (default dense,window,sparsek)   --budget B (keys per query besides sinks, 1024)
             --sinks S (4)  --sparsek-window W (256; SparseK top_k = B - W)  --segment-tokens L
             --scorer PATH|auto|none (auto: engine/scorer/weights/<model>.lrscorer if present)
             --block-tokens N (32: blocks*)  --task-weight X (1: +task)
             --task-score segment-mass|max-dot (segment-mass: see engine::TaskScore)
             --recall-blocks R (4: +recall; its top_k is B - W - R*N, so that the memory after
-            recall holds the same budget as every other method)
+            recall holds the same budget as every other method; window+recall: its window is
+            B - R*N)  --recall-candidates C (64: blocks per head ranked exactly; C <= R: bounds)
 Passkey:    --lengths 2048,4096 (tokens the model sees: chat prompt + document + answer room)
             --depths 0.1,0.5,0.9 | random   --trials N or N1,N2,... (per length, per depth)
             --first-trial T (start at trial T: extends an earlier run with new documents)
@@ -67,7 +69,7 @@ struct Options {
   std::vector<std::string> methods = {"dense", "window", "sparsek"};
   int64_t budget = 1024, sinks = 4, sparsek_window = 256, segment_tokens = 2048;
   std::string scorer = "auto";
-  int64_t block_tokens = 32, recall_blocks = 4;
+  int64_t block_tokens = 32, recall_blocks = 4, recall_candidates = 64;
   double task_weight = 1.0;
   engine::TaskScore task_score = engine::TaskScore::kSegmentMass;
   std::vector<int64_t> lengths = {2048, 4096};
@@ -131,8 +133,9 @@ bool ParseOptions(int argc, char** argv, Options* o, std::string* error) {
     } else if (name == "methods") {
       o->methods = absl::StrSplit(v, ',');
       for (const auto& m : o->methods) {
-        ok = ok && (m == "dense" || m == "window" || m == "sparsek" || m == "sparsek-noscorer" ||
-                    m == "blocks" || m == "blocks+task" || m == "blocks+task+recall");
+        ok = ok && (m == "dense" || m == "window" || m == "window+recall" || m == "sparsek" ||
+                    m == "sparsek-noscorer" || m == "blocks" || m == "blocks+task" ||
+                    m == "blocks+recall" || m == "blocks+task+recall");
       }
     } else if (name == "budget") {
       one(&o->budget, 1);
@@ -148,6 +151,8 @@ bool ParseOptions(int argc, char** argv, Options* o, std::string* error) {
       one(&o->block_tokens, 1);
     } else if (name == "recall-blocks") {
       one(&o->recall_blocks, 1);
+    } else if (name == "recall-candidates") {
+      one(&o->recall_candidates, 0);
     } else if (name == "task-score") {
       ok = v == "segment-mass" || v == "max-dot";
       o->task_score = v == "max-dot" ? engine::TaskScore::kMaxDot : engine::TaskScore::kSegmentMass;
@@ -230,6 +235,7 @@ struct Method {
   std::shared_ptr<const engine::ScorerWeights> scorer;
   bool task_aware = false;
   int64_t recall_blocks = 0;
+  int64_t recall_candidates = 0;
 };
 
 std::vector<Method> MakeMethods(const Options& o,
@@ -244,7 +250,7 @@ std::vector<Method> MakeMethods(const Options& o,
       MemoryConfig& memory = m.runner.memory;
       memory.sinks = static_cast<int32_t>(o.sinks);
       memory.task_weight = 0.0f;
-      if (name == "window") {
+      if (name.rfind("window", 0) == 0) {
         memory.window = o.budget;
         memory.top_k = 0;
       } else {
@@ -265,7 +271,14 @@ std::vector<Method> MakeMethods(const Options& o,
       if (name.find("+recall") != std::string::npos) {
         // Recalled blocks join the memory before the answer: leave room for them in the budget.
         m.recall_blocks = o.recall_blocks;
-        memory.top_k -= o.recall_blocks * o.block_tokens;
+        m.recall_candidates = o.recall_candidates;
+        const int64_t recalled = o.recall_blocks * o.block_tokens;
+        if (memory.top_k > 0) {
+          memory.top_k -= recalled;
+        } else {
+          memory.window -= recalled;  // window+recall: archived blocks of block_tokens
+          memory.block_tokens = o.block_tokens;
+        }
       }
     }
     methods.push_back(std::move(m));
@@ -324,24 +337,26 @@ absl::StatusOr<Answer> ReadAndAnswer(engine::LlamaModel& model, const engine::To
                                                              c.d_model / c.n_heads);
     options.archive = archive.get();
     options.recall_blocks = method.recall_blocks;
+    options.recall_candidates = method.recall_candidates;
   }
   double key_held_share = -1;
   engine::DocumentJobCallbacks callbacks;
   if (!key_positions.empty()) {
     callbacks.before_answer = [&](const engine::RecurrentRunner& runner) {
-      engine::MemorySnapshot snapshot;
-      runner.memory().ExportTo(&snapshot);
       // Memory positions count from the start of the read: the prompt head comes first.
       const int64_t offset = runner.tokens_read() - static_cast<int64_t>(document.size());
       int64_t held = 0;
-      for (const auto& head : snapshot.heads) {
-        bool all = true;
-        for (int64_t p : key_positions) {
-          all = all && std::binary_search(head.positions.begin(), head.positions.end(), p + offset);
+      for (int32_t l = 0; l < c.n_layers; ++l) {
+        for (int32_t g = 0; g < c.n_kv_heads; ++g) {
+          const std::vector<int64_t>& slots = runner.memory().held(l, g).positions;
+          bool all = true;
+          for (int64_t p : key_positions) {
+            all = all && std::binary_search(slots.begin(), slots.end(), p + offset);
+          }
+          held += all;
         }
-        held += all;
       }
-      key_held_share = static_cast<double>(held) / static_cast<double>(snapshot.heads.size());
+      key_held_share = static_cast<double>(held) / static_cast<double>(c.n_layers * c.n_kv_heads);
     };
   }
   auto result = engine::RunTokenizedDocumentJob(model, tokenizer, document, options, method.scorer,
@@ -633,11 +648,13 @@ std::vector<std::pair<std::string, std::string>> ConfigJson(const Options& o,
                                    " x max over the question's query vectors of q.k/sqrt(d)"))},
           {"recall_method",
            JsonString(absl::StrCat(
-               "+recall: evicted blocks to an in-RAM archive, the best ", o.recall_blocks,
-               " blocks per (layer, KV head) recalled before "
-               "the answer; top_k = ",
+               "+recall: evicted blocks to an in-RAM archive; the question read in context "
+               "ranks them by key bounds, the best ",
+               o.recall_candidates, " per (layer, KV head) by exact attention mass, and the best ",
+               o.recall_blocks, " blocks are recalled before the answer; top_k = ",
                o.budget - o.sparsek_window, " - ", o.recall_blocks * o.block_tokens,
-               " so that the memory after recall holds the same budget"))},
+               " (window+recall: window = ", o.budget, " - ", o.recall_blocks * o.block_tokens,
+               ") so that the memory after recall holds the same budget"))},
           {"block_tokens", absl::StrCat(o.block_tokens)},
           {"task_weight", absl::StrCat(o.task_weight)},
           {"task_score",

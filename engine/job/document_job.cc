@@ -211,7 +211,8 @@ absl::StatusOr<DocumentJobResult> RunTokenizedDocumentJob(
   }
   if (recall) {
     // A broken archive costs the recall, not the answer.
-    auto recalled = runner.Recall(instruction, options.recall_blocks);
+    // The question is scored as the answer will read it: the chat turn after the document.
+    auto recalled = runner.Recall(question, options.recall_blocks, options.recall_candidates);
     if (recalled.ok()) {
       result.recalled_slots = *recalled;
     } else {

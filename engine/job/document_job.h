@@ -39,6 +39,9 @@ struct DocumentJobOptions {
   // per (layer, KV head) come back before the answer.
   BlockArchive* archive = nullptr;
   int64_t recall_blocks = 0;
+  // Archived blocks per (layer, KV head) that the blocks' bounds pass on to exact scoring by the
+  // question's attention mass (RecurrentRunner::Recall); at most this many payloads are read.
+  int64_t recall_candidates = 64;
   // Evaluation: with recall on, also answer from the memory as it stands before recall (the read
   // is shared; the memory is snapshotted and restored between the two answers).
   bool also_answer_without_recall = false;

@@ -1,6 +1,7 @@
 #include "engine/memory/block_archive.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <numeric>
 
@@ -34,6 +35,51 @@ float RecallScore(const BlockBounds& bounds, std::span<const float> queries, int
     best = std::max(best, bound);
   }
   return best;
+}
+
+std::vector<double> BlockAttentionMass(std::span<const float> queries, int64_t n_rows,
+                                       int64_t head_dim, std::span<const float> held_keys,
+                                       int64_t n_held,
+                                       const std::vector<ArchivedBlock>& candidates) {
+  std::vector<double> mass(candidates.size(), 0.0);
+  int64_t n_candidate_keys = 0;
+  for (const ArchivedBlock& b : candidates)
+    n_candidate_keys += static_cast<int64_t>(b.positions.size());
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  std::vector<float> logits(n_held + n_candidate_keys);
+  auto dot = [head_dim](const float* a, const float* b) {
+    float acc = 0.0f;
+    for (int64_t e = 0; e < head_dim; ++e) acc += a[e] * b[e];
+    return acc;
+  };
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const float* q = queries.data() + r * head_dim;
+    float top = -std::numeric_limits<float>::infinity();
+    int64_t at = 0;
+    for (int64_t j = 0; j < n_held; ++j, ++at) {
+      logits[at] = dot(q, held_keys.data() + j * head_dim) * scale;
+      top = std::max(top, logits[at]);
+    }
+    for (const ArchivedBlock& b : candidates) {
+      for (size_t t = 0; t < b.positions.size(); ++t, ++at) {
+        logits[at] = dot(q, b.keys.data() + t * head_dim) * scale;
+        top = std::max(top, logits[at]);
+      }
+    }
+    if (at == 0) break;
+    double total = 0.0;
+    for (int64_t j = 0; j < at; ++j) {
+      logits[j] = std::exp(logits[j] - top);
+      total += logits[j];
+    }
+    at = n_held;
+    for (size_t c = 0; c < candidates.size(); ++c) {
+      double block = 0.0;
+      for (size_t t = 0; t < candidates[c].positions.size(); ++t) block += logits[at++];
+      mass[c] += block / total;
+    }
+  }
+  return mass;
 }
 
 std::vector<int64_t> TopRIndices(std::span<const float> scores, int64_t r) {

@@ -71,6 +71,19 @@ class InMemoryBlockArchive : public BlockArchive {
   int64_t bytes_ = 0;
 };
 
+// The attention mass the question gives each candidate block, the exact score that recall ranks
+// by once the representatives have narrowed the archive to a few candidates. For every query row r
+// (`queries`: n_rows x head_dim, un-rotated), softmax_j(q_r·k_j/sqrt(head_dim)) is taken over the
+// keys the memory holds (`held_keys`: n_held x head_dim) and every candidate's keys together; a
+// block's mass is the sum over rows of its keys' probabilities. Normalizing per query, as
+// attention does, keeps a query that mostly attends to the sinks from deciding; summing the
+// block's probabilities is what DESIGN.md §4 measured to find a fact (a block bound alone is the
+// largest single dot product and favours outliers).
+std::vector<double> BlockAttentionMass(std::span<const float> queries, int64_t n_rows,
+                                       int64_t head_dim, std::span<const float> held_keys,
+                                       int64_t n_held,
+                                       const std::vector<ArchivedBlock>& candidates);
+
 // Picks the top-r of `scores` (higher first, ties to the lower index) and returns their indices
 // in ascending order. Shared by archive implementations.
 std::vector<int64_t> TopRIndices(std::span<const float> scores, int64_t r);

@@ -1,6 +1,8 @@
 #include "engine/memory/runner.h"
 
 #include <algorithm>
+#include <functional>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -49,6 +51,24 @@ class QueryCapture : public AttentionMemory {
   int64_t width_;
 };
 
+// Passes attention through to the real memory, showing each layer's input to `observe` first.
+class CapturingMemory : public AttentionMemory {
+ public:
+  CapturingMemory(AttentionMemory* inner, std::function<void(const SegmentLayerInput&)> observe)
+      : inner_(inner), observe_(std::move(observe)) {}
+  absl::Status AttendAndUpdate(const SegmentLayerInput& in, float* out,
+                               kernels::ThreadPool* pool) override {
+    observe_(in);
+    return inner_->AttendAndUpdate(in, out, pool);
+  }
+  void EndSegment(int64_t n) override { inner_->EndSegment(n); }
+  int64_t next_position() const override { return inner_->next_position(); }
+
+ private:
+  AttentionMemory* inner_;
+  std::function<void(const SegmentLayerInput&)> observe_;
+};
+
 uint64_t MixTokens(uint64_t h, std::span<const int32_t> tokens) {
   for (int32_t t : tokens) {
     for (int i = 0; i < 4; ++i) {
@@ -72,15 +92,17 @@ static absl::Status CaptureQueries(LlamaModel* model, std::span<const int32_t> t
   return model->Forward(tokens, capture, LogitsMode::kNone, nullptr, pool);
 }
 
-absl::StatusOr<int64_t> RecurrentRunner::Recall(std::span<const int32_t> question, int64_t blocks) {
+absl::StatusOr<int64_t> RecurrentRunner::Recall(std::span<const int32_t> question, int64_t blocks,
+                                                int64_t candidates) {
   if (archive_ == nullptr || blocks <= 0 || question.empty()) return 0;
   if (!memory_.archive_status().ok()) return memory_.archive_status();
   if (auto s = Flush(); !s.ok()) return s;
   const ModelConfig& c = model_->config();
   std::vector<std::vector<float>> queries;
-  if (auto s = CaptureQueries(model_, question, pool_, &queries); !s.ok()) return s;
+  if (auto s = CaptureQueriesInContext(question, &queries); !s.ok()) return s;
   const int64_t n = static_cast<int64_t>(question.size()), d = c.head_dim;
   const int32_t group = c.n_heads / c.n_kv_heads;
+  const int64_t fetch = std::max(blocks, candidates);
   // Fetch everything first so that a failing archive leaves the memory untouched.
   std::vector<std::vector<ArchivedBlock>> recalled(static_cast<size_t>(c.n_layers) * c.n_kv_heads);
   std::vector<float> group_queries(n * group * d);
@@ -90,9 +112,19 @@ absl::StatusOr<int64_t> RecurrentRunner::Recall(std::span<const int32_t> questio
         const float* src = queries[l].data() + (t * c.n_heads + g * group) * d;
         std::copy(src, src + group * d, group_queries.data() + t * group * d);
       }
-      auto got = archive_->Recall(l, g, group_queries, n * group, blocks);
+      auto got = archive_->Recall(l, g, group_queries, n * group, fetch);
       if (!got.ok()) return got.status();
-      recalled[l * c.n_kv_heads + g] = std::move(*got);
+      std::vector<ArchivedBlock>& chosen = recalled[l * c.n_kv_heads + g];
+      if (static_cast<int64_t>(got->size()) <= blocks) {
+        chosen = std::move(*got);
+        continue;
+      }
+      const HeadMemorySnapshot& held = memory_.held(l, g);
+      const std::vector<double> mass =
+          BlockAttentionMass(group_queries, n * group, d, held.keys,
+                             static_cast<int64_t>(held.positions.size()), *got);
+      const std::vector<float> score(mass.begin(), mass.end());
+      for (int64_t i : TopRIndices(score, blocks)) chosen.push_back(std::move((*got)[i]));
     }
   }
   int64_t added = 0;
@@ -102,6 +134,32 @@ absl::StatusOr<int64_t> RecurrentRunner::Recall(std::span<const int32_t> questio
     }
   }
   return added;
+}
+
+absl::Status RecurrentRunner::CaptureQueriesInContext(std::span<const int32_t> tokens,
+                                                      std::vector<std::vector<float>>* queries) {
+  // A frozen memory only appends the tokens' slots (nothing goes to the archive), so rewinding
+  // to where reading stopped leaves the memory as it was.
+  const int64_t start = memory_.next_position();
+  const bool was_frozen = memory_.eviction_frozen();
+  memory_.FreezeEviction();
+  const ModelConfig& c = model_->config();
+  const int64_t width = int64_t{c.n_heads} * c.head_dim;
+  queries->assign(c.n_layers, {});
+  CapturingMemory capture(&memory_, [&](const SegmentLayerInput& in) {
+    auto& q = (*queries)[in.layer];
+    q.insert(q.end(), in.q, in.q + in.n_tokens * width);  // before RoPE
+  });
+  absl::Status status;
+  const size_t L = static_cast<size_t>(config_.segment_tokens);
+  for (size_t at = 0; at < tokens.size() && status.ok(); at += L) {
+    const auto segment = tokens.subspan(at, std::min(L, tokens.size() - at));
+    status = CheckPositions(static_cast<int64_t>(segment.size()));
+    if (status.ok()) status = model_->Forward(segment, capture, LogitsMode::kNone, nullptr, pool_);
+  }
+  if (auto s = memory_.Rewind(start); !s.ok() && status.ok()) status = s;
+  memory_.set_eviction_frozen(was_frozen);
+  return status;
 }
 
 absl::Status RecurrentRunner::SetTask(std::span<const int32_t> task) {
@@ -116,15 +174,13 @@ absl::Status RecurrentRunner::SetTask(std::span<const int32_t> task) {
   return absl::OkStatus();
 }
 
-absl::Status RecurrentRunner::ReadSegment(std::span<const int32_t> segment, LogitsMode mode,
-                                          std::vector<float>* logits) {
+absl::Status RecurrentRunner::CheckPositions(int64_t n_tokens) const {
   const ModelConfig& c = model_->config();
   const MemoryConfig& m = config_.memory;
   // The largest position a query can be given must stay inside the trained context.
-  const int64_t last_position =
-      m.is_dense() || m.position_mode == PositionMode::kOriginal
-          ? memory_.next_position() + static_cast<int64_t>(segment.size())
-          : memory_.max_slot_count() + static_cast<int64_t>(segment.size());
+  const int64_t last_position = m.is_dense() || m.position_mode == PositionMode::kOriginal
+                                    ? memory_.next_position() + n_tokens
+                                    : memory_.max_slot_count() + n_tokens;
   if (last_position > c.context_length) {
     return absl::OutOfRangeError(absl::StrCat(
         "reading would place a token at position ", last_position,
@@ -132,6 +188,12 @@ absl::Status RecurrentRunner::ReadSegment(std::span<const int32_t> segment, Logi
         m.is_dense() ? " tokens (dense attention); use the SparseK memory for longer inputs"
                      : " tokens; lower --memory-k, --window or --segment-tokens"));
   }
+  return absl::OkStatus();
+}
+
+absl::Status RecurrentRunner::ReadSegment(std::span<const int32_t> segment, LogitsMode mode,
+                                          std::vector<float>* logits) {
+  if (auto s = CheckPositions(static_cast<int64_t>(segment.size())); !s.ok()) return s;
   auto s = model_->Forward(segment, memory_, mode, logits, pool_);
   if (s.ok()) ++segments_read_;
   return s;

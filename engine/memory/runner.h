@@ -56,10 +56,15 @@ class RecurrentRunner {
     archive_ = archive;
     memory_.set_archive(archive);
   }
-  // After reading: scores the archive's blocks with `question`'s query vectors and brings the
-  // best `blocks` per (layer, KV head) back into the memory. Returns the slots added; an archive
-  // error is returned as is and leaves the memory unchanged (answer without recall).
-  absl::StatusOr<int64_t> Recall(std::span<const int32_t> question, int64_t blocks);
+  // After reading: brings the `blocks` archived blocks per (layer, KV head) that `question`
+  // attends to most back into the memory. The question is read in context (after the memory, as
+  // the answer will read it; the memory is restored afterwards) and its un-rotated query vectors
+  // first rank the archive by the blocks' bounds (BlockArchive::Recall, `candidates` per head),
+  // then rank those candidates by the exact attention mass they receive (BlockAttentionMass).
+  // `candidates` <= `blocks` skips the second step. Returns the slots added; an archive error is
+  // returned as is and leaves the memory unchanged (answer without recall).
+  absl::StatusOr<int64_t> Recall(std::span<const int32_t> question, int64_t blocks,
+                                 int64_t candidates = 0);
 
   // Reads `prompt` (the task/question, after the document) and generates the answer.
   absl::StatusOr<std::vector<int32_t>> Generate(std::span<const int32_t> prompt,
@@ -80,6 +85,12 @@ class RecurrentRunner {
  private:
   absl::Status ReadSegment(std::span<const int32_t> segment, LogitsMode mode,
                            std::vector<float>* logits);
+  // OutOfRange when reading `n_tokens` more would put a query beyond the trained context.
+  absl::Status CheckPositions(int64_t n_tokens) const;
+  // Reads `tokens` after the memory and records each layer's un-rotated queries
+  // ([n_layers][n_tokens x n_heads x head_dim]); the memory is left as it was.
+  absl::Status CaptureQueriesInContext(std::span<const int32_t> tokens,
+                                       std::vector<std::vector<float>>* queries);
   // config_.Hash() combined with the task: what a snapshot must match to be resumed.
   uint64_t StateHash() const;
 

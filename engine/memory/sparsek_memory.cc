@@ -135,7 +135,8 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
   s_.from.assign(G * n_keys, 0);
   s_.until.assign(G * n_keys, 0);  // padding keys stay invisible
   s_.keep.assign(G * n_keys, 0);
-  const bool soft = config_.mask_mode == MaskMode::kSoft && !config_.is_dense() && k_blocks > 0;
+  const bool soft =
+      config_.mask_mode == MaskMode::kSoft && !config_.is_dense() && !frozen_ && k_blocks > 0;
   if (soft) {
     s_.gate_from.assign(G * n_keys, kForever);
     s_.gate_score.assign(G * n_keys, 0.0f);
@@ -152,9 +153,11 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
     int32_t* until = s_.until.data() + g * n_keys;
     uint8_t* keep = s_.keep.data() + g * n_keys;
 
-    if (config_.is_dense()) {
+    if (config_.is_dense() || frozen_) {
       // Nothing is ever evicted: every key stays visible from its own query on. (The general
-      // path below computes the same intervals, at O((M + n) log) per layer and head.)
+      // path below computes the same intervals, at O((M + n) log) per layer and head.) A frozen
+      // memory is in its answer phase: what it holds (recalled blocks included) stays visible to
+      // the question and the answer.
       std::fill(from, from + M, 0);
       for (int64_t j = 0; j < n; ++j) from[M + j] = static_cast<int32_t>(j);
       std::fill(until, until + M + n, kForever);
@@ -442,6 +445,34 @@ int64_t SparseKMemory::InsertRecalled(int32_t layer, int32_t g,
   hm = std::move(merged);
   rotated_[layer * n_kv_heads_ + g] = RotatedKeys();  // slots moved: rotate again
   return added;
+}
+
+absl::Status SparseKMemory::Rewind(int64_t position) {
+  if (!frozen_ && !config_.is_dense()) {
+    return absl::FailedPreconditionError("memory: rewinding needs frozen eviction");
+  }
+  if (position < 0 || position > next_position_) {
+    return absl::InvalidArgumentError(absl::StrCat("memory: cannot rewind to position ", position,
+                                                   " (next position ", next_position_, ")"));
+  }
+  const int64_t d = model_.head_dim;
+  for (size_t h = 0; h < heads_.size(); ++h) {
+    HeadMemorySnapshot& hm = heads_[h];
+    const auto first_dropped = std::lower_bound(hm.positions.begin(), hm.positions.end(), position);
+    const size_t kept = static_cast<size_t>(first_dropped - hm.positions.begin());
+    hm.positions.resize(kept);
+    hm.scores.resize(kept);
+    hm.keys.resize(kept * d);
+    hm.values.resize(kept * d);
+    // The kept slots did not move, so their rotations stay valid.
+    RotatedKeys& rot = rotated_[h];
+    if (rot.positions.size() > kept) {
+      rot.positions.resize(kept);
+      rot.keys.resize(kept * d);
+    }
+  }
+  next_position_ = position;
+  return absl::OkStatus();
 }
 
 int64_t SparseKMemory::max_slot_count() const {

@@ -115,12 +115,21 @@ class SparseKMemory : public AttentionMemory {
   void set_archive(BlockArchive* archive) { archive_ = archive; }
   const absl::Status& archive_status() const { return archive_status_; }
   // The answer phase is short: from now on nothing is evicted (the memory grows by the prompt
-  // and the answer only).
+  // and the answer only) and every slot held stays visible.
   void FreezeEviction() { frozen_ = true; }
+  bool eviction_frozen() const { return frozen_; }
+  void set_eviction_frozen(bool frozen) { frozen_ = frozen; }
+  // The slots (layer, kv_head) holds now, keys before RoPE.
+  const HeadMemorySnapshot& held(int32_t layer, int32_t kv_head) const {
+    return heads_[layer * n_kv_heads_ + kv_head];
+  }
   // Puts recalled blocks back among (layer, kv_head)'s slots, in position order; positions
   // already held are skipped. Returns the number of slots added.
   int64_t InsertRecalled(int32_t layer, int32_t kv_head, const std::vector<ArchivedBlock>& blocks);
   int64_t max_slot_count() const;
+  // Forgets every slot at `position` or later and reads on from there: undoes a frozen read
+  // (which only appends). FailedPrecondition unless eviction is frozen (or the memory dense).
+  absl::Status Rewind(int64_t position);
 
   // Query vectors of the job's task per layer ([n_task][n_heads][head_dim], un-rotated), used to
   // add a task term to the score of every key created from now on.

@@ -108,6 +108,9 @@ Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
                          blocks per layer and KV head for the task before answering (default 0:
                          off; needs --block-tokens > 1 to pay: blocks of 32 cost ~26 KB/token
                          in bf16 with the default model, see cache/FORMAT.md)
+  --recall-candidates C  archived blocks per layer and KV head whose keys are read to rank them
+                         exactly by the question's attention (default 64; the blocks' key
+                         bounds choose which); C <= R ranks by the bounds alone
   --cache-dir DIR        where the archive lives: a RocksDB database in DIR/db (default:
                          $XDG_CACHE_HOME/longread, else ~/.cache/longread). A run's archive is
                          deleted when it ends; a killed run's, by the next run on DIR.
@@ -363,7 +366,8 @@ int Run(const Args& args) {
   if (!ParseInt(args, "block-tokens", 32, 1, &memory.block_tokens, &error) ||
       !ParseFloat(args, "task-weight", memory.task_weight, 0.0f, 1e6f, &memory.task_weight,
                   &error) ||
-      !ParseInt(args, "recall-blocks", 0, 0, &options.recall_blocks, &error)) {
+      !ParseInt(args, "recall-blocks", 0, 0, &options.recall_blocks, &error) ||
+      !ParseInt(args, "recall-candidates", 64, 0, &options.recall_candidates, &error)) {
     return Usage(error);
   }
   int64_t archive_max_bytes = 0;
@@ -613,6 +617,7 @@ int main(int argc, char** argv) {
                                                "mask",
                                                "instruction-first",
                                                "recall-blocks",
+                                               "recall-candidates",
                                                "cache-dir",
                                                "archive-max-bytes",
                                                "scorer",

@@ -59,6 +59,93 @@ TEST(BlockArchiveTest, BoundsNeverUnderestimateAndTopRIsStable) {
   EXPECT_EQ(TopRIndices(scores, 9), (std::vector<int64_t>{0, 1, 2, 3}));
 }
 
+// The exact recall score against float64: per query row, softmax over held ∪ candidate keys; a
+// block's mass is the sum of its keys' probabilities over rows.
+TEST(BlockArchiveTest, AttentionMassIsTheQueriesSoftmaxSummedOverEachBlock) {
+  std::mt19937_64 rng(11);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  const int64_t d = 8, n_rows = 5, n_held = 6;
+  std::vector<float> queries(n_rows * d), held(n_held * d);
+  for (auto& x : queries) x = normal(rng);
+  for (auto& x : held) x = normal(rng);
+  std::vector<ArchivedBlock> blocks(4);
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    for (size_t t = 0; t < 1 + b; ++t) {  // blocks of unequal length, as a cap or a tail makes
+      blocks[b].positions.push_back(static_cast<int64_t>(10 * b + t));
+      for (int64_t e = 0; e < d; ++e) blocks[b].keys.push_back(normal(rng));
+    }
+  }
+  // One block sits exactly on the first query's direction: it must get the most mass.
+  for (int64_t e = 0; e < d; ++e) blocks[2].keys[e] = 3.0f * queries[e];
+  const std::vector<double> mass = BlockAttentionMass(queries, n_rows, d, held, n_held, blocks);
+  ASSERT_EQ(mass.size(), blocks.size());
+  std::vector<double> expected(blocks.size(), 0.0);
+  double total_mass = 0;
+  for (int64_t r = 0; r < n_rows; ++r) {
+    auto logit = [&](const float* k) {
+      double dot = 0;
+      for (int64_t e = 0; e < d; ++e) dot += double{queries[r * d + e]} * k[e];
+      return dot / std::sqrt(double(d));
+    };
+    double z = 0;
+    for (int64_t j = 0; j < n_held; ++j) z += std::exp(logit(&held[j * d]));
+    for (const auto& b : blocks) {
+      for (size_t t = 0; t < b.positions.size(); ++t) z += std::exp(logit(&b.keys[t * d]));
+    }
+    for (size_t b = 0; b < blocks.size(); ++b) {
+      for (size_t t = 0; t < blocks[b].positions.size(); ++t) {
+        expected[b] += std::exp(logit(&blocks[b].keys[t * d])) / z;
+      }
+    }
+  }
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    EXPECT_NEAR(mass[b], expected[b], 1e-5 * std::max(1.0, expected[b])) << "block " << b;
+    total_mass += mass[b];
+  }
+  EXPECT_LT(total_mass, static_cast<double>(n_rows));  // the held keys take the rest
+  const std::vector<float> score(mass.begin(), mass.end());
+  EXPECT_EQ(TopRIndices(score, 1), std::vector<int64_t>{2});
+}
+
+// In the answer phase nothing is evicted and everything held stays visible; a frozen read can be
+// undone exactly (recall reads the question that way to capture its queries).
+TEST(RecallTest, FrozenMemoryKeepsEverySlotAndRewindsExactly) {
+  REQUIRE_DEFAULT_MODEL(model);
+  const ModelConfig& c = model->config();
+  kernels::ThreadPool pool(2);
+  RecurrentRunner runner(model, Small(4), nullptr, &pool);
+  ASSERT_TRUE(runner.Feed(Tokens(72, 12)).ok());
+  ASSERT_TRUE(runner.Flush().ok());
+  const MemorySnapshot before = runner.Snapshot();
+  SparseKMemory& memory = const_cast<SparseKMemory&>(runner.memory());
+  EXPECT_EQ(memory.Rewind(before.token_offset).code(), absl::StatusCode::kFailedPrecondition);
+  GenerateOptions options;
+  options.max_new_tokens = 3;
+  const std::vector<int32_t> prompt = Tokens(30, 13);  // longer than window + a block
+  auto generated = runner.Generate(prompt, options);
+  ASSERT_TRUE(generated.ok()) << generated.status();
+  const int64_t read = 30 + static_cast<int64_t>(generated->size()) - 1;
+  for (size_t h = 0; h < before.heads.size(); ++h) {
+    const auto& held =
+        memory.held(static_cast<int32_t>(h) / c.n_kv_heads, static_cast<int32_t>(h) % c.n_kv_heads);
+    ASSERT_EQ(static_cast<int64_t>(held.positions.size()),
+              static_cast<int64_t>(before.heads[h].positions.size()) + read)
+        << "head " << h << ": a frozen memory evicted a slot";
+  }
+  ASSERT_TRUE(memory.Rewind(before.token_offset).ok());
+  const MemorySnapshot after = runner.Snapshot();
+  EXPECT_EQ(after.token_offset, before.token_offset);
+  for (size_t h = 0; h < before.heads.size(); ++h) {
+    EXPECT_EQ(after.heads[h].positions, before.heads[h].positions);
+    EXPECT_EQ(after.heads[h].keys, before.heads[h].keys);
+    EXPECT_EQ(after.heads[h].values, before.heads[h].values);
+  }
+  // The rewound memory answers exactly as the untouched one did.
+  auto again = runner.Generate(prompt, options);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, *generated);
+}
+
 TEST(RecallTest, EvictedBlocksAreArchivedOnceAndRecallBringsThemBack) {
   REQUIRE_DEFAULT_MODEL(model);
   const ModelConfig& c = model->config();
@@ -91,14 +178,24 @@ TEST(RecallTest, EvictedBlocksAreArchivedOnceAndRecallBringsThemBack) {
         for (int64_t p : seen) EXPECT_EQ(p, expect++);
       }
     }
-    auto added = runner.Recall(Tokens(6, 9), 2);
-    ASSERT_TRUE(added.ok()) << added.status();
-    EXPECT_GT(*added, 0);
-    const MemorySnapshot after = runner.Snapshot();
-    for (size_t h = 0; h < after.heads.size(); ++h) {
-      const auto& p = after.heads[h].positions;
-      EXPECT_TRUE(std::is_sorted(p.begin(), p.end()));
-      EXPECT_LE(p.size(), before.heads[h].positions.size() + 2 * block);
+    // Ranked by bounds alone (candidates <= blocks), then exactly among 6 candidates.
+    for (int64_t candidates : {0, 6}) {
+      ASSERT_TRUE(runner.Restore(before).ok());
+      auto added = runner.Recall(Tokens(6, 9), 2, candidates);
+      ASSERT_TRUE(added.ok()) << added.status();
+      EXPECT_GT(*added, 0);
+      const MemorySnapshot after = runner.Snapshot();
+      // The question read to capture its queries leaves no trace: only recalled slots are new.
+      EXPECT_EQ(after.token_offset, before.token_offset);
+      int64_t new_slots = 0;
+      for (size_t h = 0; h < after.heads.size(); ++h) {
+        const auto& p = after.heads[h].positions;
+        EXPECT_TRUE(std::is_sorted(p.begin(), p.end()));
+        EXPECT_LE(p.size(), before.heads[h].positions.size() + 2 * block);
+        EXPECT_LT(p.back(), before.token_offset);
+        new_slots += static_cast<int64_t>(p.size() - before.heads[h].positions.size());
+      }
+      EXPECT_EQ(new_slots, *added);
     }
     GenerateOptions options;
     options.max_new_tokens = 4;
