@@ -576,34 +576,65 @@ absl::StatusOr<std::vector<ArchivedBlock>> RocksDbBlockArchive::Recall(
     }
   }
 
-  rocksdb::ReadOptions ro;
-  ro.verify_checksums = true;
   std::vector<ArchivedBlock> out;
   for (int64_t i : engine::TopRIndices(scores, r)) {
-    const auto& [block_id, first] = keys[i];
-    const std::string key = Printable(ArchivePayloadKey(doc_id_, layer, kv_head, block_id, first));
     auto entry = heads_[h].find(keys[i]);
     if (entry == heads_[h].end()) {
-      return absl::DataLossError(
-          absl::StrCat("archive payload ", key, ": representative stored but not indexed"));
+      return absl::DataLossError(absl::StrCat(
+          "archive payload ",
+          Printable(ArchivePayloadKey(doc_id_, layer, kv_head, keys[i].first, keys[i].second)),
+          ": representative stored but not indexed"));
     }
-    Representative rep;
-    rep.layer = layer;
-    rep.kv_head = kv_head;
-    rep.block_id = block_id;
-    rep.first_position = first;
-    rep.last_position = entry->second.last_position;
-    rep.n_tokens = entry->second.n_tokens;
-    rocksdb::PinnableSlice value;
-    rocksdb::Status s =
-        db_->db()->Get(ro, db_->block_archive(),
-                       ArchivePayloadKey(doc_id_, layer, kv_head, block_id, first), &value);
-    if (s.IsNotFound())
-      return absl::DataLossError(absl::StrCat("archive payload ", key, ": missing"));
-    CACHE_RETURN_IF_ERROR(FromRocks(s, absl::StrCat("reading archive payload ", key)));
     CACHE_ASSIGN_OR_RETURN(ArchivedBlock block,
-                           DecodePayload(value.ToStringView(), key, rep, head_dim_));
+                           ReadPayloadLocked(layer, kv_head, entry->first, entry->second));
     out.push_back(std::move(block));
+  }
+  std::sort(out.begin(), out.end(),
+            [](const auto& a, const auto& b) { return a.positions[0] < b.positions[0]; });
+  return out;
+}
+
+absl::StatusOr<ArchivedBlock> RocksDbBlockArchive::ReadPayloadLocked(int32_t layer, int32_t kv_head,
+                                                                     const BlockKey& block_key,
+                                                                     const Entry& entry) {
+  const auto& [block_id, first] = block_key;
+  const std::string payload_key = ArchivePayloadKey(doc_id_, layer, kv_head, block_id, first);
+  const std::string key = Printable(payload_key);
+  Representative rep;
+  rep.layer = layer;
+  rep.kv_head = kv_head;
+  rep.block_id = block_id;
+  rep.first_position = first;
+  rep.last_position = entry.last_position;
+  rep.n_tokens = entry.n_tokens;
+  rocksdb::ReadOptions ro;
+  ro.verify_checksums = true;
+  rocksdb::PinnableSlice value;
+  rocksdb::Status s = db_->db()->Get(ro, db_->block_archive(), payload_key, &value);
+  if (s.IsNotFound())
+    return absl::DataLossError(absl::StrCat("archive payload ", key, ": missing"));
+  CACHE_RETURN_IF_ERROR(FromRocks(s, absl::StrCat("reading archive payload ", key)));
+  return DecodePayload(value.ToStringView(), key, rep, head_dim_);
+}
+
+absl::StatusOr<std::vector<ArchivedBlock>> RocksDbBlockArchive::Fetch(
+    int32_t layer, int32_t kv_head, std::span<const int64_t> block_ids) {
+  if (layer < 0 || layer >= n_layers_ || kv_head < 0 || kv_head >= n_kv_heads_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("archive: fetch from layer ", layer, " KV head ", kv_head));
+  }
+  absl::MutexLock lock(&mu_);
+  CACHE_RETURN_IF_ERROR(FlushLocked());
+  const int32_t h = layer * n_kv_heads_ + kv_head;
+  if (!damaged_[h].ok()) return damaged_[h];
+  std::vector<ArchivedBlock> out;
+  for (int64_t id : block_ids) {
+    for (auto it = heads_[h].lower_bound({id, std::numeric_limits<int64_t>::min()});
+         it != heads_[h].end() && it->first.first == id; ++it) {
+      CACHE_ASSIGN_OR_RETURN(ArchivedBlock block,
+                             ReadPayloadLocked(layer, kv_head, it->first, it->second));
+      out.push_back(std::move(block));
+    }
   }
   std::sort(out.begin(), out.end(),
             [](const auto& a, const auto& b) { return a.positions[0] < b.positions[0]; });

@@ -79,6 +79,9 @@ class RocksDbBlockArchive : public engine::BlockArchive {
   absl::StatusOr<std::vector<engine::ArchivedBlock>> Recall(int32_t layer, int32_t kv_head,
                                                             std::span<const float> queries,
                                                             int64_t n_queries, int64_t r) override;
+  // Writes pending Puts and reads the payloads of these block ids (those stored), as Recall does.
+  absl::StatusOr<std::vector<engine::ArchivedBlock>> Fetch(
+      int32_t layer, int32_t kv_head, std::span<const int64_t> block_ids) override;
   int64_t stored_bytes() const override;
 
   absl::Status Flush();
@@ -105,6 +108,9 @@ class RocksDbBlockArchive : public engine::BlockArchive {
   void Forget(int32_t head, const BlockKey& key, bool delete_records)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Index(int32_t head, const BlockKey& key, Entry entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<engine::ArchivedBlock> ReadPayloadLocked(int32_t layer, int32_t kv_head,
+                                                          const BlockKey& key, const Entry& entry)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ScanRepresentatives(int32_t head, std::vector<BlockKey>* keys,
                                    std::vector<engine::BlockBounds>* bounds) const;
 

@@ -46,13 +46,15 @@ Model:      --model PATH (default models/SmolLM2-135M-Instruct.Q4_1.gguf) --thre
 Methods:    --methods dense,window,window+recall,sparsek,sparsek-noscorer,blocks,blocks+task,
             blocks+task+recall
             (default dense,window,sparsek)   --budget B (keys per query besides sinks, 1024)
+            --positions slot|original (slot: the product's default)
             --sinks S (4)  --sparsek-window W (256; SparseK top_k = B - W)  --segment-tokens L
             --scorer PATH|auto|none (auto: engine/scorer/weights/<model>.lrscorer if present)
             --block-tokens N (32: blocks*)  --task-weight X (1: +task)
             --task-score segment-mass|max-dot (segment-mass: see engine::TaskScore)
             --recall-blocks R (4: +recall; its top_k is B - W - R*N, so that the memory after
             recall holds the same budget as every other method; window+recall: its window is
-            B - R*N)  --recall-candidates C (64: blocks per head ranked exactly; C <= R: bounds)
+            B - R*N)  --recall-candidates C (64: blocks per head ranked exactly)
+            --recall-scope shared|head (shared: one choice for every head)
 Passkey:    --lengths 2048,4096 (tokens the model sees: chat prompt + document + answer room)
             --depths 0.1,0.5,0.9 | random   --trials N or N1,N2,... (per length, per depth)
             --first-trial T (start at trial T: extends an earlier run with new documents)
@@ -70,6 +72,8 @@ struct Options {
   int64_t budget = 1024, sinks = 4, sparsek_window = 256, segment_tokens = 2048;
   std::string scorer = "auto";
   int64_t block_tokens = 32, recall_blocks = 4, recall_candidates = 64;
+  bool recall_shared = true;
+  engine::PositionMode positions = engine::PositionMode::kSlotOrder;
   double task_weight = 1.0;
   engine::TaskScore task_score = engine::TaskScore::kSegmentMass;
   std::vector<int64_t> lengths = {2048, 4096};
@@ -133,9 +137,9 @@ bool ParseOptions(int argc, char** argv, Options* o, std::string* error) {
     } else if (name == "methods") {
       o->methods = absl::StrSplit(v, ',');
       for (const auto& m : o->methods) {
-        ok = ok && (m == "dense" || m == "window" || m == "window+recall" || m == "sparsek" ||
-                    m == "sparsek-noscorer" || m == "blocks" || m == "blocks+task" ||
-                    m == "blocks+recall" || m == "blocks+task+recall");
+        ok = ok && (m == "dense" || m == "window" || m == "window+recall" || m == "window+oracle" ||
+                    m == "sparsek" || m == "sparsek-noscorer" || m == "blocks" ||
+                    m == "blocks+task" || m == "blocks+recall" || m == "blocks+task+recall");
       }
     } else if (name == "budget") {
       one(&o->budget, 1);
@@ -153,6 +157,9 @@ bool ParseOptions(int argc, char** argv, Options* o, std::string* error) {
       one(&o->recall_blocks, 1);
     } else if (name == "recall-candidates") {
       one(&o->recall_candidates, 0);
+    } else if (name == "recall-scope") {
+      ok = v == "shared" || v == "head";
+      o->recall_shared = v == "shared";
     } else if (name == "task-score") {
       ok = v == "segment-mass" || v == "max-dot";
       o->task_score = v == "max-dot" ? engine::TaskScore::kMaxDot : engine::TaskScore::kSegmentMass;
@@ -191,6 +198,10 @@ bool ParseOptions(int argc, char** argv, Options* o, std::string* error) {
       one(&o->facts_tokens, 256);
     } else if (name == "summary-tokens") {
       one(&o->summary_tokens, 1);
+    } else if (name == "positions") {
+      ok = v == "slot" || v == "original";
+      o->positions =
+          v == "original" ? engine::PositionMode::kOriginal : engine::PositionMode::kSlotOrder;
     } else if (name == "seed") {
       int64_t s = 0;
       one(&s, 0);
@@ -234,21 +245,23 @@ struct Method {
   RunnerConfig runner;
   std::shared_ptr<const engine::ScorerWeights> scorer;
   bool task_aware = false;
-  int64_t recall_blocks = 0;
-  int64_t recall_candidates = 0;
+  engine::RecallOptions recall;
+  bool oracle = false;  // window+oracle: recall the key's blocks (a diagnostic ceiling)
 };
 
 std::vector<Method> MakeMethods(const Options& o,
                                 std::shared_ptr<const engine::ScorerWeights> scorer) {
   std::vector<Method> methods;
   for (const std::string& name : o.methods) {
-    Method m{name, {}, nullptr};
+    Method m;
+    m.name = name;
     m.runner.segment_tokens = o.segment_tokens;
     if (name == "dense") {
       m.runner.memory = MemoryConfig::Dense();
     } else {
       MemoryConfig& memory = m.runner.memory;
       memory.sinks = static_cast<int32_t>(o.sinks);
+      memory.position_mode = o.positions;
       memory.task_weight = 0.0f;
       if (name.rfind("window", 0) == 0) {
         memory.window = o.budget;
@@ -268,10 +281,18 @@ std::vector<Method> MakeMethods(const Options& o,
         memory.task_weight = static_cast<float>(o.task_weight);
         memory.task_score = o.task_score;
       }
+      if (name == "window+oracle") {
+        m.oracle = true;
+        m.recall.blocks = 2;  // a key of <= 6 tokens spans at most 2 blocks of 32
+        m.recall.shared = false;
+        memory.window -= m.recall.blocks * o.block_tokens;
+        memory.block_tokens = o.block_tokens;
+      }
       if (name.find("+recall") != std::string::npos) {
         // Recalled blocks join the memory before the answer: leave room for them in the budget.
-        m.recall_blocks = o.recall_blocks;
-        m.recall_candidates = o.recall_candidates;
+        m.recall.blocks = o.recall_blocks;
+        m.recall.candidates = o.recall_candidates;
+        m.recall.shared = o.recall_shared;
         const int64_t recalled = o.recall_blocks * o.block_tokens;
         if (memory.top_k > 0) {
           memory.top_k -= recalled;
@@ -317,6 +338,46 @@ std::vector<int64_t> KeyPositions(const engine::Tokenizer& tokenizer,
   return {};
 }
 
+// A diagnostic, not a memory: an archive that "recalls" exactly the blocks holding the key, in
+// every head. window+oracle then measures how well the model answers when recall is perfect, which
+// separates "recall chose the wrong blocks" from "the memory's context is too poor to answer".
+class OracleArchive : public engine::BlockArchive {
+ public:
+  OracleArchive(int32_t n_layers, int32_t n_kv_heads, int64_t head_dim,
+                std::vector<int64_t> key_positions)
+      : all_(n_layers, n_kv_heads, head_dim), key_positions_(std::move(key_positions)) {}
+  absl::Status Put(engine::ArchivedBlock block) override {
+    for (int64_t p : block.positions) {
+      if (std::binary_search(key_positions_.begin(), key_positions_.end(), p)) {
+        key_blocks_.push_back(block);
+        break;
+      }
+    }
+    return all_.Put(std::move(block));
+  }
+  absl::StatusOr<std::vector<engine::ArchivedBlock>> Recall(int32_t layer, int32_t kv_head,
+                                                            std::span<const float>, int64_t,
+                                                            int64_t r) override {
+    std::vector<engine::ArchivedBlock> out;
+    for (const auto& b : key_blocks_) {
+      if (b.layer == layer && b.kv_head == kv_head && static_cast<int64_t>(out.size()) < r) {
+        out.push_back(b);
+      }
+    }
+    return out;
+  }
+  absl::StatusOr<std::vector<engine::ArchivedBlock>> Fetch(
+      int32_t layer, int32_t kv_head, std::span<const int64_t> block_ids) override {
+    return all_.Fetch(layer, kv_head, block_ids);
+  }
+  int64_t stored_bytes() const override { return all_.stored_bytes(); }
+
+ private:
+  engine::InMemoryBlockArchive all_;
+  std::vector<int64_t> key_positions_;  // in read positions (prompt head included)
+  std::vector<engine::ArchivedBlock> key_blocks_;
+};
+
 absl::StatusOr<Answer> ReadAndAnswer(engine::LlamaModel& model, const engine::Tokenizer& tokenizer,
                                      const Method& method, engine::Task task,
                                      std::string_view question,
@@ -331,13 +392,24 @@ absl::StatusOr<Answer> ReadAndAnswer(engine::LlamaModel& model, const engine::To
   options.task_aware = method.task_aware;
   const auto& c = model.config();
   // In RAM: the bench measures what recall brings back, not RocksDB (bench/cache measures that).
-  std::unique_ptr<engine::InMemoryBlockArchive> archive;
-  if (method.recall_blocks > 0) {
+  std::unique_ptr<engine::BlockArchive> archive;
+  if (method.oracle && !key_positions.empty()) {
+    auto prompt =
+        engine::BuildTaskPrompt(tokenizer, model.file().tokenizer().chat_template, task, question);
+    if (!prompt.ok()) return prompt.status();
+    std::vector<int64_t> read_positions;
+    for (int64_t p : key_positions) {
+      read_positions.push_back(p + static_cast<int64_t>(prompt->before_document.size()));
+    }
+    archive = std::make_unique<OracleArchive>(c.n_layers, c.n_kv_heads, c.d_model / c.n_heads,
+                                              std::move(read_positions));
+  } else if (method.recall.blocks > 0) {
     archive = std::make_unique<engine::InMemoryBlockArchive>(c.n_layers, c.n_kv_heads,
                                                              c.d_model / c.n_heads);
+  }
+  if (archive != nullptr) {
     options.archive = archive.get();
-    options.recall_blocks = method.recall_blocks;
-    options.recall_candidates = method.recall_candidates;
+    options.recall = method.recall;
   }
   double key_held_share = -1;
   engine::DocumentJobCallbacks callbacks;
@@ -651,9 +723,10 @@ std::vector<std::pair<std::string, std::string>> ConfigJson(const Options& o,
                "+recall: evicted blocks to an in-RAM archive; the question read in context "
                "ranks them by key bounds, the best ",
                o.recall_candidates, " per (layer, KV head) by exact attention mass, and the best ",
-               o.recall_blocks, " blocks are recalled before the answer; top_k = ",
-               o.budget - o.sparsek_window, " - ", o.recall_blocks * o.block_tokens,
-               " (window+recall: window = ", o.budget, " - ", o.recall_blocks * o.block_tokens,
+               o.recall_blocks, " blocks (", o.recall_shared ? "shared by all heads" : "per head",
+               ") are recalled before the answer; top_k = ", o.budget - o.sparsek_window, " - ",
+               o.recall_blocks * o.block_tokens, " (window+recall: window = ", o.budget, " - ",
+               o.recall_blocks * o.block_tokens,
                ") so that the memory after recall holds the same budget"))},
           {"block_tokens", absl::StrCat(o.block_tokens)},
           {"task_weight", absl::StrCat(o.task_weight)},
@@ -676,6 +749,8 @@ std::vector<std::pair<std::string, std::string>> ConfigJson(const Options& o,
           {"facts_tokens", absl::StrCat(o.facts_tokens)},
           {"summary_tokens", absl::StrCat(o.summary_tokens)},
           {"seed", absl::StrCat(o.seed)},
+          {"positions",
+           JsonString(o.positions == engine::PositionMode::kOriginal ? "original" : "slot")},
           {"max_seconds", absl::StrCat(o.max_seconds)}};
 }
 

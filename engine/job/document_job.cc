@@ -203,7 +203,7 @@ absl::StatusOr<DocumentJobResult> RunTokenizedDocumentJob(
     return static_cast<int64_t>(generated->size());
   };
 
-  const bool recall = options.archive != nullptr && options.recall_blocks > 0;
+  const bool recall = options.archive != nullptr && options.recall.blocks > 0;
   if (recall && options.also_answer_without_recall) {
     const MemorySnapshot before_answer = runner.Snapshot();
     if (auto n = answer(false, &result.answer_without_recall); !n.ok()) return n.status();
@@ -212,7 +212,7 @@ absl::StatusOr<DocumentJobResult> RunTokenizedDocumentJob(
   if (recall) {
     // A broken archive costs the recall, not the answer.
     // The question is scored as the answer will read it: the chat turn after the document.
-    auto recalled = runner.Recall(question, options.recall_blocks, options.recall_candidates);
+    auto recalled = runner.Recall(question, options.recall);
     if (recalled.ok()) {
       result.recalled_slots = *recalled;
     } else {

@@ -35,13 +35,10 @@ struct DocumentJobOptions {
   // Also place the instruction before the document in the prompt (the model then reads the
   // document knowing the question).
   bool instruction_first = false;
-  // Evicted blocks go to `archive` (not owned; null: no archive) and the best `recall_blocks`
-  // per (layer, KV head) come back before the answer.
+  // Evicted blocks go to `archive` (not owned; null: no archive) and the best `recall.blocks`
+  // per (layer, KV head) come back before the answer (RecurrentRunner::Recall).
   BlockArchive* archive = nullptr;
-  int64_t recall_blocks = 0;
-  // Archived blocks per (layer, KV head) that the blocks' bounds pass on to exact scoring by the
-  // question's attention mass (RecurrentRunner::Recall); at most this many payloads are read.
-  int64_t recall_candidates = 64;
+  RecallOptions recall;  // recall.blocks = 0: no recall
   // Evaluation: with recall on, also answer from the memory as it stands before recall (the read
   // is shared; the memory is snapshotted and restored between the two answers).
   bool also_answer_without_recall = false;

@@ -37,10 +37,13 @@ float RecallScore(const BlockBounds& bounds, std::span<const float> queries, int
   return best;
 }
 
-std::vector<double> BlockAttentionMass(std::span<const float> queries, int64_t n_rows,
+std::vector<double> BlockAttentionPeak(std::span<const float> queries, int64_t n_rows,
                                        int64_t head_dim, std::span<const float> held_keys,
-                                       int64_t n_held,
-                                       const std::vector<ArchivedBlock>& candidates) {
+                                       int64_t n_held, const std::vector<ArchivedBlock>& candidates,
+                                       std::span<const int64_t> held_block_ids,
+                                       std::map<int64_t, double>* held_peaks) {
+  const bool want_held =
+      held_peaks != nullptr && held_block_ids.size() == static_cast<size_t>(n_held);
   std::vector<double> mass(candidates.size(), 0.0);
   int64_t n_candidate_keys = 0;
   for (const ArchivedBlock& b : candidates)
@@ -72,11 +75,21 @@ std::vector<double> BlockAttentionMass(std::span<const float> queries, int64_t n
       logits[j] = std::exp(logits[j] - top);
       total += logits[j];
     }
+    if (want_held) {
+      for (int64_t j = 0; j < n_held;) {
+        const int64_t id = held_block_ids[j];
+        double block = 0.0;
+        for (; j < n_held && held_block_ids[j] == id; ++j) block += logits[j];
+        if (id < 0) continue;
+        double& peak = (*held_peaks)[id];
+        peak = std::max(peak, block / total);
+      }
+    }
     at = n_held;
     for (size_t c = 0; c < candidates.size(); ++c) {
       double block = 0.0;
       for (size_t t = 0; t < candidates[c].positions.size(); ++t) block += logits[at++];
-      mass[c] += block / total;
+      mass[c] = std::max(mass[c], block / total);
     }
   }
   return mass;
@@ -126,6 +139,23 @@ absl::StatusOr<std::vector<ArchivedBlock>> InMemoryBlockArchive::Recall(
   }
   std::vector<ArchivedBlock> out;
   for (int64_t i : TopRIndices(scores, r)) out.push_back(entries[i].block);
+  std::sort(out.begin(), out.end(),
+            [](const auto& a, const auto& b) { return a.positions[0] < b.positions[0]; });
+  return out;
+}
+
+absl::StatusOr<std::vector<ArchivedBlock>> InMemoryBlockArchive::Fetch(
+    int32_t layer, int32_t kv_head, std::span<const int64_t> block_ids) {
+  const size_t index = static_cast<size_t>(layer) * n_kv_heads_ + kv_head;
+  if (layer < 0 || kv_head < 0 || kv_head >= n_kv_heads_ || index >= heads_.size()) {
+    return absl::InvalidArgumentError("archive: no such head");
+  }
+  std::vector<ArchivedBlock> out;
+  for (const Entry& e : heads_[index]) {
+    if (std::find(block_ids.begin(), block_ids.end(), e.block.block_id) != block_ids.end()) {
+      out.push_back(e.block);
+    }
+  }
   std::sort(out.begin(), out.end(),
             [](const auto& a, const auto& b) { return a.positions[0] < b.positions[0]; });
   return out;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <span>
 #include <vector>
 
@@ -47,6 +48,10 @@ class BlockArchive {
   virtual absl::StatusOr<std::vector<ArchivedBlock>> Recall(int32_t layer, int32_t kv_head,
                                                             std::span<const float> queries,
                                                             int64_t n_queries, int64_t r) = 0;
+  // The archived blocks of (layer, kv_head) with these block ids (those it holds; ids it does not
+  // hold are skipped), in position order.
+  virtual absl::StatusOr<std::vector<ArchivedBlock>> Fetch(int32_t layer, int32_t kv_head,
+                                                           std::span<const int64_t> block_ids) = 0;
   virtual int64_t stored_bytes() const = 0;
 };
 
@@ -58,6 +63,8 @@ class InMemoryBlockArchive : public BlockArchive {
   absl::StatusOr<std::vector<ArchivedBlock>> Recall(int32_t layer, int32_t kv_head,
                                                     std::span<const float> queries,
                                                     int64_t n_queries, int64_t r) override;
+  absl::StatusOr<std::vector<ArchivedBlock>> Fetch(int32_t layer, int32_t kv_head,
+                                                   std::span<const int64_t> block_ids) override;
   int64_t stored_bytes() const override { return bytes_; }
 
  private:
@@ -71,18 +78,23 @@ class InMemoryBlockArchive : public BlockArchive {
   int64_t bytes_ = 0;
 };
 
-// The attention mass the question gives each candidate block, the exact score that recall ranks
-// by once the representatives have narrowed the archive to a few candidates. For every query row r
+// How strongly the question looks at each candidate block: the exact score that recall ranks by
+// once the representatives have narrowed the archive to a few candidates. For every query row r
 // (`queries`: n_rows x head_dim, un-rotated), softmax_j(q_r·k_j/sqrt(head_dim)) is taken over the
 // keys the memory holds (`held_keys`: n_held x head_dim) and every candidate's keys together; a
-// block's mass is the sum over rows of its keys' probabilities. Normalizing per query, as
-// attention does, keeps a query that mostly attends to the sinks from deciding; summing the
-// block's probabilities is what DESIGN.md §4 measured to find a fact (a block bound alone is the
-// largest single dot product and favours outliers).
-std::vector<double> BlockAttentionMass(std::span<const float> queries, int64_t n_rows,
+// block's peak is the largest probability mass one row gives its keys. Normalizing per row, as
+// attention does, keeps rows that attend to the sinks from deciding. Measured with the default
+// model (bench/quality/README.md): a question singles out the block it asks about in a few heads
+// and a few rows (mass 0.2-0.7 against < 0.02 elsewhere); a sum over rows or heads drowns that in
+// the diffuse mass every other head spreads over the archive, a max keeps it.
+// With `held_block_ids` (n_held entries, ascending; -1: leave the key out, e.g. a sink), the
+// peaks of the held keys' blocks go to `held_peaks` (block id -> peak, max-merged into what is
+// there): a shared choice can then see that a block a head already holds is the one asked for.
+std::vector<double> BlockAttentionPeak(std::span<const float> queries, int64_t n_rows,
                                        int64_t head_dim, std::span<const float> held_keys,
-                                       int64_t n_held,
-                                       const std::vector<ArchivedBlock>& candidates);
+                                       int64_t n_held, const std::vector<ArchivedBlock>& candidates,
+                                       std::span<const int64_t> held_block_ids = {},
+                                       std::map<int64_t, double>* held_peaks = nullptr);
 
 // Picks the top-r of `scores` (higher first, ties to the lower index) and returns their indices
 // in ascending order. Shared by archive implementations.

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <functional>
+#include <map>
+#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -92,8 +94,9 @@ static absl::Status CaptureQueries(LlamaModel* model, std::span<const int32_t> t
   return model->Forward(tokens, capture, LogitsMode::kNone, nullptr, pool);
 }
 
-absl::StatusOr<int64_t> RecurrentRunner::Recall(std::span<const int32_t> question, int64_t blocks,
-                                                int64_t candidates) {
+absl::StatusOr<int64_t> RecurrentRunner::Recall(std::span<const int32_t> question,
+                                                const RecallOptions& options) {
+  const int64_t blocks = options.blocks;
   if (archive_ == nullptr || blocks <= 0 || question.empty()) return 0;
   if (!memory_.archive_status().ok()) return memory_.archive_status();
   if (auto s = Flush(); !s.ok()) return s;
@@ -102,36 +105,103 @@ absl::StatusOr<int64_t> RecurrentRunner::Recall(std::span<const int32_t> questio
   if (auto s = CaptureQueriesInContext(question, &queries); !s.ok()) return s;
   const int64_t n = static_cast<int64_t>(question.size()), d = c.head_dim;
   const int32_t group = c.n_heads / c.n_kv_heads;
-  const int64_t fetch = std::max(blocks, candidates);
-  // Fetch everything first so that a failing archive leaves the memory untouched.
-  std::vector<std::vector<ArchivedBlock>> recalled(static_cast<size_t>(c.n_layers) * c.n_kv_heads);
-  std::vector<float> group_queries(n * group * d);
-  for (int32_t l = 0; l < c.n_layers; ++l) {
-    for (int32_t g = 0; g < c.n_kv_heads; ++g) {
-      for (int64_t t = 0; t < n; ++t) {
-        const float* src = queries[l].data() + (t * c.n_heads + g * group) * d;
-        std::copy(src, src + group * d, group_queries.data() + t * group * d);
+  const int64_t n_heads = int64_t{c.n_layers} * c.n_kv_heads;
+  auto layer_of = [&](int64_t h) { return static_cast<int32_t>(h / c.n_kv_heads); };
+  auto kv_head_of = [&](int64_t h) { return static_cast<int32_t>(h % c.n_kv_heads); };
+  // Fetch every head's candidates first so that a failing archive leaves the memory untouched.
+  std::vector<std::vector<ArchivedBlock>> got(n_heads);
+  std::vector<std::vector<float>> head_queries(n_heads, std::vector<float>(n * group * d));
+  for (int64_t h = 0; h < n_heads; ++h) {
+    for (int64_t t = 0; t < n; ++t) {
+      const float* src = queries[layer_of(h)].data() + (t * c.n_heads + kv_head_of(h) * group) * d;
+      std::copy(src, src + group * d, head_queries[h].data() + t * group * d);
+    }
+    auto fetched = archive_->Recall(layer_of(h), kv_head_of(h), head_queries[h], n * group,
+                                    std::max(blocks, options.candidates));
+    if (!fetched.ok()) return fetched.status();
+    got[h] = std::move(*fetched);
+  }
+  // The bounds chose the candidates; the exact peak decides among them (unless a head keeps all).
+  const bool rank_exactly = options.shared || options.candidates > blocks;
+  std::vector<std::vector<double>> peak(n_heads);
+  // Shared: the peaks of blocks a head still holds count too (a block the retrieval heads kept
+  // is the one to bring to the heads that evicted it); sinks are left out.
+  std::vector<std::map<int64_t, double>> held_peak(options.shared ? n_heads : 0);
+  if (rank_exactly) {
+    const int64_t B = config_.memory.block_tokens, sinks = config_.memory.sinks;
+    pool_->ParallelFor(n_heads, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> held_ids;
+      for (int64_t h = begin; h < end; ++h) {
+        const HeadMemorySnapshot& held = memory_.held(layer_of(h), kv_head_of(h));
+        held_ids.clear();
+        if (options.shared) {
+          for (int64_t p : held.positions) held_ids.push_back(p < sinks ? -1 : p / B);
+        }
+        peak[h] = BlockAttentionPeak(head_queries[h], n * group, d, held.keys,
+                                     static_cast<int64_t>(held.positions.size()), got[h], held_ids,
+                                     options.shared ? &held_peak[h] : nullptr);
       }
-      auto got = archive_->Recall(l, g, group_queries, n * group, fetch);
-      if (!got.ok()) return got.status();
-      std::vector<ArchivedBlock>& chosen = recalled[l * c.n_kv_heads + g];
-      if (static_cast<int64_t>(got->size()) <= blocks) {
-        chosen = std::move(*got);
+    });
+  }
+  std::vector<std::vector<ArchivedBlock>> recalled(n_heads);
+  if (options.shared) {
+    // One choice for the whole model: a block's score is its peak over every head.
+    std::map<int64_t, double> best;  // block id -> peak (ordered: ties go to the older block)
+    for (int64_t h = 0; h < n_heads; ++h) {
+      for (const auto& [id, p] : held_peak[h]) {
+        double& b = best[id];
+        b = std::max(b, p);
+      }
+      for (size_t i = 0; i < got[h].size(); ++i) {
+        double& b = best[got[h][i].block_id];
+        b = std::max(b, peak[h][i]);
+      }
+    }
+    // Only a block that some head has archived can be recalled: one that every head still holds
+    // would spend the recall on nothing.
+    std::set<int64_t> archived;
+    for (int64_t h = 0; h < n_heads; ++h) {
+      for (const ArchivedBlock& b : got[h]) archived.insert(b.block_id);
+    }
+    std::vector<int64_t> ids;
+    std::vector<float> scores;
+    for (const auto& [id, score] : best) {
+      if (!archived.contains(id)) continue;
+      ids.push_back(id);
+      scores.push_back(static_cast<float>(score));
+    }
+    std::vector<int64_t> chosen;
+    for (int64_t i : TopRIndices(scores, blocks)) chosen.push_back(ids[i]);
+    // Every head that archived a chosen block gets it back: from its candidates when the bounds
+    // passed it on, else fetched by id (positions a head still holds are skipped on insertion).
+    for (int64_t h = 0; h < n_heads; ++h) {
+      std::vector<int64_t> missing = chosen;
+      for (ArchivedBlock& b : got[h]) {
+        if (std::binary_search(chosen.begin(), chosen.end(), b.block_id)) {
+          std::erase(missing, b.block_id);
+          recalled[h].push_back(std::move(b));
+        }
+      }
+      if (missing.empty()) continue;
+      auto fetched = archive_->Fetch(layer_of(h), kv_head_of(h), missing);
+      if (!fetched.ok()) return fetched.status();
+      for (ArchivedBlock& b : *fetched) recalled[h].push_back(std::move(b));
+      std::sort(recalled[h].begin(), recalled[h].end(),
+                [](const auto& a, const auto& b) { return a.positions[0] < b.positions[0]; });
+    }
+  } else {
+    for (int64_t h = 0; h < n_heads; ++h) {
+      if (!rank_exactly || static_cast<int64_t>(got[h].size()) <= blocks) {
+        recalled[h] = std::move(got[h]);
         continue;
       }
-      const HeadMemorySnapshot& held = memory_.held(l, g);
-      const std::vector<double> mass =
-          BlockAttentionMass(group_queries, n * group, d, held.keys,
-                             static_cast<int64_t>(held.positions.size()), *got);
-      const std::vector<float> score(mass.begin(), mass.end());
-      for (int64_t i : TopRIndices(score, blocks)) chosen.push_back(std::move((*got)[i]));
+      const std::vector<float> score(peak[h].begin(), peak[h].end());
+      for (int64_t i : TopRIndices(score, blocks)) recalled[h].push_back(std::move(got[h][i]));
     }
   }
   int64_t added = 0;
-  for (int32_t l = 0; l < c.n_layers; ++l) {
-    for (int32_t g = 0; g < c.n_kv_heads; ++g) {
-      added += memory_.InsertRecalled(l, g, recalled[l * c.n_kv_heads + g]);
-    }
+  for (int64_t h = 0; h < n_heads; ++h) {
+    added += memory_.InsertRecalled(layer_of(h), kv_head_of(h), recalled[h]);
   }
   return added;
 }

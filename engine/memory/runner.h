@@ -31,6 +31,18 @@ struct GenerateOptions {
   std::vector<int32_t> stop_tokens;  // generation ends after emitting one of these
 };
 
+struct RecallOptions {
+  int64_t blocks = 0;  // R: blocks recalled per (layer, KV head); 0: no recall
+  // Blocks per head whose keys are read and ranked exactly; the bounds choose which. With
+  // shared = false and candidates <= blocks the bounds alone decide.
+  int64_t candidates = 64;
+  // true: one choice for all heads, the R blocks with the highest peak over every (layer, KV
+  // head) (each head recalls those among its candidates). false: each head its own R. A fact is
+  // singled out by a few retrieval heads, and the model copies it only when the heads that copy
+  // hold it: per-head choices put it in few heads (bench/quality/README.md).
+  bool shared = true;
+};
+
 class RecurrentRunner {
  public:
   // Called after each segment read: tokens read so far.
@@ -56,15 +68,13 @@ class RecurrentRunner {
     archive_ = archive;
     memory_.set_archive(archive);
   }
-  // After reading: brings the `blocks` archived blocks per (layer, KV head) that `question`
-  // attends to most back into the memory. The question is read in context (after the memory, as
-  // the answer will read it; the memory is restored afterwards) and its un-rotated query vectors
-  // first rank the archive by the blocks' bounds (BlockArchive::Recall, `candidates` per head),
-  // then rank those candidates by the exact attention mass they receive (BlockAttentionMass).
-  // `candidates` <= `blocks` skips the second step. Returns the slots added; an archive error is
-  // returned as is and leaves the memory unchanged (answer without recall).
-  absl::StatusOr<int64_t> Recall(std::span<const int32_t> question, int64_t blocks,
-                                 int64_t candidates = 0);
+  // After reading: brings back into the memory the archived blocks that `question` looks at
+  // hardest. The question is read in context (after the memory, as the answer will read it; the
+  // memory is rewound afterwards); its un-rotated query vectors first rank each head's archive by
+  // the blocks' key bounds (BlockArchive::Recall, `candidates` per head), then rank those
+  // candidates by their exact attention peak (BlockAttentionPeak). Returns the slots added; an
+  // archive error is returned as is and leaves the memory unchanged (answer without recall).
+  absl::StatusOr<int64_t> Recall(std::span<const int32_t> question, const RecallOptions& options);
 
   // Reads `prompt` (the task/question, after the document) and generates the answer.
   absl::StatusOr<std::vector<int32_t>> Generate(std::span<const int32_t> prompt,

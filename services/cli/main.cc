@@ -110,7 +110,10 @@ Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
                          in bf16 with the default model, see cache/FORMAT.md)
   --recall-candidates C  archived blocks per layer and KV head whose keys are read to rank them
                          exactly by the question's attention (default 64; the blocks' key
-                         bounds choose which); C <= R ranks by the bounds alone
+                         bounds choose which)
+  --recall-scope SCOPE   shared (default: the same R blocks in every head, those that some head
+                         of the question, read after the memory, attends to most) or head (each
+                         layer and KV head recalls its own R; with C <= R, by bounds alone)
   --cache-dir DIR        where the archive lives: a RocksDB database in DIR/db (default:
                          $XDG_CACHE_HOME/longread, else ~/.cache/longread). A run's archive is
                          deleted when it ends; a killed run's, by the next run on DIR.
@@ -366,9 +369,16 @@ int Run(const Args& args) {
   if (!ParseInt(args, "block-tokens", 32, 1, &memory.block_tokens, &error) ||
       !ParseFloat(args, "task-weight", memory.task_weight, 0.0f, 1e6f, &memory.task_weight,
                   &error) ||
-      !ParseInt(args, "recall-blocks", 0, 0, &options.recall_blocks, &error) ||
-      !ParseInt(args, "recall-candidates", 64, 0, &options.recall_candidates, &error)) {
+      !ParseInt(args, "recall-blocks", 0, 0, &options.recall.blocks, &error) ||
+      !ParseInt(args, "recall-candidates", 64, 0, &options.recall.candidates, &error)) {
     return Usage(error);
+  }
+  if (args.Has("recall-scope")) {
+    const std::string scope = args.Get("recall-scope");
+    if (scope != "shared" && scope != "head") {
+      return Usage(absl::StrCat("--recall-scope must be shared or head, not '", scope, "'"));
+    }
+    options.recall.shared = scope == "shared";
   }
   int64_t archive_max_bytes = 0;
   if (!ParseInt(args, "archive-max-bytes", int64_t{1} << 30, 0, &archive_max_bytes, &error)) {
@@ -447,7 +457,7 @@ int Run(const Args& args) {
   // failure here costs the recall, never the answer (exit code unchanged).
   std::unique_ptr<services::RunArchive> run_archive;
   std::string recall_error;
-  if (options.recall_blocks > 0 && !memory.is_dense()) {
+  if (options.recall.blocks > 0 && !memory.is_dense()) {
     const auto& c = loaded.model->config();
     services::RunArchiveOptions archive_options;
     archive_options.cache_dir = args.Get("cache-dir", services::DefaultCacheDir());
@@ -618,6 +628,7 @@ int main(int argc, char** argv) {
                                                "instruction-first",
                                                "recall-blocks",
                                                "recall-candidates",
+                                               "recall-scope",
                                                "cache-dir",
                                                "archive-max-bytes",
                                                "scorer",

@@ -54,7 +54,7 @@ Outcome Finish(RecurrentRunner& runner, std::span<const int32_t> rest, int64_t r
   EXPECT_TRUE(runner.Feed(rest).ok());
   EXPECT_TRUE(runner.Flush().ok());
   if (recall_blocks > 0) {
-    auto recalled = runner.Recall(kQuestion, recall_blocks);
+    auto recalled = runner.Recall(kQuestion, {.blocks = recall_blocks});
     EXPECT_TRUE(recalled.ok()) << recalled.status();
     EXPECT_GT(recalled.value_or(0), 0);
   }

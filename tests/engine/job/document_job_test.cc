@@ -71,7 +71,7 @@ TEST(DocumentJobTest, AnswerWithoutRecallEqualsARunThatNeverRecalls) {
   InMemoryBlockArchive archive(c.n_layers, c.n_kv_heads, c.d_model / c.n_heads);
   DocumentJobOptions recall = plain;
   recall.archive = &archive;
-  recall.recall_blocks = 2;
+  recall.recall.blocks = 2;
   recall.also_answer_without_recall = true;
   auto both = RunDocumentJob(*model, *tokenizer, kDocument, recall, nullptr, &pool);
   ASSERT_TRUE(both.ok()) << both.status();

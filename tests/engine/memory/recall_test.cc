@@ -60,8 +60,8 @@ TEST(BlockArchiveTest, BoundsNeverUnderestimateAndTopRIsStable) {
 }
 
 // The exact recall score against float64: per query row, softmax over held ∪ candidate keys; a
-// block's mass is the sum of its keys' probabilities over rows.
-TEST(BlockArchiveTest, AttentionMassIsTheQueriesSoftmaxSummedOverEachBlock) {
+// block's peak is the largest probability mass one row gives its keys.
+TEST(BlockArchiveTest, AttentionPeakIsTheLargestMassOneQueryGivesEachBlock) {
   std::mt19937_64 rng(11);
   std::normal_distribution<float> normal(0.0f, 2.0f);
   const int64_t d = 8, n_rows = 5, n_held = 6;
@@ -77,7 +77,7 @@ TEST(BlockArchiveTest, AttentionMassIsTheQueriesSoftmaxSummedOverEachBlock) {
   }
   // One block sits exactly on the first query's direction: it must get the most mass.
   for (int64_t e = 0; e < d; ++e) blocks[2].keys[e] = 3.0f * queries[e];
-  const std::vector<double> mass = BlockAttentionMass(queries, n_rows, d, held, n_held, blocks);
+  const std::vector<double> mass = BlockAttentionPeak(queries, n_rows, d, held, n_held, blocks);
   ASSERT_EQ(mass.size(), blocks.size());
   std::vector<double> expected(blocks.size(), 0.0);
   double total_mass = 0;
@@ -92,17 +92,21 @@ TEST(BlockArchiveTest, AttentionMassIsTheQueriesSoftmaxSummedOverEachBlock) {
     for (const auto& b : blocks) {
       for (size_t t = 0; t < b.positions.size(); ++t) z += std::exp(logit(&b.keys[t * d]));
     }
+    double row_total = 0;
     for (size_t b = 0; b < blocks.size(); ++b) {
+      double block_mass = 0;
       for (size_t t = 0; t < blocks[b].positions.size(); ++t) {
-        expected[b] += std::exp(logit(&blocks[b].keys[t * d])) / z;
+        block_mass += std::exp(logit(&blocks[b].keys[t * d])) / z;
       }
+      expected[b] = std::max(expected[b], block_mass);
+      row_total += block_mass;
     }
+    total_mass = std::max(total_mass, row_total);
   }
   for (size_t b = 0; b < blocks.size(); ++b) {
     EXPECT_NEAR(mass[b], expected[b], 1e-5 * std::max(1.0, expected[b])) << "block " << b;
-    total_mass += mass[b];
   }
-  EXPECT_LT(total_mass, static_cast<double>(n_rows));  // the held keys take the rest
+  EXPECT_LT(total_mass, 1.0);  // the held keys take the rest of every row
   const std::vector<float> score(mass.begin(), mass.end());
   EXPECT_EQ(TopRIndices(score, 1), std::vector<int64_t>{2});
 }
@@ -178,24 +182,39 @@ TEST(RecallTest, EvictedBlocksAreArchivedOnceAndRecallBringsThemBack) {
         for (int64_t p : seen) EXPECT_EQ(p, expect++);
       }
     }
-    // Ranked by bounds alone (candidates <= blocks), then exactly among 6 candidates.
-    for (int64_t candidates : {0, 6}) {
+    // Per head by bounds alone (candidates <= blocks), per head exactly among 6 candidates, and
+    // one choice shared by all heads.
+    for (const RecallOptions options :
+         {RecallOptions{.blocks = 2, .candidates = 0, .shared = false},
+          RecallOptions{.blocks = 2, .candidates = 6, .shared = false},
+          RecallOptions{.blocks = 2, .candidates = 6, .shared = true}}) {
       ASSERT_TRUE(runner.Restore(before).ok());
-      auto added = runner.Recall(Tokens(6, 9), 2, candidates);
+      auto added = runner.Recall(Tokens(6, 9), options);
       ASSERT_TRUE(added.ok()) << added.status();
       EXPECT_GT(*added, 0);
       const MemorySnapshot after = runner.Snapshot();
       // The question read to capture its queries leaves no trace: only recalled slots are new.
       EXPECT_EQ(after.token_offset, before.token_offset);
       int64_t new_slots = 0;
+      std::set<int64_t> recalled_blocks;
       for (size_t h = 0; h < after.heads.size(); ++h) {
         const auto& p = after.heads[h].positions;
+        const auto& b = before.heads[h].positions;
+        for (int64_t position : p) {
+          if (!std::binary_search(b.begin(), b.end(), position)) {
+            recalled_blocks.insert(position / block);
+          }
+        }
         EXPECT_TRUE(std::is_sorted(p.begin(), p.end()));
         EXPECT_LE(p.size(), before.heads[h].positions.size() + 2 * block);
         EXPECT_LT(p.back(), before.token_offset);
         new_slots += static_cast<int64_t>(p.size() - before.heads[h].positions.size());
       }
       EXPECT_EQ(new_slots, *added);
+      // Shared: one choice of R blocks for the whole model.
+      if (options.shared) {
+        EXPECT_LE(recalled_blocks.size(), 2u);
+      }
     }
     GenerateOptions options;
     options.max_new_tokens = 4;
@@ -210,6 +229,10 @@ class BrokenArchive : public BlockArchive {
                                                     int64_t, int64_t) override {
     return absl::DataLossError("archive: checksum mismatch in block 3");
   }
+  absl::StatusOr<std::vector<ArchivedBlock>> Fetch(int32_t, int32_t,
+                                                   std::span<const int64_t>) override {
+    return absl::DataLossError("archive: checksum mismatch in block 3");
+  }
   int64_t stored_bytes() const override { return 0; }
 };
 
@@ -222,7 +245,7 @@ TEST(RecallTest, BrokenArchiveLeavesMemoryUntouchedAndAnswerStillWorks) {
   ASSERT_TRUE(runner.Feed(Tokens(60, 4)).ok());
   ASSERT_TRUE(runner.Flush().ok());
   const MemorySnapshot before = runner.Snapshot();
-  auto added = runner.Recall(Tokens(3, 2), 2);
+  auto added = runner.Recall(Tokens(3, 2), {.blocks = 2});
   EXPECT_EQ(added.status().code(), absl::StatusCode::kDataLoss);
   const MemorySnapshot after = runner.Snapshot();
   for (size_t h = 0; h < after.heads.size(); ++h) {
