@@ -82,3 +82,10 @@ PYEOF
   mv "$model_file.part" "$model_file"
   log "model ready: models/$(basename "$model_file")"
 fi
+# The default model's calibrated SparseK scorer, where `longread run --scorer auto` looks for it.
+scorer_src="$root/engine/scorer/weights/SmolLM2-135M-Instruct.Q4_1.lrscorer"
+scorer_dst="${model_file%.gguf}.lrscorer"
+if ! cmp -s "$scorer_src" "$scorer_dst"; then
+  cp "$scorer_src" "$scorer_dst.part" && mv "$scorer_dst.part" "$scorer_dst"
+  log "scorer ready: models/$(basename "$scorer_dst")"
+fi

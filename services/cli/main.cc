@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -104,10 +105,11 @@ Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
                          scaled by the SparseK mask clip(z - tau, 0, 1), for scorers trained
                          through the operator)
   --instruction-first    also put the instruction before the document
-  --recall-blocks R      keep evicted blocks in an archive on disk and bring back the R best
-                         blocks per layer and KV head for the task before answering (default 0:
-                         off; needs --block-tokens > 1 to pay: blocks of 32 cost ~26 KB/token
-                         in bf16 with the default model, see cache/FORMAT.md)
+  --recall-blocks R      keep evicted blocks in an archive on disk and bring back the R blocks
+                         the question or task attends to most before answering (default 4, the
+                         best measured: bench/quality/README.md; 0: off, nothing on disk).
+                         Blocks of 32 cost ~26 KB of disk per evicted token in bf16 with the
+                         default model (cache/FORMAT.md); the archive is deleted at the end
   --recall-candidates C  archived blocks per layer and KV head whose keys are read to rank them
                          exactly by the question's attention (default 64; the blocks' key
                          bounds choose which)
@@ -122,8 +124,9 @@ Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
                          and an answer without recall
   --archive-max-bytes N  cap on the run's archive in bytes (default 1073741824 = 1 GiB; 0: none);
                          beyond it the blocks with the lowest importance are dropped
-  --scorer PATH          scorer weights for this model (default: none; keys tie on score and
-                         the oldest are kept, i.e. sinks + window + the document's start)
+  --scorer PATH|auto|none  scorer weights for this model (default auto: MODEL with extension
+                         .lrscorer if it exists and fits the model, as scripts/setup.sh installs
+                         for the default model; none: keys score by the task term alone)
   --dense                dense causal attention instead (exact; only up to the model's context)
   --max-bytes N          refuse documents larger than N bytes (default 1073741824)
 )";
@@ -210,7 +213,16 @@ struct Loaded {
   std::unique_ptr<engine::LlamaModel> model;
   std::unique_ptr<engine::Tokenizer> tokenizer;
   std::unique_ptr<kernels::ThreadPool> pool;
+  std::string path;  // the model file or directory
 };
+
+// Where --scorer auto looks: beside the model file, its extension replaced by .lrscorer (in a
+// model directory: longread.lrscorer).
+std::string AutoScorerPath(const std::string& model_path) {
+  std::filesystem::path p(model_path);
+  if (std::filesystem::is_directory(p)) return (p / "longread.lrscorer").string();
+  return p.replace_extension(".lrscorer").string();
+}
 
 int LoadModel(const Args& args, Loaded* loaded) {
   std::string path = args.Get("model");
@@ -245,6 +257,7 @@ int LoadModel(const Args& args, Loaded* loaded) {
         {{"path", path}, {"error", std::string(model.status().message())}});
     return kBadModel;
   }
+  loaded->path = path;
   loaded->model = std::move(*model);
   loaded->tokenizer = std::move(*tokenizer);
   loaded->pool = std::make_unique<kernels::ThreadPool>(static_cast<int>(threads));
@@ -369,7 +382,7 @@ int Run(const Args& args) {
   if (!ParseInt(args, "block-tokens", 32, 1, &memory.block_tokens, &error) ||
       !ParseFloat(args, "task-weight", memory.task_weight, 0.0f, 1e6f, &memory.task_weight,
                   &error) ||
-      !ParseInt(args, "recall-blocks", 0, 0, &options.recall.blocks, &error) ||
+      !ParseInt(args, "recall-blocks", 4, 0, &options.recall.blocks, &error) ||
       !ParseInt(args, "recall-candidates", 64, 0, &options.recall.candidates, &error)) {
     return Usage(error);
   }
@@ -442,16 +455,27 @@ int Run(const Args& args) {
   Loaded loaded;
   if (int rc = LoadModel(args, &loaded); rc != kOk) return rc;
   std::shared_ptr<const engine::ScorerWeights> scorer;
-  if (args.Has("scorer")) {
+  // auto: the weights installed beside the model (scripts/setup.sh puts the calibrated scorer of
+  // the default model there), the configuration the quality bench measured best. Missing or not
+  // this model's: read without a scorer. A file named with --scorer must be usable.
+  const std::string scorer_arg = args.Get("scorer", "auto");
+  const bool scorer_auto = scorer_arg == "auto";
+  const std::string scorer_path = scorer_auto ? AutoScorerPath(loaded.path) : scorer_arg;
+  if (scorer_arg != "none" && !(scorer_auto && !std::filesystem::exists(scorer_path))) {
     const auto& c = loaded.model->config();
-    auto weights = engine::LoadScorerWeights(args.Get("scorer"), loaded.model->fingerprint(),
-                                             c.n_layers, c.n_kv_heads, c.d_model);
-    if (!weights.ok()) {
+    auto weights = engine::LoadScorerWeights(scorer_path, loaded.model->fingerprint(), c.n_layers,
+                                             c.n_kv_heads, c.d_model);
+    if (weights.ok()) {
+      scorer = std::make_shared<const engine::ScorerWeights>(std::move(*weights));
+      Log(LogLevel::kInfo, "scorer_loaded", {{"path", scorer_path}});
+    } else if (scorer_auto) {
+      Log(LogLevel::kWarning, "scorer_skipped",
+          {{"path", scorer_path}, {"error", std::string(weights.status().message())}});
+    } else {
       Log(LogLevel::kError, "scorer_unusable",
-          {{"path", args.Get("scorer")}, {"error", std::string(weights.status().message())}});
+          {{"path", scorer_path}, {"error", std::string(weights.status().message())}});
       return kBadModel;
     }
-    scorer = std::make_shared<const engine::ScorerWeights>(std::move(*weights));
   }
   // The archive is opened only when recall is asked for: other runs never touch the cache. Any
   // failure here costs the recall, never the answer (exit code unchanged).

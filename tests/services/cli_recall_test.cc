@@ -3,6 +3,7 @@
 // the process has exited.
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "cache/block_archive_store.h"
 #include "cache/cache_db.h"
@@ -40,18 +41,51 @@ TEST(CliRecallTest, RecallsFromTheRocksDbArchiveAndDeletesItAtTheEnd) {
   EXPECT_TRUE(docs->empty()) << docs->size() << " archives left, first: " << docs->front().first;
 }
 
-TEST(CliRecallTest, WithoutRecallTheCacheIsNotTouched) {
+TEST(CliRecallTest, RecallOffLeavesTheCacheUntouched) {
   if (!testing::HaveModel()) GTEST_SKIP() << "default model missing: run scripts/setup.sh";
   cache::TempDir work;
   const std::string cache_dir = work.path() + "/cache";
   const testing::CliResult run =
       RunLongread(work.path(), SmallDocument().substr(0, 400),
                   {"--task", "question", "--question", "What is the code?", "--max-tokens", "4",
-                   "--json", "--quiet", "--cache-dir", cache_dir});
+                   "--recall-blocks", "0", "--json", "--quiet", "--cache-dir", cache_dir});
   ASSERT_EQ(run.exit_code, 0) << run.err;
   EXPECT_EQ(JsonInt(run.out, "recalled_slots"), 0) << run.out;
   EXPECT_EQ(JsonInt(run.out, "archive_bytes"), 0) << run.out;
   EXPECT_FALSE(std::filesystem::exists(cache_dir));
+}
+
+// The defaults are the quality bench's best configuration: recall on (into the user's cache,
+// here XDG_CACHE_HOME under the test's directory) with the scorer setup.sh installs beside the
+// model; --scorer none reads without it.
+TEST(CliRecallTest, DefaultsRecallWithTheInstalledScorer) {
+  if (!testing::HaveModel()) GTEST_SKIP() << "default model missing: run scripts/setup.sh";
+  cache::TempDir work;
+  const std::vector<std::string> small = {"--task",
+                                          "question",
+                                          "--question",
+                                          "What is the code of the east storeroom?",
+                                          "--memory-k",
+                                          "64",
+                                          "--window",
+                                          "64",
+                                          "--segment-tokens",
+                                          "128",
+                                          "--max-tokens",
+                                          "8",
+                                          "--json"};
+  const testing::CliResult run = RunLongread(work.path(), SmallDocument(), small);
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_GT(JsonInt(run.out, "recalled_slots"), 0) << run.out;
+  EXPECT_NE(run.err.find("scorer_loaded"), std::string::npos) << run.err;
+  EXPECT_TRUE(std::filesystem::exists(work.path() + "/xdg-cache/longread/db")) << run.err;
+
+  std::vector<std::string> no_scorer = small;
+  no_scorer.insert(no_scorer.end(), {"--scorer", "none"});
+  const testing::CliResult plain = RunLongread(work.path(), SmallDocument(), no_scorer);
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  EXPECT_EQ(plain.err.find("scorer_loaded"), std::string::npos) << plain.err;
+  EXPECT_GT(JsonInt(plain.out, "recalled_slots"), 0) << plain.out;
 }
 
 }  // namespace

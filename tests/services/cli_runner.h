@@ -80,8 +80,11 @@ inline CliResult RunLongread(const std::string& work_dir, const std::string& doc
     for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
     return q + "'";
   };
-  std::string command = absl::StrCat(shell_prefix, quote(LONGREAD_BINARY), " run --model ",
-                                     quote(ModelPath()), " --threads 2");
+  // Recall is on by default: each test gets its own cache (the user's is never touched, and
+  // parallel tests never wait on one another's lock).
+  std::string command =
+      absl::StrCat(shell_prefix, "XDG_CACHE_HOME=", quote(work_dir + "/xdg-cache"), " ",
+                   quote(LONGREAD_BINARY), " run --model ", quote(ModelPath()), " --threads 2");
   for (const std::string& a : args) absl::StrAppend(&command, " ", quote(a));
   const std::string out = work_dir + "/stdout", err = work_dir + "/stderr";
   absl::StrAppend(&command, " ", quote(doc), " >", quote(out), " 2>", quote(err));
