@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -55,6 +56,8 @@ Methods:    --methods dense,window,window+recall,sparsek,sparsek-noscorer,blocks
             recall holds the same budget as every other method; window+recall: its window is
             B - R*N)  --recall-candidates C (64: blocks per head ranked exactly)
             --recall-scope shared|head (shared: one choice for every head)
+            --block-score max|mean (max: how blocks* score a block from its tokens' scores)
+            any method + "+first" (not window+oracle): the question also before the document
 Passkey:    --lengths 2048,4096 (tokens the model sees: chat prompt + document + answer room)
             --depths 0.1,0.5,0.9 | random   --trials N or N1,N2,... (per length, per depth)
             --first-trial T (start at trial T: extends an earlier run with new documents)
@@ -73,6 +76,7 @@ struct Options {
   std::string scorer = "auto";
   int64_t block_tokens = 32, recall_blocks = 4, recall_candidates = 64;
   bool recall_shared = true;
+  engine::BlockScore block_score = engine::BlockScore::kMax;
   engine::PositionMode positions = engine::PositionMode::kSlotOrder;
   double task_weight = 1.0;
   engine::TaskScore task_score = engine::TaskScore::kSegmentMass;
@@ -137,9 +141,12 @@ bool ParseOptions(int argc, char** argv, Options* o, std::string* error) {
     } else if (name == "methods") {
       o->methods = absl::StrSplit(v, ',');
       for (const auto& m : o->methods) {
-        ok = ok && (m == "dense" || m == "window" || m == "window+recall" || m == "window+oracle" ||
-                    m == "sparsek" || m == "sparsek-noscorer" || m == "blocks" ||
-                    m == "blocks+task" || m == "blocks+recall" || m == "blocks+task+recall");
+        // Any method may end in +first: the question is also placed before the document.
+        const std::string base = absl::EndsWith(m, "+first") ? m.substr(0, m.size() - 6) : m;
+        ok = ok && (base == "dense" || base == "window" || base == "window+recall" ||
+                    (base == "window+oracle" && base == m) || base == "sparsek" ||
+                    base == "sparsek-noscorer" || base == "blocks" || base == "blocks+task" ||
+                    base == "blocks+recall" || base == "blocks+task+recall");
       }
     } else if (name == "budget") {
       one(&o->budget, 1);
@@ -157,6 +164,9 @@ bool ParseOptions(int argc, char** argv, Options* o, std::string* error) {
       one(&o->recall_blocks, 1);
     } else if (name == "recall-candidates") {
       one(&o->recall_candidates, 0);
+    } else if (name == "block-score") {
+      ok = v == "max" || v == "mean";
+      o->block_score = v == "mean" ? engine::BlockScore::kMean : engine::BlockScore::kMax;
     } else if (name == "recall-scope") {
       ok = v == "shared" || v == "head";
       o->recall_shared = v == "shared";
@@ -246,7 +256,8 @@ struct Method {
   std::shared_ptr<const engine::ScorerWeights> scorer;
   bool task_aware = false;
   engine::RecallOptions recall;
-  bool oracle = false;  // window+oracle: recall the key's blocks (a diagnostic ceiling)
+  bool oracle = false;             // window+oracle: recall the key's blocks (a diagnostic ceiling)
+  bool instruction_first = false;  // +first
 };
 
 std::vector<Method> MakeMethods(const Options& o,
@@ -256,6 +267,7 @@ std::vector<Method> MakeMethods(const Options& o,
     Method m;
     m.name = name;
     m.runner.segment_tokens = o.segment_tokens;
+    m.instruction_first = absl::EndsWith(name, "+first");
     if (name == "dense") {
       m.runner.memory = MemoryConfig::Dense();
     } else {
@@ -275,7 +287,10 @@ std::vector<Method> MakeMethods(const Options& o,
         if (name == "sparsek" && scorer == nullptr) m.name = "sparsek-noscorer";
         if (name == "sparsek-noscorer") m.scorer = nullptr;
       }
-      if (name.rfind("blocks", 0) == 0) memory.block_tokens = o.block_tokens;
+      if (name.rfind("blocks", 0) == 0) {
+        memory.block_tokens = o.block_tokens;
+        memory.block_score = o.block_score;
+      }
       if (name.find("+task") != std::string::npos) {
         m.task_aware = true;
         memory.task_weight = static_cast<float>(o.task_weight);
@@ -390,6 +405,7 @@ absl::StatusOr<Answer> ReadAndAnswer(engine::LlamaModel& model, const engine::To
   options.runner = method.runner;
   options.generate.max_new_tokens = max_new_tokens;
   options.task_aware = method.task_aware;
+  options.instruction_first = method.instruction_first;
   const auto& c = model.config();
   // In RAM: the bench measures what recall brings back, not RocksDB (bench/cache measures that).
   std::unique_ptr<engine::BlockArchive> archive;
@@ -714,10 +730,18 @@ std::vector<std::pair<std::string, std::string>> ConfigJson(const Options& o,
           {"sparsek_method", JsonString(sparsek)},
           {"blocks_method",
            JsonString(absl::StrCat("as sparsek, whole blocks of ", o.block_tokens,
-                                   " tokens (block score = max of its tokens' scores)"))},
+                                   " tokens (block score = ",
+                                   o.block_score == engine::BlockScore::kMean ? "mean" : "max",
+                                   " of its tokens' scores)"))},
           {"task_method",
-           JsonString(absl::StrCat("+task: score += ", o.task_weight,
-                                   " x max over the question's query vectors of q.k/sqrt(d)"))},
+           JsonString(absl::StrCat(
+               "+task: score += ", o.task_weight, " x ",
+               o.task_score == engine::TaskScore::kMaxDot
+                   ? "max over the question's query vectors of q.k/sqrt(d)"
+                   : "log of the question's attention mass on the key within its segment, "
+                     "relative to uniform (engine::TaskScore::kSegmentMass)"))},
+          {"first_method", JsonString("+first: the question is also placed before the document "
+                                      "(DocumentJobOptions::instruction_first)")},
           {"recall_method",
            JsonString(absl::StrCat(
                "+recall: evicted blocks to an in-RAM archive; the question read in context "
@@ -729,6 +753,7 @@ std::vector<std::pair<std::string, std::string>> ConfigJson(const Options& o,
                o.recall_blocks * o.block_tokens,
                ") so that the memory after recall holds the same budget"))},
           {"block_tokens", absl::StrCat(o.block_tokens)},
+          {"block_score", JsonString(o.block_score == engine::BlockScore::kMean ? "mean" : "max")},
           {"task_weight", absl::StrCat(o.task_weight)},
           {"task_score",
            o.task_score == engine::TaskScore::kMaxDot ? "\"max-dot\"" : "\"segment-mass\""},

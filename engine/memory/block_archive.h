@@ -83,10 +83,10 @@ class InMemoryBlockArchive : public BlockArchive {
 // (`queries`: n_rows x head_dim, un-rotated), softmax_j(q_r·k_j/sqrt(head_dim)) is taken over the
 // keys the memory holds (`held_keys`: n_held x head_dim) and every candidate's keys together; a
 // block's peak is the largest probability mass one row gives its keys. Normalizing per row, as
-// attention does, keeps rows that attend to the sinks from deciding. Measured with the default
-// model (bench/quality/README.md): a question singles out the block it asks about in a few heads
-// and a few rows (mass 0.2-0.7 against < 0.02 elsewhere); a sum over rows or heads drowns that in
-// the diffuse mass every other head spreads over the archive, a max keeps it.
+// attention does, keeps rows that attend to the sinks from deciding. A max, not a sum: a
+// question singles out the block it asks about in a few heads and rows, and a sum over rows or
+// heads would drown that in the diffuse mass every other head spreads over the archive (the
+// reasoning; the quality bench measures the whole recall, bench/quality/README.md).
 // With `held_block_ids` (n_held entries, ascending; -1: leave the key out, e.g. a sink), the
 // peaks of the held keys' blocks go to `held_peaks` (block id -> peak, max-merged into what is
 // there): a shared choice can then see that a block a head already holds is the one asked for.

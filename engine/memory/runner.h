@@ -39,7 +39,8 @@ struct RecallOptions {
   // true: one choice for all heads, the R blocks with the highest peak over every (layer, KV
   // head) (each head recalls those among its candidates). false: each head its own R. A fact is
   // singled out by a few retrieval heads, and the model copies it only when the heads that copy
-  // hold it: per-head choices put it in few heads (bench/quality/README.md).
+  // hold it: per-head choices put it in few heads. The shared choice is what the quality bench
+  // measured (bench/quality/README.md); per-head is kept for comparison.
   bool shared = true;
 };
 

@@ -98,6 +98,7 @@ Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
   --positions MODE       slot (default: positions by slot order, stay in context) or original
   --block-tokens B       select whole blocks of B consecutive tokens (default 32, the best
                          measured with the task term: bench/quality/README.md; 1: tokens)
+  --block-score AGG      max (default) or mean: a block's score from its tokens' scores
   --task-weight X        weight of the task term in key scores (default 1; 0: question-blind)
   --task-score KIND      segment-mass (default: the task queries' attention mass on the key
                          within its segment, relative to uniform) or max-dot (largest q.k/sqrt(d))
@@ -413,6 +414,12 @@ int Run(const Args& args) {
   } else if (task_score != "segment-mass") {
     return Usage("--task-score must be segment-mass or max-dot");
   }
+  const std::string block_score = args.Get("block-score", "max");
+  if (block_score == "mean") {
+    memory.block_score = engine::BlockScore::kMean;
+  } else if (block_score != "max") {
+    return Usage("--block-score must be max or mean");
+  }
   const std::string mask = args.Get("mask", "hard");
   if (mask == "soft") {
     memory.mask_mode = engine::MaskMode::kSoft;
@@ -653,6 +660,7 @@ int main(int argc, char** argv) {
                                                "recall-blocks",
                                                "recall-candidates",
                                                "recall-scope",
+                                               "block-score",
                                                "cache-dir",
                                                "archive-max-bytes",
                                                "scorer",

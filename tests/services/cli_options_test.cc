@@ -34,6 +34,8 @@ TEST_F(CliOptionsTest, UnknownAndInvalidOptionsAreUsageErrors) {
       {{"--mask", "fuzzy"}, "--mask must be hard or soft"},
       {{"--task-score", "psychic"}, "--task-score must be segment-mass or max-dot"},
       {{"--positions", "random"}, "--positions must be slot or original"},
+      {{"--block-score", "median"}, "--block-score must be max or mean"},
+      {{"--recall-scope", "global"}, "--recall-scope must be shared or head"},
       {{"--block-tokens", "0"}, "block-tokens"},
   };
   for (const Case& c : cases) {
@@ -44,12 +46,13 @@ TEST_F(CliOptionsTest, UnknownAndInvalidOptionsAreUsageErrors) {
   }
 }
 
-TEST_F(CliOptionsTest, SoftMaskAndMaxDotTaskScoreAnswer) {
+TEST_F(CliOptionsTest, NonDefaultMemoryOptionsAnswer) {
   if (!testing::HaveModel()) GTEST_SKIP() << "default model missing: run scripts/setup.sh";
   const testing::CliResult r = RunLongread(
       dir_.string(), testing::SmallDocument(),
       {"--task",         "question", "--question",       "What is the code of the east storeroom?",
        "--mask",         "soft",     "--task-score",     "max-dot",
+       "--block-score",  "mean",     "--recall-scope",   "head",
        "--block-tokens", "16",       "--memory-k",       "64",
        "--window",       "64",       "--segment-tokens", "128",
        "--max-tokens",   "12",       "--json",           "--quiet"});
