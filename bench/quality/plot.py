@@ -20,7 +20,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 COLORS = {"dense": "black", "window": "tab:orange", "sparsek": "tab:blue",
           "sparsek-noscorer": "tab:cyan", "blocks": "tab:purple", "blocks+task": "tab:green",
           "blocks+task+recall": "tab:red", "window+recall": "tab:brown",
-          "blocks+recall": "tab:pink"}
+          "blocks+recall": "tab:pink", "blocks-noscorer": "plum",
+          "blocks+task-noscorer": "yellowgreen", "blocks+task+recall-noscorer": "salmon",
+          "dense+first": "dimgray", "blocks+task+recall+first": "darkred",
+          "window+oracle": "gold"}
 
 
 def wilson(correct, n, z=1.96):

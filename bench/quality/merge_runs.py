@@ -1,0 +1,76 @@
+"""Merges longread_quality_bench JSON files of one evaluation split over processes or machines
+into one JSON (trials pooled, the first file's header kept, every source listed), and recovers
+the finished trials of processes that were killed before writing their JSON from their logs.
+
+Usage: python3 bench/quality/merge_runs.py --out OUT.json [--logs LOG ...] [--noscorer-suffix]
+           [--note TEXT] RUN.json ...
+
+--noscorer-suffix: the runs had no scorer; the methods that use one (blocks*, sparsek) are
+renamed METHOD-noscorer so that they are never pooled with runs that used the calibrated scorer.
+Recovered log trials carry only what the log line says (method, length, depth, trial, key,
+correct, key_held_share): no answer text.
+"""
+
+import argparse
+import json
+import re
+
+LOG_LINE = re.compile(r"len (\d+) depth (\S+) trial (\d+) (\S+)\s+key (\d+) (OK|MISS)\s+held\s+(\d+)%")
+USES_SCORER = ("blocks", "sparsek")
+
+
+def rename(method, noscorer):
+    if noscorer and method.startswith(USES_SCORER) and "noscorer" not in method:
+        return method + "-noscorer"
+    return method
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", nargs="*")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--logs", nargs="*", default=[])
+    ap.add_argument("--noscorer-suffix", action="store_true")
+    ap.add_argument("--note", default="")
+    args = ap.parse_args()
+    runs = [json.load(open(p)) for p in args.runs]
+    merged = dict(runs[0]) if runs else {"bench": "quality", "config": {}}
+    merged["sources"] = [
+        {"file": p, "command": r.get("command"), "date": r.get("date"), "device": r.get("device"),
+         "stopped_early": r.get("stopped_early"), "elapsed_seconds": r.get("elapsed_seconds")}
+        for p, r in zip(args.runs, runs)]
+    trials, seen = [], set()
+    for r in runs:
+        for t in r.get("passkey_trials", []):
+            t = dict(t, method=rename(t["method"], args.noscorer_suffix))
+            trials.append(t)
+            seen.add((t["method"], t["length"], t["trial"]))
+    recovered = 0
+    for path in args.logs:
+        for line in open(path):
+            m = LOG_LINE.search(line)
+            if not m:
+                continue
+            method = rename(m.group(4), args.noscorer_suffix)
+            key = (method, int(m.group(1)), int(m.group(3)))
+            if key in seen:
+                continue
+            seen.add(key)
+            recovered += 1
+            trials.append({"method": method, "length": key[1], "depth": float(m.group(2)),
+                           "trial": key[2], "key": m.group(5), "possible": True,
+                           "correct": m.group(6) == "OK",
+                           "key_held_share": int(m.group(7)) / 100.0,
+                           "recovered_from_log": path})
+    merged["passkey_trials"] = trials
+    merged.pop("passkey_summary", None)
+    merged.pop("passkey_by_depth", None)
+    merged["merge_note"] = (f"{len(runs)} runs merged, {recovered} trials recovered from logs"
+                            + (", blocks*/sparsek renamed -noscorer (no scorer in these runs)"
+                               if args.noscorer_suffix else "") + (f"; {args.note}" if args.note else ""))
+    json.dump(merged, open(args.out, "w"), indent=1)
+    print(args.out, len(trials), "trials;", merged["merge_note"])
+
+
+if __name__ == "__main__":
+    main()
