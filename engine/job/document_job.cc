@@ -212,7 +212,9 @@ absl::StatusOr<DocumentJobResult> RunTokenizedDocumentJob(
   if (recall) {
     // A broken archive costs the recall, not the answer.
     // The question is scored as the answer will read it: the chat turn after the document.
+    const auto recall_start = std::chrono::steady_clock::now();
     auto recalled = runner.Recall(question, options.recall);
+    result.recall_seconds = SecondsSince(recall_start);
     if (recalled.ok()) {
       result.recalled_slots = *recalled;
     } else {

@@ -55,6 +55,7 @@ struct DocumentJobResult {
   std::string recall_error;            // why recall was skipped, if it failed
   std::string answer_without_recall;   // DocumentJobOptions::also_answer_without_recall
   double read_seconds = 0;
+  double recall_seconds = 0;  // the question read in context + archive reads + ranking
   double generate_seconds = 0;
 };
 

@@ -584,13 +584,14 @@ int Run(const Args& args) {
   if (json) {
     std::printf(
         "{\"answer\":%s,\"document_tokens\":%lld,\"generated_tokens\":%lld,"
-        "\"invalid_utf8_sequences\":%lld,\"read_seconds\":%.3f,\"generate_seconds\":%.3f,"
-        "\"recalled_slots\":%lld,\"archive_bytes\":%lld,\"recall_error\":%s}\n",
+        "\"invalid_utf8_sequences\":%lld,\"read_seconds\":%.3f,\"recall_seconds\":%.3f,"
+        "\"generate_seconds\":%.3f,\"recalled_slots\":%lld,\"archive_bytes\":%lld,"
+        "\"recall_error\":%s}\n",
         JsonEscape(result->answer).c_str(), static_cast<long long>(result->document_tokens),
         static_cast<long long>(result->generated_tokens),
         static_cast<long long>(result->invalid_utf8_sequences), result->read_seconds,
-        result->generate_seconds, static_cast<long long>(result->recalled_slots),
-        static_cast<long long>(archive_bytes),
+        result->recall_seconds, result->generate_seconds,
+        static_cast<long long>(result->recalled_slots), static_cast<long long>(archive_bytes),
         recall_error.empty() ? "null" : JsonEscape(recall_error).c_str());
   } else {
     std::printf("\n");
@@ -598,6 +599,7 @@ int Run(const Args& args) {
   Log(LogLevel::kInfo, "done",
       {{"document_tokens", std::to_string(result->document_tokens)},
        {"read_seconds", absl::StrCat(result->read_seconds)},
+       {"recall_seconds", absl::StrCat(result->recall_seconds)},
        {"read_tokens_per_second",
         absl::StrCat(result->read_seconds > 0 ? result->document_tokens / result->read_seconds
                                               : 0)},

@@ -32,6 +32,7 @@ TEST(CliRecallTest, RecallsFromTheRocksDbArchiveAndDeletesItAtTheEnd) {
   EXPECT_GT(JsonInt(run.out, "archive_bytes"), 0) << run.out;  // blocks were evicted and archived
   EXPECT_GT(JsonInt(run.out, "recalled_slots"), 0) << run.out;
   EXPECT_NE(run.out.find("\"recall_error\":null"), std::string::npos) << run.out;
+  EXPECT_NE(run.out.find("\"recall_seconds\":"), std::string::npos) << run.out;
 
   // The process has exited: nothing of its archive is left in the database.
   auto db = cache::CacheDb::Open(CacheDbPath(cache_dir));
