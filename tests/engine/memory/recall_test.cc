@@ -256,6 +256,40 @@ TEST(RecallTest, BrokenArchiveLeavesMemoryUntouchedAndAnswerStillWorks) {
   EXPECT_TRUE(runner.Generate(Tokens(4, 1), options).ok());
 }
 
+// An archive whose ranked reads work but whose reads by id fail: the shared choice's second
+// read (heads whose bounds missed a chosen block) must leave the memory as it was, too.
+class FetchFailsArchive : public InMemoryBlockArchive {
+ public:
+  using InMemoryBlockArchive::InMemoryBlockArchive;
+  absl::StatusOr<std::vector<ArchivedBlock>> Fetch(int32_t, int32_t,
+                                                   std::span<const int64_t>) override {
+    ++fetches;
+    return absl::DataLossError("archive: payload of block 7 missing");
+  }
+  int fetches = 0;
+};
+
+TEST(RecallTest, FailedFetchByIdLeavesMemoryUntouched) {
+  REQUIRE_DEFAULT_MODEL(model);
+  const ModelConfig& c = model->config();
+  kernels::ThreadPool pool(2);
+  RecurrentRunner runner(model, Small(4), nullptr, &pool);
+  FetchFailsArchive archive(c.n_layers, c.n_kv_heads, c.head_dim);
+  runner.set_archive(&archive);
+  ASSERT_TRUE(runner.Feed(Tokens(100, 5)).ok());
+  ASSERT_TRUE(runner.Flush().ok());
+  const MemorySnapshot before = runner.Snapshot();
+  // Each head's bounds pass on its own 4 blocks; the one choice for all heads differs from some
+  // head's, which then reads a chosen block by id (asserted: fetches > 0).
+  auto added = runner.Recall(Tokens(3, 2), {.blocks = 4, .candidates = 2, .shared = true});
+  ASSERT_GT(archive.fetches, 0);
+  EXPECT_EQ(added.status().code(), absl::StatusCode::kDataLoss) << added.status();
+  const MemorySnapshot after = runner.Snapshot();
+  for (size_t h = 0; h < after.heads.size(); ++h) {
+    EXPECT_EQ(after.heads[h].positions, before.heads[h].positions);
+  }
+}
+
 TEST(TaskScoreTest, TaskTermIsTheLargestTaskQueryDotProduct) {
   REQUIRE_DEFAULT_MODEL(model);
   const ModelConfig& c = model->config();
