@@ -39,12 +39,17 @@ def main():
         {"file": p, "command": r.get("command"), "date": r.get("date"), "device": r.get("device"),
          "stopped_early": r.get("stopped_early"), "elapsed_seconds": r.get("elapsed_seconds")}
         for p, r in zip(args.runs, runs)]
-    trials, seen = [], set()
+    # A trial index run twice (overlapping ranges of two calls) counts once: the first record.
+    trials, seen, duplicates = [], set(), 0
     for r in runs:
         for t in r.get("passkey_trials", []):
             t = dict(t, method=rename(t["method"], args.noscorer_suffix))
+            key = (t["method"], t["length"], t["trial"])
+            if key in seen:
+                duplicates += 1
+                continue
             trials.append(t)
-            seen.add((t["method"], t["length"], t["trial"]))
+            seen.add(key)
     recovered = 0
     for path in args.logs:
         for line in open(path):
@@ -65,7 +70,8 @@ def main():
     merged["passkey_trials"] = trials
     merged.pop("passkey_summary", None)
     merged.pop("passkey_by_depth", None)
-    merged["merge_note"] = (f"{len(runs)} runs merged, {recovered} trials recovered from logs"
+    merged["merge_note"] = (f"{len(runs)} runs merged, {recovered} trials recovered from logs, "
+                            f"{duplicates} duplicate trial records dropped"
                             + (", blocks*/sparsek renamed -noscorer (no scorer in these runs)"
                                if args.noscorer_suffix else "") + (f"; {args.note}" if args.note else ""))
     json.dump(merged, open(args.out, "w"), indent=1)
