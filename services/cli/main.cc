@@ -125,9 +125,10 @@ Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
                          and an answer without recall
   --archive-max-bytes N  cap on the run's archive in bytes (default 1073741824 = 1 GiB; 0: none);
                          beyond it the blocks with the lowest importance are dropped
-  --scorer PATH|auto|none  scorer weights for this model (default auto: MODEL with extension
+  --scorer PATH|auto|none  scorer weights for this model (default none: keys score by the task
+                         term alone, the best measured with recall; auto: MODEL with extension
                          .lrscorer if it exists and fits the model, as scripts/setup.sh installs
-                         for the default model; none: keys score by the task term alone)
+                         for the default model)
   --dense                dense causal attention instead (exact; only up to the model's context)
   --max-bytes N          refuse documents larger than N bytes (default 1073741824)
 )";
@@ -462,10 +463,13 @@ int Run(const Args& args) {
   Loaded loaded;
   if (int rc = LoadModel(args, &loaded); rc != kOk) return rc;
   std::shared_ptr<const engine::ScorerWeights> scorer;
-  // auto: the weights installed beside the model (scripts/setup.sh puts the calibrated scorer of
-  // the default model there), the configuration the quality bench measured best. Missing or not
-  // this model's: read without a scorer. A file named with --scorer must be usable.
-  const std::string scorer_arg = args.Get("scorer", "auto");
+  // none (default): keys score by the task term alone. On the same 8K documents the recall memory
+  // found the key in 5 of 11 without the calibrated scorer and in 1 of 11 with it (bench/quality/
+  // README.md): the question-blind scorer fills the top-k with blocks every query attends to,
+  // and those then outrank the fact when recall chooses. auto: the weights installed beside the
+  // model (scripts/setup.sh puts the default model's there); missing or not this model's: none.
+  // A file named with --scorer must be usable.
+  const std::string scorer_arg = args.Get("scorer", "none");
   const bool scorer_auto = scorer_arg == "auto";
   const std::string scorer_path = scorer_auto ? AutoScorerPath(loaded.path) : scorer_arg;
   if (scorer_arg != "none" && !(scorer_auto && !std::filesystem::exists(scorer_path))) {

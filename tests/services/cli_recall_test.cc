@@ -57,9 +57,9 @@ TEST(CliRecallTest, RecallOffLeavesTheCacheUntouched) {
 }
 
 // The defaults are the quality bench's best configuration: recall on (into the user's cache,
-// here XDG_CACHE_HOME under the test's directory) with the scorer setup.sh installs beside the
-// model; --scorer none reads without it.
-TEST(CliRecallTest, DefaultsRecallWithTheInstalledScorer) {
+// here XDG_CACHE_HOME under the test's directory), no scorer; --scorer auto loads the calibrated
+// scorer that setup.sh installs beside the model.
+TEST(CliRecallTest, DefaultsRecallWithoutAScorerAndAutoFindsTheInstalledOne) {
   if (!testing::HaveModel()) GTEST_SKIP() << "default model missing: run scripts/setup.sh";
   cache::TempDir work;
   const std::vector<std::string> small = {"--task",
@@ -78,15 +78,15 @@ TEST(CliRecallTest, DefaultsRecallWithTheInstalledScorer) {
   const testing::CliResult run = RunLongread(work.path(), SmallDocument(), small);
   ASSERT_EQ(run.exit_code, 0) << run.err;
   EXPECT_GT(JsonInt(run.out, "recalled_slots"), 0) << run.out;
-  EXPECT_NE(run.err.find("scorer_loaded"), std::string::npos) << run.err;
+  EXPECT_EQ(run.err.find("scorer_loaded"), std::string::npos) << run.err;
   EXPECT_TRUE(std::filesystem::exists(work.path() + "/xdg-cache/longread/db")) << run.err;
 
-  std::vector<std::string> no_scorer = small;
-  no_scorer.insert(no_scorer.end(), {"--scorer", "none"});
-  const testing::CliResult plain = RunLongread(work.path(), SmallDocument(), no_scorer);
-  ASSERT_EQ(plain.exit_code, 0) << plain.err;
-  EXPECT_EQ(plain.err.find("scorer_loaded"), std::string::npos) << plain.err;
-  EXPECT_GT(JsonInt(plain.out, "recalled_slots"), 0) << plain.out;
+  std::vector<std::string> with_scorer = small;
+  with_scorer.insert(with_scorer.end(), {"--scorer", "auto"});
+  const testing::CliResult scored = RunLongread(work.path(), SmallDocument(), with_scorer);
+  ASSERT_EQ(scored.exit_code, 0) << scored.err;
+  EXPECT_NE(scored.err.find("scorer_loaded"), std::string::npos) << scored.err;
+  EXPECT_GT(JsonInt(scored.out, "recalled_slots"), 0) << scored.out;
 }
 
 }  // namespace
