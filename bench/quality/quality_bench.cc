@@ -263,11 +263,14 @@ struct Method {
 std::vector<Method> MakeMethods(const Options& o,
                                 std::shared_ptr<const engine::ScorerWeights> scorer) {
   std::vector<Method> methods;
-  for (const std::string& name : o.methods) {
+  for (const std::string& full_name : o.methods) {
     Method m;
-    m.name = name;
+    m.name = full_name;
     m.runner.segment_tokens = o.segment_tokens;
-    m.instruction_first = absl::EndsWith(name, "+first");
+    // +first changes the prompt, not the memory: the memory is configured by the name without it.
+    m.instruction_first = absl::EndsWith(full_name, "+first");
+    const std::string name =
+        m.instruction_first ? full_name.substr(0, full_name.size() - 6) : full_name;
     if (name == "dense") {
       m.runner.memory = MemoryConfig::Dense();
     } else {
@@ -284,7 +287,9 @@ std::vector<Method> MakeMethods(const Options& o,
         m.scorer = scorer;
         // Without a scorer every key ties at 0 and SparseK keeps the oldest: say so in every
         // record.
-        if (name == "sparsek" && scorer == nullptr) m.name = "sparsek-noscorer";
+        if (name == "sparsek" && scorer == nullptr) {
+          m.name = m.instruction_first ? "sparsek-noscorer+first" : "sparsek-noscorer";
+        }
         if (name == "sparsek-noscorer") m.scorer = nullptr;
       }
       if (name.rfind("blocks", 0) == 0) {
