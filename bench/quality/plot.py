@@ -86,7 +86,9 @@ def main():
         dodge = [length * 2 ** (0.04 * (i - (len(methods) - 1) / 2)) for length in lengths]
         acc = [counts[(m, length)][0] / counts[(m, length)][1] for length in lengths]
         lo_hi = [wilson(*counts[(m, length)]) for length in lengths]
-        err = [[a - lo for a, (lo, _) in zip(acc, lo_hi)], [hi - a for a, (_, hi) in zip(acc, lo_hi)]]
+        # max(0, ...): at 0/n or n/n the interval's edge equals the accuracy up to rounding.
+        err = [[max(0.0, a - lo) for a, (lo, _) in zip(acc, lo_hi)],
+               [max(0.0, hi - a) for a, (_, hi) in zip(acc, lo_hi)]]
         label = m if m != "sparsek" else f"sparsek (scorer {os.path.basename(scorer)})"
         ax.errorbar(dodge, acc, yerr=err, marker="o", capsize=3, label=label, color=COLORS.get(m))
         for length, x, a in zip(lengths, dodge, acc):
