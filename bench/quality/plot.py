@@ -14,6 +14,8 @@ import os
 
 import matplotlib
 
+from table import wilson  # bench/quality/table.py: one interval for the table and the plot
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -24,17 +26,6 @@ COLORS = {"dense": "black", "window": "tab:orange", "sparsek": "tab:blue",
           "blocks+task-noscorer": "yellowgreen", "blocks+task+recall-noscorer": "salmon",
           "dense+first": "dimgray", "blocks+task+recall+first": "darkred",
           "window+oracle": "gold"}
-
-
-def wilson(correct, n, z=1.96):
-    """95% Wilson interval: honest error bars for small trial counts."""
-    if n == 0:
-        return 0.0, 0.0
-    p = correct / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
 
 
 def print_table(runs, counts):

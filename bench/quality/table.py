@@ -18,6 +18,7 @@ ORDER = ["dense", "dense+first", "window", "window+recall", "sparsek", "sparsek-
 
 
 def wilson(c, n, z=1.96):
+    """95% Wilson interval: honest error bars for small trial counts (also used by plot.py)."""
     if n == 0:
         return 0.0, 0.0
     p = c / n
