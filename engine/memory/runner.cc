@@ -147,21 +147,19 @@ absl::StatusOr<int64_t> RecurrentRunner::Recall(std::span<const int32_t> questio
   if (options.shared) {
     // One choice for the whole model: a block's score is its peak over every head.
     std::map<int64_t, double> best;  // block id -> peak (ordered: ties go to the older block)
+    // Only a block that some head has archived can be recalled: one that every head still holds
+    // would spend the recall on nothing.
+    std::set<int64_t> archived;
     for (int64_t h = 0; h < n_heads; ++h) {
       for (const auto& [id, p] : held_peak[h]) {
         double& b = best[id];
         b = std::max(b, p);
       }
       for (size_t i = 0; i < got[h].size(); ++i) {
+        archived.insert(got[h][i].block_id);
         double& b = best[got[h][i].block_id];
         b = std::max(b, peak[h][i]);
       }
-    }
-    // Only a block that some head has archived can be recalled: one that every head still holds
-    // would spend the recall on nothing.
-    std::set<int64_t> archived;
-    for (int64_t h = 0; h < n_heads; ++h) {
-      for (const ArchivedBlock& b : got[h]) archived.insert(b.block_id);
     }
     std::vector<int64_t> ids;
     std::vector<float> scores;
