@@ -75,6 +75,10 @@ class DocumentSession {
   // Where the caller continues feeding document tokens (0 for a fresh session).
   int64_t document_tokens_consumed() const { return document_consumed_; }
   int64_t document_tokens() const { return document_tokens_; }
+  // Tokens read before the answer: the prompt's head and the document.
+  int64_t read_tokens_total() const {
+    return static_cast<int64_t>(prompt_.before_document.size()) + document_tokens_;
+  }
 
   // Reads at most one segment through the model. `tokens` are the document's tokens starting at
   // document_tokens_consumed() (none of them control tokens); `end_of_document` says that no
