@@ -167,8 +167,9 @@ TEST(DocumentSessionTest, ResumedAfterSegment3FromReplayedArchiveAnswersIdentica
   auto second_archive = f.FreshArchive();
   ASSERT_TRUE(ReplayBlocks(*received, second_archive.get()).ok());
   // Another slicing on the new worker: segment boundaries do not depend on it.
-  const DocumentJobResult resumed = ResumeAndFinish(
-      *model, *f.tokenizer, f.tokens, options, second_archive.get(), &pool, cut.checkpoint, 64);
+  const DocumentJobResult resumed =
+      ResumeAndFinish(*model, *f.tokenizer, f.tokens, options, second_archive.get(), &pool,
+                      cut.checkpoint, cut.checkpoint.document_tokens_consumed, 64);
   EXPECT_EQ(resumed.answer, undisturbed->answer);
   EXPECT_EQ(resumed.recalled_slots, undisturbed->recalled_slots);
   EXPECT_EQ(resumed.read_tokens, undisturbed->read_tokens);
@@ -194,8 +195,9 @@ TEST(DocumentSessionTest, ResumedFromTheEndOfReadingAnswersIdentically) {
 
   auto second_archive = f.FreshArchive();
   ASSERT_TRUE(ReplayBlocks(cut.blocks, second_archive.get()).ok());
-  const DocumentJobResult resumed = ResumeAndFinish(
-      *model, *f.tokenizer, f.tokens, options, second_archive.get(), &pool, cut.checkpoint, 128);
+  const DocumentJobResult resumed =
+      ResumeAndFinish(*model, *f.tokenizer, f.tokens, options, second_archive.get(), &pool,
+                      cut.checkpoint, cut.checkpoint.document_tokens_consumed, 128);
   DocumentJobOptions again = options;
   again.archive = first_archive.get();
   auto session = DocumentSession::Create(*model, *f.tokenizer, again, nullptr, &pool,

@@ -117,12 +117,14 @@ inline Interrupted InterruptAfter(LlamaModel& model, const Tokenizer& tokenizer,
 }
 
 // The second half: a new session on `archive` (into which the blocks were replayed) resumes from
-// the checkpoint and finishes.
+// the checkpoint and finishes. Restore derives where reading resumes from the MemorySnapshot
+// alone: it must be `expected_consumed` (the interrupted session's document_tokens_consumed).
 inline DocumentJobResult ResumeAndFinish(LlamaModel& model, const Tokenizer& tokenizer,
                                          std::span<const int32_t> tokens,
                                          DocumentJobOptions options, BlockArchive* archive,
                                          kernels::ThreadPool* pool,
-                                         const SessionCheckpoint& checkpoint, int64_t slice) {
+                                         const SessionCheckpoint& checkpoint,
+                                         int64_t expected_consumed, int64_t slice) {
   options.archive = archive;
   auto session = DocumentSession::Create(model, tokenizer, options, nullptr, pool,
                                          static_cast<int64_t>(tokens.size()));
@@ -130,7 +132,7 @@ inline DocumentJobResult ResumeAndFinish(LlamaModel& model, const Tokenizer& tok
   if (!session.ok()) return {};
   const absl::Status restored = (*session)->Restore(checkpoint);
   EXPECT_TRUE(restored.ok()) << restored;
-  EXPECT_EQ((*session)->document_tokens_consumed(), checkpoint.document_tokens_consumed);
+  EXPECT_EQ((*session)->document_tokens_consumed(), expected_consumed);
   return FinishSession(**session, tokens, slice);
 }
 
