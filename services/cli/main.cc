@@ -6,11 +6,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <iostream>
 #include <map>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -25,6 +22,7 @@
 #include "engine/tokenizer/tokenizer.h"
 #include "kernels/thread_pool.h"
 #include "services/cli/calibrate_command.h"
+#include "services/cli/document_input.h"
 #include "services/cli/progress_bar.h"
 #include "services/cli/run_archive.h"
 #include "services/common/log.h"
@@ -58,8 +56,8 @@ Commands:
   help COMMAND    show the options of a command
 
 Every command accepts --help. Exit codes: 0 success, 1 internal error, 2 bad usage,
-3 unusable input (missing, empty or oversized document), 4 unusable model or scorer file,
-5 input too long for the chosen attention (use the SparseK memory, the default).
+3 unusable input (missing, empty or oversized document, a directory), 4 unusable model or
+scorer file, 5 input too long for the chosen attention (use the SparseK memory, the default).
 )";
 
 constexpr char kCommonHelp[] = R"(
@@ -130,7 +128,9 @@ Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
                          .lrscorer if it exists and fits the model, as scripts/setup.sh installs
                          for the default model)
   --dense                dense causal attention instead (exact; only up to the model's context)
-  --max-bytes N          refuse documents larger than N bytes (default 1073741824)
+  --max-bytes N          refuse documents larger than N bytes (default 1073741824); stdin,
+                         pipes and character devices are read as a stream, never beyond N + 1
+                         bytes. A directory is refused
 )";
 
 constexpr char kGenerateHelp[] = R"(Usage: longread generate --prompt TEXT [options]
@@ -431,30 +431,14 @@ int Run(const Args& args) {
 
   // Read the document before loading the model: a bad path fails fast.
   const std::string path = args.positional[0];
-  std::string document;
-  if (path == "-") {
-    std::ostringstream buffer;
-    buffer << std::cin.rdbuf();
-    document = buffer.str();
-  } else {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-      Log(LogLevel::kError, "document_unreadable", {{"path", path}});
-      return kBadInput;
-    }
-    in.seekg(0, std::ios::end);
-    const std::streamoff size = in.tellg();
-    if (size > options.max_document_bytes) {
-      Log(LogLevel::kError, "document_too_large",
-          {{"path", path},
-           {"bytes", std::to_string(size)},
-           {"limit", std::to_string(options.max_document_bytes)}});
-      return kBadInput;
-    }
-    in.seekg(0);
-    document.resize(static_cast<size_t>(size));
-    in.read(document.data(), size);
+  auto input = services::ReadDocumentInput(path, options.max_document_bytes);
+  if (!input.ok()) {
+    const bool too_large = input.status().code() == absl::StatusCode::kResourceExhausted;
+    Log(LogLevel::kError, too_large ? "document_too_large" : "document_unreadable",
+        {{"path", path}, {"error", std::string(input.status().message())}});
+    return kBadInput;
   }
+  const std::string document = std::move(*input);
   if (document.empty()) {
     Log(LogLevel::kError, "document_empty", {{"path", path}});
     return kBadInput;
