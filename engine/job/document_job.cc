@@ -1,5 +1,6 @@
 #include "engine/job/document_job.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -159,6 +160,24 @@ absl::StatusOr<DocumentJobResult> RunTokenizedDocumentJob(
   result.document_tokens = static_cast<int64_t>(document_tokens.size());
   const std::vector<int32_t>& question = prompt->after_document;
   result.prompt_tokens = prefix + static_cast<int64_t>(question.size());
+
+  // Dense attention (and original positions) give every token its own position, so the whole
+  // read and the longest answer must fit the trained context: known now, not after reading.
+  const MemoryConfig& memory = options.runner.memory;
+  const int64_t context = model.config().context_length;
+  if (memory.is_dense() || memory.position_mode == PositionMode::kOriginal) {
+    // The last answer token is emitted, never read.
+    const int64_t needed = prefix + result.document_tokens + static_cast<int64_t>(question.size()) +
+                           std::max<int64_t>(options.generate.max_new_tokens - 1, 0);
+    if (needed > context) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "the document has ", result.document_tokens, " tokens; with the prompt's ",
+          result.prompt_tokens, " and up to ", options.generate.max_new_tokens,
+          " answer tokens it needs ", needed, " positions, beyond the model's trained context of ",
+          context, " tokens (", memory.is_dense() ? "dense attention" : "original positions",
+          "); use the SparseK memory (the default) for longer inputs"));
+    }
+  }
 
   RecurrentRunner runner(&model, options.runner, std::move(scorer), pool);
   const std::vector<int32_t> instruction =

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -74,6 +75,21 @@ TEST_F(CliInputTest, FifoIsReadAsAStreamAndAnswered) {
                     "cat '" + source + "' > '" + fifo + "' & ");
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_GT(testing::JsonInt(r.out, "document_tokens"), 300) << r.out;
+}
+
+TEST_F(CliInputTest, DenseRefusesADocumentBeyondTheContextBeforeReading) {
+  if (!testing::HaveModel()) GTEST_SKIP() << "default model missing: run scripts/setup.sh";
+  // ~10,000 tokens: more than the default model's trained context of 8192.
+  std::string document;
+  for (int i = 0; i < 22; ++i) document += testing::SmallDocument();
+  const CliResult r =
+      testing::RunLongread(dir_.string(), document, {"--dense", "--max-tokens", "8"});
+  EXPECT_EQ(r.exit_code, 5) << r.err;
+  EXPECT_TRUE(Contains(r.err, "beyond the model's trained context of 8192 tokens")) << r.err;
+  EXPECT_TRUE(std::regex_search(r.err, std::regex("the document has [0-9]{5} tokens"))) << r.err;
+  // Refused up front: no segment was read (the progress bar reports each one in tok/s).
+  EXPECT_FALSE(Contains(r.err, "tok/s")) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
 }
 
 }  // namespace
