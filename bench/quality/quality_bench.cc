@@ -49,7 +49,8 @@ Methods:    --methods dense,window,window+recall,sparsek,sparsek-noscorer,blocks
             (default dense,window,sparsek)   --budget B (keys per query besides sinks, 1024)
             --positions slot|original (slot: the product's default)
             --sinks S (4)  --sparsek-window W (256; SparseK top_k = B - W)  --segment-tokens L
-            --scorer PATH|auto|none (auto: engine/scorer/weights/<model>.lrscorer if present)
+            --scorer PATH|auto|none (auto: engine/scorer/weights/<model>.lrscorer; refused
+            when that file does not exist)
             --block-tokens N (32: blocks*)  --task-weight X (1: +task)
             --task-score segment-mass|max-dot (segment-mass: see engine::TaskScore)
             --recall-blocks R (4: +recall; its top_k is B - W - R*N, so that the memory after
@@ -254,6 +255,7 @@ struct Method {
   std::string name;
   RunnerConfig runner;
   std::shared_ptr<const engine::ScorerWeights> scorer;
+  std::string scorer_path = "none";  // what the record says this method used
   bool task_aware = false;
   engine::RecallOptions recall;
   bool oracle = false;             // window+oracle: recall the key's blocks (a diagnostic ceiling)
@@ -261,7 +263,8 @@ struct Method {
 };
 
 std::vector<Method> MakeMethods(const Options& o,
-                                std::shared_ptr<const engine::ScorerWeights> scorer) {
+                                std::shared_ptr<const engine::ScorerWeights> scorer,
+                                const std::string& scorer_path) {
   std::vector<Method> methods;
   for (const std::string& full_name : o.methods) {
     Method m;
@@ -285,12 +288,16 @@ std::vector<Method> MakeMethods(const Options& o,
         memory.window = o.sparsek_window;
         memory.top_k = o.budget - o.sparsek_window;
         m.scorer = scorer;
+        if (scorer != nullptr) m.scorer_path = scorer_path;
         // Without a scorer every key ties at 0 and SparseK keeps the oldest: say so in every
         // record.
         if (name == "sparsek" && scorer == nullptr) {
           m.name = m.instruction_first ? "sparsek-noscorer+first" : "sparsek-noscorer";
         }
-        if (name == "sparsek-noscorer") m.scorer = nullptr;
+        if (name == "sparsek-noscorer") {
+          m.scorer = nullptr;
+          m.scorer_path = "none";
+        }
       }
       if (name.rfind("blocks", 0) == 0) {
         memory.block_tokens = o.block_tokens;
@@ -811,15 +818,22 @@ int Main(int argc, char** argv) {
   }
   const auto& c = (*model)->config();
 
-  // The scorer: explicit path, "none", or "auto" = the calibrated weights for this model when
-  // they have been produced; without one SparseK keeps the oldest keys (all scores tie at 0).
+  // The scorer: explicit path, "none", or "auto" = the calibrated weights for this model. Without
+  // one SparseK keeps the oldest keys (all scores tie at 0): a run must never measure that while
+  // its command says "auto", so an auto that finds no file is refused.
   std::shared_ptr<const engine::ScorerWeights> scorer;
   std::string scorer_path = o.scorer;
   if (o.scorer == "auto") {
     const char* src = std::getenv("LONGREAD_SOURCE_DIR");
     scorer_path = absl::StrCat(src != nullptr ? src : ".", "/engine/scorer/weights/",
                                std::filesystem::path(o.model).stem().string(), ".lrscorer");
-    if (!std::filesystem::exists(scorer_path)) scorer_path = "none";
+    if (!std::filesystem::exists(scorer_path)) {
+      std::fprintf(stderr,
+                   "--scorer auto: no scorer file for this model (looked for %s); name one with "
+                   "--scorer PATH, or measure without one with --scorer none\n",
+                   scorer_path.c_str());
+      return 2;
+    }
   }
   if (scorer_path != "none") {
     auto weights = engine::LoadScorerWeights(scorer_path, (*model)->fingerprint(), c.n_layers,
@@ -864,7 +878,9 @@ int Main(int argc, char** argv) {
   report.context_length = c.context_length;
   report.FillEnvironment();
 
-  Bench bench(o, **model, **tokenizer, corpus.get(), MakeMethods(o, scorer), &pool, &report);
+  std::vector<Method> methods = MakeMethods(o, scorer, scorer_path);
+  for (const Method& m : methods) report.method_scorers.emplace_back(m.name, m.scorer_path);
+  Bench bench(o, **model, **tokenizer, corpus.get(), std::move(methods), &pool, &report);
   const auto start = std::chrono::steady_clock::now();
   absl::Status status = absl::OkStatus();
   if (o.trials[0] > 0 && !o.lengths.empty()) status = bench.Passkey();

@@ -231,7 +231,13 @@ std::string Report::WriteJson(const std::string& requested) const {
     << ",\n  \"git_commit\": " << JsonString(git_commit) << ",\n  \"model\": " << JsonString(model)
     << ",\n  \"model_fingerprint\": " << JsonString(model_fingerprint)
     << ",\n  \"context_length\": " << context_length << ",\n  \"scorer\": " << JsonString(scorer)
-    << ",\n  \"scorer_provenance\": " << JsonString(scorer_provenance) << ",\n  \"config\": {";
+    << ",\n  \"scorer_provenance\": " << JsonString(scorer_provenance)
+    << ",\n  \"method_scorers\": {";
+  for (size_t i = 0; i < method_scorers.size(); ++i) {
+    j << (i ? ", " : "") << JsonString(method_scorers[i].first) << ": "
+      << JsonString(method_scorers[i].second);
+  }
+  j << "},\n  \"config\": {";
   for (size_t i = 0; i < config.size(); ++i) {
     j << (i ? ", " : "") << JsonString(config[i].first) << ": " << config[i].second;
   }

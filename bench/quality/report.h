@@ -59,6 +59,8 @@ struct Report {
   int threads = 0;
   // Run settings as JSON values (already encoded), in the order they are printed.
   std::vector<std::pair<std::string, std::string>> config;
+  // Each method's name and the scorer file it used ("none": keys scored without one).
+  std::vector<std::pair<std::string, std::string>> method_scorers;
   std::vector<std::pair<std::string, int64_t>> corpus;  // source directory, files used
   std::vector<std::string> corpus_skipped;
   bool stopped_early = false;

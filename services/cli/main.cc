@@ -85,8 +85,9 @@ Task:
   --task NAME            summarize (default), analyze_code, or question
   --question TEXT        the question for --task question
   --json                 print a JSON object (answer, token counts, timings, recalled_slots,
-                         archive_bytes, recall_error: null or why recall was skipped) instead
-                         of text
+                         archive_bytes, recall_error: null or why recall was skipped, scorer:
+                         the file used or null, scorer_warning: null or why --scorer auto
+                         used none) instead of text
 
 Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
   --memory-k K           selected older keys per layer and KV head (default 2048)
@@ -126,7 +127,7 @@ Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
   --scorer PATH|auto|none  scorer weights for this model (default none: keys score by the task
                          term alone, the best measured with recall; auto: MODEL with extension
                          .lrscorer if it exists and fits the model, as scripts/setup.sh installs
-                         for the default model)
+                         for the default model; if not, a warning and none)
   --dense                dense causal attention instead (exact; only up to the model's context)
   --max-bytes N          refuse documents larger than N bytes (default 1073741824); stdin,
                          pipes and character devices are read as a stream, never beyond N + 1
@@ -456,7 +457,12 @@ int Run(const Args& args) {
   const std::string scorer_arg = args.Get("scorer", "none");
   const bool scorer_auto = scorer_arg == "auto";
   const std::string scorer_path = scorer_auto ? AutoScorerPath(loaded.path) : scorer_arg;
-  if (scorer_arg != "none" && !(scorer_auto && !std::filesystem::exists(scorer_path))) {
+  std::string scorer_warning;  // why auto found no usable scorer: said on stderr and in --json
+  if (scorer_auto && !std::filesystem::exists(scorer_path)) {
+    scorer_warning = absl::StrCat("no scorer file for this model (looked for ", scorer_path,
+                                  "): keys score by the task term alone");
+    Log(LogLevel::kWarning, "scorer_not_found", {{"path", scorer_path}, {"scorer", "none"}});
+  } else if (scorer_arg != "none") {
     const auto& c = loaded.model->config();
     auto weights = engine::LoadScorerWeights(scorer_path, loaded.model->fingerprint(), c.n_layers,
                                              c.n_kv_heads, c.d_model);
@@ -464,6 +470,8 @@ int Run(const Args& args) {
       scorer = std::make_shared<const engine::ScorerWeights>(std::move(*weights));
       Log(LogLevel::kInfo, "scorer_loaded", {{"path", scorer_path}});
     } else if (scorer_auto) {
+      scorer_warning =
+          absl::StrCat("scorer file ", scorer_path, " not used: ", weights.status().message());
       Log(LogLevel::kWarning, "scorer_skipped",
           {{"path", scorer_path}, {"error", std::string(weights.status().message())}});
     } else {
@@ -574,13 +582,15 @@ int Run(const Args& args) {
         "{\"answer\":%s,\"document_tokens\":%lld,\"generated_tokens\":%lld,"
         "\"invalid_utf8_sequences\":%lld,\"read_seconds\":%.3f,\"recall_seconds\":%.3f,"
         "\"generate_seconds\":%.3f,\"recalled_slots\":%lld,\"archive_bytes\":%lld,"
-        "\"recall_error\":%s}\n",
+        "\"recall_error\":%s,\"scorer\":%s,\"scorer_warning\":%s}\n",
         JsonEscape(result->answer).c_str(), static_cast<long long>(result->document_tokens),
         static_cast<long long>(result->generated_tokens),
         static_cast<long long>(result->invalid_utf8_sequences), result->read_seconds,
         result->recall_seconds, result->generate_seconds,
         static_cast<long long>(result->recalled_slots), static_cast<long long>(archive_bytes),
-        recall_error.empty() ? "null" : JsonEscape(recall_error).c_str());
+        recall_error.empty() ? "null" : JsonEscape(recall_error).c_str(),
+        scorer == nullptr ? "null" : JsonEscape(scorer_path).c_str(),
+        scorer_warning.empty() ? "null" : JsonEscape(scorer_warning).c_str());
   } else {
     std::printf("\n");
   }
