@@ -64,6 +64,7 @@ Passkey:    --lengths 2048,4096 (tokens the model sees: chat prompt + document +
             --first-trial T (start at trial T: extends an earlier run with new documents)
             --haystack filler|real  --haystack-dir DIR[:NAME[:MAX_FILES]] (repeatable)
             --answer-tokens N (32; the model writes one token per digit)
+Generation: --no-repeat-ngram N  --repeat-penalty P  --repeat-last-n N (defaults: longread's)
 Perplexity: --perplexity FILE_OR_DIR --ppl-tokens N (mean NLL after the first segment)
 Facts:      --facts N --facts-tokens T (8192) --summary-tokens N (200)
 Run:        --seed N  --max-seconds S (stop between documents, counts recorded)  --json OUT
@@ -89,6 +90,7 @@ struct Options {
   HaystackKind haystack = HaystackKind::kReal;
   std::vector<std::string> haystack_dirs;
   int64_t answer_tokens = 32;
+  engine::SamplingOptions sampling;  // greedy, with longread's controls against loops
   std::string perplexity;
   int64_t ppl_tokens = 8192;
   int64_t facts = 0, facts_tokens = 8192, summary_tokens = 200;
@@ -199,6 +201,12 @@ bool ParseOptions(int argc, char** argv, Options* o, std::string* error) {
       o->haystack_dirs.push_back(v);
     } else if (name == "answer-tokens") {
       one(&o->answer_tokens, 1);
+    } else if (name == "no-repeat-ngram") {
+      one(&o->sampling.no_repeat_ngram, 0);
+    } else if (name == "repeat-last-n") {
+      one(&o->sampling.repeat_last_n, 0);
+    } else if (name == "repeat-penalty") {
+      ok = absl::SimpleAtof(v, &o->sampling.repeat_penalty) && o->sampling.repeat_penalty > 0;
     } else if (name == "perplexity") {
       o->perplexity = v;
     } else if (name == "ppl-tokens") {
@@ -256,6 +264,7 @@ struct Method {
   RunnerConfig runner;
   std::shared_ptr<const engine::ScorerWeights> scorer;
   std::string scorer_path = "none";  // what the record says this method used
+  engine::SamplingOptions sampling;
   bool task_aware = false;
   engine::RecallOptions recall;
   bool oracle = false;             // window+oracle: recall the key's blocks (a diagnostic ceiling)
@@ -270,6 +279,7 @@ std::vector<Method> MakeMethods(const Options& o,
     Method m;
     m.name = full_name;
     m.runner.segment_tokens = o.segment_tokens;
+    m.sampling = o.sampling;
     // +first changes the prompt, not the memory: the memory is configured by the name without it.
     m.instruction_first = absl::EndsWith(full_name, "+first");
     const std::string name =
@@ -416,6 +426,7 @@ absl::StatusOr<Answer> ReadAndAnswer(engine::LlamaModel& model, const engine::To
   options.question = std::string(question);
   options.runner = method.runner;
   options.generate.max_new_tokens = max_new_tokens;
+  options.generate.sampling = method.sampling;
   options.task_aware = method.task_aware;
   options.instruction_first = method.instruction_first;
   const auto& c = model.config();
@@ -737,6 +748,9 @@ std::vector<std::pair<std::string, std::string>> ConfigJson(const Options& o,
       absl::StrCat("sinks ", o.sinks, " + top_k ", o.budget - o.sparsek_window, " + window ",
                    o.sparsek_window, ", scorer ", scorer);
   return {{"methods", list(methods)},
+          {"no_repeat_ngram", absl::StrCat(o.sampling.no_repeat_ngram)},
+          {"repeat_penalty", absl::StrCat(o.sampling.repeat_penalty)},
+          {"repeat_last_n", absl::StrCat(o.sampling.repeat_last_n)},
           {"budget", absl::StrCat(o.budget)},
           {"window_method", JsonString(absl::StrCat("sinks ", o.sinks, " + window ", o.budget))},
           {"sparsek_method", JsonString(sparsek)},

@@ -327,6 +327,7 @@ absl::StatusOr<std::vector<int32_t>> RecurrentRunner::Generate(std::span<const i
     if (!s.ok()) return s;
   }
   Sampler sampler(options.sampling);
+  sampler.SetPromptTail(prompt);
   std::vector<int32_t> out;
   const int32_t vocab = model_->config().vocab_size;
   for (int64_t i = 0; i < options.max_new_tokens; ++i) {

@@ -73,6 +73,13 @@ Generation:
   --temperature T        0 = greedy (default), else sampling temperature
   --top-p P              nucleus sampling mass (default 1.0)
   --seed N               sampling seed (default 0): a run is reproducible
+  --no-repeat-ngram N    the answer never repeats a sequence of N tokens: a token that would
+                         complete one is excluded (default 12; 0: off). Stops the loops of
+                         greedy decoding without touching short repeats such as a number's digits
+  --repeat-penalty P     llama.cpp's repetition penalty over the last --repeat-last-n tokens
+                         (default 1: off; a penalty on recent tokens can break copying a number,
+                         which the model writes one digit per token)
+  --repeat-last-n N      tokens the repetition penalty looks back over (default 64)
 )";
 
 constexpr char kRunHelp[] = R"(Usage: longread run [options] FILE
@@ -268,7 +275,14 @@ int LoadModel(const Args& args, Loaded* loaded) {
 }
 
 bool ParseGenerateOptions(const Args& args, engine::GenerateOptions* options, std::string* error) {
+  engine::SamplingOptions& sampling = options->sampling;
   return ParseInt(args, "max-tokens", 256, 1, &options->max_new_tokens, error) &&
+         ParseInt(args, "no-repeat-ngram", sampling.no_repeat_ngram, 0, &sampling.no_repeat_ngram,
+                  error) &&
+         ParseFloat(args, "repeat-penalty", sampling.repeat_penalty, 0.01f, 100.0f,
+                    &sampling.repeat_penalty, error) &&
+         ParseInt(args, "repeat-last-n", sampling.repeat_last_n, 0, &sampling.repeat_last_n,
+                  error) &&
          ParseFloat(args, "temperature", 0.0f, 0.0f, 100.0f, &options->sampling.temperature,
                     error) &&
          ParseFloat(args, "top-p", 1.0f, 0.0f, 1.0f, &options->sampling.top_p, error) && [&] {
@@ -641,9 +655,9 @@ int main(int argc, char** argv) {
   // A misspelt option must not silently fall back to a default (a 1M-token read with the wrong
   // memory is an expensive mistake).
   if (command == "run" || command == "generate") {
-    static const std::set<std::string> kCommon = {"help",        "model", "threads",
-                                                  "log-format",  "quiet", "max-tokens",
-                                                  "temperature", "top-p", "seed"};
+    static const std::set<std::string> kCommon = {
+        "help",        "model", "threads", "log-format",      "quiet",          "max-tokens",
+        "temperature", "top-p", "seed",    "no-repeat-ngram", "repeat-penalty", "repeat-last-n"};
     static const std::set<std::string> kRun = {"task",
                                                "question",
                                                "json",
