@@ -14,6 +14,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <span>
 #include <string>
@@ -65,6 +66,8 @@ Passkey:    --lengths 2048,4096 (tokens the model sees: chat prompt + document +
             --haystack filler|real  --haystack-dir DIR[:NAME[:MAX_FILES]] (repeatable)
             --answer-tokens N (32; the model writes one token per digit)
 Generation: --no-repeat-ngram N  --repeat-penalty P  --repeat-last-n N (defaults: longread's)
+            --compare-no-repeat-ngram N  --compare-repeat-penalty P: passkey trials also answer
+            with the generation settings changed so, from the same read (paired: "compared_*")
 Perplexity: --perplexity FILE_OR_DIR --ppl-tokens N (mean NLL after the first segment)
 Facts:      --facts N --facts-tokens T (8192) --summary-tokens N (200)
 Run:        --seed N  --max-seconds S (stop between documents, counts recorded)  --json OUT
@@ -91,6 +94,7 @@ struct Options {
   std::vector<std::string> haystack_dirs;
   int64_t answer_tokens = 32;
   engine::SamplingOptions sampling;  // greedy, with longread's controls against loops
+  std::optional<engine::SamplingOptions> compare_sampling;
   std::string perplexity;
   int64_t ppl_tokens = 8192;
   int64_t facts = 0, facts_tokens = 8192, summary_tokens = 200;
@@ -207,6 +211,13 @@ bool ParseOptions(int argc, char** argv, Options* o, std::string* error) {
       one(&o->sampling.repeat_last_n, 0);
     } else if (name == "repeat-penalty") {
       ok = absl::SimpleAtof(v, &o->sampling.repeat_penalty) && o->sampling.repeat_penalty > 0;
+    } else if (name == "compare-no-repeat-ngram") {
+      if (!o->compare_sampling) o->compare_sampling = o->sampling;
+      one(&o->compare_sampling->no_repeat_ngram, 0);
+    } else if (name == "compare-repeat-penalty") {
+      if (!o->compare_sampling) o->compare_sampling = o->sampling;
+      ok = absl::SimpleAtof(v, &o->compare_sampling->repeat_penalty) &&
+           o->compare_sampling->repeat_penalty > 0;
     } else if (name == "perplexity") {
       o->perplexity = v;
     } else if (name == "ppl-tokens") {
@@ -265,6 +276,7 @@ struct Method {
   std::shared_ptr<const engine::ScorerWeights> scorer;
   std::string scorer_path = "none";  // what the record says this method used
   engine::SamplingOptions sampling;
+  std::optional<engine::SamplingOptions> compare_sampling;  // passkey: a second answer with these
   bool task_aware = false;
   engine::RecallOptions recall;
   bool oracle = false;             // window+oracle: recall the key's blocks (a diagnostic ceiling)
@@ -280,6 +292,7 @@ std::vector<Method> MakeMethods(const Options& o,
     m.name = full_name;
     m.runner.segment_tokens = o.segment_tokens;
     m.sampling = o.sampling;
+    m.compare_sampling = o.compare_sampling;
     // +first changes the prompt, not the memory: the memory is configured by the name without it.
     m.instruction_first = absl::EndsWith(full_name, "+first");
     const std::string name =
@@ -427,6 +440,7 @@ absl::StatusOr<Answer> ReadAndAnswer(engine::LlamaModel& model, const engine::To
   options.runner = method.runner;
   options.generate.max_new_tokens = max_new_tokens;
   options.generate.sampling = method.sampling;
+  if (task == engine::Task::kQuestion) options.also_answer_with_sampling = method.compare_sampling;
   options.task_aware = method.task_aware;
   options.instruction_first = method.instruction_first;
   const auto& c = model.config();
@@ -566,6 +580,12 @@ class Bench {
             const engine::DocumentJobResult& job = answer->job;
             trial.answer = job.answer;
             trial.correct = job.answer.find(doc.key) != std::string::npos;
+            if (m.compare_sampling.has_value()) {
+              trial.compared = true;
+              trial.compared_answer = job.answer_with_other_sampling;
+              trial.compared_correct =
+                  job.answer_with_other_sampling.find(doc.key) != std::string::npos;
+            }
             trial.read_tokens = job.read_tokens;
             trial.recalled_slots = job.recalled_slots;
             trial.recall_error = job.recall_error;
@@ -575,11 +595,15 @@ class Bench {
             trial.generated_tokens = job.generated_tokens;
             std::fprintf(stderr,
                          "[%6.0fs] len %lld depth %.2f trial %lld %-18s key %s %s held %3.0f%% "
-                         "%.0f tok/s\n",
+                         "%.0f tok/s%s\n",
                          SecondsSince(start_), static_cast<long long>(length), depth,
                          static_cast<long long>(t), m.name.c_str(), doc.key.c_str(),
                          trial.correct ? "OK  " : "MISS", 100 * trial.key_held_share,
-                         static_cast<double>(trial.read_tokens) / trial.read_seconds);
+                         static_cast<double>(trial.read_tokens) / trial.read_seconds,
+                         !trial.compared                         ? ""
+                         : trial.compared_answer == trial.answer ? " (compared: same answer)"
+                         : trial.compared_correct                ? " (compared: other, OK)"
+                                                                 : " (compared: other, MISS)");
             report_->passkey.push_back(trial);
           }
           seconds_per_document[length] = SecondsSince(doc_start);
@@ -837,6 +861,12 @@ int Main(int argc, char** argv) {
   // its command says "auto", so an auto that finds no file is refused.
   std::shared_ptr<const engine::ScorerWeights> scorer;
   std::string scorer_path = o.scorer;
+  if (o.compare_sampling.has_value()) {
+    report.config_notes.push_back(
+        absl::StrCat("compared generation: no_repeat_ngram ", o.compare_sampling->no_repeat_ngram,
+                     ", repeat_penalty ", o.compare_sampling->repeat_penalty, ", repeat_last_n ",
+                     o.compare_sampling->repeat_last_n));
+  }
   if (o.scorer == "auto") {
     const char* src = std::getenv("LONGREAD_SOURCE_DIR");
     scorer_path = absl::StrCat(src != nullptr ? src : ".", "/engine/scorer/weights/",

@@ -203,7 +203,8 @@ absl::StatusOr<DocumentJobResult> RunTokenizedDocumentJob(
   }
   if (tokenizer.eos_id() >= 0) generate.stop_tokens.push_back(tokenizer.eos_id());
   // Reads the question and generates; `stream` says whether the text goes to the callbacks.
-  auto answer = [&](bool stream, std::string* text) -> absl::StatusOr<int64_t> {
+  auto answer = [&](bool stream, std::string* text,
+                    const GenerateOptions& with) -> absl::StatusOr<int64_t> {
     TokenDecoder decoder(tokenizer);
     auto on_token = [&](int32_t token) {
       for (int32_t stop : generate.stop_tokens) {
@@ -214,7 +215,7 @@ absl::StatusOr<DocumentJobResult> RunTokenizedDocumentJob(
       if (stream && callbacks.answer_text && !piece.empty()) callbacks.answer_text(piece);
       return true;
     };
-    auto generated = runner.Generate(question, generate, on_token);
+    auto generated = runner.Generate(question, with, on_token);
     if (!generated.ok()) return generated.status();
     std::string tail = decoder.Flush();
     *text += tail;
@@ -225,7 +226,9 @@ absl::StatusOr<DocumentJobResult> RunTokenizedDocumentJob(
   const bool recall = options.archive != nullptr && options.recall.blocks > 0;
   if (recall && options.also_answer_without_recall) {
     const MemorySnapshot before_answer = runner.Snapshot();
-    if (auto n = answer(false, &result.answer_without_recall); !n.ok()) return n.status();
+    if (auto n = answer(false, &result.answer_without_recall, generate); !n.ok()) {
+      return n.status();
+    }
     if (auto s = runner.Restore(before_answer); !s.ok()) return s;
   }
   if (recall) {
@@ -242,8 +245,17 @@ absl::StatusOr<DocumentJobResult> RunTokenizedDocumentJob(
   }
 
   if (callbacks.before_answer) callbacks.before_answer(runner);
+  if (options.also_answer_with_sampling.has_value()) {
+    const MemorySnapshot before_answer = runner.Snapshot();
+    GenerateOptions other = generate;
+    other.sampling = *options.also_answer_with_sampling;
+    if (auto n = answer(false, &result.answer_with_other_sampling, other); !n.ok()) {
+      return n.status();
+    }
+    if (auto s = runner.Restore(before_answer); !s.ok()) return s;
+  }
   const auto gen_start = std::chrono::steady_clock::now();
-  auto generated = answer(true, &result.answer);
+  auto generated = answer(true, &result.answer, generate);
   if (!generated.ok()) return generated.status();
   result.generated_tokens = *generated;
   result.generate_seconds = SecondsSince(gen_start);
