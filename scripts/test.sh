@@ -18,12 +18,15 @@ if ((${#sources[@]})); then
 fi
 
 step "build (Release, -Werror)"
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+# build/ may already exist, configured by scripts/summarize.sh without tests: force the options
+# the suite needs (the objects it built are reused).
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGREAD_BUILD_TESTS=ON \
+  -DLONGREAD_ENGINE_ONLY=OFF >/dev/null
 ninja -C build -j"$jobs"
 
 step "tests: unit, integration, fault"
 ctest --test-dir build -L 'unit|integration|fault' -LE 'gpu|slow' -j"$jobs" --output-on-failure \
-  --timeout 900
+  --timeout 900 --no-tests=error
 
 step "build + unit tests under ASan and UBSan"
 # Only the binaries that hold unit tests: the sanitizer run is about memory errors in our code,
@@ -31,12 +34,14 @@ step "build + unit tests under ASan and UBSan"
 unit_targets=$(ctest --test-dir build -L unit -LE 'gpu|slow' --show-only=json-v1 |
   python3 -c 'import json, os, sys
 print(" ".join(sorted({os.path.basename(t["command"][0]) for t in json.load(sys.stdin)["tests"]})))')
+[ -n "$unit_targets" ] || { echo "no unit tests found in build/" >&2; exit 1; }
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=None -DCMAKE_CXX_FLAGS="-O1 -g1" \
   -DLONGREAD_SANITIZE=address,undefined >/dev/null
 # shellcheck disable=SC2086
 ninja -C build-asan -j"$jobs" $unit_targets
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-  ctest --test-dir build-asan -L unit -LE 'gpu|slow' -j"$jobs" --output-on-failure --timeout 900
+  ctest --test-dir build-asan -L unit -LE 'gpu|slow' -j"$jobs" --output-on-failure --timeout 900 \
+  --no-tests=error
 
 step "fuzzers (${FUZZ_SECONDS:-20} s each)"
 bash scripts/run_fuzzers.sh "${FUZZ_SECONDS:-20}"

@@ -8,8 +8,10 @@
 #   THREADS=2 REPS=3 SPARSEK=8000,32000,128000,1000000 SKIP_TIME=128000,1000000 \
 #   SKIP_REASON="..." SPARSEK_REPS=1 NOTES="..." PROFILE=1 bench/cpu_vs_llamacpp/run.sh
 #
-# OMP_WAIT_POLICY=PASSIVE is worth setting on a machine shared with other work: llama.cpp's
-# OpenMP workers spin by default, which collapses its speed when cores are oversubscribed.
+# llama.cpp is measured twice in the same run, under its default OpenMP wait policy (workers
+# spin: its best on an idle machine) and under OMP_WAIT_POLICY=PASSIVE (its best when the cores
+# are oversubscribed), and ours is compared against the faster of the two. Do not set
+# OMP_WAIT_POLICY yourself: the script sets it for each measurement.
 #
 # It installs llama-cpp-python (which compiles llama.cpp from source, minutes) into .venv-bench
 # when missing. Never in CI: the comparison is a developer's measurement, not a test.
@@ -64,11 +66,20 @@ LONGREAD_SOURCE_DIR=$root "$BUILD_DIR"/bench/engine/longread_cpu_bench --model "
   --sparsek-reps "$SPARSEK_REPS" --notes "$NOTES" --json "$results/cpu-$date.json" \
   "${profile_args[@]}"
 
-"$py" bench/cpu_vs_llamacpp/llamacpp_bench.py measure --model "$MODEL" --tokens "$work/tokens.txt" \
-  --threads "$THREADS" --prefill "$PREFILL" --decode-after "$DECODE_AFTER" \
-  --decode-tokens "$DECODE_TOKENS" --reps "$REPS" --json "$work/llamacpp.json"
+measure_llamacpp() {  # OUT.json, then env assignments for the process
+  local out=$1
+  shift
+  env -u OMP_WAIT_POLICY "$@" "$py" bench/cpu_vs_llamacpp/llamacpp_bench.py measure \
+    --model "$MODEL" --tokens "$work/tokens.txt" --threads "$THREADS" --prefill "$PREFILL" \
+    --decode-after "$DECODE_AFTER" --decode-tokens "$DECODE_TOKENS" --reps "$REPS" --json "$out"
+}
+echo "llama.cpp, default OpenMP wait policy:"
+measure_llamacpp "$work/llamacpp.json"
+echo "llama.cpp, OMP_WAIT_POLICY=PASSIVE:"
+measure_llamacpp "$work/llamacpp-passive.json" OMP_WAIT_POLICY=PASSIVE
 
 "$py" bench/cpu_vs_llamacpp/compare.py --ours "$results/cpu-$date.json" \
-  --llamacpp "$work/llamacpp.json" --out "$results/cpu-vs-llamacpp-$date.json" \
+  --llamacpp "$work/llamacpp.json" --llamacpp-passive "$work/llamacpp-passive.json" \
+  --out "$results/cpu-vs-llamacpp-$date.json" \
   --command "THREADS=$THREADS REPS=$REPS SPARSEK_REPS=$SPARSEK_REPS SPARSEK=$SPARSEK SKIP_TIME=$SKIP_TIME bench/cpu_vs_llamacpp/run.sh" \
   --notes "$NOTES"

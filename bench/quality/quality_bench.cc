@@ -14,6 +14,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <span>
 #include <string>
@@ -49,7 +50,8 @@ Methods:    --methods dense,window,window+recall,sparsek,sparsek-noscorer,blocks
             (default dense,window,sparsek)   --budget B (keys per query besides sinks, 1024)
             --positions slot|original (slot: the product's default)
             --sinks S (4)  --sparsek-window W (256; SparseK top_k = B - W)  --segment-tokens L
-            --scorer PATH|auto|none (auto: engine/scorer/weights/<model>.lrscorer if present)
+            --scorer PATH|auto|none (auto: engine/scorer/weights/<model>.lrscorer; refused
+            when that file does not exist)
             --block-tokens N (32: blocks*)  --task-weight X (1: +task)
             --task-score segment-mass|max-dot (segment-mass: see engine::TaskScore)
             --recall-blocks R (4: +recall; its top_k is B - W - R*N, so that the memory after
@@ -63,6 +65,9 @@ Passkey:    --lengths 2048,4096 (tokens the model sees: chat prompt + document +
             --first-trial T (start at trial T: extends an earlier run with new documents)
             --haystack filler|real  --haystack-dir DIR[:NAME[:MAX_FILES]] (repeatable)
             --answer-tokens N (32; the model writes one token per digit)
+Generation: --no-repeat-ngram N  --repeat-penalty P  --repeat-last-n N (defaults: longread's)
+            --compare-no-repeat-ngram N  --compare-repeat-penalty P: passkey trials also answer
+            with the generation settings changed so, from the same read (paired: "compared_*")
 Perplexity: --perplexity FILE_OR_DIR --ppl-tokens N (mean NLL after the first segment)
 Facts:      --facts N --facts-tokens T (8192) --summary-tokens N (200)
 Run:        --seed N  --max-seconds S (stop between documents, counts recorded)  --json OUT
@@ -88,6 +93,8 @@ struct Options {
   HaystackKind haystack = HaystackKind::kReal;
   std::vector<std::string> haystack_dirs;
   int64_t answer_tokens = 32;
+  engine::SamplingOptions sampling;  // greedy, with longread's controls against loops
+  std::optional<engine::SamplingOptions> compare_sampling;
   std::string perplexity;
   int64_t ppl_tokens = 8192;
   int64_t facts = 0, facts_tokens = 8192, summary_tokens = 200;
@@ -198,6 +205,19 @@ bool ParseOptions(int argc, char** argv, Options* o, std::string* error) {
       o->haystack_dirs.push_back(v);
     } else if (name == "answer-tokens") {
       one(&o->answer_tokens, 1);
+    } else if (name == "no-repeat-ngram") {
+      one(&o->sampling.no_repeat_ngram, 0);
+    } else if (name == "repeat-last-n") {
+      one(&o->sampling.repeat_last_n, 0);
+    } else if (name == "repeat-penalty") {
+      ok = absl::SimpleAtof(v, &o->sampling.repeat_penalty) && o->sampling.repeat_penalty > 0;
+    } else if (name == "compare-no-repeat-ngram") {
+      if (!o->compare_sampling) o->compare_sampling = o->sampling;
+      one(&o->compare_sampling->no_repeat_ngram, 0);
+    } else if (name == "compare-repeat-penalty") {
+      if (!o->compare_sampling) o->compare_sampling = o->sampling;
+      ok = absl::SimpleAtof(v, &o->compare_sampling->repeat_penalty) &&
+           o->compare_sampling->repeat_penalty > 0;
     } else if (name == "perplexity") {
       o->perplexity = v;
     } else if (name == "ppl-tokens") {
@@ -254,6 +274,9 @@ struct Method {
   std::string name;
   RunnerConfig runner;
   std::shared_ptr<const engine::ScorerWeights> scorer;
+  std::string scorer_path = "none";  // what the record says this method used
+  engine::SamplingOptions sampling;
+  std::optional<engine::SamplingOptions> compare_sampling;  // passkey: a second answer with these
   bool task_aware = false;
   engine::RecallOptions recall;
   bool oracle = false;             // window+oracle: recall the key's blocks (a diagnostic ceiling)
@@ -261,12 +284,15 @@ struct Method {
 };
 
 std::vector<Method> MakeMethods(const Options& o,
-                                std::shared_ptr<const engine::ScorerWeights> scorer) {
+                                std::shared_ptr<const engine::ScorerWeights> scorer,
+                                const std::string& scorer_path) {
   std::vector<Method> methods;
   for (const std::string& full_name : o.methods) {
     Method m;
     m.name = full_name;
     m.runner.segment_tokens = o.segment_tokens;
+    m.sampling = o.sampling;
+    m.compare_sampling = o.compare_sampling;
     // +first changes the prompt, not the memory: the memory is configured by the name without it.
     m.instruction_first = absl::EndsWith(full_name, "+first");
     const std::string name =
@@ -285,12 +311,16 @@ std::vector<Method> MakeMethods(const Options& o,
         memory.window = o.sparsek_window;
         memory.top_k = o.budget - o.sparsek_window;
         m.scorer = scorer;
+        if (scorer != nullptr) m.scorer_path = scorer_path;
         // Without a scorer every key ties at 0 and SparseK keeps the oldest: say so in every
         // record.
         if (name == "sparsek" && scorer == nullptr) {
           m.name = m.instruction_first ? "sparsek-noscorer+first" : "sparsek-noscorer";
         }
-        if (name == "sparsek-noscorer") m.scorer = nullptr;
+        if (name == "sparsek-noscorer") {
+          m.scorer = nullptr;
+          m.scorer_path = "none";
+        }
       }
       if (name.rfind("blocks", 0) == 0) {
         memory.block_tokens = o.block_tokens;
@@ -409,6 +439,8 @@ absl::StatusOr<Answer> ReadAndAnswer(engine::LlamaModel& model, const engine::To
   options.question = std::string(question);
   options.runner = method.runner;
   options.generate.max_new_tokens = max_new_tokens;
+  options.generate.sampling = method.sampling;
+  if (task == engine::Task::kQuestion) options.also_answer_with_sampling = method.compare_sampling;
   options.task_aware = method.task_aware;
   options.instruction_first = method.instruction_first;
   const auto& c = model.config();
@@ -548,6 +580,12 @@ class Bench {
             const engine::DocumentJobResult& job = answer->job;
             trial.answer = job.answer;
             trial.correct = job.answer.find(doc.key) != std::string::npos;
+            if (m.compare_sampling.has_value()) {
+              trial.compared = true;
+              trial.compared_answer = job.answer_with_other_sampling;
+              trial.compared_correct =
+                  job.answer_with_other_sampling.find(doc.key) != std::string::npos;
+            }
             trial.read_tokens = job.read_tokens;
             trial.recalled_slots = job.recalled_slots;
             trial.recall_error = job.recall_error;
@@ -557,11 +595,15 @@ class Bench {
             trial.generated_tokens = job.generated_tokens;
             std::fprintf(stderr,
                          "[%6.0fs] len %lld depth %.2f trial %lld %-18s key %s %s held %3.0f%% "
-                         "%.0f tok/s\n",
+                         "%.0f tok/s%s\n",
                          SecondsSince(start_), static_cast<long long>(length), depth,
                          static_cast<long long>(t), m.name.c_str(), doc.key.c_str(),
                          trial.correct ? "OK  " : "MISS", 100 * trial.key_held_share,
-                         static_cast<double>(trial.read_tokens) / trial.read_seconds);
+                         static_cast<double>(trial.read_tokens) / trial.read_seconds,
+                         !trial.compared                         ? ""
+                         : trial.compared_answer == trial.answer ? " (compared: same answer)"
+                         : trial.compared_correct                ? " (compared: other, OK)"
+                                                                 : " (compared: other, MISS)");
             report_->passkey.push_back(trial);
           }
           seconds_per_document[length] = SecondsSince(doc_start);
@@ -730,6 +772,9 @@ std::vector<std::pair<std::string, std::string>> ConfigJson(const Options& o,
       absl::StrCat("sinks ", o.sinks, " + top_k ", o.budget - o.sparsek_window, " + window ",
                    o.sparsek_window, ", scorer ", scorer);
   return {{"methods", list(methods)},
+          {"no_repeat_ngram", absl::StrCat(o.sampling.no_repeat_ngram)},
+          {"repeat_penalty", absl::StrCat(o.sampling.repeat_penalty)},
+          {"repeat_last_n", absl::StrCat(o.sampling.repeat_last_n)},
           {"budget", absl::StrCat(o.budget)},
           {"window_method", JsonString(absl::StrCat("sinks ", o.sinks, " + window ", o.budget))},
           {"sparsek_method", JsonString(sparsek)},
@@ -811,15 +856,28 @@ int Main(int argc, char** argv) {
   }
   const auto& c = (*model)->config();
 
-  // The scorer: explicit path, "none", or "auto" = the calibrated weights for this model when
-  // they have been produced; without one SparseK keeps the oldest keys (all scores tie at 0).
+  // The scorer: explicit path, "none", or "auto" = the calibrated weights for this model. Without
+  // one SparseK keeps the oldest keys (all scores tie at 0): a run must never measure that while
+  // its command says "auto", so an auto that finds no file is refused.
   std::shared_ptr<const engine::ScorerWeights> scorer;
   std::string scorer_path = o.scorer;
+  if (o.compare_sampling.has_value()) {
+    report.config_notes.push_back(
+        absl::StrCat("compared generation: no_repeat_ngram ", o.compare_sampling->no_repeat_ngram,
+                     ", repeat_penalty ", o.compare_sampling->repeat_penalty, ", repeat_last_n ",
+                     o.compare_sampling->repeat_last_n));
+  }
   if (o.scorer == "auto") {
     const char* src = std::getenv("LONGREAD_SOURCE_DIR");
     scorer_path = absl::StrCat(src != nullptr ? src : ".", "/engine/scorer/weights/",
                                std::filesystem::path(o.model).stem().string(), ".lrscorer");
-    if (!std::filesystem::exists(scorer_path)) scorer_path = "none";
+    if (!std::filesystem::exists(scorer_path)) {
+      std::fprintf(stderr,
+                   "--scorer auto: no scorer file for this model (looked for %s); name one with "
+                   "--scorer PATH, or measure without one with --scorer none\n",
+                   scorer_path.c_str());
+      return 2;
+    }
   }
   if (scorer_path != "none") {
     auto weights = engine::LoadScorerWeights(scorer_path, (*model)->fingerprint(), c.n_layers,
@@ -864,7 +922,9 @@ int Main(int argc, char** argv) {
   report.context_length = c.context_length;
   report.FillEnvironment();
 
-  Bench bench(o, **model, **tokenizer, corpus.get(), MakeMethods(o, scorer), &pool, &report);
+  std::vector<Method> methods = MakeMethods(o, scorer, scorer_path);
+  for (const Method& m : methods) report.method_scorers.emplace_back(m.name, m.scorer_path);
+  Bench bench(o, **model, **tokenizer, corpus.get(), std::move(methods), &pool, &report);
   const auto start = std::chrono::steady_clock::now();
   absl::Status status = absl::OkStatus();
   if (o.trials[0] > 0 && !o.lengths.empty()) status = bench.Passkey();

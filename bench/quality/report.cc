@@ -231,7 +231,17 @@ std::string Report::WriteJson(const std::string& requested) const {
     << ",\n  \"git_commit\": " << JsonString(git_commit) << ",\n  \"model\": " << JsonString(model)
     << ",\n  \"model_fingerprint\": " << JsonString(model_fingerprint)
     << ",\n  \"context_length\": " << context_length << ",\n  \"scorer\": " << JsonString(scorer)
-    << ",\n  \"scorer_provenance\": " << JsonString(scorer_provenance) << ",\n  \"config\": {";
+    << ",\n  \"scorer_provenance\": " << JsonString(scorer_provenance)
+    << ",\n  \"method_scorers\": {";
+  for (size_t i = 0; i < method_scorers.size(); ++i) {
+    j << (i ? ", " : "") << JsonString(method_scorers[i].first) << ": "
+      << JsonString(method_scorers[i].second);
+  }
+  j << "},\n  \"config_notes\": [";
+  for (size_t i = 0; i < config_notes.size(); ++i) {
+    j << (i ? ", " : "") << JsonString(config_notes[i]);
+  }
+  j << "],\n  \"config\": {";
   for (size_t i = 0; i < config.size(); ++i) {
     j << (i ? ", " : "") << JsonString(config[i].first) << ": " << config[i].second;
   }
@@ -290,6 +300,10 @@ std::string Report::WriteJson(const std::string& requested) const {
         << ",\"recalled_slots\":" << t.recalled_slots
         << ",\"key_held_share\":" << Num(t.key_held_share);
       if (!t.recall_error.empty()) j << ",\"recall_error\":" << JsonString(t.recall_error);
+      if (t.compared) {
+        j << ",\"compared_answer\":" << JsonString(t.compared_answer)
+          << ",\"compared_correct\":" << (t.compared_correct ? "true" : "false");
+      }
     }
     j << "}";
   }

@@ -31,6 +31,10 @@ struct PasskeyTrial {
   // (-1: the key's tokens were not found in the document).
   double key_held_share = -1;
   std::string recall_error;  // recall failed: answered without it
+  // --compare-*: the answer from the same read with other generation settings.
+  bool compared = false;
+  std::string compared_answer;
+  bool compared_correct = false;
 };
 
 struct PerplexityResult {
@@ -59,6 +63,9 @@ struct Report {
   int threads = 0;
   // Run settings as JSON values (already encoded), in the order they are printed.
   std::vector<std::pair<std::string, std::string>> config;
+  // Each method's name and the scorer file it used ("none": keys scored without one).
+  std::vector<std::pair<std::string, std::string>> method_scorers;
+  std::vector<std::string> config_notes;
   std::vector<std::pair<std::string, int64_t>> corpus;  // source directory, files used
   std::vector<std::string> corpus_skipped;
   bool stopped_early = false;

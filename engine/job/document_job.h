@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -42,6 +43,9 @@ struct DocumentJobOptions {
   // Evaluation: with recall on, also answer from the memory as it stands before recall (the read
   // is shared; the memory is snapshotted and restored between the two answers).
   bool also_answer_without_recall = false;
+  // Evaluation: also answer with these sampling options from the same memory (snapshotted and
+  // restored), so that generation settings are compared on one read.
+  std::optional<SamplingOptions> also_answer_with_sampling;
 };
 
 struct DocumentJobResult {
@@ -50,10 +54,11 @@ struct DocumentJobResult {
   int64_t prompt_tokens = 0;
   int64_t read_tokens = 0;  // prompt head + document, read before the answer
   int64_t generated_tokens = 0;
-  int64_t invalid_utf8_sequences = 0;  // replaced by U+FFFD before tokenizing
-  int64_t recalled_slots = 0;          // slots brought back from the archive, all heads
-  std::string recall_error;            // why recall was skipped, if it failed
-  std::string answer_without_recall;   // DocumentJobOptions::also_answer_without_recall
+  int64_t invalid_utf8_sequences = 0;      // replaced by U+FFFD before tokenizing
+  int64_t recalled_slots = 0;              // slots brought back from the archive, all heads
+  std::string recall_error;                // why recall was skipped, if it failed
+  std::string answer_without_recall;       // DocumentJobOptions::also_answer_without_recall
+  std::string answer_with_other_sampling;  // DocumentJobOptions::also_answer_with_sampling
   double read_seconds = 0;
   double recall_seconds = 0;  // the question read in context + archive reads + ranking
   double generate_seconds = 0;

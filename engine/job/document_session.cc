@@ -47,6 +47,25 @@ absl::StatusOr<std::unique_ptr<DocumentSession>> DocumentSession::Create(
   auto prompt = BuildTaskPrompt(tokenizer, model.file().tokenizer().chat_template, options.task,
                                 options.question, options.instruction_first);
   if (!prompt.ok()) return prompt.status();
+  // Dense attention (and original positions) give every token its own position, so the whole
+  // read and the longest answer must fit the trained context: known now, not after reading.
+  const MemoryConfig& memory = options.runner.memory;
+  if (memory.is_dense() || memory.position_mode == PositionMode::kOriginal) {
+    const int64_t context = model.config().context_length;
+    const int64_t prompt_tokens =
+        static_cast<int64_t>(prompt->before_document.size() + prompt->after_document.size());
+    // The last answer token is emitted, never read.
+    const int64_t needed =
+        prompt_tokens + document_tokens + std::max<int64_t>(options.generate.max_new_tokens - 1, 0);
+    if (needed > context) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "the document has ", document_tokens, " tokens; with the prompt's ", prompt_tokens,
+          " and up to ", options.generate.max_new_tokens, " answer tokens it needs ", needed,
+          " positions, beyond the model's trained context of ", context, " tokens (",
+          memory.is_dense() ? "dense attention" : "original positions",
+          "); use the SparseK memory (the default) for longer inputs"));
+    }
+  }
   std::unique_ptr<DocumentSession> session(new DocumentSession(
       model, tokenizer, options, std::move(scorer), pool, std::move(*prompt), document_tokens));
   if (options.task_aware) {
@@ -148,14 +167,14 @@ absl::Status DocumentSession::Restore(const SessionCheckpoint& checkpoint) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> DocumentSession::AnswerToEnd() {
-  if (auto s = runner_.BeginGenerate(prompt_.after_document, generate_); !s.ok()) return s;
+absl::StatusOr<std::string> DocumentSession::AnswerToEnd(const GenerateOptions& generate) {
+  if (auto s = runner_.BeginGenerate(prompt_.after_document, generate); !s.ok()) return s;
   TokenDecoder decoder(tokenizer_);
   std::string text;
-  while (generate_.max_new_tokens > 0) {
+  while (generate.max_new_tokens > 0) {
     auto next = runner_.NextToken();
     if (!next.ok()) return next.status();
-    const auto& stops = generate_.stop_tokens;
+    const auto& stops = generate.stop_tokens;
     if (std::find(stops.begin(), stops.end(), next->token) == stops.end()) {
       text += decoder.Push(next->token);
     }
@@ -173,7 +192,7 @@ absl::Status DocumentSession::BeginAnswer(
   const bool recall = options_.archive != nullptr && options_.recall.blocks > 0;
   if (recall && options_.also_answer_without_recall) {
     const MemorySnapshot before = runner_.Snapshot();
-    auto text = AnswerToEnd();
+    auto text = AnswerToEnd(generate_);
     if (!text.ok()) return text.status();
     result_.answer_without_recall = std::move(*text);
     if (auto s = runner_.Restore(before); !s.ok()) return s;
@@ -195,6 +214,15 @@ absl::Status DocumentSession::BeginAnswer(
     result_.recall_seconds = SecondsSince(recall_start);
   }
   if (before_answer) before_answer(runner_);
+  if (options_.also_answer_with_sampling.has_value()) {
+    const MemorySnapshot before = runner_.Snapshot();
+    GenerateOptions other = generate_;
+    other.sampling = *options_.also_answer_with_sampling;
+    auto text = AnswerToEnd(other);
+    if (!text.ok()) return text.status();
+    result_.answer_with_other_sampling = std::move(*text);
+    if (auto s = runner_.Restore(before); !s.ok()) return s;
+  }
   const auto start = std::chrono::steady_clock::now();
   auto s = runner_.BeginGenerate(prompt_.after_document, generate_);
   result_.generate_seconds += SecondsSince(start);

@@ -118,7 +118,7 @@ class DocumentSession {
                   std::shared_ptr<const ScorerWeights> scorer, kernels::ThreadPool* pool,
                   TaskPrompt prompt, int64_t document_tokens);
   // Reads the question and generates to the end (not streamed): the answer without recall.
-  absl::StatusOr<std::string> AnswerToEnd();
+  absl::StatusOr<std::string> AnswerToEnd(const GenerateOptions& generate);
   absl::Status StartGenerating();
 
   const Tokenizer& tokenizer_;

@@ -327,6 +327,7 @@ absl::Status RecurrentRunner::BeginGenerate(std::span<const int32_t> prompt,
     if (!s.ok()) return s;
   }
   generation_.emplace(Generation{options, Sampler(options.sampling)});
+  generation_->sampler.SetPromptTail(prompt);
   return absl::OkStatus();
 }
 

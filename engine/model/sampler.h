@@ -1,5 +1,6 @@
 // Next-token choice from logits: greedy, or temperature + nucleus (top-p) sampling with a seed,
-// so that a run is reproducible.
+// so that a run is reproducible; with the controls against loops that users of other runtimes
+// expect (a repetition penalty, no repeated n-grams).
 #pragma once
 
 #include <cstdint>
@@ -13,17 +14,39 @@ struct SamplingOptions {
   float temperature = 0.0f;  // 0: greedy (argmax, lowest id wins a tie)
   float top_p = 1.0f;        // keep the smallest set of tokens whose probability sums to >= top_p
   uint64_t seed = 0;
+  // llama.cpp's repetition penalty: each distinct token among the last `repeat_last_n` (the
+  // prompt's tail, then the answer) has its logit divided by it when positive, multiplied when
+  // negative. 1: off (the default: the model writes a number one digit per token, and a penalty
+  // on recent digits breaks copying a number; bench/main_job and bench/quality measured it).
+  float repeat_penalty = 1.0f;
+  int64_t repeat_last_n = 64;
+  // The answer never repeats an n-gram of this many tokens: a token that would complete one
+  // already in the answer is excluded. 0: off. Greedy decoding of a small model falls into
+  // loops that repeat a sentence; a long n-gram breaks them without touching the short repeats
+  // of normal text (a number's digits, "of the").
+  int64_t no_repeat_ngram = 12;
 };
 
 class Sampler {
  public:
   explicit Sampler(const SamplingOptions& options) : options_(options), rng_(options.seed) {}
+  // The tokens read just before the answer (the question's turn): the repetition penalty counts
+  // them among the last repeat_last_n, as llama.cpp does; n-grams are of the answer alone.
+  void SetPromptTail(std::span<const int32_t> prompt);
+  // Chooses the next token and records it as part of the answer.
   int32_t Next(std::span<const float> logits);
 
  private:
+  // The logits with the penalty and the n-gram exclusion applied, or `logits` itself when off.
+  std::span<const float> Controlled(std::span<const float> logits);
+  int32_t Choose(std::span<const float> logits);
+
   SamplingOptions options_;
   std::mt19937_64 rng_;
   std::vector<std::pair<float, int32_t>> candidates_;
+  std::vector<int32_t> prompt_tail_;  // at most repeat_last_n tokens
+  std::vector<int32_t> answer_;
+  std::vector<float> controlled_;
 };
 
 int32_t Argmax(std::span<const float> logits);

@@ -6,11 +6,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <iostream>
 #include <map>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -25,6 +22,7 @@
 #include "engine/tokenizer/tokenizer.h"
 #include "kernels/thread_pool.h"
 #include "services/cli/calibrate_command.h"
+#include "services/cli/document_input.h"
 #include "services/cli/progress_bar.h"
 #include "services/cli/run_archive.h"
 #include "services/common/log.h"
@@ -58,8 +56,8 @@ Commands:
   help COMMAND    show the options of a command
 
 Every command accepts --help. Exit codes: 0 success, 1 internal error, 2 bad usage,
-3 unusable input (missing, empty or oversized document), 4 unusable model or scorer file,
-5 input too long for the chosen attention (use the SparseK memory, the default).
+3 unusable input (missing, empty or oversized document, a directory), 4 unusable model or
+scorer file, 5 input too long for the chosen attention (use the SparseK memory, the default).
 )";
 
 constexpr char kCommonHelp[] = R"(
@@ -75,6 +73,13 @@ Generation:
   --temperature T        0 = greedy (default), else sampling temperature
   --top-p P              nucleus sampling mass (default 1.0)
   --seed N               sampling seed (default 0): a run is reproducible
+  --no-repeat-ngram N    the answer never repeats a sequence of N tokens: a token that would
+                         complete one is excluded (default 12; 0: off). Stops the loops of
+                         greedy decoding without touching short repeats such as a number's digits
+  --repeat-penalty P     llama.cpp's repetition penalty over the last --repeat-last-n tokens
+                         (default 1: off; a penalty on recent tokens can break copying a number,
+                         which the model writes one digit per token)
+  --repeat-last-n N      tokens the repetition penalty looks back over (default 64)
 )";
 
 constexpr char kRunHelp[] = R"(Usage: longread run [options] FILE
@@ -87,8 +92,9 @@ Task:
   --task NAME            summarize (default), analyze_code, or question
   --question TEXT        the question for --task question
   --json                 print a JSON object (answer, token counts, timings, recalled_slots,
-                         archive_bytes, recall_error: null or why recall was skipped) instead
-                         of text
+                         archive_bytes, recall_error: null or why recall was skipped, scorer:
+                         the file used or null, scorer_warning: null or why --scorer auto
+                         used none) instead of text
 
 Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
   --memory-k K           selected older keys per layer and KV head (default 2048)
@@ -128,9 +134,11 @@ Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
   --scorer PATH|auto|none  scorer weights for this model (default none: keys score by the task
                          term alone, the best measured with recall; auto: MODEL with extension
                          .lrscorer if it exists and fits the model, as scripts/setup.sh installs
-                         for the default model)
+                         for the default model; if not, a warning and none)
   --dense                dense causal attention instead (exact; only up to the model's context)
-  --max-bytes N          refuse documents larger than N bytes (default 1073741824)
+  --max-bytes N          refuse documents larger than N bytes (default 1073741824); stdin,
+                         pipes and character devices are read as a stream, never beyond N + 1
+                         bytes. A directory is refused
 )";
 
 constexpr char kGenerateHelp[] = R"(Usage: longread generate --prompt TEXT [options]
@@ -267,7 +275,14 @@ int LoadModel(const Args& args, Loaded* loaded) {
 }
 
 bool ParseGenerateOptions(const Args& args, engine::GenerateOptions* options, std::string* error) {
+  engine::SamplingOptions& sampling = options->sampling;
   return ParseInt(args, "max-tokens", 256, 1, &options->max_new_tokens, error) &&
+         ParseInt(args, "no-repeat-ngram", sampling.no_repeat_ngram, 0, &sampling.no_repeat_ngram,
+                  error) &&
+         ParseFloat(args, "repeat-penalty", sampling.repeat_penalty, 0.01f, 100.0f,
+                    &sampling.repeat_penalty, error) &&
+         ParseInt(args, "repeat-last-n", sampling.repeat_last_n, 0, &sampling.repeat_last_n,
+                  error) &&
          ParseFloat(args, "temperature", 0.0f, 0.0f, 100.0f, &options->sampling.temperature,
                     error) &&
          ParseFloat(args, "top-p", 1.0f, 0.0f, 1.0f, &options->sampling.top_p, error) && [&] {
@@ -431,30 +446,14 @@ int Run(const Args& args) {
 
   // Read the document before loading the model: a bad path fails fast.
   const std::string path = args.positional[0];
-  std::string document;
-  if (path == "-") {
-    std::ostringstream buffer;
-    buffer << std::cin.rdbuf();
-    document = buffer.str();
-  } else {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-      Log(LogLevel::kError, "document_unreadable", {{"path", path}});
-      return kBadInput;
-    }
-    in.seekg(0, std::ios::end);
-    const std::streamoff size = in.tellg();
-    if (size > options.max_document_bytes) {
-      Log(LogLevel::kError, "document_too_large",
-          {{"path", path},
-           {"bytes", std::to_string(size)},
-           {"limit", std::to_string(options.max_document_bytes)}});
-      return kBadInput;
-    }
-    in.seekg(0);
-    document.resize(static_cast<size_t>(size));
-    in.read(document.data(), size);
+  auto input = services::ReadDocumentInput(path, options.max_document_bytes);
+  if (!input.ok()) {
+    const bool too_large = input.status().code() == absl::StatusCode::kResourceExhausted;
+    Log(LogLevel::kError, too_large ? "document_too_large" : "document_unreadable",
+        {{"path", path}, {"error", std::string(input.status().message())}});
+    return kBadInput;
   }
+  const std::string document = std::move(*input);
   if (document.empty()) {
     Log(LogLevel::kError, "document_empty", {{"path", path}});
     return kBadInput;
@@ -472,7 +471,12 @@ int Run(const Args& args) {
   const std::string scorer_arg = args.Get("scorer", "none");
   const bool scorer_auto = scorer_arg == "auto";
   const std::string scorer_path = scorer_auto ? AutoScorerPath(loaded.path) : scorer_arg;
-  if (scorer_arg != "none" && !(scorer_auto && !std::filesystem::exists(scorer_path))) {
+  std::string scorer_warning;  // why auto found no usable scorer: said on stderr and in --json
+  if (scorer_auto && !std::filesystem::exists(scorer_path)) {
+    scorer_warning = absl::StrCat("no scorer file for this model (looked for ", scorer_path,
+                                  "): keys score by the task term alone");
+    Log(LogLevel::kWarning, "scorer_not_found", {{"path", scorer_path}, {"scorer", "none"}});
+  } else if (scorer_arg != "none") {
     const auto& c = loaded.model->config();
     auto weights = engine::LoadScorerWeights(scorer_path, loaded.model->fingerprint(), c.n_layers,
                                              c.n_kv_heads, c.d_model);
@@ -480,6 +484,8 @@ int Run(const Args& args) {
       scorer = std::make_shared<const engine::ScorerWeights>(std::move(*weights));
       Log(LogLevel::kInfo, "scorer_loaded", {{"path", scorer_path}});
     } else if (scorer_auto) {
+      scorer_warning =
+          absl::StrCat("scorer file ", scorer_path, " not used: ", weights.status().message());
       Log(LogLevel::kWarning, "scorer_skipped",
           {{"path", scorer_path}, {"error", std::string(weights.status().message())}});
     } else {
@@ -590,13 +596,15 @@ int Run(const Args& args) {
         "{\"answer\":%s,\"document_tokens\":%lld,\"generated_tokens\":%lld,"
         "\"invalid_utf8_sequences\":%lld,\"read_seconds\":%.3f,\"recall_seconds\":%.3f,"
         "\"generate_seconds\":%.3f,\"recalled_slots\":%lld,\"archive_bytes\":%lld,"
-        "\"recall_error\":%s}\n",
+        "\"recall_error\":%s,\"scorer\":%s,\"scorer_warning\":%s}\n",
         JsonEscape(result->answer).c_str(), static_cast<long long>(result->document_tokens),
         static_cast<long long>(result->generated_tokens),
         static_cast<long long>(result->invalid_utf8_sequences), result->read_seconds,
         result->recall_seconds, result->generate_seconds,
         static_cast<long long>(result->recalled_slots), static_cast<long long>(archive_bytes),
-        recall_error.empty() ? "null" : JsonEscape(recall_error).c_str());
+        recall_error.empty() ? "null" : JsonEscape(recall_error).c_str(),
+        scorer == nullptr ? "null" : JsonEscape(scorer_path).c_str(),
+        scorer_warning.empty() ? "null" : JsonEscape(scorer_warning).c_str());
   } else {
     std::printf("\n");
   }
@@ -647,9 +655,9 @@ int main(int argc, char** argv) {
   // A misspelt option must not silently fall back to a default (a 1M-token read with the wrong
   // memory is an expensive mistake).
   if (command == "run" || command == "generate") {
-    static const std::set<std::string> kCommon = {"help",        "model", "threads",
-                                                  "log-format",  "quiet", "max-tokens",
-                                                  "temperature", "top-p", "seed"};
+    static const std::set<std::string> kCommon = {
+        "help",        "model", "threads", "log-format",      "quiet",          "max-tokens",
+        "temperature", "top-p", "seed",    "no-repeat-ngram", "repeat-penalty", "repeat-last-n"};
     static const std::set<std::string> kRun = {"task",
                                                "question",
                                                "json",

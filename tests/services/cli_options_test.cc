@@ -61,5 +61,31 @@ TEST_F(CliOptionsTest, NonDefaultMemoryOptionsAnswer) {
   EXPECT_GT(testing::JsonInt(r.out, "document_tokens"), 300) << r.out;
 }
 
+TEST_F(CliOptionsTest, ScorerAutoThatFindsNoneSaysSo) {
+  if (!testing::HaveModel()) GTEST_SKIP() << "default model missing: run scripts/setup.sh";
+  // The default model under another name: no .lrscorer beside it.
+  const std::string renamed = (dir_ / "renamed-model.gguf").string();
+  std::filesystem::create_symlink(std::filesystem::absolute(testing::ModelPath()), renamed);
+  const std::vector<std::string> small = {
+      "--recall-blocks", "0", "--memory-k", "64",       "--window", "64", "--segment-tokens", "128",
+      "--max-tokens",    "2", "--json",     "--scorer", "auto"};
+  std::vector<std::string> args = small;
+  args.insert(args.end(), {"--model", renamed});
+  const testing::CliResult missing = RunLongread(dir_.string(), testing::SmallDocument(), args);
+  EXPECT_EQ(missing.exit_code, 0) << missing.err;
+  EXPECT_NE(missing.err.find("scorer_not_found"), std::string::npos) << missing.err;
+  EXPECT_NE(missing.err.find("renamed-model.lrscorer"), std::string::npos) << missing.err;
+  EXPECT_NE(missing.out.find("\"scorer\":null"), std::string::npos) << missing.out;
+  EXPECT_NE(missing.out.find("\"scorer_warning\":\"no scorer file for this model"),
+            std::string::npos)
+      << missing.out;
+
+  // The default model's own scorer, installed beside it: used, and no warning.
+  const testing::CliResult found = RunLongread(dir_.string(), testing::SmallDocument(), small);
+  EXPECT_EQ(found.exit_code, 0) << found.err;
+  EXPECT_EQ(found.err.find("scorer_not_found"), std::string::npos) << found.err;
+  EXPECT_NE(found.out.find(".lrscorer\",\"scorer_warning\":null"), std::string::npos) << found.out;
+}
+
 }  // namespace
 }  // namespace longread::services

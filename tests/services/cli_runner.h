@@ -68,13 +68,11 @@ struct CliResult {
   std::string out, err;
 };
 
-// Runs `longread run` with `args` on `document` (written under `work_dir`); `shell_prefix` runs
-// first in the same shell (limits, signal dispositions).
-inline CliResult RunLongread(const std::string& work_dir, const std::string& document,
-                             const std::vector<std::string>& args,
-                             const std::string& shell_prefix = "") {
-  const std::string doc = work_dir + "/document.txt";
-  std::ofstream(doc, std::ios::binary) << document;
+// Runs `longread run` with `args` on the FILE argument `input` (a path, or - for stdin);
+// `shell_prefix` runs first in the same shell (limits, signal dispositions, a pipe into stdin).
+inline CliResult RunLongreadOn(const std::string& work_dir, const std::string& input,
+                               const std::vector<std::string>& args,
+                               const std::string& shell_prefix = "") {
   auto quote = [](const std::string& s) {
     std::string q = "'";
     for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
@@ -87,13 +85,22 @@ inline CliResult RunLongread(const std::string& work_dir, const std::string& doc
                    quote(LONGREAD_BINARY), " run --model ", quote(ModelPath()), " --threads 2");
   for (const std::string& a : args) absl::StrAppend(&command, " ", quote(a));
   const std::string out = work_dir + "/stdout", err = work_dir + "/stderr";
-  absl::StrAppend(&command, " ", quote(doc), " >", quote(out), " 2>", quote(err));
+  absl::StrAppend(&command, " ", quote(input), " >", quote(out), " 2>", quote(err));
   CliResult result;
   const int status = std::system(command.c_str());
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   result.out = ReadFile(out);
   result.err = ReadFile(err);
   return result;
+}
+
+// Runs `longread run` with `args` on `document` (written under `work_dir`).
+inline CliResult RunLongread(const std::string& work_dir, const std::string& document,
+                             const std::vector<std::string>& args,
+                             const std::string& shell_prefix = "") {
+  const std::string doc = work_dir + "/document.txt";
+  std::ofstream(doc, std::ios::binary) << document;
+  return RunLongreadOn(work_dir, doc, args, shell_prefix);
 }
 
 // The recall configuration of the end-to-end check: small memory, blocks of 32.

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 #include "tests/engine/test_model.h"
@@ -122,6 +123,33 @@ TEST(DocumentJobTest, EmptyDocumentsAndMissingQuestionsAreRefused) {
   options.max_document_bytes = 10;
   EXPECT_EQ(RunDocumentJob(*model, *tokenizer, kDocument, options, nullptr, &pool).status().code(),
             absl::StatusCode::kOutOfRange);
+}
+
+TEST(DocumentJobTest, DenseBeyondTheContextIsRefusedBeforeReading) {
+  REQUIRE_DEFAULT_MODEL(model);
+  auto tokenizer = MakeTokenizer(*model);
+  ASSERT_NE(tokenizer, nullptr);
+  kernels::ThreadPool pool(1);
+  DocumentJobOptions options = SmallMemory();
+  options.runner.memory = MemoryConfig::Dense();
+  const int32_t context = model->config().context_length;
+  // The prompt and document fit; the answer's budget does not.
+  const std::vector<int32_t> document(static_cast<size_t>(context - 200),
+                                      tokenizer->Encode("the", false)[0]);
+  options.generate.max_new_tokens = 256;
+  int64_t progress_calls = 0;
+  DocumentJobCallbacks callbacks;
+  callbacks.progress = [&](int64_t, int64_t) { ++progress_calls; };
+  auto result =
+      RunTokenizedDocumentJob(*model, *tokenizer, document, options, nullptr, &pool, callbacks);
+  ASSERT_EQ(result.status().code(), absl::StatusCode::kOutOfRange) << result.status();
+  EXPECT_NE(result.status().message().find(absl::StrCat("has ", context - 200, " tokens")),
+            std::string::npos)
+      << result.status();
+  EXPECT_NE(result.status().message().find(absl::StrCat("trained context of ", context)),
+            std::string::npos)
+      << result.status();
+  EXPECT_EQ(progress_calls, 0);
 }
 
 }  // namespace
