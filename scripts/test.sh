@@ -17,6 +17,8 @@ if ((${#sources[@]})); then
   clang-format --dry-run --Werror "${sources[@]}"
 fi
 
+step "deploy checks"; bash scripts/check_deploy.sh
+
 step "build (Release, -Werror)"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 ninja -C build -j"$jobs"
