@@ -5,7 +5,8 @@
 #   check_k8s_objects.py    every rendered object against the Kubernetes schemas (strict) and the
 #                           Prometheus Operator / KEDA CRD models
 #   checkov                 the rendered manifests, the Dockerfiles, and no secret in deploy/
-#   check_deploy_metrics.py dashboard, rules and KEDA use docs/SERVICE.md's metrics; PromQL parses
+#   check_deploy_metrics.py dashboard, rules and KEDA use docs/SERVICE.md's metrics; PromQL parses;
+#                           k8s/base/prometheusrule.yaml is the rule files' current translation
 #   promtool                check config, check rules, test rules
 # Needs kubectl, promtool (Debian's prometheus) and the virtualenv (scripts/setup.sh).
 set -euo pipefail
@@ -58,6 +59,7 @@ checkov_run -d deploy --framework secrets
 
 section "metric names and PromQL"
 "$venv/python" scripts/check_deploy_metrics.py
+"$venv/python" deploy/prometheus/to_prometheusrule.py --check
 
 section "promtool"
 promtool check config deploy/prometheus/prometheus.yml
