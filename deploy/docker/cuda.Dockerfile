@@ -27,8 +27,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+# The grep fails the build if CMake did not find nvcc (a worker without its CUDA backend).
 RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGREAD_BUILD_TESTS=OFF \
- && grep -q '^CMAKE_CUDA_COMPILER:' /build/CMakeCache.txt \
+ && grep -q '^CMAKE_CUDA_COMPILER:FILEPATH=/' /build/CMakeCache.txt \
  && ninja -C /build longread-worker \
  && mkdir -p /out/bin \
  && cp /build/services/worker/longread-worker /out/bin/ \
