@@ -46,6 +46,18 @@ section "Kubernetes schemas"
 "$venv/python" scripts/check_k8s_objects.py "${kube_versions[@]/#/--kubernetes-version=}" \
   "$tmp"/rendered/*.yaml
 
+# The check itself must still see a misspelt field, built-in or custom (the CRD models ignore
+# unknown fields unless check_k8s_objects.py compares).
+sed -e 's/podManagementPolicy:/podManagmentPolicy:/' -e 's/ interval: 15s/ intervall: 15s/' \
+  "$tmp/rendered/cpu.yaml" >"$tmp/misspelt.yaml"
+if "$venv/python" scripts/check_k8s_objects.py "$tmp/misspelt.yaml" >"$tmp/misspelt.log" 2>&1; then
+  fail "check_k8s_objects.py accepted misspelt fields"
+fi
+for field in podManagmentPolicy intervall; do
+  grep -q "$field" "$tmp/misspelt.log" || fail "check_k8s_objects.py missed the misspelt $field"
+done
+echo "misspelt fields in a StatefulSet and a ServiceMonitor are rejected"
+
 section "checkov"
 # Offline: no guideline download (BC_SKIP_MAPPING, --skip-download). Findings are fixed or
 # skipped with a reason beside the code: checkov.io/skipN annotations in the manifests,
