@@ -69,6 +69,24 @@ checkov_run -d "$tmp/rendered" --framework kubernetes
 checkov_run -d deploy/docker --framework dockerfile
 checkov_run -d deploy --framework secrets
 
+section "Dockerfile sources"
+# What the image builds read from the context must exist and not be cut by .dockerignore.
+mapfile -t ignored < <(grep -v -e '^#' -e '^$' .dockerignore)
+for dockerfile in deploy/docker/*.Dockerfile; do
+  mapfile -t sources < <({
+    grep -E '^COPY ' "$dockerfile" | grep -v -e '--from=' | awk '{ for (i = 2; i < NF; i++) print $i }'
+    grep -oE 'deploy/docker/[a-z_]+\.sh' "$dockerfile"
+  } | sort -u)
+  for src in "${sources[@]}"; do
+    [ -e "$src" ] || fail "$dockerfile reads $src, which does not exist"
+    for pattern in "${ignored[@]}"; do
+      case "$src" in "$pattern" | "$pattern"/*) fail "$dockerfile reads $src, which .dockerignore drops" ;; esac
+    done
+    case "$src" in *.sh) [ -x "$src" ] || fail "$dockerfile runs $src, which is not executable" ;; esac
+  done
+  echo "$dockerfile: ${#sources[@]} sources present"
+done
+
 section "metric names and PromQL"
 "$venv/python" scripts/check_deploy_metrics.py
 "$venv/python" deploy/prometheus/to_prometheusrule.py --check

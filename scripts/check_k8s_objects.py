@@ -7,6 +7,10 @@ Operator's and KEDA's CRDs (PyPI cloudcoil-models-*): the object must parse, and
 sets must be one the CRD knows (the models ignore unknown fields, so the check compares the
 object with what the model read back). Any other kind is an error, not a skip.
 
+Then what ties objects of one rendering together: the workers' grace period outlasts their drain
+(LONGREAD_WORKER_DRAIN_SECONDS), and KEDA's threshold is the documents one worker reads at once
+(LONGREAD_WORKER_CAPACITY).
+
     check_k8s_objects.py [--kubernetes-version V]... FILE...
 """
 import argparse
@@ -52,6 +56,31 @@ def check_custom(obj, model):
     return [f"unknown field {p}" for p in unknown_fields(obj, parsed)]
 
 
+def find(objects, kind, name_prefix):
+    found = [o for o in objects
+             if o.get("kind") == kind and o["metadata"]["name"].startswith(name_prefix)]
+    if len(found) != 1:
+        raise ValueError(f"expected one {kind} {name_prefix}*, found {len(found)}")
+    return found[0]
+
+
+def check_invariants(objects):
+    settings = find(objects, "ConfigMap", "longread-settings")["data"]
+    worker = find(objects, "StatefulSet", "longread-worker")["spec"]["template"]["spec"]
+    scaler = find(objects, "ScaledObject", "longread-worker")["spec"]["triggers"][0]["metadata"]
+    errors = []
+    drain = int(settings["LONGREAD_WORKER_DRAIN_SECONDS"])
+    grace = worker["terminationGracePeriodSeconds"]
+    if grace < drain + 10:
+        errors.append(f"worker terminationGracePeriodSeconds {grace} leaves less than 10 s after "
+                      f"LONGREAD_WORKER_DRAIN_SECONDS {drain}")
+    capacity = settings["LONGREAD_WORKER_CAPACITY"]
+    if scaler["threshold"] != capacity:
+        errors.append(f"KEDA threshold {scaler['threshold']} is not LONGREAD_WORKER_CAPACITY "
+                      f"{capacity}")
+    return errors
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kubernetes-version", action="append", dest="versions")
@@ -82,6 +111,13 @@ def main():
             for error in errors:
                 failures += 1
                 print(f"{name}: {error}", file=sys.stderr)
+        try:
+            errors = check_invariants(objects)
+        except (KeyError, ValueError) as e:
+            errors = [f"cannot check invariants: {e}"]
+        for error in errors:
+            failures += 1
+            print(f"{filename}: {error}", file=sys.stderr)
     print(f"{checked} objects checked ({', '.join(versions)} + CRDs), {failures} errors")
     return 1 if failures else 0
 
