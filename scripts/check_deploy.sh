@@ -3,7 +3,9 @@
 #   yamllint                every YAML file (.yamllint)
 #   kubectl kustomize       every overlay renders (with throw-away secrets from make-secrets.sh)
 #   check_k8s_objects.py    every rendered object against the Kubernetes schemas (strict) and the
-#                           Prometheus Operator / KEDA CRD models
+#                           Prometheus Operator / KEDA CRD models; grace period vs drain, KEDA
+#                           threshold vs capacity
+#   Dockerfile sources      what the image builds read exists and is not dockerignored
 #   checkov                 the rendered manifests, the Dockerfiles, and no secret in deploy/
 #   check_deploy_metrics.py dashboard, rules and KEDA use docs/SERVICE.md's metrics; PromQL parses;
 #                           k8s/base/prometheusrule.yaml is the rule files' current translation
