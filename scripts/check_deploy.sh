@@ -67,8 +67,7 @@ section "checkov"
 checkov_run() {
   BC_SKIP_MAPPING=TRUE "$venv/checkov" --quiet --compact --skip-download "$@"
 }
-checkov_run -d "$tmp/rendered" --framework kubernetes
-checkov_run -d deploy/docker --framework dockerfile
+checkov_run -d "$tmp/rendered" -d deploy/docker --framework kubernetes dockerfile
 checkov_run -d deploy --framework secrets
 
 section "Dockerfile sources"
