@@ -17,6 +17,8 @@ if ((${#sources[@]})); then
   clang-format --dry-run --Werror "${sources[@]}"
 fi
 
+step "deploy checks"; bash scripts/check_deploy.sh
+
 step "build (Release, -Werror)"
 # build/ may already exist, configured by scripts/summarize.sh without tests: force the options
 # the suite needs (the objects it built are reused).
