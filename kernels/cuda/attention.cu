@@ -113,22 +113,25 @@ __device__ __forceinline__ float QuadSum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-// Online-softmax step for one row's 16 scores held by this thread (s[nt][half*2 + e]): returns
-// the factor the row's accumulator must be scaled by and turns the scores into probabilities.
-__device__ __forceinline__ float SoftmaxRow(float (&s)[8][4], int half, float* m, float* l) {
+// Online-softmax step for one row's 16 raw scores held by this thread (s[nt][half*2 + e], -inf
+// where masked): returns the factor the row's accumulator must be scaled by and turns the scores
+// into probabilities exp2(s * scale_log2 - max * scale_log2), one FFMA and one EX2 each. The
+// running max *m stays in the raw domain (scale_log2 > 0).
+__device__ __forceinline__ float SoftmaxRow(float (&s)[8][4], int half, float scale_log2, float* m,
+                                            float* l) {
   float mx = -INFINITY;
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * half], s[nt][2 * half + 1]));
   const float new_m = fmaxf(*m, QuadMax(mx));
-  const float base = new_m == -INFINITY ? 0.0f : new_m;  // nothing visible yet: p = 0
-  const float correction = exp2f(*m - base);
+  const float base = new_m == -INFINITY ? 0.0f : new_m * scale_log2;  // nothing visible: p = 0
+  const float correction = exp2f(*m * scale_log2 - base);
   *m = new_m;
   float sum = 0;
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      const float p = exp2f(s[nt][2 * half + e] - base);
+      const float p = exp2f(fmaf(s[nt][2 * half + e], scale_log2, -base));
       s[nt][2 * half + e] = p;
       sum += p;
     }
@@ -137,29 +140,34 @@ __device__ __forceinline__ float SoftmaxRow(float (&s)[8][4], int half, float* m
   return correction;
 }
 
-__global__ void __launch_bounds__(kThreads) AttentionKernel(const Params p) {
+// kWarps warps of 16 rows each; kMinBlocks caps the registers so that many blocks fit per SM.
+template <int kWarps, int kMinBlocks>
+__global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const Params p) {
+  constexpr int kThreads = kWarps * 32;
+  constexpr int kRows = kWarps * 16;  // (query, head) rows per block
   __shared__ __align__(128) __nv_bfloat16 k_s[2][kKeys][kStride];
   __shared__ __align__(128) __nv_bfloat16 v_s[2][kKeys][kStride];
-  __shared__ int32_t from_s[2][kKeys], until_s[2][kKeys];
+  __shared__ __align__(16) int32_t from_s[2][kKeys];
+  __shared__ __align__(16) int32_t until_s[2][kKeys];
 
   const int g = blockIdx.y;
   const int64_t total_rows = p.n_q * p.group;
   // Causal row tiles see more keys the later they are: start the heaviest first.
   const int64_t row0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kRows;
-  const int64_t q_lo = row0 / p.group;
-  const int64_t q_hi = (min(row0 + kRows, total_rows) - 1) / p.group;
+  const int32_t q_lo = static_cast<int32_t>(row0 / p.group);
+  const int32_t q_hi = static_cast<int32_t>((min(row0 + kRows, total_rows) - 1) / p.group);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int gid = lane / 4, tig = lane % 4;
   const int64_t row[2] = {row0 + warp * 16 + gid, row0 + warp * 16 + gid + 8};
   bool valid[2];
-  int64_t query[2];
+  int32_t query[2];  // -1 for rows past the last query
   const __nv_bfloat16* q_row[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     valid[h] = row[h] < total_rows;
-    query[h] = valid[h] ? row[h] / p.group : -1;
+    query[h] = valid[h] ? static_cast<int32_t>(row[h] / p.group) : -1;
     const int64_t head = int64_t{g} * p.group + row[h] % p.group;
-    q_row[h] = p.q + (query[h] * p.n_heads + head) * kHeadDim;
+    q_row[h] = p.q + (int64_t{query[h]} * p.n_heads + head) * kHeadDim;
   }
 
   // A fragments of this warp's 16 query rows, for the 4 chunks of 16 dimensions.
@@ -233,22 +241,23 @@ __global__ void __launch_bounds__(kThreads) AttentionKernel(const Params p) {
 
     const TileBounds tb = bounds[t];
     const bool all_visible = tb.max_from <= q_lo && tb.min_until > q_hi;
+    {
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int key = nt * 8 + tig * 2 + e;
-        const int32_t f = from_s[stage][key], u = until_s[stage][key];
+      for (int nt = 0; nt < 8; ++nt) {
+        const int2 f = *reinterpret_cast<const int2*>(&from_s[stage][nt * 8 + tig * 2]);
+        const int2 u = *reinterpret_cast<const int2*>(&until_s[stage][nt * 8 + tig * 2]);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const bool visible = all_visible || (valid[h] && f <= query[h] && query[h] < u);
-          s[nt][2 * h + e] = visible ? s[nt][2 * h + e] * p.scale_log2 : -INFINITY;
+          // Invalid rows (past the last query) have query -1 and see nothing. (Testing
+          // all_visible here rather than branching around the loop keeps ~30 registers free.)
+          if (!all_visible && !(f.x <= query[h] && query[h] < u.x)) s[nt][2 * h] = -INFINITY;
+          if (!all_visible && !(f.y <= query[h] && query[h] < u.y)) s[nt][2 * h + 1] = -INFINITY;
         }
       }
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const float c = SoftmaxRow(s, h, &m[h], &l[h]);
+      const float c = SoftmaxRow(s, h, p.scale_log2, &m[h], &l[h]);
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
         o[nt][2 * h] *= c;
@@ -281,7 +290,7 @@ __global__ void __launch_bounds__(kThreads) AttentionKernel(const Params p) {
     if (!valid[h]) continue;
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
     const int64_t head = int64_t{g} * p.group + row[h] % p.group;
-    __nv_bfloat16* dst = p.out + (query[h] * p.n_heads + head) * kHeadDim;
+    __nv_bfloat16* dst = p.out + (int64_t{query[h]} * p.n_heads + head) * kHeadDim;
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
       *reinterpret_cast<uint32_t*>(dst + nt * 8 + tig * 2) =
@@ -317,9 +326,24 @@ cudaError_t Attention(const AttentionLaunch& a, cudaStream_t stream) {
                  group,
                  static_cast<int>(n_tiles),
                  a.scale * kLog2e};
-  const dim3 grid(static_cast<unsigned>((a.n_q * group + kRows - 1) / kRows),
+  const int warps = a.variant == 1 || a.variant == 0 ? 4 : 8;
+  const int64_t rows = warps * 16;
+  const dim3 grid(static_cast<unsigned>((a.n_q * group + rows - 1) / rows),
                   static_cast<unsigned>(a.n_kv_heads));
-  AttentionKernel<<<grid, kThreads, 0, stream>>>(p);
+  switch (a.variant) {
+    case 0:
+      AttentionKernel<4, 1><<<grid, 128, 0, stream>>>(p);
+      break;
+    case 1:
+      AttentionKernel<4, 4><<<grid, 128, 0, stream>>>(p);
+      break;
+    case 2:
+      AttentionKernel<8, 2><<<grid, 256, 0, stream>>>(p);
+      break;
+    default:
+      AttentionKernel<8, 1><<<grid, 256, 0, stream>>>(p);
+      break;
+  }
   return cudaGetLastError();
 }
 

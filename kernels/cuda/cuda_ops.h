@@ -123,8 +123,10 @@ struct AttentionArgs {
   const int32_t* visible_from = nullptr;
   const int32_t* visible_until = nullptr;
   int64_t n_q = 0, n_keys = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
-  float scale = 0;
+  float scale = 0;      // > 0
   Bf16* out = nullptr;  // [n_q][n_heads][head_dim]
+  // Tile shape and register cap (kernels/cuda/launch.h); -1 is the default. For benchmarks.
+  int variant = -1;
 };
 
 // FlashAttention-style tiles (64 rows of (query, head) pairs x 64 keys, online softmax in fp32,

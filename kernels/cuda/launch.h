@@ -30,6 +30,8 @@ cudaError_t FloatToBf16(const float* in, int64_t n, uint16_t* out, cudaStream_t 
 cudaError_t Bf16ToFloat(const uint16_t* in, int64_t n, float* out, cudaStream_t stream);
 
 // Attention (head_dim 64). `bounds` is scratch of AttentionBoundsBytes(n_kv_heads, n_keys).
+inline constexpr int kDefaultAttentionVariant = 0;
+inline constexpr int kAttentionVariants = 4;
 int64_t AttentionBoundsBytes(int64_t n_kv_heads, int64_t n_keys);
 struct AttentionLaunch {
   const uint16_t* q;
@@ -41,6 +43,9 @@ struct AttentionLaunch {
   int64_t n_q, n_keys, n_heads, n_kv_heads;
   float scale;
   void* bounds;
+  // Tile shape and register cap: 0 = 4 warps (64 rows), no cap; 1 = 4 warps, 4 blocks per SM;
+  // 2 = 8 warps (128 rows), 2 blocks per SM; 3 = 8 warps, no cap. The benchmark times all.
+  int variant = kDefaultAttentionVariant;
 };
 cudaError_t Attention(const AttentionLaunch& a, cudaStream_t stream);
 

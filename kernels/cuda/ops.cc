@@ -107,6 +107,9 @@ absl::Status Attention(Context& ctx, const AttentionArgs& a) {
       a.n_keys < 0 || a.n_q >= INT32_MAX || a.n_keys >= (int64_t{INT32_MAX} << 6)) {
     return absl::InvalidArgumentError("cuda::Attention: bad shape");
   }
+  if (!(a.scale > 0) || a.variant < -1 || a.variant >= launch::kAttentionVariants) {
+    return absl::InvalidArgumentError("cuda::Attention: scale must be > 0, variant in range");
+  }
   if (!Aligned16(a.q) || !Aligned16(a.k) || !Aligned16(a.v) || !Aligned16(a.out)) {
     return absl::InvalidArgumentError("cuda::Attention: q, k, v and out must be 16-byte aligned");
   }
@@ -135,7 +138,8 @@ absl::Status Attention(Context& ctx, const AttentionArgs& a) {
                                   a.n_heads,
                                   a.n_kv_heads,
                                   a.scale,
-                                  impl.attention_bounds.as<void>()};
+                                  impl.attention_bounds.as<void>(),
+                                  a.variant < 0 ? launch::kDefaultAttentionVariant : a.variant};
   LONGREAD_CUDA_RETURN_IF_ERROR(launch::Attention(l, impl.stream));
   return absl::OkStatus();
 }

@@ -112,23 +112,29 @@ class CudaAttentionTest : public CudaTest {
     cpu.out = ref.data();
     kernels::Attention(cpu, nullptr);
 
-    AttentionArgs gpu;
-    gpu.q = dq.as<Bf16>();
-    gpu.k = dk.as<Bf16>();
-    gpu.v = dv.as<Bf16>();
-    gpu.visible_from = dfrom.as<int32_t>();
-    gpu.visible_until = duntil.as<int32_t>();
-    gpu.n_q = c.n_q;
-    gpu.n_keys = c.n_keys;
-    gpu.n_heads = c.n_heads;
-    gpu.n_kv_heads = c.n_kv_heads;
-    gpu.head_dim = hd;
-    gpu.scale = 0.125f;
-    gpu.out = out.as<Bf16>();
-    const absl::Status s = Attention(*ctx_, gpu);
-    ASSERT_TRUE(s.ok()) << s;
-    const std::vector<float> got = Bf16ToHost(out, ref.size());
-    ExpectClose("attention " + what, got, ref, 1e-2);
+    // Every tile variant (kernels/cuda/launch.h) computes the same function.
+    std::vector<float> got;
+    for (int variant = -1; variant < 4; ++variant) {
+      AttentionArgs gpu;
+      gpu.q = dq.as<Bf16>();
+      gpu.k = dk.as<Bf16>();
+      gpu.v = dv.as<Bf16>();
+      gpu.visible_from = dfrom.as<int32_t>();
+      gpu.visible_until = duntil.as<int32_t>();
+      gpu.n_q = c.n_q;
+      gpu.n_keys = c.n_keys;
+      gpu.n_heads = c.n_heads;
+      gpu.n_kv_heads = c.n_kv_heads;
+      gpu.head_dim = hd;
+      gpu.scale = 0.125f;
+      gpu.out = out.as<Bf16>();
+      gpu.variant = variant;
+      const absl::Status s = Attention(*ctx_, gpu);
+      ASSERT_TRUE(s.ok()) << s;
+      got = Bf16ToHost(out, ref.size());
+      ExpectClose("attention " + what + " variant " + std::to_string(variant), got, ref, 1e-2);
+      out = Poisoned<uint16_t>(c.n_q * c.n_heads * hd);
+    }
 
     // Queries that see no key output exact zeros on both sides.
     const int64_t group = c.n_heads / c.n_kv_heads;
@@ -174,7 +180,6 @@ TEST_F(CudaAttentionTest, SparseKMemoryPattern) {
 
 TEST_F(CudaAttentionTest, NoKeysGivesZeros) {
   std::mt19937 rng(std::random_device{}());
-  Case none{10, 0, 9, 3, {}, {}};
   std::vector<float> q = RandomFloats(10 * 9 * 64, rng);
   DeviceBuffer dq = ToDevice(RoundToBf16(q));
   DeviceBuffer out = Poisoned<uint16_t>(10 * 9 * 64);
