@@ -148,7 +148,9 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const
   __shared__ __align__(128) __nv_bfloat16 k_s[2][kKeys][kStride];
   __shared__ __align__(128) __nv_bfloat16 v_s[2][kKeys][kStride];
   __shared__ __align__(16) int32_t from_s[2][kKeys];
-  __shared__ __align__(16) int32_t until_s[2][kKeys];
+  // Key j is visible to query i iff uint32(i - from) < length (= until - from, 0 when empty): one
+  // compare per score, and query -1 (rows past the end) sees nothing.
+  __shared__ __align__(16) uint32_t length_s[2][kKeys];
 
   const int g = blockIdx.y;
   const int64_t total_rows = p.n_q * p.group;
@@ -211,8 +213,10 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const
     if (threadIdx.x < kKeys) {
       const int64_t j = int64_t{t} * kKeys + threadIdx.x;
       const bool ok = j < p.n_keys;
-      from_s[stage][threadIdx.x] = ok ? from_head[j] : INT_MAX;
-      until_s[stage][threadIdx.x] = ok ? until_head[j] : INT_MIN;
+      const int32_t f = ok ? from_head[j] : 0, u = ok ? until_head[j] : 0;
+      from_s[stage][threadIdx.x] = f;
+      length_s[stage][threadIdx.x] =
+          u > f ? static_cast<uint32_t>(u) - static_cast<uint32_t>(f) : 0u;
     }
   };
 
@@ -245,13 +249,14 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
         const int2 f = *reinterpret_cast<const int2*>(&from_s[stage][nt * 8 + tig * 2]);
-        const int2 u = *reinterpret_cast<const int2*>(&until_s[stage][nt * 8 + tig * 2]);
+        const uint2 n = *reinterpret_cast<const uint2*>(&length_s[stage][nt * 8 + tig * 2]);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           // Invalid rows (past the last query) have query -1 and see nothing. (Testing
           // all_visible here rather than branching around the loop keeps ~30 registers free.)
-          if (!all_visible && !(f.x <= query[h] && query[h] < u.x)) s[nt][2 * h] = -INFINITY;
-          if (!all_visible && !(f.y <= query[h] && query[h] < u.y)) s[nt][2 * h + 1] = -INFINITY;
+          const uint32_t q = static_cast<uint32_t>(query[h]);
+          if (!all_visible && q - static_cast<uint32_t>(f.x) >= n.x) s[nt][2 * h] = -INFINITY;
+          if (!all_visible && q - static_cast<uint32_t>(f.y) >= n.y) s[nt][2 * h + 1] = -INFINITY;
         }
       }
     }

@@ -110,6 +110,12 @@ absl::Status AddResidual(Context& ctx, float* residual, const Bf16* delta, int64
 absl::Status Rope(Context& ctx, Bf16* x, int64_t n_outer, int64_t n_tokens, int64_t n_heads,
                   int64_t head_dim, const int64_t* positions, float theta, RopeStyle style);
 
+// dst[g][slot0 + t] = src[t][g] for t < n_tokens, g < n_heads (rows of head_dim): a segment's
+// keys or values as the projections write them, appended to a head-major memory of `capacity`
+// slots per head.
+absl::Status ScatterHeads(Context& ctx, const Bf16* src, int64_t n_tokens, int64_t n_heads,
+                          int64_t head_dim, int64_t capacity, int64_t slot0, Bf16* dst);
+
 // out = silu(gate) * up in fp32, stored as bf16. out may alias gate or up.
 absl::Status SiluMul(Context& ctx, const Bf16* gate, const Bf16* up, int64_t n, Bf16* out);
 

@@ -62,25 +62,46 @@ __global__ void AddKernel(float* residual, const __nv_bfloat16* delta, int64_t n
   if (i < n) residual[i] += __bfloat162float(delta[i]);
 }
 
-// One thread per rotated pair; angles in double as on the CPU (positions reach 1M and beyond).
+// One thread per rotated pair. The angle pos * theta^(-2i/d) is formed and reduced mod 2*pi in
+// double (positions reach 1M and beyond), then the sine and cosine of the reduced angle come from
+// sincosf: within an ulp of the CPU's float(cos(angle in double)), without double sincos.
+constexpr int kMaxRopeHalf = 256;
+
 __global__ void RopeKernel(__nv_bfloat16* x, int64_t n_outer, int64_t n_tokens, int64_t n_heads,
                            int64_t head_dim, const int64_t* positions, double theta,
                            bool interleaved) {
+  __shared__ double inv_freq[kMaxRopeHalf];
   const int64_t half = head_dim / 2;
+  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+    inv_freq[i] = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
+  }
+  __syncthreads();
   const int64_t pair = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (pair >= n_outer * n_tokens * n_heads * half) return;
   const int64_t i = pair % half;
   const int64_t row = pair / half;  // (o, t, h)
   const int64_t t = (row / n_heads) % n_tokens;
-  const double inv_freq = pow(theta, -2.0 * static_cast<double>(i) / head_dim);
-  double s, c;
-  sincos(static_cast<double>(positions[t]) * inv_freq, &s, &c);
-  const float cf = static_cast<float>(c), sf = static_cast<float>(s);
+  constexpr double kTwoPi = 6.283185307179586476925286766559;
+  const double angle = static_cast<double>(positions[t]) * inv_freq[i];
+  const double turns = rint(angle * (1.0 / kTwoPi));
+  float sf, cf;
+  sincosf(static_cast<float>(fma(-turns, kTwoPi, angle)), &sf, &cf);
   __nv_bfloat16* v = x + row * head_dim;
   const int64_t a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
   const float x0 = __bfloat162float(v[a]), x1 = __bfloat162float(v[b]);
   v[a] = __float2bfloat16_rn(x0 * cf - x1 * sf);
   v[b] = __float2bfloat16_rn(x0 * sf + x1 * cf);
+}
+
+// dst[g][slot0 + t][0..head_dim) = src[t][g][0..head_dim): a segment's keys or values, as the
+// projections write them (token-major), appended to a head-major memory of `capacity` slots.
+__global__ void ScatterHeadsKernel(const __nv_bfloat16* src, int64_t n_tokens, int64_t n_heads,
+                                   int64_t head_dim, int64_t capacity, int64_t slot0,
+                                   __nv_bfloat16* dst) {
+  const int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (idx >= n_tokens * n_heads * head_dim) return;
+  const int64_t d = idx % head_dim, g = (idx / head_dim) % n_heads, t = idx / (head_dim * n_heads);
+  dst[(g * capacity + slot0 + t) * head_dim + d] = src[idx];
 }
 
 __global__ void SiluMulKernel(const __nv_bfloat16* gate, const __nv_bfloat16* up, int64_t n,
@@ -168,6 +189,13 @@ cudaError_t Rope(uint16_t* x, int64_t n_outer, int64_t n_tokens, int64_t n_heads
   const int64_t pairs = n_outer * n_tokens * n_heads * (head_dim / 2);
   RopeKernel<<<Blocks(pairs), kThreads, 0, stream>>>(B(x), n_outer, n_tokens, n_heads, head_dim,
                                                      positions, theta, interleaved);
+  return cudaGetLastError();
+}
+
+cudaError_t ScatterHeads(const uint16_t* src, int64_t n_tokens, int64_t n_heads, int64_t head_dim,
+                         int64_t capacity, int64_t slot0, uint16_t* dst, cudaStream_t stream) {
+  ScatterHeadsKernel<<<Blocks(n_tokens * n_heads * head_dim), kThreads, 0, stream>>>(
+      B(src), n_tokens, n_heads, head_dim, capacity, slot0, B(dst));
   return cudaGetLastError();
 }
 

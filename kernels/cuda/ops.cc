@@ -64,11 +64,24 @@ absl::Status AddResidual(Context& ctx, float* residual, const Bf16* delta, int64
 
 absl::Status Rope(Context& ctx, Bf16* x, int64_t n_outer, int64_t n_tokens, int64_t n_heads,
                   int64_t head_dim, const int64_t* positions, float theta, RopeStyle style) {
-  if (head_dim % 2 != 0) return absl::InvalidArgumentError("cuda::Rope: odd head_dim");
+  if (head_dim % 2 != 0 || head_dim > launch::kMaxRopeHeadDim) {
+    return absl::InvalidArgumentError("cuda::Rope: head_dim must be even and <= 512");
+  }
   if (n_outer * n_tokens * n_heads * head_dim <= 0) return absl::OkStatus();
   LONGREAD_CUDA_RETURN_IF_ERROR(launch::Rope(x, n_outer, n_tokens, n_heads, head_dim, positions,
                                              static_cast<double>(theta),
                                              style == RopeStyle::kInterleaved, Stream(ctx)));
+  return absl::OkStatus();
+}
+
+absl::Status ScatterHeads(Context& ctx, const Bf16* src, int64_t n_tokens, int64_t n_heads,
+                          int64_t head_dim, int64_t capacity, int64_t slot0, Bf16* dst) {
+  if (slot0 < 0 || slot0 + n_tokens > capacity) {
+    return absl::InvalidArgumentError("cuda::ScatterHeads: slots past the capacity");
+  }
+  if (n_tokens * n_heads * head_dim <= 0) return absl::OkStatus();
+  LONGREAD_CUDA_RETURN_IF_ERROR(
+      launch::ScatterHeads(src, n_tokens, n_heads, head_dim, capacity, slot0, dst, Stream(ctx)));
   return absl::OkStatus();
 }
 

@@ -185,6 +185,31 @@ TEST_F(CudaElementwiseTest, RopeMatchesCpuForQueriesAndHeadMajorKeys) {
   }
 }
 
+TEST_F(CudaElementwiseTest, ScatterHeadsAppendsTokenMajorRowsToHeadMajorSlots) {
+  std::mt19937 rng(std::random_device{}());
+  const int64_t n = 13, heads = 3, hd = 64, capacity = 40, slot0 = 21;
+  std::vector<float> src = RandomFloats(n * heads * hd, rng);
+  const std::vector<uint16_t> bits = RoundToBf16(src);
+  DeviceBuffer ds = ToDevice(bits);
+  DeviceBuffer dst = Poisoned<uint16_t>(heads * capacity * hd);
+  ASSERT_TRUE(
+      ScatterHeads(*ctx_, ds.as<Bf16>(), n, heads, hd, capacity, slot0, dst.as<Bf16>()).ok());
+  const std::vector<uint16_t> got = ToHost<uint16_t>(dst, heads * capacity * hd);
+  for (int64_t g = 0; g < heads; ++g) {
+    for (int64_t slot = 0; slot < capacity; ++slot) {
+      for (int64_t d = 0; d < hd; ++d) {
+        const uint16_t v = got[(g * capacity + slot) * hd + d];
+        if (slot >= slot0 && slot < slot0 + n) {
+          ASSERT_EQ(v, bits[((slot - slot0) * heads + g) * hd + d]);
+        } else {
+          ASSERT_EQ(v, 0xffff) << "slot " << slot << " outside the segment was written";
+        }
+      }
+    }
+  }
+  EXPECT_FALSE(ScatterHeads(*ctx_, ds.as<Bf16>(), n, heads, hd, capacity, 30, dst.as<Bf16>()).ok());
+}
+
 TEST_F(CudaElementwiseTest, SiluMulMatchesCpu) {
   std::mt19937 rng(std::random_device{}());
   const int64_t n = 100003;
