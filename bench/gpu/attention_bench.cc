@@ -6,7 +6,7 @@
 // attention time) and the attention kernel with CUDA events; writes JSON for bench/gpu/report.py.
 //
 //   attention_bench [--json PATH] [--reps N] [--sinks 4] [--top-k 2048] [--window 1024]
-//                   [--segment 4096] [--block 32]
+//                   [--segment 4096] [--block 32] [--variant -1] [--layout-only 1]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -34,6 +34,7 @@ struct Options {
   int64_t sinks = 4, top_k = 2048, window = 1024, segment = 4096, block = 32;
   int64_t n_heads = 9, n_kv_heads = 3, head_dim = 64;
   bool layout_only = false;  // print the tile statistics and stop (no GPU needed)
+  int variant = -1;          // the kernel variant of the headline number (-1: the default)
 };
 
 void Die(const std::string& what) {
@@ -111,24 +112,25 @@ Layout BuildLayout(const Options& o, std::mt19937& rng) {
   return lay;
 }
 
-// The share of the (row, key) pairs in the tiles a kernel with `rows`-row and 64-key tiles
+// The share of the (row, key) pairs in the tiles a kernel with `rows`-row and `keys`-key tiles
 // computes that are visible: the kernel skips a key tile when no key of it is visible to any
 // query of the row tile (by the tile's min from / max until).
-double ProcessedPairs(const Options& o, const Layout& lay, int64_t rows) {
-  const int64_t group = o.n_heads / o.n_kv_heads, L = o.segment, n_tiles = (lay.n_keys + 63) / 64;
+double ProcessedPairs(const Options& o, const Layout& lay, int64_t rows, int64_t keys) {
+  const int64_t group = o.n_heads / o.n_kv_heads, L = o.segment,
+                n_tiles = (lay.n_keys + keys - 1) / keys;
   double processed = 0;
   for (int64_t g = 0; g < o.n_kv_heads; ++g) {
     for (int64_t r0 = 0; r0 < L * group; r0 += rows) {
       const int64_t q_lo = r0 / group, q_hi = (std::min(r0 + rows, L * group) - 1) / group;
       for (int64_t t = 0; t < n_tiles; ++t) {
         int64_t min_from = INT32_MAX, max_until = INT32_MIN;
-        for (int64_t j = t * 64; j < std::min((t + 1) * 64, lay.n_keys); ++j) {
+        for (int64_t j = t * keys; j < std::min((t + 1) * keys, lay.n_keys); ++j) {
           const int32_t f = lay.from[g * lay.n_keys + j], u = lay.until[g * lay.n_keys + j];
           if (f >= u) continue;
           min_from = std::min<int64_t>(min_from, f);
           max_until = std::max<int64_t>(max_until, u);
         }
-        if (min_from <= q_hi && max_until > q_lo) processed += double(rows) * 64;
+        if (min_from <= q_hi && max_until > q_lo) processed += double(rows) * keys;
       }
     }
   }
@@ -189,6 +191,8 @@ int Main(int argc, char** argv) {
       o.segment = std::atoll(value.c_str());
     } else if (flag == "--block") {
       o.block = std::atoll(value.c_str());
+    } else if (flag == "--variant") {
+      o.variant = std::atoi(value.c_str());
     } else if (flag == "--layout-only") {
       o.layout_only = value == "1";
     } else {
@@ -201,10 +205,10 @@ int Main(int argc, char** argv) {
   std::mt19937 rng(12345);
   const Layout lay = BuildLayout(o, rng);
   const double useful_pairs = double(lay.visible_pairs) * (o.n_heads / o.n_kv_heads);
-  const double processed_64 = ProcessedPairs(o, lay, 64),
-               processed_128 = ProcessedPairs(o, lay, 128);
-  std::printf("visible share of computed pairs: %.3f (64-row tiles), %.3f (128-row tiles)\n",
-              useful_pairs / processed_64, useful_pairs / processed_128);
+  const double processed_64 = ProcessedPairs(o, lay, 64, 64),
+               processed_32 = ProcessedPairs(o, lay, 64, 32);
+  std::printf("visible share of computed pairs: %.3f (64-key tiles), %.3f (32-key tiles)\n",
+              useful_pairs / processed_64, useful_pairs / processed_32);
   if (o.layout_only) return 0;
   auto ctx_or = kernels::cuda::Context::Create();
   DieIf(ctx_or.status());
@@ -255,7 +259,7 @@ int Main(int argc, char** argv) {
     variant_ms.push_back(MedianMs(stream, o.reps, attention));
     std::printf("attention variant %d: %.4f ms\n", variant, variant_ms.back());
   }
-  a.variant = -1;
+  a.variant = o.variant;
   const double attention_ms = MedianMs(stream, o.reps, attention);
   const double rope_ms = MedianMs(stream, o.reps, rope);
   DieIf(ctx.Synchronize());
@@ -276,11 +280,12 @@ int Main(int argc, char** argv) {
       << ", \"n_keys\": " << lay.n_keys << ", \"sinks\": " << o.sinks << ", \"top_k\": " << o.top_k
       << ", \"window\": " << o.window << ", \"block\": " << o.block
       << ", \"n_heads\": " << o.n_heads << ", \"n_kv_heads\": " << o.n_kv_heads
-      << ", \"head_dim\": " << hd << ", \"reps\": " << o.reps
+      << ", \"head_dim\": " << hd << ", \"reps\": " << o.reps << ", \"variant\": " << o.variant
       << ", \"mean_visible_keys_per_query\": " << mean_visible
       << ", \"attention_ms_per_segment\": " << attention_ms
       << ", \"rope_ms_per_segment\": " << rope_ms << ", \"useful_tflops\": " << tflops
       << ", \"visible_share_of_computed_pairs\": " << useful_pairs / processed_64
+      << ", \"visible_share_32_key_tiles\": " << useful_pairs / processed_32
       << ", \"variant_ms\": [" << variant_ms[0] << ", " << variant_ms[1] << ", " << variant_ms[2]
       << ", " << variant_ms[3] << "]}\n";
   }

@@ -5,7 +5,7 @@
 // (the same construction as attention_bench). tokens/s = L / the median time of one segment.
 // Not on the GPU yet, so not timed: the scorer, top-k selection and eviction, the archive.
 //
-//   forward_bench [--json PATH] [--reps N] [--segment 4096]
+//   forward_bench [--json PATH] [--reps N] [--segment 4096] [--variant -1]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -150,12 +150,15 @@ int Main(int argc, char** argv) {
   std::string json;
   int reps = 10;
   int64_t L = 4096;
+  int variant = -1;  // attention kernel variant (kernels/cuda/launch.h); -1: the default
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--json") {
       json = value;
     } else if (flag == "--reps") {
       reps = std::atoi(value.c_str());
+    } else if (flag == "--variant") {
+      variant = std::atoi(value.c_str());
     } else if (flag == "--segment") {
       L = std::atoll(value.c_str());
     } else {
@@ -248,6 +251,7 @@ int Main(int argc, char** argv) {
         a.head_dim = kHeadDim;
         a.scale = 0.125f;
         a.out = attn.as<Bf16>();
+        a.variant = variant;
         Check(cu::Attention(ctx, a));
       }
       Check(cu::MatMul(ctx, l.wo, attn.as<Bf16>(), L, proj.as<Bf16>()));
@@ -301,7 +305,8 @@ int Main(int argc, char** argv) {
   if (!json.empty()) {
     std::ofstream f(json);
     f << "{\"device\": \"" << prop.name << "\", \"model\": \"SmolLM2-135M shapes, random Q4_1\""
-      << ", \"segment\": " << L << ", \"memory_keys\": " << memory_slots << ", \"reps\": " << reps
+      << ", \"segment\": " << L << ", \"memory_keys\": " << memory_slots
+      << ", \"attention_variant\": " << variant << ", \"reps\": " << reps
       << ", \"forward_ms\": " << full_ms << ", \"forward_graph_ms\": " << graph_ms
       << ", \"forward_without_attention_ms\": " << no_attention_ms
       << ", \"tokens_per_s\": " << L / (best_ms * 1e-3)

@@ -18,7 +18,7 @@ constexpr int kHeadDim = 64;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRows = kWarps * 16;     // (query, head) rows per block
-constexpr int kKeys = 64;              // keys per tile
+constexpr int kMaxKeys = 64;           // keys per tile, at most (kernels use 64 or 32)
 constexpr int kStride = kHeadDim + 8;  // padded shared row: conflict-free ldmatrix
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -29,13 +29,14 @@ struct TileBounds {
 };
 
 __global__ void TileBoundsKernel(const int32_t* from, const int32_t* until, int64_t n_keys,
-                                 int64_t n_tiles, int64_t total, TileBounds* out) {
+                                 int64_t tile_keys, int64_t n_tiles, int64_t total,
+                                 TileBounds* out) {
   const int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (idx >= total) return;
   const int64_t g = idx / n_tiles, t = idx % n_tiles;
   TileBounds b{INT_MAX, INT_MIN, INT_MIN, INT_MAX};
-  const int64_t j0 = t * kKeys, j1 = min(j0 + kKeys, n_keys);
-  bool all = j1 - j0 == kKeys;
+  const int64_t j0 = t * tile_keys, j1 = min(j0 + tile_keys, n_keys);
+  bool all = j1 - j0 == tile_keys;
   for (int64_t j = j0; j < j1; ++j) {
     const int32_t f = from[g * n_keys + j], u = until[g * n_keys + j];
     if (f >= u) {
@@ -117,18 +118,19 @@ __device__ __forceinline__ float QuadSum(float x) {
 // where masked): returns the factor the row's accumulator must be scaled by and turns the scores
 // into probabilities exp2(s * scale_log2 - max * scale_log2), one FFMA and one EX2 each. The
 // running max *m stays in the raw domain (scale_log2 > 0).
-__device__ __forceinline__ float SoftmaxRow(float (&s)[8][4], int half, float scale_log2, float* m,
-                                            float* l) {
+template <int kNt>
+__device__ __forceinline__ float SoftmaxRow(float (&s)[kNt][4], int half, float scale_log2,
+                                            float* m, float* l) {
   float mx = -INFINITY;
 #pragma unroll
-  for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * half], s[nt][2 * half + 1]));
+  for (int nt = 0; nt < kNt; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * half], s[nt][2 * half + 1]));
   const float new_m = fmaxf(*m, QuadMax(mx));
   const float base = new_m == -INFINITY ? 0.0f : new_m * scale_log2;  // nothing visible: p = 0
   const float correction = exp2f(*m * scale_log2 - base);
   *m = new_m;
   float sum = 0;
 #pragma unroll
-  for (int nt = 0; nt < 8; ++nt) {
+  for (int nt = 0; nt < kNt; ++nt) {
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const float p = exp2f(fmaf(s[nt][2 * half + e], scale_log2, -base));
@@ -140,8 +142,9 @@ __device__ __forceinline__ float SoftmaxRow(float (&s)[8][4], int half, float sc
   return correction;
 }
 
-// kWarps warps of 16 rows each; kMinBlocks caps the registers so that many blocks fit per SM.
-template <int kWarps, int kMinBlocks>
+// kWarps warps of 16 rows each, tiles of kKeys keys; kMinBlocks caps the registers so that
+// many blocks fit per SM.
+template <int kWarps, int kMinBlocks, int kKeys>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const Params p) {
   constexpr int kThreads = kWarps * 32;
   constexpr int kRows = kWarps * 16;  // (query, head) rows per block
@@ -230,9 +233,9 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const
     CpAsyncWaitOne();
     __syncthreads();
 
-    float s[8][4];
+    float s[kKeys / 8][4];
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
+    for (int nt = 0; nt < kKeys / 8; ++nt) {
       s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
       for (int kc2 = 0; kc2 < 2; ++kc2) {
@@ -247,7 +250,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const
     const bool all_visible = tb.max_from <= q_lo && tb.min_until > q_hi;
     {
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
+      for (int nt = 0; nt < kKeys / 8; ++nt) {
         const int2 f = *reinterpret_cast<const int2*>(&from_s[stage][nt * 8 + tig * 2]);
         const uint2 n = *reinterpret_cast<const uint2*>(&length_s[stage][nt * 8 + tig * 2]);
 #pragma unroll
@@ -271,7 +274,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const
     }
 
 #pragma unroll
-    for (int kc = 0; kc < 4; ++kc) {
+    for (int kc = 0; kc < kKeys / 16; ++kc) {
       const uint32_t a[4] = {Pack(s[2 * kc][0], s[2 * kc][1]), Pack(s[2 * kc][2], s[2 * kc][3]),
                              Pack(s[2 * kc + 1][0], s[2 * kc + 1][1]),
                              Pack(s[2 * kc + 1][2], s[2 * kc + 1][3])};
@@ -307,15 +310,17 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const
 }  // namespace
 
 int64_t AttentionBoundsBytes(int64_t n_kv_heads, int64_t n_keys) {
-  return n_kv_heads * ((n_keys + kKeys - 1) / kKeys) * int64_t{sizeof(TileBounds)};
+  constexpr int64_t kMinKeys = 32;  // the smallest tile any variant uses
+  return n_kv_heads * ((n_keys + kMinKeys - 1) / kMinKeys) * int64_t{sizeof(TileBounds)};
 }
 
 cudaError_t Attention(const AttentionLaunch& a, cudaStream_t stream) {
-  const int64_t n_tiles = (a.n_keys + kKeys - 1) / kKeys;
+  const int64_t tile_keys = a.variant >= 2 ? 32 : 64;
+  const int64_t n_tiles = (a.n_keys + tile_keys - 1) / tile_keys;
   const int64_t total = a.n_kv_heads * n_tiles;
   TileBounds* bounds = static_cast<TileBounds*>(a.bounds);
   TileBoundsKernel<<<static_cast<unsigned>((total + 127) / 128), 128, 0, stream>>>(
-      a.from, a.until, a.n_keys, n_tiles, total, bounds);
+      a.from, a.until, a.n_keys, tile_keys, n_tiles, total, bounds);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   const int group = static_cast<int>(a.n_heads / a.n_kv_heads);
   const Params p{reinterpret_cast<const __nv_bfloat16*>(a.q),
@@ -331,22 +336,21 @@ cudaError_t Attention(const AttentionLaunch& a, cudaStream_t stream) {
                  group,
                  static_cast<int>(n_tiles),
                  a.scale * kLog2e};
-  const int warps = a.variant == 1 || a.variant == 0 ? 4 : 8;
-  const int64_t rows = warps * 16;
-  const dim3 grid(static_cast<unsigned>((a.n_q * group + rows - 1) / rows),
+  constexpr int64_t kRowsPerBlock = 64;  // every variant: 4 warps of 16 rows
+  const dim3 grid(static_cast<unsigned>((a.n_q * group + kRowsPerBlock - 1) / kRowsPerBlock),
                   static_cast<unsigned>(a.n_kv_heads));
   switch (a.variant) {
     case 0:
-      AttentionKernel<4, 1><<<grid, 128, 0, stream>>>(p);
+      AttentionKernel<4, 1, 64><<<grid, 128, 0, stream>>>(p);
       break;
     case 1:
-      AttentionKernel<4, 4><<<grid, 128, 0, stream>>>(p);
+      AttentionKernel<4, 4, 64><<<grid, 128, 0, stream>>>(p);
       break;
     case 2:
-      AttentionKernel<8, 2><<<grid, 256, 0, stream>>>(p);
+      AttentionKernel<4, 1, 32><<<grid, 128, 0, stream>>>(p);
       break;
     default:
-      AttentionKernel<8, 1><<<grid, 256, 0, stream>>>(p);
+      AttentionKernel<4, 4, 32><<<grid, 128, 0, stream>>>(p);
       break;
   }
   return cudaGetLastError();

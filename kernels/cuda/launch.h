@@ -46,8 +46,9 @@ struct AttentionLaunch {
   int64_t n_q, n_keys, n_heads, n_kv_heads;
   float scale;
   void* bounds;
-  // Tile shape and register cap: 0 = 4 warps (64 rows), no cap; 1 = 4 warps, 4 blocks per SM;
-  // 2 = 8 warps (128 rows), 2 blocks per SM; 3 = 8 warps, no cap. The benchmark times all.
+  // Key tile and register cap (all: 4 warps, 64 rows): 0 = 64 keys, no cap; 1 = 64 keys, 4
+  // blocks per SM; 2 = 32 keys, no cap; 3 = 32 keys, 4 blocks per SM. The benchmark times all.
+  // (128-row tiles of 8 warps measured slower: bench/gpu/NOTES.md.)
   int variant = kDefaultAttentionVariant;
 };
 cudaError_t Attention(const AttentionLaunch& a, cudaStream_t stream);
