@@ -15,10 +15,6 @@ namespace longread::kernels::cuda::launch {
 namespace {
 
 constexpr int kHeadDim = 64;
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
-constexpr int kRows = kWarps * 16;     // (query, head) rows per block
-constexpr int kMaxKeys = 64;           // keys per tile, at most (kernels use 64 or 32)
 constexpr int kStride = kHeadDim + 8;  // padded shared row: conflict-free ldmatrix
 constexpr float kLog2e = 1.4426950408889634f;
 
