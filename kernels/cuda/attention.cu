@@ -56,7 +56,7 @@ struct Params {
   const int32_t* until;
   const TileBounds* bounds;
   __nv_bfloat16* out;
-  int64_t n_q, n_keys;
+  int64_t n_q, n_keys, kv_stride;
   int n_heads, group, n_tiles;
   float scale_log2;
 };
@@ -188,8 +188,8 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
   const TileBounds* bounds = p.bounds + int64_t{g} * p.n_tiles;
-  const __nv_bfloat16* k_head = p.k + int64_t{g} * p.n_keys * kHeadDim;
-  const __nv_bfloat16* v_head = p.v + int64_t{g} * p.n_keys * kHeadDim;
+  const __nv_bfloat16* k_head = p.k + int64_t{g} * p.kv_stride * kHeadDim;
+  const __nv_bfloat16* v_head = p.v + int64_t{g} * p.kv_stride * kHeadDim;
   const int32_t* from_head = p.from + int64_t{g} * p.n_keys;
   const int32_t* until_head = p.until + int64_t{g} * p.n_keys;
 
@@ -328,6 +328,7 @@ cudaError_t Attention(const AttentionLaunch& a, cudaStream_t stream) {
                  reinterpret_cast<__nv_bfloat16*>(a.out),
                  a.n_q,
                  a.n_keys,
+                 a.kv_stride,
                  static_cast<int>(a.n_heads),
                  group,
                  static_cast<int>(n_tiles),

@@ -129,6 +129,9 @@ struct AttentionArgs {
   const int32_t* visible_from = nullptr;
   const int32_t* visible_until = nullptr;
   int64_t n_q = 0, n_keys = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  // Keys between two KV heads' first keys in k and v: 0 means n_keys; a cache with room for
+  // more keys than it holds passes its capacity.
+  int64_t kv_head_stride = 0;
   float scale = 0;      // > 0
   Bf16* out = nullptr;  // [n_q][n_heads][head_dim]
   // Tile shape and register cap (kernels/cuda/launch.h); -1 is the default. For benchmarks.

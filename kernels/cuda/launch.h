@@ -44,6 +44,7 @@ struct AttentionLaunch {
   const int32_t* until;
   uint16_t* out;
   int64_t n_q, n_keys, n_heads, n_kv_heads;
+  int64_t kv_stride;  // keys between two KV heads' first keys in k and v (>= n_keys)
   float scale;
   void* bounds;
   // Key tile and register cap (all: 4 warps, 64 rows): 0 = 64 keys, no cap; 1 = 64 keys, 4

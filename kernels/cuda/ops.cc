@@ -120,6 +120,9 @@ absl::Status Attention(Context& ctx, const AttentionArgs& a) {
       a.n_keys < 0 || a.n_q >= INT32_MAX || a.n_keys >= (int64_t{INT32_MAX} << 6)) {
     return absl::InvalidArgumentError("cuda::Attention: bad shape");
   }
+  if (a.kv_head_stride != 0 && a.kv_head_stride < a.n_keys) {
+    return absl::InvalidArgumentError("cuda::Attention: kv_head_stride below n_keys");
+  }
   if (!(a.scale > 0) || a.variant < -1 || a.variant >= launch::kAttentionVariants) {
     return absl::InvalidArgumentError("cuda::Attention: scale must be > 0, variant in range");
   }
@@ -150,6 +153,7 @@ absl::Status Attention(Context& ctx, const AttentionArgs& a) {
                                   a.n_keys,
                                   a.n_heads,
                                   a.n_kv_heads,
+                                  a.kv_head_stride == 0 ? a.n_keys : a.kv_head_stride,
                                   a.scale,
                                   impl.attention_bounds.as<void>(),
                                   a.variant < 0 ? launch::kDefaultAttentionVariant : a.variant};

@@ -86,13 +86,26 @@ Case SparseKPattern(int64_t n_q, int64_t sinks, int64_t memory, int64_t window, 
 
 class CudaAttentionTest : public CudaTest {
  protected:
-  void Check(const std::string& what, const Case& c, std::mt19937& rng) {
+  // pad > 0: the device keys and values sit in buffers of n_keys + pad rows per KV head (a cache
+  // with spare capacity, kv_head_stride), the spare rows holding other finite values.
+  void Check(const std::string& what, const Case& c, std::mt19937& rng, int64_t pad = 0) {
     const int64_t hd = 64;
     std::vector<float> q = RandomFloats(c.n_q * c.n_heads * hd, rng, -2, 2);
     std::vector<float> k = RandomFloats(c.n_kv_heads * c.n_keys * hd, rng, -2, 2);
     std::vector<float> v = RandomFloats(c.n_kv_heads * c.n_keys * hd, rng);
-    DeviceBuffer dq = ToDevice(RoundToBf16(q)), dk = ToDevice(RoundToBf16(k)),
-                 dv = ToDevice(RoundToBf16(v));
+    std::vector<uint16_t> k_bits = RoundToBf16(k), v_bits = RoundToBf16(v);
+    if (pad > 0) {
+      const int64_t stride = c.n_keys + pad;
+      std::vector<uint16_t> k_pad(c.n_kv_heads * stride * hd, FloatToBFloat16(3.0f));
+      std::vector<uint16_t> v_pad(k_pad.size(), FloatToBFloat16(-5.0f));
+      for (int64_t g = 0; g < c.n_kv_heads; ++g) {
+        std::copy_n(&k_bits[g * c.n_keys * hd], c.n_keys * hd, &k_pad[g * stride * hd]);
+        std::copy_n(&v_bits[g * c.n_keys * hd], c.n_keys * hd, &v_pad[g * stride * hd]);
+      }
+      k_bits = std::move(k_pad);
+      v_bits = std::move(v_pad);
+    }
+    DeviceBuffer dq = ToDevice(RoundToBf16(q)), dk = ToDevice(k_bits), dv = ToDevice(v_bits);
     DeviceBuffer dfrom = ToDevice(c.from), duntil = ToDevice(c.until);
     DeviceBuffer out = Poisoned<uint16_t>(c.n_q * c.n_heads * hd);
 
@@ -126,6 +139,7 @@ class CudaAttentionTest : public CudaTest {
       gpu.n_heads = c.n_heads;
       gpu.n_kv_heads = c.n_kv_heads;
       gpu.head_dim = hd;
+      gpu.kv_head_stride = pad > 0 ? c.n_keys + pad : 0;
       gpu.scale = 0.125f;
       gpu.out = out.as<Bf16>();
       gpu.variant = variant;
@@ -162,6 +176,12 @@ TEST_F(CudaAttentionTest, DenseCausalOverACache) {
   Check("dense causal n_q=300 past=100 9/3", DenseCausal(300, 100, 9, 3), rng);
   Check("dense causal n_q=1 past=2000 9/3 (decode)", DenseCausal(1, 2000, 9, 3), rng);
   Check("dense causal n_q=129 past=0 2/2", DenseCausal(129, 0, 2, 2), rng);
+}
+
+TEST_F(CudaAttentionTest, KeysInABufferWithSpareCapacity) {
+  std::mt19937 rng(std::random_device{}());
+  Check("dense causal n_q=100 past=150 9/3 stride +77", DenseCausal(100, 150, 9, 3), rng, 77);
+  Check("random n_q=70 keys=300 9/3 stride +5", RandomIntervals(70, 300, 9, 3, rng), rng, 5);
 }
 
 TEST_F(CudaAttentionTest, RandomIntervals) {
