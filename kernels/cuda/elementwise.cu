@@ -1,0 +1,224 @@
+// Embedding gather, fused residual + RMSNorm, RoPE, SwiGLU, argmax and conversions: memory-bound
+// ops, one pass each, fp32 arithmetic on bf16 storage.
+#include <cuda_bf16.h>
+
+#include <cfloat>
+#include <cmath>
+
+#include "kernels/cuda/launch.h"
+
+namespace longread::kernels::cuda::launch {
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned Blocks(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+
+__global__ void EmbeddingKernel(const __nv_bfloat16* table, int64_t vocab, int64_t dim,
+                                const int32_t* tokens, float* out) {
+  const int64_t t = blockIdx.x;
+  const int32_t id = tokens[t];
+  const bool valid = id >= 0 && id < vocab;
+  for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) {
+    out[t * dim + c] = valid ? __bfloat162float(table[id * dim + c]) : 0.0f;
+  }
+}
+
+// Sum over the block; every thread gets the result.
+__device__ float BlockSum(float v) {
+  __shared__ float partial[32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // `partial` may still be read by a previous call
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  const int n_warps = (blockDim.x + 31) / 32;
+  v = lane < n_warps ? partial[lane] : 0.0f;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// One block per token.
+__global__ void AddRmsNormKernel(float* residual, const __nv_bfloat16* delta, const float* weight,
+                                 int64_t dim, float eps, __nv_bfloat16* out) {
+  float* x = residual + blockIdx.x * dim;
+  float sum_sq = 0;
+  for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) {
+    float v = x[c];
+    if (delta != nullptr) {
+      v += __bfloat162float(delta[blockIdx.x * dim + c]);
+      x[c] = v;
+    }
+    sum_sq += v * v;
+  }
+  const float inv = rsqrtf(BlockSum(sum_sq) / static_cast<float>(dim) + eps);
+  for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) {
+    out[blockIdx.x * dim + c] = __float2bfloat16_rn(x[c] * inv * weight[c]);
+  }
+}
+
+__global__ void AddKernel(float* residual, const __nv_bfloat16* delta, int64_t n) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i < n) residual[i] += __bfloat162float(delta[i]);
+}
+
+// One thread per rotated pair. The angle pos * theta^(-2i/d) is formed and reduced mod 2*pi in
+// double (positions reach 1M and beyond), then the sine and cosine of the reduced angle come from
+// sincosf: within an ulp of the CPU's float(cos(angle in double)), without double sincos.
+constexpr int kMaxRopeHalf = 256;
+
+__global__ void RopeKernel(__nv_bfloat16* x, int64_t n_outer, int64_t n_tokens, int64_t n_heads,
+                           int64_t head_dim, const int64_t* positions, double theta,
+                           bool interleaved) {
+  __shared__ double inv_freq[kMaxRopeHalf];
+  const int64_t half = head_dim / 2;
+  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+    inv_freq[i] = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
+  }
+  __syncthreads();
+  const int64_t pair = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (pair >= n_outer * n_tokens * n_heads * half) return;
+  const int64_t i = pair % half;
+  const int64_t row = pair / half;  // (o, t, h)
+  const int64_t t = (row / n_heads) % n_tokens;
+  constexpr double kTwoPi = 6.283185307179586476925286766559;
+  const double angle = static_cast<double>(positions[t]) * inv_freq[i];
+  const double turns = rint(angle * (1.0 / kTwoPi));
+  float sf, cf;
+  sincosf(static_cast<float>(fma(-turns, kTwoPi, angle)), &sf, &cf);
+  __nv_bfloat16* v = x + row * head_dim;
+  const int64_t a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+  const float x0 = __bfloat162float(v[a]), x1 = __bfloat162float(v[b]);
+  v[a] = __float2bfloat16_rn(x0 * cf - x1 * sf);
+  v[b] = __float2bfloat16_rn(x0 * sf + x1 * cf);
+}
+
+// dst[g][slot0 + t][0..head_dim) = src[t][g][0..head_dim): a segment's keys or values, as the
+// projections write them (token-major), appended to a head-major memory of `capacity` slots.
+__global__ void ScatterHeadsKernel(const __nv_bfloat16* src, int64_t n_tokens, int64_t n_heads,
+                                   int64_t head_dim, int64_t capacity, int64_t slot0,
+                                   __nv_bfloat16* dst) {
+  const int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (idx >= n_tokens * n_heads * head_dim) return;
+  const int64_t d = idx % head_dim, g = (idx / head_dim) % n_heads, t = idx / (head_dim * n_heads);
+  dst[(g * capacity + slot0 + t) * head_dim + d] = src[idx];
+}
+
+__global__ void SiluMulKernel(const __nv_bfloat16* gate, const __nv_bfloat16* up, int64_t n,
+                              __nv_bfloat16* out) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= n) return;
+  const float g = __bfloat162float(gate[i]);
+  out[i] = __float2bfloat16_rn(g / (1.0f + expf(-g)) * __bfloat162float(up[i]));
+}
+
+// (value, index) with the larger value winning, the lower index on ties; NaN never wins.
+__device__ void Better(float v, int32_t i, float* best, int32_t* best_i) {
+  if (v > *best || (v == *best && i < *best_i)) {
+    *best = v;
+    *best_i = i;
+  }
+}
+
+// One block per row.
+__global__ void ArgMaxKernel(const float* logits, int64_t vocab, int32_t* out) {
+  const float* row = logits + blockIdx.x * vocab;
+  float best = -FLT_MAX;
+  int32_t best_i = INT32_MAX;
+  for (int64_t c = threadIdx.x; c < vocab; c += blockDim.x) {
+    Better(row[c], static_cast<int32_t>(c), &best, &best_i);
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    Better(__shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, best_i, o), &best,
+           &best_i);
+  }
+  __shared__ float warp_best[32];
+  __shared__ int32_t warp_index[32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) {
+    warp_best[warp] = best;
+    warp_index[warp] = best_i;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) {
+      Better(warp_best[w], warp_index[w], &best, &best_i);
+    }
+    // A row of NaNs / -inf only: the CPU's argmax answers 0.
+    out[blockIdx.x] = best_i == INT32_MAX ? 0 : best_i;
+  }
+}
+
+__global__ void ToBf16Kernel(const float* in, int64_t n, __nv_bfloat16* out) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i < n) out[i] = __float2bfloat16_rn(in[i]);
+}
+
+__global__ void ToFloatKernel(const __nv_bfloat16* in, int64_t n, float* out) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i < n) out[i] = __bfloat162float(in[i]);
+}
+
+const __nv_bfloat16* B(const uint16_t* p) { return reinterpret_cast<const __nv_bfloat16*>(p); }
+__nv_bfloat16* B(uint16_t* p) { return reinterpret_cast<__nv_bfloat16*>(p); }
+
+}  // namespace
+
+cudaError_t Embedding(const uint16_t* table, int64_t vocab, int64_t dim, const int32_t* tokens,
+                      int64_t n_tokens, float* out, cudaStream_t stream) {
+  EmbeddingKernel<<<static_cast<unsigned>(n_tokens), kThreads, 0, stream>>>(B(table), vocab, dim,
+                                                                            tokens, out);
+  return cudaGetLastError();
+}
+
+cudaError_t AddRmsNorm(float* residual, const uint16_t* delta, const float* weight,
+                       int64_t n_tokens, int64_t dim, float eps, uint16_t* out,
+                       cudaStream_t stream) {
+  AddRmsNormKernel<<<static_cast<unsigned>(n_tokens), kThreads, 0, stream>>>(
+      residual, B(delta), weight, dim, eps, B(out));
+  return cudaGetLastError();
+}
+
+cudaError_t AddResidual(float* residual, const uint16_t* delta, int64_t n, cudaStream_t stream) {
+  AddKernel<<<Blocks(n), kThreads, 0, stream>>>(residual, B(delta), n);
+  return cudaGetLastError();
+}
+
+cudaError_t Rope(uint16_t* x, int64_t n_outer, int64_t n_tokens, int64_t n_heads, int64_t head_dim,
+                 const int64_t* positions, double theta, bool interleaved, cudaStream_t stream) {
+  const int64_t pairs = n_outer * n_tokens * n_heads * (head_dim / 2);
+  RopeKernel<<<Blocks(pairs), kThreads, 0, stream>>>(B(x), n_outer, n_tokens, n_heads, head_dim,
+                                                     positions, theta, interleaved);
+  return cudaGetLastError();
+}
+
+cudaError_t ScatterHeads(const uint16_t* src, int64_t n_tokens, int64_t n_heads, int64_t head_dim,
+                         int64_t capacity, int64_t slot0, uint16_t* dst, cudaStream_t stream) {
+  ScatterHeadsKernel<<<Blocks(n_tokens * n_heads * head_dim), kThreads, 0, stream>>>(
+      B(src), n_tokens, n_heads, head_dim, capacity, slot0, B(dst));
+  return cudaGetLastError();
+}
+
+cudaError_t SiluMul(const uint16_t* gate, const uint16_t* up, int64_t n, uint16_t* out,
+                    cudaStream_t stream) {
+  SiluMulKernel<<<Blocks(n), kThreads, 0, stream>>>(B(gate), B(up), n, B(out));
+  return cudaGetLastError();
+}
+
+cudaError_t ArgMax(const float* logits, int64_t n_rows, int64_t vocab, int32_t* out,
+                   cudaStream_t stream) {
+  ArgMaxKernel<<<static_cast<unsigned>(n_rows), 1024, 0, stream>>>(logits, vocab, out);
+  return cudaGetLastError();
+}
+
+cudaError_t FloatToBf16(const float* in, int64_t n, uint16_t* out, cudaStream_t stream) {
+  ToBf16Kernel<<<Blocks(n), kThreads, 0, stream>>>(in, n, B(out));
+  return cudaGetLastError();
+}
+
+cudaError_t Bf16ToFloat(const uint16_t* in, int64_t n, float* out, cudaStream_t stream) {
+  ToFloatKernel<<<Blocks(n), kThreads, 0, stream>>>(B(in), n, out);
+  return cudaGetLastError();
+}
+
+}  // namespace longread::kernels::cuda::launch
