@@ -372,12 +372,13 @@ absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& job_id) {
       }
     }
   }
+  // Cancelling the call reaches the worker between two steps (one segment or one token).
   for (auto& run : to_cancel) {
     {
       std::lock_guard<std::mutex> lock(run->mu);
       run->cancel = true;
     }
-    run->cv.notify_all();
+    run->context.TryCancel();
   }
   return Snapshot(*job, true);
 }
@@ -534,7 +535,7 @@ void Coordinator::DispatchLoop() {
       SetDocStateLocked(*job, index, v1::DOCUMENT_STATE_RUNNING);
       d.status.set_worker(worker->address);
       d.status.set_tokens_read(resume);
-      d.attempt_answer.clear();
+      d.attempt_answer = d.status.answer();  // the worker skips what was streamed
       d.last_worker = worker->address;
       d.run = run;
       if (job->header.state() == v1::JOB_STATE_QUEUED) {

@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "engine/tokenizer/streaming_encoder.h"
 
 namespace longread::coordinator {
 namespace fs = std::filesystem;
@@ -15,27 +16,24 @@ namespace {
 
 constexpr size_t kReadSlice = 1 << 20;
 
-// Until the engine's StreamingEncoder is merged: keep the text and tokenize it at the end (equal
-// to whole-document tokenization by construction; memory grows with the document).
-class WholeTextEncoder : public ChunkEncoder {
+// The engine's chunked tokenizer: equal to Tokenizer::Encode of the whole text, holding at most
+// ~1 MiB whatever the document's size.
+class StreamingChunkEncoder : public ChunkEncoder {
  public:
-  explicit WholeTextEncoder(const engine::Tokenizer& tokenizer) : tokenizer_(tokenizer) {}
-  void Push(std::string_view text, std::vector<int32_t>*) override { text_.append(text); }
-  void Finish(std::vector<int32_t>* tokens) override {
-    std::vector<int32_t> all = tokenizer_.Encode(text_, /*parse_special=*/false);
-    tokens->insert(tokens->end(), all.begin(), all.end());
-    std::string().swap(text_);
+  explicit StreamingChunkEncoder(const engine::Tokenizer& tokenizer) : encoder_(tokenizer) {}
+  void Push(std::string_view text, std::vector<int32_t>* tokens) override {
+    encoder_.Push(text, tokens);
   }
+  void Finish(std::vector<int32_t>* tokens) override { encoder_.Finish(tokens); }
 
  private:
-  const engine::Tokenizer& tokenizer_;
-  std::string text_;
+  engine::StreamingEncoder encoder_;
 };
 
 }  // namespace
 
 std::unique_ptr<ChunkEncoder> MakeChunkEncoder(const engine::Tokenizer& tokenizer) {
-  return std::make_unique<WholeTextEncoder>(tokenizer);
+  return std::make_unique<StreamingChunkEncoder>(tokenizer);
 }
 
 void Utf8Counter::Push(std::string_view bytes) {

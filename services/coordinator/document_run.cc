@@ -41,6 +41,7 @@ void Coordinator::RunDocument(std::shared_ptr<JobRuntime> job, int index,
     a->set_checkpoint_seconds(options_.checkpoint_seconds);
     a->set_model_fingerprint(options_.model_fingerprint);
     a->set_invalid_utf8_sequences(d.status.stats().invalid_utf8_sequences());
+    a->set_answer_bytes_streamed(static_cast<int64_t>(d.status.answer().size()));
   }
   CommittedCheckpoint checkpoint;
   if (auto c = store_->GetCheckpoint(job_id, index); c.ok()) {
@@ -59,35 +60,42 @@ void Coordinator::RunDocument(std::shared_ptr<JobRuntime> job, int index,
   std::thread writer([&] {
     bool ok = stream->Write(assignment);
     if (ok && checkpoint.seq > 0) {
+      // The archive's blocks of every checkpoint up to the resume point (oldest first), then the
+      // resume point's snapshot; the last part closes it.
       const absl::Time start = absl::Now();
-      int64_t bytes = 0;
+      int64_t bytes = 0, blocks = 0;
+      size_t batch = 0;
       v1::RunDocumentInput m;
       v1::CheckpointPart* part = m.mutable_resume();
       part->set_sequence(checkpoint.seq);
       part->set_document_tokens(checkpoint.document_tokens);
-      absl::Status s = store_->ReadSnapshot(job_id, index, checkpoint, [&](std::string_view b) {
-        part->set_snapshot(std::string(b));
+      absl::Status s = store_->ReadArchive(job_id, index, checkpoint, [&](std::string_view b) {
+        if (!part->add_archive_blocks()->ParseFromArray(b.data(), static_cast<int>(b.size()))) {
+          return false;
+        }
+        ++blocks;
+        batch += b.size();
         bytes += static_cast<int64_t>(b.size());
-        ok = stream->Write(m);
-        part->clear_snapshot();
+        if (batch >= kResumeMessageBytes) {
+          ok = stream->Write(m);
+          part->clear_archive_blocks();
+          batch = 0;
+        }
         return ok;
       });
-      size_t batch = 0;
-      int64_t blocks = 0;
+      if (s.ok() && ok && batch > 0) {
+        ok = stream->Write(m);
+        part->clear_archive_blocks();
+      }
       if (s.ok() && ok) {
-        s = store_->ReadArchive(job_id, index, checkpoint, [&](std::string_view b) {
-          if (!part->add_archive_blocks()->ParseFromArray(b.data(), static_cast<int>(b.size()))) {
-            return false;
-          }
-          ++blocks;
-          batch += b.size();
-          bytes += static_cast<int64_t>(b.size());
-          if (batch >= kResumeMessageBytes) {
+        s = store_->ReadSnapshot(job_id, index, checkpoint, [&](std::string_view b) {
+          if (!part->snapshot().empty()) {
             ok = stream->Write(m);
-            part->clear_archive_blocks();
-            batch = 0;
+            if (!ok) return false;
           }
-          return ok;
+          part->set_snapshot(std::string(b));
+          bytes += static_cast<int64_t>(b.size());
+          return true;
         });
       }
       if (!s.ok()) {
@@ -100,6 +108,7 @@ void Coordinator::RunDocument(std::shared_ptr<JobRuntime> job, int index,
       }
       if (ok) {
         part->set_last(true);
+        part->set_archive_error(checkpoint.archive_error);
         ok = stream->Write(m);
         Log(LogLevel::kInfo, "checkpoint_sent",
             {{"job", job_id},
@@ -117,7 +126,7 @@ void Coordinator::RunDocument(std::shared_ptr<JobRuntime> job, int index,
                                [&](int64_t offset, std::span<const int32_t> tokens) {
                                  {
                                    std::lock_guard<std::mutex> lock(run->mu);
-                                   if (run->cancel || run->ended) return false;
+                                   if (run->cancel) return false;
                                  }
                                  v1::RunDocumentInput m;
                                  v1::TokenChunk* c = m.mutable_tokens();
@@ -128,19 +137,8 @@ void Coordinator::RunDocument(std::shared_ptr<JobRuntime> job, int index,
                                  return ok;
                                });
     }
-    std::unique_lock<std::mutex> lock(run->mu);
-    run->cv.wait(lock, [&] { return run->cancel || run->ended; });
-    if (run->cancel && !run->ended) {
-      lock.unlock();
-      v1::RunDocumentInput m;
-      m.mutable_cancel()->set_reason("the job was cancelled");
-      stream->Write(m);
-      lock.lock();
-      if (!run->cv.wait_for(lock, absl::ToChronoMilliseconds(options_.cancel_grace),
-                            [&] { return run->ended; })) {
-        run->context.TryCancel();
-      }
-    }
+    // Half-close: the worker ends the call once it has answered. Cancelling is TryCancel.
+    if (ok) stream->WritesDone();
   });
 
   // What the worker streams back.
@@ -148,6 +146,7 @@ void Coordinator::RunDocument(std::shared_ptr<JobRuntime> job, int index,
   int64_t parts = 0, blocks = 0, checkpoint_bytes = 0;
   absl::Time checkpoint_start;
   bool in_checkpoint = false, store_failed = false;
+  std::string checkpoint_archive_error;
   bool finished = false, handed_back = false, got_output = false;
   int64_t last_progress = resume;
   v1::DocumentFinished result;
@@ -183,6 +182,7 @@ void Coordinator::RunDocument(std::shared_ptr<JobRuntime> job, int index,
           parts = blocks = checkpoint_bytes = 0;
         }
         absl::Status s;
+        if (!part.archive_error().empty()) checkpoint_archive_error = part.archive_error();
         if (!part.snapshot().empty()) {
           s = store_->PutSnapshotPart(job_id, index, storing_seq, parts++, part.snapshot());
           checkpoint_bytes += static_cast<int64_t>(part.snapshot().size());
@@ -194,7 +194,8 @@ void Coordinator::RunDocument(std::shared_ptr<JobRuntime> job, int index,
           checkpoint_bytes += static_cast<int64_t>(bytes.size());
         }
         if (s.ok() && part.last()) {
-          CommittedCheckpoint c{storing_seq, part.document_tokens(), parts};
+          CommittedCheckpoint c{storing_seq, part.document_tokens(), parts,
+                                checkpoint_archive_error};
           s = store_->CommitCheckpoint(job_id, index, c);
           if (s.ok()) {
             metrics_->checkpoint_bytes->Increment(static_cast<double>(checkpoint_bytes));
@@ -298,6 +299,16 @@ void Coordinator::RunDocument(std::shared_ptr<JobRuntime> job, int index,
       stats.set_document_tokens(total);
       *d.status.mutable_stats() = stats;
       d.status.set_tokens_read(total);
+      Log(LogLevel::kInfo, "document_finished",
+          {{"job", job_id},
+           {"document", doc},
+           {"worker", worker->address},
+           {"checkpoints", std::to_string(result.checkpoints())},
+           {"checkpoint_bytes", std::to_string(result.checkpoint_bytes())},
+           {"checkpoint_seconds", absl::StrFormat("%.3f", result.checkpoint_seconds())},
+           {"archive_bytes", std::to_string(result.archive_bytes())},
+           {"read_seconds", absl::StrFormat("%.3f", stats.read_seconds())},
+           {"generated_tokens", std::to_string(stats.generated_tokens())}});
       metrics_->base->tokens_generated().Increment(static_cast<double>(stats.generated_tokens()));
       (void)store_->DeleteCheckpoints(job_id, index);
       FinishDocLocked(*job, index, v1::DOCUMENT_STATE_SUCCEEDED, "", 0);
@@ -313,6 +324,14 @@ void Coordinator::RunDocument(std::shared_ptr<JobRuntime> job, int index,
            {"reason", "drained"},
            {"worker", worker->address},
            {"tokens_read", std::to_string(d.max_tokens_read)}});
+      back_to_queue();
+    } else if (status.error_code() == grpc::StatusCode::DATA_LOSS) {
+      Log(LogLevel::kError, "checkpoint_refused",
+          {{"job", job_id},
+           {"document", doc},
+           {"worker", worker->address},
+           {"error", status.error_message()}});
+      (void)store_->DeleteCheckpoints(job_id, index);
       back_to_queue();
     } else if (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED && !got_output) {
       pool_->MarkFull(worker);

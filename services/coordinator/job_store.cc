@@ -193,8 +193,8 @@ absl::Status JobStore::PutArchiveBlock(const std::string& job_id, int32_t doc, i
 absl::Status JobStore::CommitCheckpoint(const std::string& job_id, int32_t doc,
                                         const CommittedCheckpoint& c) {
   rocksdb::WriteBatch batch;
-  batch.Put(DocKey("m", job_id, doc),
-            absl::StrCat(c.seq, " ", c.document_tokens, " ", c.snapshot_parts));
+  batch.Put(DocKey("m", job_id, doc), absl::StrCat(c.seq, " ", c.document_tokens, " ",
+                                                   c.snapshot_parts, "\n", c.archive_error));
   const std::string snapshots = DocKey("s", job_id, doc) + "/";
   batch.DeleteRange(db_->DefaultColumnFamily(), snapshots, snapshots + Hex(c.seq, 12));
   rocksdb::WriteOptions wo;
@@ -209,7 +209,9 @@ absl::StatusOr<CommittedCheckpoint> JobStore::GetCheckpoint(const std::string& j
   CommittedCheckpoint c;
   if (s.IsNotFound()) return c;
   if (!s.ok()) return FromRocks(s, "checkpoint");
-  std::vector<std::string> f = absl::StrSplit(value, ' ');
+  const size_t newline = value.find('\n');
+  if (newline != std::string::npos) c.archive_error = value.substr(newline + 1);
+  std::vector<std::string> f = absl::StrSplit(value.substr(0, newline), ' ');
   if (f.size() != 3 || !absl::SimpleAtoi(f[0], &c.seq) ||
       !absl::SimpleAtoi(f[1], &c.document_tokens) || !absl::SimpleAtoi(f[2], &c.snapshot_parts)) {
     return absl::DataLossError("damaged checkpoint record");

@@ -6,7 +6,7 @@
 //   d/<job>/<doc>                DocumentStatus
 //   e/<job>/<offset>             JobEvent
 //   t/<job>/<doc>/<chunk>        kTokensPerChunk int32 tokens (little-endian), the last shorter
-//   m/<job>/<doc>                committed checkpoint: "seq tokens snapshot_parts"
+//   m/<job>/<doc>                committed checkpoint: "seq tokens parts\narchive_error"
 //   s/<job>/<doc>/<seq>/<part>   snapshot slice of checkpoint seq
 //   a/<job>/<doc>/<seq>/<n>      ArchivedBlock (serialized) of checkpoint seq, in put order
 //   i/<principal>/<key>          job id of an idempotency key
@@ -38,6 +38,7 @@ struct CommittedCheckpoint {
   int64_t seq = 0;  // 0: none
   int64_t document_tokens = 0;
   int64_t snapshot_parts = 0;
+  std::string archive_error;  // the worker's archive failed before it: resume without recall
 };
 
 // A job as stored: its header and its documents.
