@@ -241,10 +241,11 @@ inline v1::DocumentAssignment ReferenceAssignment(const worker::testing::Referen
   return a;
 }
 
-// A document that differs per index but reads like the small one.
+// A short document (~200 tokens) that differs per index.
 inline std::string NumberedDocument(int i) {
+  const std::string small = services::testing::SmallDocument();
   return absl::StrCat("Record ", i, " of the harbor series. The keeper on duty was number ",
-                      100 + i * 7, ".\n\n", services::testing::SmallDocument());
+                      100 + i * 7, ".\n\n", small.substr(0, 700 + (i % 5) * 40));
 }
 
 inline std::string JobStateName(v1::JobState s) { return v1::JobState_Name(s); }
