@@ -123,6 +123,16 @@ TEST(CoordinatorFaultTest, AWorkerKilledMidDocumentResumesOnTheOtherFromItsLastC
       checkpoints.count ? checkpoints.seconds / checkpoints.count : 0.0,
       resumed_caught_up_at > 0 ? resumed_caught_up_at - killed_at : -1.0,
       static_cast<long long>(d.total_tokens()));
+  // The resumed worker's own account of its checkpoints (taking + sending them).
+  const std::string log = cluster.coordinator->log();
+  std::printf(
+      "FAILOVER worker_checkpoints: checkpoints=%lld checkpoint_bytes=%lld "
+      "checkpoint_seconds=%.3f read_seconds=%.3f archive_bytes=%lld\n",
+      LoggedInt(log, "document_finished", "checkpoints"),
+      LoggedInt(log, "document_finished", "checkpoint_bytes"),
+      LoggedNumber(log, "document_finished", "checkpoint_seconds"),
+      LoggedNumber(log, "document_finished", "read_seconds"),
+      LoggedInt(log, "document_finished", "archive_bytes"));
 }
 
 TEST(CoordinatorFaultTest, ACoordinatorKilledAndRestartedFinishesTheJobAndWatchersReattach) {

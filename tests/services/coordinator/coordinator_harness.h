@@ -273,14 +273,18 @@ inline std::string ScrapeMetrics(int port) {
   return out;
 }
 
-// The value of the first field `key` in a JSON log line of `event` (-1 if absent).
-inline long long LoggedInt(const std::string& log, const std::string& event,
+// The value of field `key` in the first JSON log line of `event` (-1 if absent).
+inline double LoggedNumber(const std::string& log, const std::string& event,
                            const std::string& key) {
   const size_t at = log.find(absl::StrCat("\"event\":\"", event, "\""));
   if (at == std::string::npos) return -1;
   const size_t k = log.find(absl::StrCat("\"", key, "\":\""), at);
   if (k == std::string::npos) return -1;
-  return std::atoll(log.c_str() + k + key.size() + 4);
+  return std::atof(log.c_str() + k + key.size() + 4);
+}
+inline long long LoggedInt(const std::string& log, const std::string& event,
+                           const std::string& key) {
+  return static_cast<long long>(LoggedNumber(log, event, key));
 }
 
 }  // namespace longread::coordinator::testing
