@@ -454,6 +454,29 @@ TEST(CoordinatorTlsTest, MutualTlsBetweenEveryPair) {
             worker::testing::ReferenceAnswer(*ref, document, ReferenceAssignment(*ref, header)));
 }
 
+// Workers found by resolving a DNS name (as a Kubernetes headless Service would be).
+TEST(CoordinatorDnsTest, WorkersFromADnsName) {
+  REQUIRE_REFERENCE(ref);
+  TempDir dir;
+  WorkerProcess worker(dir.path() + "/w", {"--listen", "0.0.0.0:0"});
+  ASSERT_TRUE(worker.serving()) << worker.log();
+  const std::string port = worker.target().substr(worker.target().rfind(':') + 1);
+  auto coordinator =
+      StartCoordinator(dir.path() + "/c", "dns:///localhost:" + port, {"--resolve-seconds", "1"});
+  ASSERT_TRUE(coordinator->serving()) << coordinator->log();
+  auto stub = JobStub(coordinator->target());
+  const v1::JobHeader header = TinyHeader(kQuestion);
+  const std::string document = NumberedDocument(4);
+  v1::SubmitJobResponse response;
+  ASSERT_TRUE(Submit(stub.get(), header, {{"d", document}}, &response).ok());
+  const auto events = WatchToEnd(stub.get(), response.job_id());
+  ASSERT_TRUE(events.back().has_job_done()) << coordinator->log();
+  EXPECT_EQ(events.back().job_done().state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_NE(coordinator->log().find(absl::StrCat(":", port, "\"")), std::string::npos);
+  EXPECT_EQ(GetJob(stub.get(), response.job_id()).documents(0).answer(),
+            worker::testing::ReferenceAnswer(*ref, document, ReferenceAssignment(*ref, header)));
+}
+
 // A document streamed far past the limit is refused while streaming, and the coordinator's
 // memory stays bounded all along (tokenized as it arrives, never held whole).
 TEST(CoordinatorQueueTest, AHugeStreamedDocumentKeepsTheCoordinatorMemoryBounded) {
