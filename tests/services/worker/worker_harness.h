@@ -111,11 +111,12 @@ class WorkerProcess {
 
   bool serving() const { return port_ > 0 && pid_ > 0; }
   std::string target() const { return absl::StrCat("127.0.0.1:", port_); }
-  std::unique_ptr<v1::WorkerService::Stub> Stub() const {
+  std::unique_ptr<v1::WorkerService::Stub> Stub(
+      std::shared_ptr<grpc::ChannelCredentials> credentials =
+          grpc::InsecureChannelCredentials()) const {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(16 << 20);
-    return v1::WorkerService::NewStub(
-        grpc::CreateCustomChannel(target(), grpc::InsecureChannelCredentials(), args));
+    return v1::WorkerService::NewStub(grpc::CreateCustomChannel(target(), credentials, args));
   }
   void Signal(int signal) const { kill(pid_, signal); }
   // The exit code, or -1 if it did not exit normally.

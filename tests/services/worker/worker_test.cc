@@ -227,5 +227,49 @@ TEST(WorkerTest, TwoDocumentsAtOnceInterleaveAndBothAnswerCorrectly) {
   EXPECT_LT(first_of(1, 'p'), first_of(0, 'f'));
 }
 
+// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
+bool MakeCertificates(const std::string& dir) {
+  const std::string command = absl::StrCat(
+      "cd '", dir, "' && ",
+      "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 "
+      "-subj /CN=test-ca && ",
+      "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=worker && ",
+      "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext && ",
+      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem "
+      "-days 1 -extfile san.ext && ",
+      "openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr "
+      "-subj /CN=coordinator && ",
+      "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem "
+      "-days 1) >/dev/null 2>&1");
+  return std::system(("(" + command).c_str()) == 0;
+}
+
+TEST(WorkerTest, MutualTlsServesOnlyClientsWithACertificate) {
+  REQUIRE_REFERENCE(ref);
+  TempDir dir;
+  if (!MakeCertificates(dir.path())) GTEST_SKIP() << "openssl could not make test certificates";
+  const std::string d = dir.path() + "/";
+  WorkerProcess worker(dir.path() + "/w", {"--tls-cert", d + "server.pem", "--tls-key",
+                                           d + "server.key", "--tls-client-ca", d + "ca.pem"});
+  ASSERT_TRUE(worker.serving()) << worker.log();
+  auto get_load = [&](std::shared_ptr<grpc::ChannelCredentials> credentials) {
+    v1::WorkerLoad load;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    return worker.Stub(credentials)->GetLoad(&context, v1::GetLoadRequest(), &load);
+  };
+  grpc::SslCredentialsOptions with_cert;
+  with_cert.pem_root_certs = ReadFile(d + "ca.pem");
+  with_cert.pem_cert_chain = ReadFile(d + "client.pem");
+  with_cert.pem_private_key = ReadFile(d + "client.key");
+  const grpc::Status ok = get_load(grpc::SslCredentials(with_cert));
+  EXPECT_TRUE(ok.ok()) << ok.error_message() << "\n" << worker.log();
+
+  grpc::SslCredentialsOptions without_cert;
+  without_cert.pem_root_certs = with_cert.pem_root_certs;
+  EXPECT_FALSE(get_load(grpc::SslCredentials(without_cert)).ok());
+  EXPECT_FALSE(get_load(grpc::InsecureChannelCredentials()).ok());
+}
+
 }  // namespace
 }  // namespace longread::worker::testing
