@@ -46,6 +46,22 @@ TEST(WorkerTest, AnswerEqualsTheEngineInProcess) {
   EXPECT_EQ(load.model_fingerprint(), ref->model->fingerprint());
   EXPECT_EQ(load.device(), "cpu");
   EXPECT_GT(load.tokens_per_second(), 0);
+
+  // The names docs/SERVICE.md promises (deploy/ dashboards and alerts use them).
+  const std::string metrics = worker.ScrapeMetrics();
+  for (const char* name :
+       {"longread_build_info{", "longread_grpc_server_handled_total{",
+        "longread_rocksdb_size_bytes", "longread_tokens_read_total",
+        "longread_tokens_generated_total", "longread_worker_documents_in_flight",
+        "longread_worker_capacity_documents", "longread_segment_seconds_bucket",
+        "longread_generation_seconds_bucket", "longread_decode_token_seconds_bucket",
+        "longread_checkpoint_seconds_bucket", "longread_checkpoint_bytes_total",
+        "longread_archive_bytes", "longread_device_memory_bytes{device=\"cpu\"}"}) {
+    EXPECT_NE(metrics.find(name), std::string::npos) << name << " missing from\n" << metrics;
+  }
+  EXPECT_NE(metrics.find("grpc_method=\"RunDocument\""), std::string::npos);
+  EXPECT_NE(metrics.find(absl::StrCat("longread_tokens_read_total ", tokens.size())),
+            std::string::npos);
 }
 
 // The failover primitive: a checkpoint taken mid-document, then the document resumed on a second
