@@ -4,6 +4,8 @@
 //
 //   build/bench/worker/worker_checkpoint_bench [--tokens 6144] [--tiny] [--threads 2]
 //       [--model PATH] [--out bench/results/worker-checkpoint-<date>.json]
+//       [--checkpoint-seconds S (default 0: every segment)]
+//       [--drain-after-segments N: start the SIGTERM drain after N segments and time it]
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -50,8 +52,14 @@ std::string Prose(int64_t paragraphs) {
   return text;
 }
 
+double LoadAverage() {
+  double load[1] = {0};
+  return getloadavg(load, 1) == 1 ? load[0] : -1;
+}
+
 int Main(int argc, char** argv) {
-  int64_t want_tokens = 6144, threads = 2;
+  int64_t want_tokens = 6144, threads = 2, drain_after = 0;
+  double checkpoint_seconds = 0;
   bool tiny = false;
   std::string model_path = "models/SmolLM2-135M-Instruct.Q4_1.gguf", out_path;
   for (int i = 1; i < argc; ++i) {
@@ -61,6 +69,10 @@ int Main(int argc, char** argv) {
       if (!absl::SimpleAtoi(next(), &want_tokens)) return 2;
     } else if (a == "--threads") {
       if (!absl::SimpleAtoi(next(), &threads)) return 2;
+    } else if (a == "--drain-after-segments") {
+      if (!absl::SimpleAtoi(next(), &drain_after)) return 2;
+    } else if (a == "--checkpoint-seconds") {
+      if (!absl::SimpleAtod(next(), &checkpoint_seconds)) return 2;
     } else if (a == "--tiny") {
       tiny = true;
     } else if (a == "--model") {
@@ -119,7 +131,7 @@ int Main(int argc, char** argv) {
   }
   o->set_max_new_tokens(4);
   a.set_total_tokens(static_cast<int64_t>(tokens.size()));
-  a.set_checkpoint_seconds(0);  // after every segment: one checkpoint per segment measured
+  a.set_checkpoint_seconds(checkpoint_seconds);
   a.set_model_fingerprint((*model)->fingerprint());
 
   grpc::ChannelArguments args;
@@ -150,7 +162,18 @@ int Main(int argc, char** argv) {
   v1::RunDocumentOutput out;
   v1::DocumentFinished finished;
   const auto start = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point drain_start;
+  double drain_seconds = -1;
+  int64_t segments = 0;
   while (stream->Read(&out)) {
+    if (out.has_progress() && ++segments == drain_after) {
+      drain_start = std::chrono::steady_clock::now();
+      (*service)->StartDrain(absl::Now() + absl::Seconds(60));
+    }
+    if (out.has_handed_back()) {
+      drain_seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - drain_start).count();
+    }
     if (out.has_checkpoint()) {
       const v1::CheckpointPart& p = out.checkpoint();
       const auto now = std::chrono::steady_clock::now();
@@ -178,11 +201,16 @@ int Main(int argc, char** argv) {
   std::string json = absl::StrFormat(
       "{\"bench\":\"worker-checkpoint\",\"settings\":\"%s\",\"document_tokens\":%d,"
       "\"threads\":%d,\"read_seconds\":%.3f,\"total_seconds\":%.3f,\"checkpoints\":%d,"
-      "\"checkpoint_bytes\":%d,\"checkpoint_seconds_worker\":%.4f,\"per_checkpoint\":[",
+      "\"checkpoint_bytes\":%d,\"checkpoint_seconds_worker\":%.4f,\"checkpoint_interval_s\":%g,"
+      "\"drain_seconds\":%.3f,\"load_average_1m\":%.2f,\"per_checkpoint\":[",
       tiny ? "tiny (k 64, w 64, s 4, L 128, B 16, R 2)"
            : "default (k 2048, w 1024, s 4, L 2048, B 32, R 4)",
       tokens.size(), threads, finished.stats().read_seconds(), total, finished.checkpoints(),
-      finished.checkpoint_bytes(), finished.checkpoint_seconds());
+      finished.checkpoint_bytes(), finished.checkpoint_seconds(), checkpoint_seconds, drain_seconds,
+      LoadAverage());
+  if (drain_seconds >= 0) {
+    std::printf("drain: handed back %.3f s after the drain began\n", drain_seconds);
+  }
   std::printf("%-4s %10s %12s %14s %8s %6s %10s\n", "seq", "doc_tokens", "bytes", "snapshot_bytes",
               "blocks", "parts", "recv_s");
   bool first = true;
