@@ -393,16 +393,17 @@ grpc::Status DocumentRun::ReadDocument() {
       continue;
     }
     const int64_t segments_before = session_->segments_read();
-    const auto start = std::chrono::steady_clock::now();
     absl::StatusOr<int64_t> consumed;
+    double seconds = 0;  // the model's time, not the turn waited for (segment_seconds)
     {
       FairLockGuard lock(&worker_->model_lock_);
       // A drain that began while this document queued for the model does not wait for its
       // segment too: the drain lasts one segment, not one per document in flight.
       if (worker_->draining()) continue;
+      const auto start = std::chrono::steady_clock::now();
       consumed = session_->ReadStep(tokens, end);
+      seconds = Seconds(std::chrono::steady_clock::now() - start);
     }
-    const double seconds = Seconds(std::chrono::steady_clock::now() - start);
     if (!consumed.ok()) return ToGrpc(consumed.status());
     input_->Consume(*consumed);
     if (session_->segments_read() == segments_before) continue;  // kept as a partial segment
@@ -443,15 +444,15 @@ grpc::Status DocumentRun::AnswerDocument() {
         absl::Now() + worker_->options_.answer_handback_margin > worker_->drain_deadline()) {
       return HandBack("draining while answering");
     }
-    const auto token_start = std::chrono::steady_clock::now();
     absl::StatusOr<engine::AnswerStep> step;
     {
       FairLockGuard lock(&worker_->model_lock_);
+      const auto token_start = std::chrono::steady_clock::now();
       step = session_->NextToken();
+      worker_->metrics_->decode_token_seconds->Observe(
+          Seconds(std::chrono::steady_clock::now() - token_start));
     }
     if (!step.ok()) return ToGrpc(step.status());
-    worker_->metrics_->decode_token_seconds->Observe(
-        Seconds(std::chrono::steady_clock::now() - token_start));
     worker_->metrics_->common->tokens_generated().Increment();
     if (step->text.empty()) continue;
     const int64_t end = answer_bytes_ + static_cast<int64_t>(step->text.size());
