@@ -248,6 +248,19 @@ TEST(WorkerTest, TwoDocumentsAtOnceInterleaveAndBothAnswerCorrectly) {
   EXPECT_LT(first_of(1, 'p'), first_of(0, 'f'));
 }
 
+TEST(WorkerTest, ExitCodesAreThoseOfLongreadRun) {
+  TempDir dir;
+  // An unusable model: 4, before anything listens.
+  WorkerProcess bad_model(dir.path() + "/m", {"--model", dir.path() + "/no-such-model.gguf"});
+  EXPECT_FALSE(bad_model.serving());
+  EXPECT_EQ(bad_model.WaitExit(), 4) << bad_model.log();
+  // A misspelt flag: 2.
+  WorkerProcess bad_flag(dir.path() + "/f", {"--capacty", "3"});
+  EXPECT_FALSE(bad_flag.serving());
+  EXPECT_EQ(bad_flag.WaitExit(), 2) << bad_flag.log();
+  EXPECT_NE(bad_flag.log().find("--capacty"), std::string::npos);
+}
+
 // A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
 bool MakeCertificates(const std::string& dir) {
   const std::string command = absl::StrCat(
