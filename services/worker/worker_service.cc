@@ -213,7 +213,11 @@ class DocumentRun {
   DocumentRun(WorkerServiceImpl* worker, grpc::ServerContext* context, Stream* stream,
               const v1::DocumentAssignment& assignment)
       : worker_(worker), context_(context), stream_(stream), assignment_(assignment) {}
-  ~DocumentRun() { CloseArchive(); }
+  ~DocumentRun() {
+    session_.reset();
+    CloseArchive();
+    UpdateArchiveBytes();  // what this document held is released
+  }
 
   grpc::Status Run();
 
@@ -248,6 +252,7 @@ class DocumentRun {
   std::unique_ptr<engine::RecordingBlockArchive> recording_;
   std::string doc_id_;
   int64_t archive_bytes_reported_ = 0;
+  int64_t memory_bytes_reported_ = 0;
   std::unique_ptr<engine::DocumentSession> session_;
   std::unique_ptr<DocumentInput> input_;
   bool stream_broken_ = false;
@@ -284,6 +289,9 @@ void DocumentRun::UpdateArchiveBytes() {
   const int64_t now = archive_ != nullptr ? archive_->stored_bytes() : 0;
   worker_->UpdateArchiveBytes(now - archive_bytes_reported_);
   archive_bytes_reported_ = now;
+  const int64_t memory = session_ != nullptr ? session_->runner().memory().resident_bytes() : 0;
+  worker_->UpdateMemoryBytes(memory - memory_bytes_reported_);
+  memory_bytes_reported_ = memory;
 }
 
 void DocumentRun::CloseArchive() {
@@ -737,6 +745,13 @@ void WorkerServiceImpl::UpdateArchiveBytes(int64_t delta) {
   absl::MutexLock lock(&mu_);
   archive_bytes_ += delta;
   metrics_->archive_bytes->Set(static_cast<double>(archive_bytes_));
+}
+
+void WorkerServiceImpl::UpdateMemoryBytes(int64_t delta) {
+  if (delta == 0) return;
+  absl::MutexLock lock(&mu_);
+  memory_bytes_ += delta;
+  metrics_->device_memory_bytes->Set(static_cast<double>(model_bytes_ + memory_bytes_));
 }
 
 void WorkerServiceImpl::UpdateDatabaseSize() {
