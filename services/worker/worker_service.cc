@@ -328,31 +328,44 @@ grpc::Status DocumentRun::ReceiveCheckpoint(CheckpointAssembler* assembler) {
 
 absl::Status DocumentRun::SendCheckpoint() {
   const auto start = std::chrono::steady_clock::now();
-  auto checkpoint = session_->Checkpoint();
-  if (!checkpoint.ok()) return checkpoint.status();
+  std::string record;
+  int64_t document_tokens = 0;
+  std::string archive_error;
+  {
+    // The snapshot (~145 MB at the default memory) is freed as soon as it is encoded.
+    auto checkpoint = session_->Checkpoint();
+    if (!checkpoint.ok()) return checkpoint.status();
+    record = EncodeSnapshotRecord(checkpoint->memory);
+    document_tokens = checkpoint->document_tokens_consumed;
+    archive_error = checkpoint->archive_error;
+  }
   std::vector<engine::ArchivedBlock> blocks;
   if (recording_ != nullptr) blocks = recording_->TakeRecorded();
-  const EncodedCheckpoint encoded = EncodeCheckpoint(sequence_ + 1, *checkpoint, blocks, head_dim_);
-  for (const v1::CheckpointPart& part : encoded.parts) {
-    v1::RunDocumentOutput out;
-    *out.mutable_checkpoint() = part;
-    if (!Write(out)) return absl::CancelledError("the stream broke while sending a checkpoint");
-  }
+  CheckpointStats stats;
+  const bool sent = EmitCheckpoint(
+      sequence_ + 1, document_tokens, archive_error, record, blocks, head_dim_,
+      [&](const v1::CheckpointPart& part) {
+        v1::RunDocumentOutput out;
+        *out.mutable_checkpoint() = part;
+        return Write(out);
+      },
+      &stats);
+  if (!sent) return absl::CancelledError("the stream broke while sending a checkpoint");
   const double seconds = Seconds(std::chrono::steady_clock::now() - start);
   ++sequence_;
-  checkpoint_tokens_ = checkpoint->document_tokens_consumed;
+  checkpoint_tokens_ = document_tokens;
   ++checkpoints_sent_;
-  checkpoint_bytes_ += encoded.bytes;
+  checkpoint_bytes_ += stats.bytes;
   checkpoint_seconds_ += seconds;
   reading_since_checkpoint_ = 0;
   worker_->metrics_->checkpoint_seconds->Observe(seconds);
-  worker_->metrics_->checkpoint_bytes->Increment(static_cast<double>(encoded.bytes));
+  worker_->metrics_->checkpoint_bytes->Increment(static_cast<double>(stats.bytes));
   LogEvent(LogLevel::kInfo, "checkpoint_sent", Field{"sequence", std::to_string(sequence_)},
            Field{"document_tokens", std::to_string(checkpoint_tokens_)},
-           Field{"bytes", std::to_string(encoded.bytes)},
-           Field{"snapshot_bytes", std::to_string(encoded.snapshot_bytes)},
-           Field{"archive_blocks", std::to_string(encoded.archive_blocks)},
-           Field{"parts", std::to_string(encoded.parts.size())},
+           Field{"bytes", std::to_string(stats.bytes)},
+           Field{"snapshot_bytes", std::to_string(stats.snapshot_bytes)},
+           Field{"archive_blocks", std::to_string(stats.archive_blocks)},
+           Field{"parts", std::to_string(stats.parts)},
            Field{"seconds", absl::StrFormat("%.4f", seconds)});
   return absl::OkStatus();
 }
