@@ -78,8 +78,7 @@ class DocumentInput {
  public:
   DocumentInput(int64_t first_offset, int64_t total_tokens, int64_t max_buffered,
                 int32_t vocab_size)
-      : base_(first_offset),
-        next_offset_(first_offset),
+      : next_offset_(first_offset),
         total_(total_tokens),
         max_buffered_(max_buffered),
         vocab_size_(vocab_size) {}
@@ -155,7 +154,6 @@ class DocumentInput {
   void Consume(int64_t n) {
     absl::MutexLock lock(&mu_);
     consumed_ += n;
-    base_ += n;
     if (consumed_ > (int64_t{1} << 16) && consumed_ * 2 > static_cast<int64_t>(tokens_.size())) {
       tokens_.erase(tokens_.begin(), tokens_.begin() + consumed_);
       consumed_ = 0;
@@ -193,7 +191,6 @@ class DocumentInput {
   absl::Mutex mu_;
   std::vector<int32_t> tokens_ ABSL_GUARDED_BY(mu_);
   int64_t consumed_ ABSL_GUARDED_BY(mu_) = 0;  // index into tokens_
-  int64_t base_ ABSL_GUARDED_BY(mu_);          // document offset of tokens_[consumed_]
   int64_t next_offset_ ABSL_GUARDED_BY(mu_);
   const int64_t total_;
   const int64_t max_buffered_;
