@@ -108,6 +108,18 @@ TEST(WorkerTest, CheckpointResumedOnASecondWorkerGivesTheSameAnswer) {
   assignment.set_attempt(2);
   assignment.set_resume_from_tokens(resume_tokens);
   auto stub_b = second.Stub();
+  {
+    // A damaged snapshot is DATA_LOSS: the coordinator drops the checkpoint.
+    std::vector<v1::CheckpointPart> damaged = ResumeParts(lost.checkpoint_parts, kResumeSequence);
+    std::string* snapshot = damaged.back().mutable_snapshot();
+    ASSERT_FALSE(snapshot->empty());
+    (*snapshot)[snapshot->size() / 2] ^= 0x5a;
+    DocumentCall refused(stub_b.get());
+    ASSERT_TRUE(refused.SendAssignment(assignment));
+    refused.SendResume(damaged);
+    refused.WritesDone();
+    EXPECT_EQ(refused.Finish().error_code(), grpc::StatusCode::DATA_LOSS);
+  }
   DocumentCall resumed(stub_b.get());
   ASSERT_TRUE(resumed.SendAssignment(assignment));
   ASSERT_TRUE(resumed.SendResume(ResumeParts(lost.checkpoint_parts, kResumeSequence)));
