@@ -39,6 +39,21 @@ TEST(WorkerTest, AnswerEqualsTheEngineInProcess) {
   EXPECT_GE(call.progress_messages, static_cast<int>(tokens.size() / 128));
   EXPECT_TRUE(call.checkpoint_parts.empty());  // 30 s of reading never passed
 
+  // An attempt after one interrupted while answering streams only what the coordinator lacks
+  // (whole characters: the first attempt's first piece of text).
+  v1::DocumentAssignment again = assignment;
+  again.set_attempt(2);
+  again.set_answer_bytes_streamed(static_cast<int64_t>(call.first_answer_text.size()));
+  ASSERT_FALSE(call.first_answer_text.empty());
+  DocumentCall second(stub.get());
+  ASSERT_TRUE(second.SendAssignment(again));
+  ASSERT_TRUE(second.SendTokens(tokens, 0, tokens.size()));
+  second.WritesDone();
+  ASSERT_TRUE(second.Finish().ok());
+  ASSERT_TRUE(second.finished.has_value());
+  EXPECT_EQ(second.finished->answer(), expected);
+  EXPECT_EQ(call.first_answer_text + second.answer_text, expected);
+
   v1::WorkerLoad load;
   grpc::ClientContext context;
   ASSERT_TRUE(stub->GetLoad(&context, v1::GetLoadRequest(), &load).ok());
@@ -62,7 +77,7 @@ TEST(WorkerTest, AnswerEqualsTheEngineInProcess) {
     EXPECT_NE(metrics.find(name), std::string::npos) << name << " missing from\n" << metrics;
   }
   EXPECT_NE(metrics.find("grpc_method=\"RunDocument\""), std::string::npos);
-  EXPECT_NE(metrics.find(absl::StrCat("longread_tokens_read_total ", tokens.size())),
+  EXPECT_NE(metrics.find(absl::StrCat("longread_tokens_read_total ", 2 * tokens.size())),
             std::string::npos);
 }
 
