@@ -79,6 +79,29 @@ class PythonClientTest(unittest.TestCase):
         self.assertEqual(state, "JOB_STATE_CANCELLED")
         self.assertEqual(self.client.get(response.job_id).state, 5)  # JOB_STATE_CANCELLED
 
+    def test_repository_directory_as_the_cli_sends_it(self):
+        from longread_client import Repository
+        repo = os.path.join(self.tmp.name, "repo")
+        os.makedirs(os.path.join(repo, "src", "x" * 80))
+        with open(os.path.join(repo, "src", "main.py"), "w") as f:
+            f.write("def main():\n    return 42\n")
+        with open(os.path.join(repo, "src", "x" * 80, "deep_file_name.txt"), "w") as f:
+            f.write("a path over 100 bytes\n")
+        response = self.client.submit([Repository(repo)], task="analyze_code", options=TINY)
+        self.client.cancel(response.job_id)
+        cli = find_binaries(BUILD)["cli"]
+        r = subprocess.run([cli, "submit", "--coordinator", self.cluster.address, "--json",
+                            "--task", "analyze_code", *TINY_FLAGS, "--repository", repo],
+                           capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        import json
+        by_cli = json.loads(r.stdout)
+        subprocess.run([cli, "cancel", "--coordinator", self.cluster.address, by_cli["job_id"]],
+                       capture_output=True)
+        self.assertGreater(response.job.documents[0].total_tokens, 0)
+        self.assertEqual(response.job.documents[0].total_tokens,
+                         int(by_cli["job"]["documents"][0]["total_tokens"]))
+
     def test_unknown_job_is_not_found(self):
         for call in (self.client.get, self.client.cancel,
                      lambda job_id: list(self.client.watch(job_id))):
