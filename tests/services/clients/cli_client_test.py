@@ -58,7 +58,8 @@ class CliClientTest(unittest.TestCase):
         with open(cls.long, "w") as f:
             f.write(prose(120))
         cls.cluster = Cluster(BUILD, MODEL, workers=1,
-                              coordinator_args=["--path-root", cls.root])
+                              coordinator_args=["--path-root", cls.root,
+                                                "--max-document-bytes", str(4 << 20)])
         cls.addr = ["--coordinator", cls.cluster.address]
 
     @classmethod
@@ -163,6 +164,39 @@ class CliClientTest(unittest.TestCase):
         self.assertEqual(first["job_id"], second["job_id"])
         self.assertTrue(second["deduplicated"])
         run("cancel", *self.addr, first["job_id"])
+
+    def test_custom_instruction_and_options_reach_the_job(self):
+        r = run("submit", *self.addr, *TINY, "--json", "--instruction", "List the years.",
+                "--temperature", "0.5", "--top-p", "0.9", "--seed", "7", self.short)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        job = json.loads(r.stdout)["job"]
+        run("cancel", *self.addr, job["job_id"])
+        self.assertEqual(job["task"]["kind"], "TASK_KIND_CUSTOM")
+        self.assertEqual(job["task"]["instruction"], "List the years.")
+        o = job["options"]
+        self.assertEqual((o["memory_k"], o["window"], o["segment_tokens"], o["max_new_tokens"]),
+                         ("64", "64", "128", "24"))
+        self.assertEqual((o["temperature"], o["top_p"], o["seed"]), (0.5, 0.9, "7"))
+
+    def test_big_file_is_streamed_not_loaded(self):
+        # 48 MiB against a 4 MiB document limit: OUT_OF_RANGE (exit 3) and the client's peak
+        # RSS far below the file's size.
+        big = os.path.join(self.tmp.name, "big.txt")
+        line = prose(1).encode()
+        with open(big, "wb") as f:
+            for _ in range((48 << 20) // len(line) + 1):
+                f.write(line)
+        r = subprocess.run(["/usr/bin/env", "python3", "-c", (
+            "import resource, subprocess, sys\n"
+            "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+            "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+            "sys.stderr.write(r.stderr)\n"),
+            CLI, "submit", *self.addr, big], capture_output=True, text=True, timeout=600)
+        rc, max_rss_kb = map(int, r.stdout.split())
+        os.remove(big)
+        self.assertEqual(rc, 3, r.stderr)
+        self.assertIn("OUT_OF_RANGE", r.stderr)
+        self.assertLess(max_rss_kb, 24 << 10)
 
     def test_repository_directory_tar_and_server_path_agree(self):
         repo = os.path.join(self.root, "repo")
