@@ -70,6 +70,20 @@ class PythonClientTest(unittest.TestCase):
         listed = self.client.list(page_size=1000, state="succeeded")
         self.assertIn(response.job_id, [j.job_id for j in listed.jobs])
 
+    def test_watch_reattaches_after_coordinator_restart(self):
+        response = self.client.submit([("long.txt", prose(80).encode())], options=TINY)
+        offsets, restarted, last = [], False, None
+        for event in self.client.watch(response.job_id):
+            offsets.append(event.offset)
+            last = event
+            if not restarted and event.HasField("progress"):
+                self.cluster.kill_coordinator()
+                self.cluster.restart_coordinator()
+                restarted = True
+        self.assertTrue(restarted)
+        self.assertEqual(offsets, list(range(len(offsets))))  # none missed or repeated
+        self.assertEqual(last.job_done.state, 3)  # JOB_STATE_SUCCEEDED
+
     def test_path_input_and_cancel(self):
         response = self.client.submit([self.path], options=TINY)
         self.assertEqual(response.job.documents[0].name, self.path)
