@@ -123,6 +123,16 @@ TEST(CoordinatorFaultTest, AWorkerKilledMidDocumentResumesOnTheOtherFromItsLastC
       checkpoints.count ? checkpoints.seconds / checkpoints.count : 0.0,
       resumed_caught_up_at > 0 ? resumed_caught_up_at - killed_at : -1.0,
       static_cast<long long>(d.total_tokens()));
+  // The resumed worker's own account of its checkpoints (taking + sending them).
+  const std::string log = cluster.coordinator->log();
+  std::printf(
+      "FAILOVER worker_checkpoints: checkpoints=%lld checkpoint_bytes=%lld "
+      "checkpoint_seconds=%.3f read_seconds=%.3f archive_bytes=%lld\n",
+      LoggedInt(log, "document_finished", "checkpoints"),
+      LoggedInt(log, "document_finished", "checkpoint_bytes"),
+      LoggedNumber(log, "document_finished", "checkpoint_seconds"),
+      LoggedNumber(log, "document_finished", "read_seconds"),
+      LoggedInt(log, "document_finished", "archive_bytes"));
 }
 
 TEST(CoordinatorFaultTest, ACoordinatorKilledAndRestartedFinishesTheJobAndWatchersReattach) {
@@ -218,6 +228,79 @@ TEST(CoordinatorFaultTest, AWorkerDrainedBySigtermHandsItsDocumentToTheOther) {
   std::printf("FAILOVER worker_sigterm: resume_from=%lld tokens_reread=%lld\n",
               static_cast<long long>(resumed->resume_from_tokens()),
               static_cast<long long>(job.documents(0).stats().tokens_reread()));
+}
+
+// CancelJob while a document is being read reaches its worker: the job ends CANCELLED and the
+// worker's only slot is free again for the next job, which then finishes.
+TEST(CoordinatorFaultTest, CancelReachesTheWorkerAndFreesItsSlot) {
+  REQUIRE_REFERENCE(ref);
+  TempDir dir;
+  Cluster cluster(dir.path(), {"--checkpoint-seconds", "3600"});
+  ASSERT_TRUE(cluster.coordinator && cluster.coordinator->serving());
+  const v1::JobHeader header = TinyHeader(kQuestion);
+  v1::SubmitJobResponse first, second;
+  ASSERT_TRUE(
+      Submit(cluster.stub.get(), header,
+             {{"a", worker::testing::LongDocument()}, {"b", worker::testing::LongDocument()}},
+             &first)
+          .ok());
+  auto before = Watch(cluster.stub.get(), first.job_id(), 0,
+                      [](const v1::JobEvent& e) { return e.has_progress(); });
+  {
+    grpc::ClientContext context;
+    v1::CancelJobRequest request;
+    request.set_job_id(first.job_id());
+    v1::Job job;
+    ASSERT_TRUE(cluster.stub->CancelJob(&context, request, &job).ok());
+  }
+  auto after = WatchToEnd(cluster.stub.get(), first.job_id(), before.back().offset() + 1);
+  ASSERT_FALSE(after.empty());
+  ASSERT_TRUE(after.back().has_job_done());
+  EXPECT_EQ(after.back().job_done().state(), v1::JOB_STATE_CANCELLED);
+  const v1::Job cancelled = GetJob(cluster.stub.get(), first.job_id());
+  for (const v1::DocumentStatus& d : cancelled.documents()) {
+    EXPECT_EQ(d.state(), v1::DOCUMENT_STATE_CANCELLED) << d.index();
+  }
+  // Both workers (capacity 1 each) take the next job's documents.
+  const std::string document = NumberedDocument(7);
+  ASSERT_TRUE(Submit(cluster.stub.get(), header, {{"c", document}, {"d", document}}, &second).ok());
+  auto events = WatchToEnd(cluster.stub.get(), second.job_id());
+  ASSERT_TRUE(events.back().has_job_done()) << cluster.coordinator->log();
+  EXPECT_EQ(events.back().job_done().state(), v1::JOB_STATE_SUCCEEDED);
+}
+
+// Watchers that never read do not grow the coordinator: each holds one event at a time while
+// the job streams on, and a watcher that reads normally still gets every event.
+TEST(CoordinatorFaultTest, WatchersThatNeverReadKeepMemoryBounded) {
+  REQUIRE_REFERENCE(ref);
+  TempDir dir;
+  Cluster cluster(dir.path(), {"--checkpoint-seconds", "3600"});
+  ASSERT_TRUE(cluster.coordinator && cluster.coordinator->serving());
+  const v1::JobHeader header = TinyHeader(kQuestion);
+  v1::SubmitJobResponse response;
+  ASSERT_TRUE(Submit(cluster.stub.get(), header,
+                     {{"a", NumberedDocument(1)}, {"b", NumberedDocument(2)}}, &response)
+                  .ok());
+  // 200 streams opened and never read.
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::ClientReader<v1::JobEvent>>> readers;
+  v1::WatchJobRequest request;
+  request.set_job_id(response.job_id());
+  for (int i = 0; i < 200; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    readers.push_back(cluster.stub->WatchJob(contexts.back().get(), request));
+  }
+  auto events = WatchToEnd(cluster.stub.get(), response.job_id());
+  ExpectDense(events);
+  ASSERT_TRUE(events.back().has_job_done());
+  const std::string status =
+      services::testing::ReadFile(absl::StrCat("/proc/", cluster.coordinator->pid(), "/status"));
+  const long long peak_kib = std::atoll(status.c_str() + status.find("VmHWM:") + 6);
+  std::printf("MEMORY idle_watchers=200 coordinator_vmhwm_kib=%lld events=%zu\n", peak_kib,
+              events.size());
+  EXPECT_LT(peak_kib, 400 * 1024);
+  for (auto& c : contexts) c->TryCancel();
+  for (auto& r : readers) r->Finish();
 }
 
 }  // namespace
