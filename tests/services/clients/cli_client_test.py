@@ -288,5 +288,27 @@ class CliAuthTest(unittest.TestCase):
             self.assertNotIn("secret", log)
 
 
+@unittest.skipUnless(os.path.exists(MODEL), "no model: run scripts/setup.sh")
+class CliQueueFullTest(unittest.TestCase):
+    """A full queue is RESOURCE_EXHAUSTED: exit 7 and the server's retry hint on stderr."""
+
+    def test_queue_full(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            doc = os.path.join(tmp, "doc.txt")
+            with open(doc, "w") as f:
+                f.write(prose(3))
+            # No worker: the first document stays queued.
+            with Cluster(BUILD, MODEL, workers=0, worker_list="127.0.0.1:1",
+                         coordinator_args=["--max-queued-documents", "1"]) as cluster:
+                addr = ["--coordinator", cluster.address]
+                first = run("submit", *addr, doc)
+                self.assertEqual(first.returncode, 0, first.stderr)
+                r = run("submit", *addr, doc)
+                self.assertEqual(r.returncode, 7, r.stderr)
+                self.assertIn("RESOURCE_EXHAUSTED", r.stderr)
+                self.assertRegex(r.stderr, r"retry after \d+ ms")
+                self.assertEqual(run("cancel", *addr, first.stdout.strip()).returncode, 0)
+
+
 if __name__ == "__main__":
     unittest.main()
