@@ -1,8 +1,7 @@
 #include "engine/job/document_job.h"
 
-#include <chrono>
-
 #include "absl/strings/str_cat.h"
+#include "engine/job/document_session.h"
 #include "engine/tokenizer/chat_template.h"
 
 namespace longread::engine {
@@ -10,10 +9,6 @@ namespace {
 
 // Marks where the document goes inside the rendered chat; never produced by a real template.
 constexpr std::string_view kDocumentMarker = "\x01LONGREAD_DOCUMENT\x01";
-
-double SecondsSince(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
 
 }  // namespace
 
@@ -148,87 +143,25 @@ absl::StatusOr<DocumentJobResult> RunTokenizedDocumentJob(
     const DocumentJobOptions& options, std::shared_ptr<const ScorerWeights> scorer,
     kernels::ThreadPool* pool, const DocumentJobCallbacks& callbacks) {
   if (document_tokens.empty()) return absl::InvalidArgumentError("the document has no tokens");
-  auto prompt = BuildTaskPrompt(tokenizer, model.file().tokenizer().chat_template, options.task,
-                                options.question, options.instruction_first);
-  if (!prompt.ok()) return prompt.status();
-
-  DocumentJobResult result;
-  std::vector<int32_t> tokens = prompt->before_document;
-  const int64_t prefix = static_cast<int64_t>(tokens.size());
-  tokens.insert(tokens.end(), document_tokens.begin(), document_tokens.end());
-  result.document_tokens = static_cast<int64_t>(document_tokens.size());
-  const std::vector<int32_t>& question = prompt->after_document;
-  result.prompt_tokens = prefix + static_cast<int64_t>(question.size());
-
-  RecurrentRunner runner(&model, options.runner, std::move(scorer), pool);
-  const std::vector<int32_t> instruction =
-      tokenizer.Encode(TaskInstruction(options.task, options.question), false);
-  if (options.task_aware) {
-    if (auto s = runner.SetTask(instruction); !s.ok()) return s;
-  }
-  if (options.archive != nullptr) runner.set_archive(options.archive);
-  const auto read_start = std::chrono::steady_clock::now();
-  const int64_t total = static_cast<int64_t>(tokens.size());
-  auto progress = [&](int64_t read) {
-    if (callbacks.progress) callbacks.progress(read, total);
-  };
-  if (auto s = runner.Feed(tokens, progress); !s.ok()) return s;
-  if (auto s = runner.Flush(progress); !s.ok()) return s;
-  result.read_seconds = SecondsSince(read_start);
-  result.read_tokens = total;
-
-  GenerateOptions generate = options.generate;
-  for (const char* stop : {"<|im_end|>", "<|endoftext|>", "<|eot_id|>"}) {
-    const int32_t id = tokenizer.TokenId(stop);
-    if (id >= 0) generate.stop_tokens.push_back(id);
-  }
-  if (tokenizer.eos_id() >= 0) generate.stop_tokens.push_back(tokenizer.eos_id());
-  // Reads the question and generates; `stream` says whether the text goes to the callbacks.
-  auto answer = [&](bool stream, std::string* text) -> absl::StatusOr<int64_t> {
-    TokenDecoder decoder(tokenizer);
-    auto on_token = [&](int32_t token) {
-      for (int32_t stop : generate.stop_tokens) {
-        if (token == stop) return true;
-      }
-      std::string piece = decoder.Push(token);
-      *text += piece;
-      if (stream && callbacks.answer_text && !piece.empty()) callbacks.answer_text(piece);
-      return true;
-    };
-    auto generated = runner.Generate(question, generate, on_token);
-    if (!generated.ok()) return generated.status();
-    std::string tail = decoder.Flush();
-    *text += tail;
-    if (stream && callbacks.answer_text && !tail.empty()) callbacks.answer_text(tail);
-    return static_cast<int64_t>(generated->size());
-  };
-
-  const bool recall = options.archive != nullptr && options.recall.blocks > 0;
-  if (recall && options.also_answer_without_recall) {
-    const MemorySnapshot before_answer = runner.Snapshot();
-    if (auto n = answer(false, &result.answer_without_recall); !n.ok()) return n.status();
-    if (auto s = runner.Restore(before_answer); !s.ok()) return s;
-  }
-  if (recall) {
-    // A broken archive costs the recall, not the answer.
-    // The question is scored as the answer will read it: the chat turn after the document.
-    const auto recall_start = std::chrono::steady_clock::now();
-    auto recalled = runner.Recall(question, options.recall);
-    result.recall_seconds = SecondsSince(recall_start);
-    if (recalled.ok()) {
-      result.recalled_slots = *recalled;
-    } else {
-      result.recall_error = std::string(recalled.status().message());
+  auto session = DocumentSession::Create(model, tokenizer, options, std::move(scorer), pool,
+                                         static_cast<int64_t>(document_tokens.size()));
+  if (!session.ok()) return session.status();
+  DocumentSession& s = **session;
+  while (!s.reading_done()) {
+    const int64_t segments = s.segments_read();
+    auto consumed = s.ReadStep(document_tokens.subspan(s.document_tokens_consumed()), true);
+    if (!consumed.ok()) return consumed.status();
+    if (callbacks.progress && s.segments_read() != segments) {
+      callbacks.progress(s.runner().tokens_read(), s.read_tokens_total());
     }
   }
-
-  if (callbacks.before_answer) callbacks.before_answer(runner);
-  const auto gen_start = std::chrono::steady_clock::now();
-  auto generated = answer(true, &result.answer);
-  if (!generated.ok()) return generated.status();
-  result.generated_tokens = *generated;
-  result.generate_seconds = SecondsSince(gen_start);
-  return result;
+  if (auto st = s.BeginAnswer(callbacks.before_answer); !st.ok()) return st;
+  while (!s.answer_done()) {
+    auto step = s.NextToken();
+    if (!step.ok()) return step.status();
+    if (callbacks.answer_text && !step->text.empty()) callbacks.answer_text(step->text);
+  }
+  return s.result();
 }
 
 }  // namespace longread::engine

@@ -312,9 +312,9 @@ absl::Status RecurrentRunner::ReadWithLogits(std::span<const int32_t> tokens,
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<int32_t>> RecurrentRunner::Generate(std::span<const int32_t> prompt,
-                                                               const GenerateOptions& options,
-                                                               const TokenFn& on_token) {
+absl::Status RecurrentRunner::BeginGenerate(std::span<const int32_t> prompt,
+                                            const GenerateOptions& options) {
+  generation_.reset();
   if (prompt.empty()) return absl::InvalidArgumentError("generate: empty prompt");
   if (auto s = Flush(); !s.ok()) return s;
   memory_.FreezeEviction();
@@ -326,21 +326,50 @@ absl::StatusOr<std::vector<int32_t>> RecurrentRunner::Generate(std::span<const i
                          &logits_);
     if (!s.ok()) return s;
   }
-  Sampler sampler(options.sampling);
-  std::vector<int32_t> out;
-  const int32_t vocab = model_->config().vocab_size;
-  for (int64_t i = 0; i < options.max_new_tokens; ++i) {
-    const int32_t token = sampler.Next(std::span<const float>(logits_.data(), vocab));
-    out.push_back(token);
-    if (on_token && !on_token(token)) break;
-    if (std::find(options.stop_tokens.begin(), options.stop_tokens.end(), token) !=
-        options.stop_tokens.end()) {
-      break;
-    }
-    if (i + 1 == options.max_new_tokens) break;
-    const int32_t next[1] = {token};
-    if (auto s = ReadSegment(next, LogitsMode::kLast, &logits_); !s.ok()) return s;
+  generation_.emplace(Generation{options, Sampler(options.sampling)});
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RecurrentRunner::GeneratedToken> RecurrentRunner::NextToken() {
+  if (!generation_.has_value() || generation_->done) {
+    return absl::FailedPreconditionError("generate: no generation in progress");
   }
+  Generation& g = *generation_;
+  if (g.options.max_new_tokens <= 0) {
+    g.done = true;
+    return absl::FailedPreconditionError("generate: max_new_tokens is 0");
+  }
+  if (g.unread >= 0) {
+    const int32_t previous[1] = {g.unread};
+    if (auto s = ReadSegment(previous, LogitsMode::kLast, &logits_); !s.ok()) {
+      g.done = true;
+      return s;
+    }
+    g.unread = -1;
+  }
+  const int32_t vocab = model_->config().vocab_size;
+  const int32_t token = g.sampler.Next(std::span<const float>(logits_.data(), vocab));
+  ++g.generated;
+  const auto& stops = g.options.stop_tokens;
+  g.done = std::find(stops.begin(), stops.end(), token) != stops.end() ||
+           g.generated >= g.options.max_new_tokens;
+  if (!g.done) g.unread = token;
+  return GeneratedToken{token, g.done};
+}
+
+absl::StatusOr<std::vector<int32_t>> RecurrentRunner::Generate(std::span<const int32_t> prompt,
+                                                               const GenerateOptions& options,
+                                                               const TokenFn& on_token) {
+  if (auto s = BeginGenerate(prompt, options); !s.ok()) return s;
+  std::vector<int32_t> out;
+  while (options.max_new_tokens > 0) {
+    auto next = NextToken();
+    if (!next.ok()) return next.status();
+    out.push_back(next->token);
+    if (on_token && !on_token(next->token)) break;
+    if (next->done) break;
+  }
+  generation_.reset();
   return out;
 }
 
@@ -372,6 +401,7 @@ absl::Status RecurrentRunner::Restore(const MemorySnapshot& snapshot) {
   if (auto s = memory_.ImportFrom(memory_part); !s.ok()) return s;
   pending_ = snapshot.pending_tokens;
   segments_read_ = snapshot.segment_index;
+  generation_.reset();
   return absl::OkStatus();
 }
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -77,10 +78,22 @@ class RecurrentRunner {
   // archive error is returned as is and leaves the memory unchanged (answer without recall).
   absl::StatusOr<int64_t> Recall(std::span<const int32_t> question, const RecallOptions& options);
 
-  // Reads `prompt` (the task/question, after the document) and generates the answer.
+  // Reads `prompt` (the task/question, after the document) and generates the answer:
+  // BeginGenerate, then NextToken until done (or until `on_token` returns false).
   absl::StatusOr<std::vector<int32_t>> Generate(std::span<const int32_t> prompt,
                                                 const GenerateOptions& options,
                                                 const TokenFn& on_token = {});
+
+  // Stepwise generation. BeginGenerate flushes the document, freezes eviction and reads `prompt`;
+  // each NextToken first reads the previous token, then samples the next one, so the caller
+  // has a token as soon as it is sampled. `done`: it was a stop token or the
+  // max_new_tokens-th; NextToken after that is FailedPrecondition.
+  struct GeneratedToken {
+    int32_t token = -1;
+    bool done = false;
+  };
+  absl::Status BeginGenerate(std::span<const int32_t> prompt, const GenerateOptions& options);
+  absl::StatusOr<GeneratedToken> NextToken();
 
   // Logits of every token of `tokens` read as one or more segments (evaluation: perplexity).
   absl::Status ReadWithLogits(std::span<const int32_t> tokens, std::vector<float>* logits);
@@ -90,6 +103,8 @@ class RecurrentRunner {
 
   int64_t tokens_read() const { return memory_.next_position(); }
   int64_t segments_read() const { return segments_read_; }
+  // Tokens fed but not read yet (a partial segment).
+  int64_t pending_tokens() const { return static_cast<int64_t>(pending_.size()); }
   const SparseKMemory& memory() const { return memory_; }
   const RunnerConfig& config() const { return config_; }
 
@@ -114,6 +129,15 @@ class RecurrentRunner {
   BlockArchive* archive_ = nullptr;
   int64_t segments_read_ = 0;
   std::vector<float> logits_;
+  // Stepwise generation state (BeginGenerate .. done).
+  struct Generation {
+    GenerateOptions options;
+    Sampler sampler;
+    int64_t generated = 0;
+    int32_t unread = -1;  // the last token sampled, read at the next NextToken
+    bool done = false;
+  };
+  std::optional<Generation> generation_;
 };
 
 }  // namespace longread::engine

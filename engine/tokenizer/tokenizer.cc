@@ -248,6 +248,12 @@ void Tokenizer::EncodeText(std::string_view text, Scratch* scratch,
   PreTokenize(pre_, text, [&](std::string_view piece) { EncodePiece(piece, scratch, out); });
 }
 
+void Tokenizer::EncodePieces(const std::vector<std::string_view>& pieces,
+                             std::vector<int32_t>* out) const {
+  Scratch scratch;
+  for (std::string_view piece : pieces) EncodePiece(piece, &scratch, out);
+}
+
 void Tokenizer::EncodePiece(std::string_view piece, Scratch* scratch,
                             std::vector<int32_t>* out) const {
   if (piece.size() == 1) {

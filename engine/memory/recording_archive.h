@@ -1,0 +1,79 @@
+// A BlockArchive that forwards to another and keeps a copy of every block put since the last
+// TakeRecorded(): what a worker ships with each checkpoint so that another worker can rebuild the
+// document's archive (DocumentSession, engine/job/document_session.h).
+//
+// Why replay gives the same recall: an archive's state is a function of the sequence of Puts
+// (InMemoryBlockArchive keeps them in put order; cache::RocksDbBlockArchive's cap decisions
+// depend only on the blocks and their order, not on batching or timing). A resumed reader puts,
+// after the checkpoint, exactly the blocks the uninterrupted one put after it (reading from a
+// snapshot is bit-identical), so replaying the recorded puts in order into a fresh archive of the
+// same kind and options, then resuming, yields the same sequence, hence the same archive.
+// Blocks put after the last shipped checkpoint and before a crash are simply put again.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/memory/block_archive.h"
+
+namespace longread::engine {
+
+class RecordingBlockArchive : public BlockArchive {
+ public:
+  // `inner` is not owned and must outlive this.
+  explicit RecordingBlockArchive(BlockArchive* inner) : inner_(inner) {}
+
+  // Forwards to the inner archive; records the block only if the inner Put succeeded (a failed
+  // Put stops the memory's archiving, and the checkpoint then carries the error instead).
+  absl::Status Put(ArchivedBlock block) override;
+  absl::StatusOr<std::vector<ArchivedBlock>> Recall(int32_t layer, int32_t kv_head,
+                                                    std::span<const float> queries,
+                                                    int64_t n_queries, int64_t r) override {
+    return inner_->Recall(layer, kv_head, queries, n_queries, r);
+  }
+  absl::StatusOr<std::vector<ArchivedBlock>> Fetch(int32_t layer, int32_t kv_head,
+                                                   std::span<const int64_t> block_ids) override {
+    return inner_->Fetch(layer, kv_head, block_ids);
+  }
+  int64_t stored_bytes() const override { return inner_->stored_bytes(); }
+
+  // The blocks put since the previous call, in put order; recording starts afresh. Take them
+  // right after DocumentSession::Checkpoint (same thread, under the same lock as the reading):
+  // together they are the checkpoint's archive delta.
+  std::vector<ArchivedBlock> TakeRecorded();
+  // Bytes of keys, values, scores and positions recorded and not yet taken (the RAM this costs).
+  int64_t recorded_bytes() const;
+  int64_t recorded_blocks() const;
+
+ private:
+  BlockArchive* inner_;
+  mutable absl::Mutex mu_;
+  std::vector<ArchivedBlock> recorded_ ABSL_GUARDED_BY(mu_);
+  int64_t recorded_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// Puts `blocks` into `archive` in order (rebuilding a document's archive from its checkpoints'
+// deltas, oldest delta first). Stops at the first error.
+absl::Status ReplayBlocks(std::span<const ArchivedBlock> blocks, BlockArchive* archive);
+
+// Bytes one block holds in RAM (positions, scores, keys, values).
+int64_t ArchivedBlockBytes(const ArchivedBlock& block);
+
+// A self-describing little-endian encoding of a list of blocks for shipping a checkpoint's delta
+// (fp32, exact: a replay from the decoded blocks equals one from the originals). Layout:
+// "LRBD", u32 version 1, u32 head_dim, u64 n_blocks, then per block i32 layer, i32 kv_head,
+// i64 block_id, u32 n, i64 positions[n], f32 scores[n], f32 keys[n*head_dim],
+// f32 values[n*head_dim]; then u64 FNV-1a 64 of all bytes before it. Size: 28 bytes + per block
+// 20 + n * (12 + 8 * head_dim) bytes.
+std::string EncodeArchivedBlocks(std::span<const ArchivedBlock> blocks, int64_t head_dim);
+// InvalidArgument / DataLoss for a malformed or damaged encoding.
+absl::StatusOr<std::vector<ArchivedBlock>> DecodeArchivedBlocks(std::string_view bytes,
+                                                                int64_t head_dim);
+
+}  // namespace longread::engine
