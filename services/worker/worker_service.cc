@@ -375,7 +375,8 @@ grpc::Status DocumentRun::ReadDocument() {
   while (!session_->reading_done()) {
     if (grpc::Status stop = CheckStop(); !stop.ok()) return stop;
     if (worker_->draining()) {
-      if (checkpoint_tokens_ != session_->document_tokens_consumed()) {
+      // Nothing read yet: the next worker starts where this one did, no checkpoint needed.
+      if (session_->document_tokens_consumed() > std::max<int64_t>(checkpoint_tokens_, 0)) {
         if (absl::Status sent = SendCheckpoint(); !sent.ok()) return ToGrpc(sent);
       }
       return HandBack("draining");
@@ -396,6 +397,9 @@ grpc::Status DocumentRun::ReadDocument() {
     absl::StatusOr<int64_t> consumed;
     {
       FairLockGuard lock(&worker_->model_lock_);
+      // A drain that began while this document queued for the model does not wait for its
+      // segment too: the drain lasts one segment, not one per document in flight.
+      if (worker_->draining()) continue;
       consumed = session_->ReadStep(tokens, end);
     }
     const double seconds = Seconds(std::chrono::steady_clock::now() - start);
