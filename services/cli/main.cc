@@ -25,6 +25,7 @@
 #include "engine/tokenizer/tokenizer.h"
 #include "kernels/thread_pool.h"
 #include "services/cli/calibrate_command.h"
+#include "services/cli/client_commands.h"
 #include "services/cli/progress_bar.h"
 #include "services/cli/run_archive.h"
 #include "services/common/log.h"
@@ -55,6 +56,8 @@ Commands:
   run FILE        read FILE (or - for stdin) and perform a task on it (default: summarize)
   generate        answer a prompt with the model (no document)
   calibrate       fit the SparseK scorer weights on a corpus (least squares, no GPU)
+  submit | watch | get | cancel | list
+                  clients of a coordinator (docs/SERVICE.md): submit jobs, follow them
   help COMMAND    show the options of a command
 
 Every command accepts --help. Exit codes: 0 success, 1 internal error, 2 bad usage,
@@ -626,6 +629,10 @@ int main(int argc, char** argv) {
   if (command == "--help" || command == "-h" || command == "help") {
     if (command == "help" && argc > 2) {
       const std::string topic = argv[2];
+      if (services::IsClientCommand(topic)) {
+        std::fputs(std::string(services::ClientCommandHelp(topic)).c_str(), stdout);
+        return kOk;
+      }
       if (topic == "run") std::printf("%s%s", kRunHelp, kCommonHelp);
       if (topic == "generate") std::printf("%s%s", kGenerateHelp, kCommonHelp);
       return topic == "run" || topic == "generate" ? kOk : Usage("unknown command " + topic);
@@ -634,6 +641,7 @@ int main(int argc, char** argv) {
     return kOk;
   }
   if (command == "calibrate") return services::RunCalibrateCommand(argc, argv);
+  if (services::IsClientCommand(command)) return services::RunClientCommand(argc, argv);
   Args args;
   std::string error;
   if (!ParseArgs(argc, argv, 2, &args, &error)) return Usage(error);

@@ -20,7 +20,8 @@ void ProgressBar::Update(int64_t done, int64_t total) {
   const auto now = std::chrono::steady_clock::now();
   const double elapsed = std::chrono::duration<double>(now - start_).count();
   const double fraction = static_cast<double>(done) / static_cast<double>(total);
-  const double rate = elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0;
+  // A bar created mid-document has no rate until some time has passed.
+  const double rate = elapsed > 0.5 ? static_cast<double>(done) / elapsed : 0.0;
   const double eta = rate > 0 ? static_cast<double>(total - done) / rate : 0.0;
   if (tty_) {
     if (done < total && now - last_draw_ < std::chrono::milliseconds(100)) return;
