@@ -43,6 +43,8 @@ events to watchers. A restarted coordinator resumes every unfinished job. See do
 
   --listen ADDR              gRPC address (default 0.0.0.0:50051; port 0 picks a free port)
   --metrics-listen ADDR      Prometheus /metrics (default 0.0.0.0:9464; "" serves none)
+  --health-listen ADDR       also serve grpc.health.v1.Health alone, in plaintext, here
+                             (Kubernetes probes; default: off)
   --db DIR                   RocksDB of jobs, documents, events, checkpoints (default
                              longread-coordinator.db)
   --workers LIST             comma-separated HOST:PORT, or dns:///NAME:PORT (a headless
@@ -85,6 +87,7 @@ struct Flags {
 
 const char* const kKnown[] = {"listen",
                               "metrics-listen",
+                              "health-listen",
                               "db",
                               "workers",
                               "resolve-seconds",
@@ -293,6 +296,7 @@ int Main(int argc, char** argv) {
   server_options.max_message_bytes = static_cast<int>(max_message_bytes);
   server_options.health_service_names = {"longread.v1.JobService"};
   server_options.metrics = metrics->get();
+  server_options.health_listen = flags.Get("health-listen");
   auto server = services::GrpcServer::Start(server_options, {&service});
   if (!server.ok()) {
     Log(LogLevel::kError, "listen_failed", {{"error", std::string(server.status().message())}});
@@ -314,6 +318,7 @@ int Main(int argc, char** argv) {
   Log(LogLevel::kInfo, "serving",
       {{"port", std::to_string(port)},
        {"metrics_port", std::to_string((*metrics)->port())},
+       {"health_port", std::to_string((*server)->health_port())},
        {"db", db_path},
        {"workers", workers},
        {"tls", server_options.tls.cert.empty()        ? "off"
