@@ -151,6 +151,19 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   if (s->server_ == nullptr || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
   }
+  if (!options.health_listen.empty()) {
+    // No services of its own: the default health service is all it registers.
+    grpc::ServerBuilder health_builder;
+    health_builder.AddListeningPort(options.health_listen, grpc::InsecureServerCredentials(),
+                                    &s->health_port_);
+    s->health_server_ = health_builder.BuildAndStart();
+    if (s->health_server_ == nullptr || s->health_port_ == 0) {
+      s->server_->Shutdown();
+      s->shut_down_ = true;
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen for health checks on ", options.health_listen));
+    }
+  }
   s->health_names_ = options.health_service_names;
   s->SetServing(true);
   return s;
@@ -161,16 +174,20 @@ GrpcServer::~GrpcServer() {
 }
 
 void GrpcServer::SetServing(bool serving) {
-  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
-  if (health == nullptr) return;
-  health->SetServingStatus(serving);  // every name, "" included
-  for (const std::string& name : health_names_) health->SetServingStatus(name, serving);
+  for (grpc::Server* server : {server_.get(), health_server_.get()}) {
+    grpc::HealthCheckServiceInterface* health =
+        server == nullptr ? nullptr : server->GetHealthCheckService();
+    if (health == nullptr) continue;
+    health->SetServingStatus(serving);  // every name, "" included
+    for (const std::string& name : health_names_) health->SetServingStatus(name, serving);
+  }
 }
 
 void GrpcServer::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  if (health_server_ != nullptr) health_server_->Shutdown();
 }
 
 void GrpcServer::Wait() { server_->Wait(); }

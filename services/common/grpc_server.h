@@ -43,6 +43,10 @@ struct GrpcServerOptions {
   // Full service names reported SERVING by grpc.health.v1.Health (besides "").
   std::vector<std::string> health_service_names;
   Metrics* metrics = nullptr;  // counts handled RPCs when set
+  // When set, a second, plaintext server on this address with only grpc.health.v1.Health (and
+  // reflection), reporting what the main server reports: Kubernetes' grpc probes cannot speak
+  // TLS. Port 0 picks one (health_port()).
+  std::string health_listen;
 };
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
@@ -66,9 +70,11 @@ class GrpcServer {
   ~GrpcServer();
 
   int port() const { return port_; }
+  int health_port() const { return health_port_; }  // 0 without --health-listen
   grpc::Server* server() { return server_.get(); }
 
-  // NOT_SERVING while draining: load balancers and the coordinator stop sending work.
+  // NOT_SERVING while draining: load balancers and the coordinator stop sending work. Both
+  // servers, main and health, report the same.
   void SetServing(bool serving);
   // Stops accepting calls; in-flight calls get until `deadline` to finish, then are cancelled.
   void Shutdown(absl::Duration grace);
@@ -78,8 +84,10 @@ class GrpcServer {
   GrpcServer() = default;
 
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> health_server_;
   std::vector<std::string> health_names_;
   int port_ = 0;
+  int health_port_ = 0;
   bool shut_down_ = false;
 };
 

@@ -10,6 +10,7 @@
 #include "rocksdb/db.h"
 #include "rocksdb/options.h"
 #include "rocksdb/table.h"
+#include "rocksdb/utilities/checkpoint.h"
 #include "rocksdb/write_batch.h"
 
 namespace longread::coordinator {
@@ -296,6 +297,16 @@ uint64_t JobStore::SizeBytes() const {
   db_->GetIntProperty("rocksdb.live-sst-files-size", &sst);
   db_->GetIntProperty("rocksdb.cur-size-all-mem-tables", &mem);
   return sst + mem;
+}
+
+absl::Status JobStore::Checkpoint(const std::string& dir) const {
+  rocksdb::Checkpoint* raw = nullptr;
+  rocksdb::Status s = rocksdb::Checkpoint::Create(db_, &raw);
+  if (!s.ok()) return FromRocks(s, "checkpoint");
+  std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
+  // log_size_for_flush 0: flush the memtables first, so the copy needs no write-ahead log.
+  return FromRocks(checkpoint->CreateCheckpoint(dir, /*log_size_for_flush=*/0),
+                   absl::StrCat("checkpoint into ", dir).c_str());
 }
 
 }  // namespace longread::coordinator

@@ -101,6 +101,11 @@ class JobStore {
 
   uint64_t SizeBytes() const;
 
+  // A consistent copy of the whole database in `dir` (must not exist), taken while it serves:
+  // RocksDB hard-links the live files (copies them across filesystems) after a flush. Opening
+  // the copy is a restart at that instant (backups, deploy/README.md).
+  absl::Status Checkpoint(const std::string& dir) const;
+
  private:
   explicit JobStore(rocksdb::DB* db) : db_(db) {}
   absl::Status DeletePrefix(const std::string& prefix);

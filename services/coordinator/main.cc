@@ -14,6 +14,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "engine/model_files/model_file.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "services/common/auth.h"
@@ -43,6 +44,8 @@ events to watchers. A restarted coordinator resumes every unfinished job. See do
 
   --listen ADDR              gRPC address (default 0.0.0.0:50051; port 0 picks a free port)
   --metrics-listen ADDR      Prometheus /metrics (default 0.0.0.0:9464; "" serves none)
+  --health-listen ADDR       also serve grpc.health.v1.Health alone, in plaintext, here
+                             (Kubernetes probes; default: off)
   --db DIR                   RocksDB of jobs, documents, events, checkpoints (default
                              longread-coordinator.db)
   --workers LIST             comma-separated HOST:PORT, or dns:///NAME:PORT (a headless
@@ -67,10 +70,22 @@ events to watchers. A restarted coordinator resumes every unfinished job. See do
   --auth-tokens FILE         bearer tokens, one per line "TOKEN ROLE" (ROLE: read | write);
                              unset: no authentication (loopback development only, a warning)
   --port-file F              write the bound gRPC port to F once serving (for scripts and tests)
+  --backup-dir DIR           on SIGUSR1, write a consistent copy of the database (an online
+                             backup) into DIR/<UTC time> (default: the --db path + ".backups")
   --log-format text|json     stderr log lines (default text)
   --help                     this text
 
 Exit codes: 0 stopped cleanly (SIGTERM/SIGINT), 1 internal error, 2 usage, 4 unusable model.
+
+  longread-coordinator backup --db DIR --to DIR    offline backup (see backup --help)
+)";
+
+constexpr char kBackupHelp[] = R"(usage: longread-coordinator backup --db DIR --to DIR
+
+Copies a stopped coordinator's database into the new directory --to, consistently (hard links
+where the filesystem allows). A running coordinator holds the database's lock: send it SIGUSR1
+instead, and it writes the same copy into its --backup-dir while serving. Restore: start a
+coordinator with --db on a copy (deploy/README.md). Exit codes: 0 done, 1 failed, 2 usage.
 )";
 
 struct Flags {
@@ -85,6 +100,7 @@ struct Flags {
 
 const char* const kKnown[] = {"listen",
                               "metrics-listen",
+                              "health-listen",
                               "db",
                               "workers",
                               "resolve-seconds",
@@ -105,6 +121,7 @@ const char* const kKnown[] = {"listen",
                               "worker-tls-server-name",
                               "auth-tokens",
                               "port-file",
+                              "backup-dir",
                               "log-format"};
 
 bool ParseFlags(int argc, char** argv, Flags* flags, std::string* error) {
@@ -165,13 +182,68 @@ bool ParseNumber(const Flags& flags, const std::string& name, T fallback, T min,
 
 std::atomic<int> g_signal{0};
 void OnSignal(int sig) { g_signal = sig; }
+std::atomic<bool> g_backup_requested{false};
+void OnBackupSignal(int) { g_backup_requested = true; }
 
 int Usage(const std::string& error) {
   std::fprintf(stderr, "longread-coordinator: %s (see --help)\n", error.c_str());
   return kUsage;
 }
 
+// Writes a backup of the serving database into `backup_dir`/<UTC time>.
+void BackUp(const JobStore& store, const std::string& backup_dir) {
+  const absl::Time start = absl::Now();
+  const std::string path =
+      absl::StrCat(backup_dir, "/", absl::FormatTime("%Y%m%dT%H%M%SZ", start, absl::UTCTimeZone()));
+  std::error_code ec;
+  std::filesystem::create_directories(backup_dir, ec);
+  absl::Status s =
+      ec ? absl::UnavailableError(absl::StrCat("mkdir ", backup_dir, ": ", ec.message()))
+         : store.Checkpoint(path);
+  if (!s.ok()) {
+    Log(LogLevel::kError, "backup_failed", {{"path", path}, {"error", std::string(s.message())}});
+    return;
+  }
+  Log(LogLevel::kInfo, "backup_done",
+      {{"path", path}, {"seconds", absl::StrCat(absl::ToDoubleSeconds(absl::Now() - start))}});
+}
+
+int BackupMain(int argc, char** argv) {
+  std::string db, to;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(kBackupHelp, stdout);
+      return kOk;
+    }
+    if ((a == "--db" || a == "--to") && i + 1 < argc) {
+      (a == "--db" ? db : to) = argv[++i];
+    } else {
+      return Usage(absl::StrCat("backup: unexpected argument \"", a, "\""));
+    }
+  }
+  if (db.empty() || to.empty()) return Usage("backup needs --db DIR and --to DIR");
+  if (!std::filesystem::exists(std::filesystem::path(db) / "CURRENT")) {
+    return Usage(absl::StrCat("backup: ", db, " is not a coordinator database"));
+  }
+  auto store = JobStore::Open(db);
+  if (!store.ok()) {
+    Log(LogLevel::kError, "backup_failed",
+        {{"db", db},
+         {"error", std::string(store.status().message())},
+         {"note", "a running coordinator holds the lock: send it SIGUSR1 (--backup-dir)"}});
+    return kInternal;
+  }
+  if (absl::Status s = (*store)->Checkpoint(to); !s.ok()) {
+    Log(LogLevel::kError, "backup_failed", {{"db", db}, {"error", std::string(s.message())}});
+    return kInternal;
+  }
+  Log(LogLevel::kInfo, "backup_done", {{"db", db}, {"path", to}});
+  return kOk;
+}
+
 int Main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "backup") return BackupMain(argc - 1, argv + 1);
   Flags flags;
   std::string error;
   if (!ParseFlags(argc, argv, &flags, &error)) return Usage(error);
@@ -293,6 +365,7 @@ int Main(int argc, char** argv) {
   server_options.max_message_bytes = static_cast<int>(max_message_bytes);
   server_options.health_service_names = {"longread.v1.JobService"};
   server_options.metrics = metrics->get();
+  server_options.health_listen = flags.Get("health-listen");
   auto server = services::GrpcServer::Start(server_options, {&service});
   if (!server.ok()) {
     Log(LogLevel::kError, "listen_failed", {{"error", std::string(server.status().message())}});
@@ -303,6 +376,8 @@ int Main(int argc, char** argv) {
 
   signal(SIGTERM, OnSignal);
   signal(SIGINT, OnSignal);
+  signal(SIGUSR1, OnBackupSignal);
+  const std::string backup_dir = flags.Get("backup-dir", db_path + ".backups");
   signal(SIGPIPE, SIG_IGN);
   const int port = (*server)->port();
   if (!flags.Get("port-file").empty()) {
@@ -314,6 +389,7 @@ int Main(int argc, char** argv) {
   Log(LogLevel::kInfo, "serving",
       {{"port", std::to_string(port)},
        {"metrics_port", std::to_string((*metrics)->port())},
+       {"health_port", std::to_string((*server)->health_port())},
        {"db", db_path},
        {"workers", workers},
        {"tls", server_options.tls.cert.empty()        ? "off"
@@ -323,7 +399,10 @@ int Main(int argc, char** argv) {
        {"version", std::string(services::BuildVersion())},
        {"revision", std::string(services::BuildRevision())}});
 
-  while (g_signal.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  while (g_signal.load() == 0) {
+    if (g_backup_requested.exchange(false)) BackUp(**store, backup_dir);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
   Log(LogLevel::kInfo, "stopping", {{"signal", std::to_string(g_signal.load())}});
   (*server)->SetServing(false);
   // Streams to workers are cut; their documents stay RUNNING in the log and resume on restart.

@@ -42,6 +42,8 @@ assigns, many at once, streaming progress, checkpoints and answers back (docs/SE
   --listen-port-file F    once serving, write the bound gRPC port to F (for scripts and tests
                           that listen on port 0)
   --metrics-listen ADDR   Prometheus /metrics (default 0.0.0.0:9465; "" serves none)
+  --health-listen ADDR    also serve grpc.health.v1.Health alone, in plaintext, here
+                          (Kubernetes probes; NOT_SERVING while draining; default: off)
   --model PATH            GGUF file or Hugging Face directory (default: $LONGREAD_MODEL, else
                           models/SmolLM2-135M-Instruct.Q4_1.gguf); coordinators must use the same
   --threads N             CPU threads of the shared thread pool (default: the cores)
@@ -84,7 +86,7 @@ int Main(int argc, char** argv) {
       "capacity",      "cache-dir",         "archive-max-bytes",
       "drain-seconds", "tls-cert",          "tls-key",
       "tls-client-ca", "max-message-bytes", "log-format",
-      "help"};
+      "help",          "health-listen"};
   std::map<std::string, std::string> flags;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -212,6 +214,7 @@ int Main(int argc, char** argv) {
   server_options.max_message_bytes = static_cast<int>(max_message);
   server_options.health_service_names = {"longread.v1.WorkerService"};
   server_options.metrics = metrics->get();
+  server_options.health_listen = get("health-listen", "");
   auto server = services::GrpcServer::Start(server_options, {service->get()});
   if (!server.ok()) {
     Log(LogLevel::kError, "listen_failed", {{"error", server.status().ToString()}});
@@ -220,6 +223,7 @@ int Main(int argc, char** argv) {
   Log(LogLevel::kInfo, "serving",
       {{"port", std::to_string((*server)->port())},
        {"metrics_port", std::to_string((*metrics)->port())},
+       {"health_port", std::to_string((*server)->health_port())},
        {"capacity", std::to_string(capacity)},
        {"threads", std::to_string(threads)},
        {"tls", tls.cert.empty() ? "off" : (tls.client_ca.empty() ? "tls" : "mtls")},
