@@ -1,0 +1,103 @@
+// longread.v1.WorkerService: one model, many documents at once. Each RunDocument call runs its
+// document on the handler's thread as a DocumentSession, one step (a segment, or one answer
+// token) at a time under a FIFO lock over the shared model and thread pool, so documents take
+// turns; between steps it checks for cancellation and draining, and takes the checkpoints the
+// coordinator stores (checkpoint_codec.h). A library, so that the binary, embedded mode and
+// tests host the same code.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "cache/cache_db.h"
+#include "engine/model/llama_model.h"
+#include "engine/scorer/scorer.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "kernels/thread_pool.h"
+#include "longread/v1/worker_service.grpc.pb.h"
+#include "services/worker/fair_lock.h"
+#include "services/worker/worker_metrics.h"
+
+namespace longread::worker {
+
+struct WorkerOptions {
+  int32_t capacity = 4;   // documents at once
+  std::string cache_dir;  // the local archive database lives in <cache_dir>/worker-db
+  uint64_t archive_max_bytes = uint64_t{1} << 30;  // per document attempt
+  std::string device = "cpu";
+  // Document tokens buffered ahead of the reader (beyond it the stream is not read, and gRPC's
+  // flow control holds the coordinator back).
+  int64_t max_buffered_tokens = int64_t{1} << 20;
+  // A document still answering when less than this is left of the drain is handed back.
+  absl::Duration answer_handback_margin = absl::Seconds(5);
+};
+
+// What the worker serves with; not owned, outlives the service.
+struct WorkerModel {
+  engine::LlamaModel* model = nullptr;
+  const engine::Tokenizer* tokenizer = nullptr;
+  kernels::ThreadPool* pool = nullptr;
+  std::shared_ptr<const engine::ScorerWeights> scorer;
+};
+
+class WorkerServiceImpl final : public v1::WorkerService::Service {
+ public:
+  // Opens the archive database (a damaged one is moved aside) and deletes every archive found
+  // there: the database belongs to this process (RocksDB's lock), so they are a dead one's.
+  static absl::StatusOr<std::unique_ptr<WorkerServiceImpl>> Create(WorkerModel model,
+                                                                   WorkerOptions options,
+                                                                   WorkerMetrics* metrics);
+  ~WorkerServiceImpl() override;
+
+  grpc::Status RunDocument(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::RunDocumentOutput, v1::RunDocumentInput>* stream) override;
+  grpc::Status GetLoad(grpc::ServerContext* context, const v1::GetLoadRequest* request,
+                       v1::WorkerLoad* load) override;
+
+  // SIGTERM: new documents are refused (UNAVAILABLE); running ones stop after their current
+  // step, checkpoint and hand back (one still answering finishes its answer if it can before
+  // `deadline` minus the margin).
+  void StartDrain(absl::Time deadline);
+  // Waits until no document is in flight or `deadline` passes; true when none is left.
+  bool WaitIdle(absl::Time deadline);
+  int32_t in_flight() const;
+  bool draining() const;
+  absl::Time drain_deadline() const;
+  // The local archive database opened (recall needs it).
+  bool archive_ready() const { return db_ != nullptr; }
+  const std::string& model_fingerprint() const { return model_.model->fingerprint(); }
+
+ private:
+  friend class DocumentRun;
+  friend class DocumentInput;
+  WorkerServiceImpl(WorkerModel model, WorkerOptions options, WorkerMetrics* metrics);
+  grpc::Status Admit(const v1::DocumentAssignment& assignment);
+  void Release();
+  void RecordTokensRead(int64_t tokens);
+  void UpdateArchiveBytes(int64_t delta);
+  void UpdateDatabaseSize();
+
+  WorkerModel model_;
+  WorkerOptions options_;
+  WorkerMetrics* metrics_;
+  int64_t model_bytes_ = 0;
+  FairLock model_lock_;
+  std::unique_ptr<cache::CacheDb> db_;  // null when the cache directory is unusable
+
+  mutable absl::Mutex mu_;
+  int32_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time drain_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  std::deque<std::pair<absl::Time, int64_t>> recent_reads_ ABSL_GUARDED_BY(mu_);
+  int64_t archive_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace longread::worker
