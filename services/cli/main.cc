@@ -24,6 +24,7 @@
 #include "services/cli/calibrate_command.h"
 #include "services/cli/document_input.h"
 #include "services/cli/client_commands.h"
+#include "services/cli/embedded_run.h"
 #include "services/cli/progress_bar.h"
 #include "services/cli/run_archive.h"
 #include "services/common/log.h"
@@ -90,6 +91,9 @@ constexpr char kRunHelp[] = R"(Usage: longread run [options] FILE
 Reads FILE (UTF-8 text of any length; - reads stdin) segment by segment through the model with
 a fixed-size SparseK memory, then performs the task and prints the answer on stdout.
 Invalid UTF-8 is replaced by U+FFFD (a warning says how many sequences).
+The run goes through the service's own code, in this process and without a network: the
+coordinator (job log in memory) and a worker that holds the model. Checkpoints are off (one
+process has nothing to fail over to); nothing reaches the disk but the recall archive.
 
 Task:
   --task NAME            summarize (default), analyze_code, or question
@@ -97,7 +101,7 @@ Task:
   --json                 print a JSON object (answer, token counts, timings, recalled_slots,
                          archive_bytes, recall_error: null or why recall was skipped, scorer:
                          the file used or null, scorer_warning: null or why --scorer auto
-                         used none) instead of text
+                         used none, job_id: the in-process coordinator's job) instead of text
 
 Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
   --memory-k K           selected older keys per layer and KV head (default 2048)
@@ -456,7 +460,7 @@ int Run(const Args& args) {
         {{"path", path}, {"error", std::string(input.status().message())}});
     return kBadInput;
   }
-  const std::string document = std::move(*input);
+  std::string document = std::move(*input);
   if (document.empty()) {
     Log(LogLevel::kError, "document_empty", {{"path", path}});
     return kBadInput;
@@ -509,10 +513,10 @@ int Run(const Args& args) {
     archive_options.n_layers = c.n_layers;
     archive_options.n_kv_heads = c.n_kv_heads;
     archive_options.head_dim = c.head_dim;
+    archive_options.open_archive = false;  // the in-process worker writes it, under doc_id()
     auto opened = services::RunArchive::Open(archive_options);
     if (opened.ok()) {
       run_archive = std::move(*opened);
-      options.archive = run_archive->archive();
       if (!run_archive->moved_aside_to().empty()) {
         Log(LogLevel::kWarning, "cache_damaged",
             {{"moved_to", run_archive->moved_aside_to()},
@@ -561,16 +565,51 @@ int Run(const Args& args) {
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
   };
-  auto result = engine::RunDocumentJob(*loaded.model, *loaded.tokenizer, document, options, scorer,
-                                       loaded.pool.get(), callbacks);
+  // Through the service's own coordinator and worker, hosted in this process (embedded_run.h).
+  services::EmbeddedRunOptions embedded;
+  embedded.model = loaded.model.get();
+  embedded.tokenizer = loaded.tokenizer.get();
+  embedded.pool = loaded.pool.get();
+  embedded.scorer = scorer;
+  embedded.document_name = path;
+  embedded.max_document_bytes = options.max_document_bytes;
+  embedded.archive_max_bytes = static_cast<uint64_t>(archive_max_bytes);
+  if (run_archive != nullptr) {
+    embedded.archive_db = run_archive->db();
+    embedded.archive_id = run_archive->doc_id();
+  }
+  v1::Task service_task;
+  v1::JobOptions service_options;
+  services::ToServiceJob(options, &service_task, &service_options);
+  std::string job_id;
+  int64_t archive_bytes = 0;
+  absl::StatusOr<engine::DocumentJobResult> result =
+      [&]() -> absl::StatusOr<engine::DocumentJobResult> {
+    auto run = services::RunEmbedded(
+        embedded, service_task, service_options, std::move(document),
+        services::EmbeddedRunCallbacks{callbacks.progress, callbacks.answer_text});
+    if (!run.ok()) return run.status();
+    job_id = run->job_id;
+    const v1::DocumentStats& stats = run->stats;
+    archive_bytes = stats.archive_bytes();
+    engine::DocumentJobResult r;
+    r.answer = std::move(run->answer);
+    r.document_tokens = stats.document_tokens();
+    r.generated_tokens = stats.generated_tokens();
+    r.invalid_utf8_sequences = stats.invalid_utf8_sequences();
+    r.recalled_slots = stats.recalled_slots();
+    r.recall_error = stats.recall_error();
+    r.read_seconds = stats.read_seconds();
+    r.recall_seconds = stats.recall_seconds();
+    r.generate_seconds = stats.generate_seconds();
+    return r;
+  }();
   bar.Finish();
   if (result.ok() && !result->recall_error.empty()) {
     recall_error = result->recall_error;
     Log(LogLevel::kWarning, "recall_skipped", {{"error", result->recall_error}});
   }
-  int64_t archive_bytes = 0;
   if (run_archive != nullptr) {
-    archive_bytes = run_archive->archive()->stored_bytes();
     const auto close_start = std::chrono::steady_clock::now();
     if (absl::Status closed = run_archive->Close(); !closed.ok()) {
       Log(LogLevel::kWarning, "archive_not_deleted",
@@ -599,7 +638,7 @@ int Run(const Args& args) {
         "{\"answer\":%s,\"document_tokens\":%lld,\"generated_tokens\":%lld,"
         "\"invalid_utf8_sequences\":%lld,\"read_seconds\":%.3f,\"recall_seconds\":%.3f,"
         "\"generate_seconds\":%.3f,\"recalled_slots\":%lld,\"archive_bytes\":%lld,"
-        "\"recall_error\":%s,\"scorer\":%s,\"scorer_warning\":%s}\n",
+        "\"recall_error\":%s,\"scorer\":%s,\"scorer_warning\":%s,\"job_id\":%s}\n",
         JsonEscape(result->answer).c_str(), static_cast<long long>(result->document_tokens),
         static_cast<long long>(result->generated_tokens),
         static_cast<long long>(result->invalid_utf8_sequences), result->read_seconds,
@@ -607,12 +646,14 @@ int Run(const Args& args) {
         static_cast<long long>(result->recalled_slots), static_cast<long long>(archive_bytes),
         recall_error.empty() ? "null" : JsonEscape(recall_error).c_str(),
         scorer == nullptr ? "null" : JsonEscape(scorer_path).c_str(),
-        scorer_warning.empty() ? "null" : JsonEscape(scorer_warning).c_str());
+        scorer_warning.empty() ? "null" : JsonEscape(scorer_warning).c_str(),
+        JsonEscape(job_id).c_str());
   } else {
     std::printf("\n");
   }
   Log(LogLevel::kInfo, "done",
-      {{"document_tokens", std::to_string(result->document_tokens)},
+      {{"job_id", job_id},
+       {"document_tokens", std::to_string(result->document_tokens)},
        {"read_seconds", absl::StrCat(result->read_seconds)},
        {"recall_seconds", absl::StrCat(result->recall_seconds)},
        {"read_tokens_per_second",

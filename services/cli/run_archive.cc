@@ -57,6 +57,7 @@ absl::StatusOr<std::unique_ptr<RunArchive>> RunArchive::Open(const RunArchiveOpt
   // A failed collection costs disk, not this run: reported, not fatal.
   run->gc_status_ = run->CollectOrphans(options.gc_ttl);
   run->doc_id_ = NewRunDocumentId();
+  if (!options.open_archive) return run;
   cache::BlockArchiveOptions archive_options;
   archive_options.max_bytes = options.max_bytes;
   auto archive =

@@ -36,6 +36,9 @@ struct RunArchiveOptions {
   int32_t n_layers = 0;
   int32_t n_kv_heads = 0;
   int64_t head_dim = 0;
+  // false: only the database and the run's id (doc_id()); whoever writes the archive opens it
+  // under that id on db() (embedded mode: the in-process worker). Close() deletes it all the same.
+  bool open_archive = true;
 };
 
 class RunArchive {
@@ -48,7 +51,8 @@ class RunArchive {
   RunArchive(const RunArchive&) = delete;
   RunArchive& operator=(const RunArchive&) = delete;
 
-  cache::RocksDbBlockArchive* archive() const { return archive_.get(); }
+  cache::RocksDbBlockArchive* archive() const { return archive_.get(); }  // null: !open_archive
+  cache::CacheDb* db() const { return db_.get(); }
   const std::string& doc_id() const { return doc_id_; }
   const std::string& db_path() const { return db_path_; }
   // Where a damaged database was moved ("" if it was not): worth a warning, since it holds disk.

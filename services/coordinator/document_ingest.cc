@@ -120,7 +120,7 @@ absl::Status DocumentIngest::Append(std::string_view bytes) {
       return absl::OutOfRangeError("the job is over the limit of --max-job-bytes");
     }
   }
-  if (std::memchr(bytes.data(), 0, bytes.size()) != nullptr) {
+  if (!limits_.accept_binary && std::memchr(bytes.data(), 0, bytes.size()) != nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("document \"", name_, "\" is a binary file (NUL bytes)"));
   }
@@ -135,7 +135,7 @@ absl::Status DocumentIngest::Finish() {
     return absl::InvalidArgumentError(absl::StrCat("document \"", name_, "\" is empty"));
   }
   // More than 1% invalid UTF-8 is not text that was damaged a little but a binary file.
-  if (utf8_.invalid() * 100 > bytes_) {
+  if (!limits_.accept_binary && utf8_.invalid() * 100 > bytes_) {
     return absl::InvalidArgumentError(absl::StrCat("document \"", name_, "\" is a binary file (",
                                                    utf8_.invalid(), " invalid UTF-8 sequences in ",
                                                    bytes_, " bytes)"));

@@ -44,6 +44,9 @@ std::unique_ptr<ChunkEncoder> MakeChunkEncoder(const engine::Tokenizer& tokenize
 struct IngestLimits {
   int64_t max_document_bytes = int64_t{1} << 30;
   int64_t* job_bytes_left = nullptr;  // shared by a job's documents
+  // Embedded mode: `longread run` reads any bytes (invalid UTF-8 replaced and counted), so
+  // NUL bytes and mostly-invalid UTF-8 are not refused as binary.
+  bool accept_binary = false;
 };
 
 // One document: bytes -> checks (NUL, size, invalid UTF-8 ratio) -> tokens -> token chunks in

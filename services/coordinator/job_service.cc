@@ -217,8 +217,9 @@ grpc::Status JobServiceImpl::SubmitJob(grpc::ServerContext* context,
   std::string spool_name;
 
   auto make_ingest = [&](const std::string& name) {
-    return DocumentIngest(*tokenizer_, store, job_id, static_cast<int32_t>(documents.size()), name,
-                          IngestLimits{limits.max_document_bytes, &job_bytes_left});
+    return DocumentIngest(
+        *tokenizer_, store, job_id, static_cast<int32_t>(documents.size()), name,
+        IngestLimits{limits.max_document_bytes, &job_bytes_left, options_.accept_binary});
   };
   auto add_document = [&](const DocumentIngest& ingest) {
     v1::DocumentStatus d;

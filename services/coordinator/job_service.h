@@ -16,7 +16,8 @@ namespace longread::coordinator {
 
 struct JobServiceOptions {
   std::vector<std::string> path_roots;
-  std::string spool_dir;  // inline tar archives are spooled here to be read in path order
+  std::string spool_dir;       // inline tar archives are spooled here to be read in path order
+  bool accept_binary = false;  // embedded mode: see IngestLimits::accept_binary
 };
 
 class JobServiceImpl final

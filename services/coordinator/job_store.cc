@@ -8,6 +8,7 @@
 #include "absl/strings/str_split.h"
 #include "rocksdb/cache.h"
 #include "rocksdb/db.h"
+#include "rocksdb/env.h"
 #include "rocksdb/options.h"
 #include "rocksdb/table.h"
 #include "rocksdb/utilities/checkpoint.h"
@@ -57,7 +58,18 @@ absl::Status Scan(rocksdb::DB* db, const std::string& begin, const std::string& 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path) {
+  return OpenWith(path, nullptr);
+}
+
+absl::StatusOr<std::unique_ptr<JobStore>> JobStore::OpenInMemory() {
+  return OpenWith("/longread-coordinator",
+                  std::shared_ptr<rocksdb::Env>(rocksdb::NewMemEnv(rocksdb::Env::Default())));
+}
+
+absl::StatusOr<std::unique_ptr<JobStore>> JobStore::OpenWith(const std::string& path,
+                                                             std::shared_ptr<rocksdb::Env> env) {
   rocksdb::Options options;
+  if (env != nullptr) options.env = env.get();
   options.create_if_missing = true;
   options.max_background_jobs = 2;
   options.write_buffer_size = 32 << 20;
@@ -72,7 +84,9 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
   rocksdb::DB* db = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(options, path, &db);
   if (!s.ok()) return FromRocks(s, absl::StrCat("open ", path).c_str());
-  return std::unique_ptr<JobStore>(new JobStore(db));
+  auto store = std::unique_ptr<JobStore>(new JobStore(db));
+  store->env_ = std::move(env);
+  return store;
 }
 
 JobStore::~JobStore() { delete db_; }

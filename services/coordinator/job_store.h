@@ -27,6 +27,7 @@
 
 namespace rocksdb {
 class DB;
+class Env;
 class WriteBatch;
 }  // namespace rocksdb
 
@@ -51,6 +52,9 @@ struct StoredJob {
 class JobStore {
  public:
   static absl::StatusOr<std::unique_ptr<JobStore>> Open(const std::string& path);
+  // The same log on an in-memory file system (rocksdb::NewMemEnv): embedded mode writes nothing
+  // to disk, and one process has no restart to survive.
+  static absl::StatusOr<std::unique_ptr<JobStore>> OpenInMemory();
   ~JobStore();
 
   // One atomic write: any of a job header, document statuses and an event. sync fsyncs the WAL.
@@ -108,9 +112,12 @@ class JobStore {
 
  private:
   explicit JobStore(rocksdb::DB* db) : db_(db) {}
+  static absl::StatusOr<std::unique_ptr<JobStore>> OpenWith(const std::string& path,
+                                                            std::shared_ptr<rocksdb::Env> env);
   absl::Status DeletePrefix(const std::string& prefix);
 
   rocksdb::DB* db_;
+  std::shared_ptr<rocksdb::Env> env_;  // the in-memory file system; outlives db_
 };
 
 }  // namespace longread::coordinator

@@ -38,6 +38,15 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(WorkerPoolOptions
   return pool;
 }
 
+std::unique_ptr<WorkerPool> WorkerPool::CreateWithChannels(
+    std::map<std::string, std::shared_ptr<grpc::Channel>> channels, WorkerPoolOptions options,
+    std::function<void()> on_change) {
+  std::unique_ptr<WorkerPool> pool(new WorkerPool(std::move(options), std::move(on_change)));
+  for (const auto& [name, channel] : channels) pool->static_addresses_.push_back(name);
+  pool->premade_channels_ = std::move(channels);
+  return pool;
+}
+
 WorkerPool::~WorkerPool() { Stop(); }
 
 std::vector<std::string> WorkerPool::Resolve() {
@@ -73,7 +82,10 @@ void WorkerPool::SetAddresses(const std::vector<std::string>& addresses) {
   for (auto& [address, w] : workers_) w->removed = !wanted.count(address);
   for (const std::string& address : addresses) {
     if (workers_.count(address)) continue;
-    auto channel = services::MakeChannel(address, options_.tls, options_.max_message_bytes);
+    auto premade = premade_channels_.find(address);
+    auto channel = premade != premade_channels_.end()
+                       ? absl::StatusOr<std::shared_ptr<grpc::Channel>>(premade->second)
+                       : services::MakeChannel(address, options_.tls, options_.max_message_bytes);
     if (!channel.ok()) {
       Log(LogLevel::kError, "worker_channel_failed",
           {{"worker", address}, {"error", std::string(channel.status().message())}});
@@ -113,8 +125,9 @@ void WorkerPool::Stop() {
 
 void WorkerPool::PollLoop() {
   absl::Time next_resolve = absl::Now() + options_.resolve_period;
-  while (true) {
-    {
+  // The first poll at once: a freshly started coordinator (or embedded run) waits for no period.
+  for (bool first = true;; first = false) {
+    if (!first) {
       std::unique_lock<std::mutex> lock(mu_);
       if (stop_cv_.wait_for(lock,
                             absl::ToChronoSeconds(options_.poll_period) +

@@ -49,6 +49,11 @@ class WorkerPool {
   // INVALID_ARGUMENT for a malformed --workers.
   static absl::StatusOr<std::unique_ptr<WorkerPool>> Create(WorkerPoolOptions options,
                                                             std::function<void()> on_change);
+  // Workers reached through channels the caller made, by name (embedded mode: a worker server in
+  // this process, through grpc::Server::InProcessChannel). options.workers and tls are unused.
+  static std::unique_ptr<WorkerPool> CreateWithChannels(
+      std::map<std::string, std::shared_ptr<grpc::Channel>> channels, WorkerPoolOptions options,
+      std::function<void()> on_change);
   ~WorkerPool();
 
   void Start();
@@ -81,6 +86,7 @@ class WorkerPool {
   std::function<void()> on_change_;
   std::string dns_host_, dns_port_;  // set for dns:///
   std::vector<std::string> static_addresses_;
+  std::map<std::string, std::shared_ptr<grpc::Channel>> premade_channels_;
 
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<Worker>> workers_;

@@ -48,6 +48,48 @@ absl::StatusOr<engine::DocumentJobOptions> ToDocumentJobOptions(
   options.generate.sampling.temperature = o.temperature();
   options.generate.sampling.top_p = o.top_p() > 0 ? o.top_p() : 1.0f;
   options.generate.sampling.seed = o.seed();
+  // The rest of `longread run`'s options; unset keeps its defaults (the engine's, with
+  // `longread run`'s block and recall settings above).
+  if (o.positions() == "original") {
+    memory.position_mode = engine::PositionMode::kOriginal;
+  } else if (!o.positions().empty() && o.positions() != "slot") {
+    return absl::InvalidArgumentError("positions must be slot or original");
+  }
+  if (o.block_score() == "mean") {
+    memory.block_score = engine::BlockScore::kMean;
+  } else if (!o.block_score().empty() && o.block_score() != "max") {
+    return absl::InvalidArgumentError("block_score must be max or mean");
+  }
+  if (o.task_score() == "max-dot") {
+    memory.task_score = engine::TaskScore::kMaxDot;
+  } else if (!o.task_score().empty() && o.task_score() != "segment-mass") {
+    return absl::InvalidArgumentError("task_score must be segment-mass or max-dot");
+  }
+  if (o.mask() == "soft") {
+    memory.mask_mode = engine::MaskMode::kSoft;
+  } else if (!o.mask().empty() && o.mask() != "hard") {
+    return absl::InvalidArgumentError("mask must be hard or soft");
+  }
+  if (o.recall_scope() == "head") {
+    options.recall.shared = false;
+  } else if (!o.recall_scope().empty() && o.recall_scope() != "shared") {
+    return absl::InvalidArgumentError("recall_scope must be shared or head");
+  }
+  if ((o.has_task_weight() && !(o.task_weight() >= 0)) ||
+      (o.has_recall_candidates() && o.recall_candidates() < 0) ||
+      (o.has_no_repeat_ngram() && o.no_repeat_ngram() < 0) ||
+      (o.has_repeat_penalty() && !(o.repeat_penalty() > 0)) ||
+      (o.has_repeat_last_n() && o.repeat_last_n() < 0)) {
+    return absl::InvalidArgumentError("job options out of range");
+  }
+  if (o.has_task_weight()) memory.task_weight = o.task_weight();
+  if (o.has_recall_candidates()) options.recall.candidates = o.recall_candidates();
+  engine::SamplingOptions& sampling = options.generate.sampling;
+  if (o.has_no_repeat_ngram()) sampling.no_repeat_ngram = o.no_repeat_ngram();
+  if (o.has_repeat_penalty()) sampling.repeat_penalty = o.repeat_penalty();
+  if (o.has_repeat_last_n()) sampling.repeat_last_n = o.repeat_last_n();
+  options.instruction_first = o.instruction_first();
+  if (o.dense()) memory = engine::MemoryConfig::Dense();
   return options;
 }
 

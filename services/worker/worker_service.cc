@@ -269,14 +269,20 @@ class DocumentRun {
 
 absl::Status DocumentRun::OpenArchive(const engine::DocumentJobOptions& options) {
   if (options.recall.blocks <= 0 || options.runner.memory.is_dense()) return absl::OkStatus();
-  if (worker_->db_ == nullptr) return absl::UnavailableError("the cache directory is unusable");
+  if (worker_->archive_db_ == nullptr) {
+    return absl::UnavailableError("the cache directory is unusable");
+  }
   const auto& c = worker_->model_.model->config();
-  doc_id_ = absl::StrCat("worker-", assignment_.job_id(), "-", assignment_.document_index(), "-",
-                         assignment_.attempt(), "-", RandomHex());
+  if (worker_->options_.archive_id) {
+    doc_id_ = worker_->options_.archive_id();
+  } else {
+    doc_id_ = absl::StrCat("worker-", assignment_.job_id(), "-", assignment_.document_index(), "-",
+                           assignment_.attempt(), "-", RandomHex());
+  }
   std::replace(doc_id_.begin(), doc_id_.end(), '\0', '_');
   cache::BlockArchiveOptions archive_options;
   archive_options.max_bytes = worker_->options_.archive_max_bytes;
-  auto opened = cache::RocksDbBlockArchive::Open(worker_->db_.get(), doc_id_, c.n_layers,
+  auto opened = cache::RocksDbBlockArchive::Open(worker_->archive_db_, doc_id_, c.n_layers,
                                                  c.n_kv_heads, c.head_dim, archive_options);
   if (!opened.ok()) return opened.status();
   archive_ = std::move(*opened);
@@ -443,7 +449,8 @@ grpc::Status DocumentRun::ReadDocument() {
                           : 0);
     progress->set_segments(session_->segments_read());
     if (!Write(out)) return grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke");
-    if (reading_since_checkpoint_ >= assignment_.checkpoint_seconds()) {
+    if (assignment_.checkpoint_seconds() >= 0 &&
+        reading_since_checkpoint_ >= assignment_.checkpoint_seconds()) {
       if (absl::Status sent = SendCheckpoint(); !sent.ok()) return ToGrpc(sent);
     }
   }
@@ -502,6 +509,7 @@ grpc::Status DocumentRun::SendFinished() {
   stats->set_recall_seconds(r.recall_seconds);
   stats->set_generate_seconds(r.generate_seconds);
   stats->set_attempts(1);
+  stats->set_archive_bytes(archive_ != nullptr ? archive_->stored_bytes() : 0);
   finished->set_checkpoints(checkpoints_sent_);
   finished->set_checkpoint_bytes(checkpoint_bytes_);
   finished->set_checkpoint_seconds(checkpoint_seconds_);
@@ -559,7 +567,9 @@ grpc::Status DocumentRun::Run() {
     sequence_ = resume->sequence();
     checkpoint_tokens_ = checkpoint->document_tokens_consumed;
   }
-  if (archive_ != nullptr) {
+  if (archive_ != nullptr && assignment_.checkpoint_seconds() < 0) {
+    options->archive = archive_.get();  // no checkpoints: nothing to record for one
+  } else if (archive_ != nullptr) {
     recording_ = std::make_unique<engine::RecordingBlockArchive>(archive_.get());
     options->archive = recording_.get();
   }
@@ -638,7 +648,9 @@ absl::StatusOr<std::unique_ptr<WorkerServiceImpl>> WorkerServiceImpl::Create(
   }
   metrics->capacity_documents->Set(worker->options_.capacity);
   metrics->device_memory_bytes->Set(static_cast<double>(worker->model_bytes_));
-  if (!worker->options_.cache_dir.empty()) {
+  if (worker->options_.archive_db != nullptr) {
+    worker->archive_db_ = worker->options_.archive_db;
+  } else if (!worker->options_.cache_dir.empty()) {
     const std::string path =
         (std::filesystem::path(worker->options_.cache_dir) / "worker-db").string();
     std::error_code ec;
@@ -648,19 +660,20 @@ absl::StatusOr<std::unique_ptr<WorkerServiceImpl>> WorkerServiceImpl::Create(
       Log(LogLevel::kWarning, "archive_database_unusable",
           {{"path", path}, {"error", db.status().ToString()}});
     } else {
-      worker->db_ = std::move(*db);
-      if (!worker->db_->moved_aside_to().empty()) {
+      worker->own_db_ = std::move(*db);
+      worker->archive_db_ = worker->own_db_.get();
+      if (!worker->own_db_->moved_aside_to().empty()) {
         Log(LogLevel::kWarning, "archive_database_damaged",
-            {{"moved_to", worker->db_->moved_aside_to()}});
+            {{"moved_to", worker->own_db_->moved_aside_to()}});
       }
       int deleted = 0;
-      if (auto listed = cache::ListArchivedDocuments(worker->db_.get()); listed.ok()) {
+      if (auto listed = cache::ListArchivedDocuments(worker->archive_db_); listed.ok()) {
         for (const auto& [doc_id, when] : *listed) {
-          if (cache::DeleteArchivedDocument(worker->db_.get(), doc_id).ok()) ++deleted;
+          if (cache::DeleteArchivedDocument(worker->archive_db_, doc_id).ok()) ++deleted;
         }
       }
       if (deleted > 0) {
-        (void)cache::CompactArchives(worker->db_.get());
+        (void)cache::CompactArchives(worker->archive_db_);
         Log(LogLevel::kInfo, "stale_archives_deleted", {{"count", std::to_string(deleted)}});
       }
       worker->UpdateDatabaseSize();
@@ -698,8 +711,8 @@ void WorkerServiceImpl::Release() {
   }
   // Range deletions keep their disk space until a compaction; with no document left it only
   // reads what little remains.
-  if (idle && db_ != nullptr) {
-    (void)cache::CompactArchives(db_.get());
+  if (idle && own_db_ != nullptr) {
+    (void)cache::CompactArchives(own_db_.get());
     UpdateDatabaseSize();
   }
 }
@@ -775,10 +788,10 @@ void WorkerServiceImpl::UpdateMemoryBytes(int64_t delta) {
 }
 
 void WorkerServiceImpl::UpdateDatabaseSize() {
-  if (db_ == nullptr) return;
+  if (archive_db_ == nullptr) return;
   uint64_t sst = 0, mem = 0;
-  db_->db()->GetAggregatedIntProperty("rocksdb.total-sst-files-size", &sst);
-  db_->db()->GetAggregatedIntProperty("rocksdb.cur-size-all-mem-tables", &mem);
+  archive_db_->db()->GetAggregatedIntProperty("rocksdb.total-sst-files-size", &sst);
+  archive_db_->db()->GetAggregatedIntProperty("rocksdb.cur-size-all-mem-tables", &mem);
   metrics_->common->rocksdb_size_bytes().Set(static_cast<double>(sst + mem));
 }
 

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -37,6 +38,12 @@ struct WorkerOptions {
   int64_t max_buffered_tokens = int64_t{1} << 20;
   // A document still answering when less than this is left of the drain is handed back.
   absl::Duration answer_handback_margin = absl::Seconds(5);
+  // Embedded mode (`longread run`): the archive database is the host's, opened, collected and
+  // closed by it with `longread run`'s semantics (services/cli/run_archive.h); cache_dir is then
+  // unused and the worker neither clears nor compacts it. Archives are named by archive_id()
+  // (the host's run id, so that a killed run's archive is collected by the next run).
+  cache::CacheDb* archive_db = nullptr;
+  std::function<std::string()> archive_id;
 };
 
 // What the worker serves with; not owned, outlives the service.
@@ -72,7 +79,7 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   bool draining() const;
   absl::Time drain_deadline() const;
   // The local archive database opened (recall needs it).
-  bool archive_ready() const { return db_ != nullptr; }
+  bool archive_ready() const { return archive_db_ != nullptr; }
   const std::string& model_fingerprint() const { return model_.model->fingerprint(); }
 
  private:
@@ -90,7 +97,8 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   WorkerMetrics* metrics_;
   int64_t model_bytes_ = 0;
   FairLock model_lock_;
-  std::unique_ptr<cache::CacheDb> db_;  // null when the cache directory is unusable
+  std::unique_ptr<cache::CacheDb> own_db_;  // <cache_dir>/worker-db, unless the host gives one
+  cache::CacheDb* archive_db_ = nullptr;    // null when the cache directory is unusable
 
   mutable absl::Mutex mu_;
   int32_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
