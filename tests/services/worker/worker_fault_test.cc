@@ -95,5 +95,32 @@ TEST(WorkerFaultTest, DrainingWorkerRefusesNewDocuments) {
   EXPECT_EQ(worker.WaitExit(), 0);
 }
 
+// A document already answering when SIGTERM comes finishes its answer (it cannot be
+// checkpointed any more, and answers are short), then the worker exits 0.
+TEST(WorkerFaultTest, SigtermWhileAnsweringFinishesTheAnswer) {
+  REQUIRE_REFERENCE(ref);
+  TempDir dir;
+  WorkerProcess worker(dir.path() + "/w", {"--drain-seconds", "60"});
+  ASSERT_TRUE(worker.serving()) << worker.log();
+  const std::string document = services::testing::SmallDocument();
+  const std::vector<int32_t> tokens = Tokenize(*ref, document);
+  const v1::DocumentAssignment assignment =
+      TinyAssignment(*ref, kQuestion, static_cast<int64_t>(tokens.size()), 3600);
+  auto stub = worker.Stub();
+  DocumentCall call(stub.get());
+  ASSERT_TRUE(call.SendAssignment(assignment));
+  ASSERT_TRUE(call.SendTokens(tokens, 0, tokens.size()));
+  call.WritesDone();
+  ASSERT_TRUE(call.ReadUntil([](const v1::RunDocumentOutput& out) { return out.has_answer(); }));
+  worker.Signal(SIGTERM);
+  const grpc::Status status = call.Finish();
+  ASSERT_TRUE(status.ok()) << status.error_message() << "\n" << worker.log();
+  ASSERT_TRUE(call.finished.has_value());
+  EXPECT_FALSE(call.handed_back.has_value());
+  EXPECT_EQ(call.finished->answer(), ReferenceAnswer(*ref, document, assignment));
+  EXPECT_EQ(call.answer_text, call.finished->answer());
+  EXPECT_EQ(worker.WaitExit(), 0) << worker.log();
+}
+
 }  // namespace
 }  // namespace longread::worker::testing

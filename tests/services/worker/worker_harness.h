@@ -4,7 +4,10 @@
 // 64 + window 64, segments of 128, blocks of 16, recall 2, 24 answer tokens, one thread).
 #pragma once
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -111,11 +114,12 @@ class WorkerProcess {
 
   bool serving() const { return port_ > 0 && pid_ > 0; }
   std::string target() const { return absl::StrCat("127.0.0.1:", port_); }
-  std::unique_ptr<v1::WorkerService::Stub> Stub() const {
+  std::unique_ptr<v1::WorkerService::Stub> Stub(
+      std::shared_ptr<grpc::ChannelCredentials> credentials =
+          grpc::InsecureChannelCredentials()) const {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(16 << 20);
-    return v1::WorkerService::NewStub(
-        grpc::CreateCustomChannel(target(), grpc::InsecureChannelCredentials(), args));
+    return v1::WorkerService::NewStub(grpc::CreateCustomChannel(target(), credentials, args));
   }
   void Signal(int signal) const { kill(pid_, signal); }
   // The exit code, or -1 if it did not exit normally.
@@ -129,6 +133,31 @@ class WorkerProcess {
     return WIFEXITED(exit_status_) ? WEXITSTATUS(exit_status_) : -1;
   }
   std::string log() const { return ReadFile(dir_ + "/stderr"); }
+
+  // GET /metrics from the worker's exposer (its port is in the "serving" log line); "" on error.
+  std::string ScrapeMetrics() const {
+    const std::string text = log();
+    const std::string key = "\"metrics_port\":\"";
+    const size_t at = text.find(key);
+    if (at == std::string::npos) return "";
+    const int port = std::atoi(text.c_str() + at + key.size());
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    std::string response;
+    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+      const std::string request =
+          "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+      if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+        char buf[8192];
+        for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;) response.append(buf, n);
+      }
+    }
+    close(fd);
+    return response;
+  }
 
  private:
   std::string dir_;
@@ -254,7 +283,10 @@ class DocumentCall {
   // Reads one message, keeping what it says.
   bool Read(v1::RunDocumentOutput* out) {
     if (!stream_->Read(out)) return false;
-    if (out->has_answer()) answer_text += out->answer().text();
+    if (out->has_answer()) {
+      if (answer_text.empty()) first_answer_text = out->answer().text();
+      answer_text += out->answer().text();
+    }
     if (out->has_progress()) {
       ++progress_messages;
       max_tokens_read = std::max(max_tokens_read, out->progress().tokens_read());
@@ -282,6 +314,7 @@ class DocumentCall {
   }
 
   std::string answer_text;
+  std::string first_answer_text;  // the first AnswerText message
   int progress_messages = 0;
   int64_t max_tokens_read = 0;
   std::vector<v1::CheckpointPart> checkpoint_parts;

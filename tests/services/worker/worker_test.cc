@@ -1,4 +1,6 @@
 // longread-worker as the coordinator meets it: a real process, the generated stub, tiny settings.
+#include <signal.h>
+
 #include <atomic>
 #include <mutex>
 #include <thread>
@@ -37,6 +39,21 @@ TEST(WorkerTest, AnswerEqualsTheEngineInProcess) {
   EXPECT_GE(call.progress_messages, static_cast<int>(tokens.size() / 128));
   EXPECT_TRUE(call.checkpoint_parts.empty());  // 30 s of reading never passed
 
+  // An attempt after one interrupted while answering streams only what the coordinator lacks
+  // (whole characters: the first attempt's first piece of text).
+  v1::DocumentAssignment again = assignment;
+  again.set_attempt(2);
+  again.set_answer_bytes_streamed(static_cast<int64_t>(call.first_answer_text.size()));
+  ASSERT_FALSE(call.first_answer_text.empty());
+  DocumentCall second(stub.get());
+  ASSERT_TRUE(second.SendAssignment(again));
+  ASSERT_TRUE(second.SendTokens(tokens, 0, tokens.size()));
+  second.WritesDone();
+  ASSERT_TRUE(second.Finish().ok());
+  ASSERT_TRUE(second.finished.has_value());
+  EXPECT_EQ(second.finished->answer(), expected);
+  EXPECT_EQ(call.first_answer_text + second.answer_text, expected);
+
   v1::WorkerLoad load;
   grpc::ClientContext context;
   ASSERT_TRUE(stub->GetLoad(&context, v1::GetLoadRequest(), &load).ok());
@@ -46,6 +63,22 @@ TEST(WorkerTest, AnswerEqualsTheEngineInProcess) {
   EXPECT_EQ(load.model_fingerprint(), ref->model->fingerprint());
   EXPECT_EQ(load.device(), "cpu");
   EXPECT_GT(load.tokens_per_second(), 0);
+
+  // The names docs/SERVICE.md promises (deploy/ dashboards and alerts use them).
+  const std::string metrics = worker.ScrapeMetrics();
+  for (const char* name :
+       {"longread_build_info{", "longread_grpc_server_handled_total{",
+        "longread_rocksdb_size_bytes", "longread_tokens_read_total",
+        "longread_tokens_generated_total", "longread_worker_documents_in_flight",
+        "longread_worker_capacity_documents", "longread_segment_seconds_bucket",
+        "longread_generation_seconds_bucket", "longread_decode_token_seconds_bucket",
+        "longread_checkpoint_seconds_bucket", "longread_checkpoint_bytes_total",
+        "longread_archive_bytes", "longread_device_memory_bytes{device=\"cpu\"}"}) {
+    EXPECT_NE(metrics.find(name), std::string::npos) << name << " missing from\n" << metrics;
+  }
+  EXPECT_NE(metrics.find("grpc_method=\"RunDocument\""), std::string::npos);
+  EXPECT_NE(metrics.find(absl::StrCat("longread_tokens_read_total ", 2 * tokens.size())),
+            std::string::npos);
 }
 
 // The failover primitive: a checkpoint taken mid-document, then the document resumed on a second
@@ -62,7 +95,9 @@ TEST(WorkerTest, CheckpointResumedOnASecondWorkerGivesTheSameAnswer) {
   v1::DocumentAssignment assignment =
       TinyAssignment(*ref, kQuestion, static_cast<int64_t>(tokens.size()), 0);
 
-  // The first worker checkpoints after every segment; it is lost after its third checkpoint.
+  // The first worker checkpoints after every segment; it is killed after its third checkpoint
+  // (parts of later ones may have arrived: a coordinator ignores checkpoints it has not seen
+  // whole, and so does ResumeParts).
   constexpr int64_t kResumeSequence = 3;
   auto stub_a = first.Stub();
   DocumentCall lost(stub_a.get());
@@ -72,8 +107,9 @@ TEST(WorkerTest, CheckpointResumedOnASecondWorkerGivesTheSameAnswer) {
     return out.has_checkpoint() && out.checkpoint().last() &&
            out.checkpoint().sequence() == kResumeSequence;
   })) << first.log();
-  lost.TryCancel();
-  EXPECT_EQ(lost.Finish().error_code(), grpc::StatusCode::CANCELLED);
+  first.Signal(SIGKILL);  // the worker is lost: its stream breaks
+  EXPECT_FALSE(lost.Finish().ok());
+  EXPECT_EQ(first.WaitExit(), -1);
   int64_t blocks = 0, resume_tokens = 0;
   for (const v1::CheckpointPart& part : lost.checkpoint_parts) {
     EXPECT_LE(static_cast<int64_t>(part.ByteSizeLong()), int64_t{4} << 20);
@@ -87,6 +123,18 @@ TEST(WorkerTest, CheckpointResumedOnASecondWorkerGivesTheSameAnswer) {
   assignment.set_attempt(2);
   assignment.set_resume_from_tokens(resume_tokens);
   auto stub_b = second.Stub();
+  {
+    // A damaged snapshot is DATA_LOSS: the coordinator drops the checkpoint.
+    std::vector<v1::CheckpointPart> damaged = ResumeParts(lost.checkpoint_parts, kResumeSequence);
+    std::string* snapshot = damaged.back().mutable_snapshot();
+    ASSERT_FALSE(snapshot->empty());
+    (*snapshot)[snapshot->size() / 2] ^= 0x5a;
+    DocumentCall refused(stub_b.get());
+    ASSERT_TRUE(refused.SendAssignment(assignment));
+    refused.SendResume(damaged);
+    refused.WritesDone();
+    EXPECT_EQ(refused.Finish().error_code(), grpc::StatusCode::DATA_LOSS);
+  }
   DocumentCall resumed(stub_b.get());
   ASSERT_TRUE(resumed.SendAssignment(assignment));
   ASSERT_TRUE(resumed.SendResume(ResumeParts(lost.checkpoint_parts, kResumeSequence)));
@@ -225,6 +273,63 @@ TEST(WorkerTest, TwoDocumentsAtOnceInterleaveAndBothAnswerCorrectly) {
   };
   EXPECT_LT(first_of(0, 'p'), first_of(1, 'f'));
   EXPECT_LT(first_of(1, 'p'), first_of(0, 'f'));
+}
+
+TEST(WorkerTest, ExitCodesAreThoseOfLongreadRun) {
+  TempDir dir;
+  // An unusable model: 4, before anything listens.
+  WorkerProcess bad_model(dir.path() + "/m", {"--model", dir.path() + "/no-such-model.gguf"});
+  EXPECT_FALSE(bad_model.serving());
+  EXPECT_EQ(bad_model.WaitExit(), 4) << bad_model.log();
+  // A misspelt flag: 2.
+  WorkerProcess bad_flag(dir.path() + "/f", {"--capacty", "3"});
+  EXPECT_FALSE(bad_flag.serving());
+  EXPECT_EQ(bad_flag.WaitExit(), 2) << bad_flag.log();
+  EXPECT_NE(bad_flag.log().find("--capacty"), std::string::npos);
+}
+
+// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
+bool MakeCertificates(const std::string& dir) {
+  const std::string command = absl::StrCat(
+      "cd '", dir, "' && ",
+      "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 "
+      "-subj /CN=test-ca && ",
+      "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=worker && ",
+      "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext && ",
+      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem "
+      "-days 1 -extfile san.ext && ",
+      "openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr "
+      "-subj /CN=coordinator && ",
+      "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem "
+      "-days 1) >/dev/null 2>&1");
+  return std::system(("(" + command).c_str()) == 0;
+}
+
+TEST(WorkerTest, MutualTlsServesOnlyClientsWithACertificate) {
+  REQUIRE_REFERENCE(ref);
+  TempDir dir;
+  if (!MakeCertificates(dir.path())) GTEST_SKIP() << "openssl could not make test certificates";
+  const std::string d = dir.path() + "/";
+  WorkerProcess worker(dir.path() + "/w", {"--tls-cert", d + "server.pem", "--tls-key",
+                                           d + "server.key", "--tls-client-ca", d + "ca.pem"});
+  ASSERT_TRUE(worker.serving()) << worker.log();
+  auto get_load = [&](std::shared_ptr<grpc::ChannelCredentials> credentials) {
+    v1::WorkerLoad load;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    return worker.Stub(credentials)->GetLoad(&context, v1::GetLoadRequest(), &load);
+  };
+  grpc::SslCredentialsOptions with_cert;
+  with_cert.pem_root_certs = ReadFile(d + "ca.pem");
+  with_cert.pem_cert_chain = ReadFile(d + "client.pem");
+  with_cert.pem_private_key = ReadFile(d + "client.key");
+  const grpc::Status ok = get_load(grpc::SslCredentials(with_cert));
+  EXPECT_TRUE(ok.ok()) << ok.error_message() << "\n" << worker.log();
+
+  grpc::SslCredentialsOptions without_cert;
+  without_cert.pem_root_certs = with_cert.pem_root_certs;
+  EXPECT_FALSE(get_load(grpc::SslCredentials(without_cert)).ok());
+  EXPECT_FALSE(get_load(grpc::InsecureChannelCredentials()).ok());
 }
 
 }  // namespace
