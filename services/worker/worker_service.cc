@@ -78,8 +78,7 @@ class DocumentInput {
  public:
   DocumentInput(int64_t first_offset, int64_t total_tokens, int64_t max_buffered,
                 int32_t vocab_size)
-      : base_(first_offset),
-        next_offset_(first_offset),
+      : next_offset_(first_offset),
         total_(total_tokens),
         max_buffered_(max_buffered),
         vocab_size_(vocab_size) {}
@@ -155,7 +154,6 @@ class DocumentInput {
   void Consume(int64_t n) {
     absl::MutexLock lock(&mu_);
     consumed_ += n;
-    base_ += n;
     if (consumed_ > (int64_t{1} << 16) && consumed_ * 2 > static_cast<int64_t>(tokens_.size())) {
       tokens_.erase(tokens_.begin(), tokens_.begin() + consumed_);
       consumed_ = 0;
@@ -193,7 +191,6 @@ class DocumentInput {
   absl::Mutex mu_;
   std::vector<int32_t> tokens_ ABSL_GUARDED_BY(mu_);
   int64_t consumed_ ABSL_GUARDED_BY(mu_) = 0;  // index into tokens_
-  int64_t base_ ABSL_GUARDED_BY(mu_);          // document offset of tokens_[consumed_]
   int64_t next_offset_ ABSL_GUARDED_BY(mu_);
   const int64_t total_;
   const int64_t max_buffered_;
@@ -251,6 +248,7 @@ class DocumentRun {
   std::unique_ptr<cache::RocksDbBlockArchive> archive_;
   std::unique_ptr<engine::RecordingBlockArchive> recording_;
   std::string doc_id_;
+  std::string archive_open_error_;  // recall was asked for and the archive could not open
   int64_t archive_bytes_reported_ = 0;
   int64_t memory_bytes_reported_ = 0;
   std::unique_ptr<engine::DocumentSession> session_;
@@ -506,7 +504,7 @@ grpc::Status DocumentRun::SendFinished() {
   stats->set_generated_tokens(r.generated_tokens);
   stats->set_invalid_utf8_sequences(assignment_.invalid_utf8_sequences());
   stats->set_recalled_slots(r.recalled_slots);
-  stats->set_recall_error(r.recall_error);
+  stats->set_recall_error(r.recall_error.empty() ? archive_open_error_ : r.recall_error);
   stats->set_read_seconds(read_seconds_);
   stats->set_recall_seconds(r.recall_seconds);
   stats->set_generate_seconds(r.generate_seconds);
@@ -542,10 +540,16 @@ grpc::Status DocumentRun::Run() {
   std::optional<CheckpointAssembler> resume;
   if (assignment_.resume_from_tokens() > 0) {
     resume.emplace(head_dim_);
-    if (grpc::Status received = ReceiveCheckpoint(&*resume); !received.ok()) return received;
+    if (grpc::Status received = ReceiveCheckpoint(&*resume); !received.ok()) {
+      // A malformed block: the checkpoint is unusable, not the call.
+      return received.error_code() == grpc::StatusCode::INVALID_ARGUMENT
+                 ? grpc::Status(grpc::StatusCode::DATA_LOSS, received.error_message())
+                 : received;
+    }
   }
   if (absl::Status opened = OpenArchive(*options); !opened.ok()) {
-    // The answer goes on without recall (as in `longread run`); the session reports why.
+    // The answer goes on without recall (as in `longread run`), and says why.
+    archive_open_error_ = absl::StrCat("archive unusable: ", opened.message());
     LogEvent(LogLevel::kWarning, "recall_disabled", Field{"error", opened.ToString()});
   }
   std::optional<engine::SessionCheckpoint> checkpoint;
@@ -578,11 +582,14 @@ grpc::Status DocumentRun::Run() {
     session_ = std::move(*session);
   }
   if (checkpoint.has_value()) {
+    // The model matched (Admit): a checkpoint that does not fit these options or this point of
+    // the document is unusable, and the coordinator drops it on DATA_LOSS.
     if (absl::Status restored = session_->Restore(*checkpoint); !restored.ok()) {
-      return ToGrpc(restored);
+      return grpc::Status(grpc::StatusCode::DATA_LOSS,
+                          absl::StrCat("checkpoint refused: ", restored.message()));
     }
     if (session_->document_tokens_consumed() != assignment_.resume_from_tokens()) {
-      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+      return grpc::Status(grpc::StatusCode::DATA_LOSS,
                           absl::StrCat("the checkpoint resumes at document token ",
                                        session_->document_tokens_consumed(), ", the assignment at ",
                                        assignment_.resume_from_tokens()));

@@ -84,7 +84,6 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
 
  private:
   friend class DocumentRun;
-  friend class DocumentInput;
   WorkerServiceImpl(WorkerModel model, WorkerOptions options, WorkerMetrics* metrics);
   grpc::Status Admit(const v1::DocumentAssignment& assignment);
   void Release();

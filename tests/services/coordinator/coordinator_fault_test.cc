@@ -125,6 +125,10 @@ TEST(CoordinatorFaultTest, AWorkerKilledMidDocumentResumesOnTheOtherFromItsLastC
       static_cast<long long>(d.total_tokens()));
   // The resumed worker's own account of its checkpoints (taking + sending them).
   const std::string log = cluster.coordinator->log();
+  const std::string metrics =
+      ScrapeMetrics(static_cast<int>(LoggedInt(log, "serving", "metrics_port")));
+  EXPECT_NE(metrics.find("longread_failovers_total{reason=\"worker_lost\"} 1"), std::string::npos)
+      << metrics;
   std::printf(
       "FAILOVER worker_checkpoints: checkpoints=%lld checkpoint_bytes=%lld "
       "checkpoint_seconds=%.3f read_seconds=%.3f archive_bytes=%lld\n",

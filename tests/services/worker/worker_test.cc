@@ -39,6 +39,21 @@ TEST(WorkerTest, AnswerEqualsTheEngineInProcess) {
   EXPECT_GE(call.progress_messages, static_cast<int>(tokens.size() / 128));
   EXPECT_TRUE(call.checkpoint_parts.empty());  // 30 s of reading never passed
 
+  // An attempt after one interrupted while answering streams only what the coordinator lacks
+  // (whole characters: the first attempt's first piece of text).
+  v1::DocumentAssignment again = assignment;
+  again.set_attempt(2);
+  again.set_answer_bytes_streamed(static_cast<int64_t>(call.first_answer_text.size()));
+  ASSERT_FALSE(call.first_answer_text.empty());
+  DocumentCall second(stub.get());
+  ASSERT_TRUE(second.SendAssignment(again));
+  ASSERT_TRUE(second.SendTokens(tokens, 0, tokens.size()));
+  second.WritesDone();
+  ASSERT_TRUE(second.Finish().ok());
+  ASSERT_TRUE(second.finished.has_value());
+  EXPECT_EQ(second.finished->answer(), expected);
+  EXPECT_EQ(call.first_answer_text + second.answer_text, expected);
+
   v1::WorkerLoad load;
   grpc::ClientContext context;
   ASSERT_TRUE(stub->GetLoad(&context, v1::GetLoadRequest(), &load).ok());
@@ -62,7 +77,7 @@ TEST(WorkerTest, AnswerEqualsTheEngineInProcess) {
     EXPECT_NE(metrics.find(name), std::string::npos) << name << " missing from\n" << metrics;
   }
   EXPECT_NE(metrics.find("grpc_method=\"RunDocument\""), std::string::npos);
-  EXPECT_NE(metrics.find(absl::StrCat("longread_tokens_read_total ", tokens.size())),
+  EXPECT_NE(metrics.find(absl::StrCat("longread_tokens_read_total ", 2 * tokens.size())),
             std::string::npos);
 }
 
@@ -108,6 +123,18 @@ TEST(WorkerTest, CheckpointResumedOnASecondWorkerGivesTheSameAnswer) {
   assignment.set_attempt(2);
   assignment.set_resume_from_tokens(resume_tokens);
   auto stub_b = second.Stub();
+  {
+    // A damaged snapshot is DATA_LOSS: the coordinator drops the checkpoint.
+    std::vector<v1::CheckpointPart> damaged = ResumeParts(lost.checkpoint_parts, kResumeSequence);
+    std::string* snapshot = damaged.back().mutable_snapshot();
+    ASSERT_FALSE(snapshot->empty());
+    (*snapshot)[snapshot->size() / 2] ^= 0x5a;
+    DocumentCall refused(stub_b.get());
+    ASSERT_TRUE(refused.SendAssignment(assignment));
+    refused.SendResume(damaged);
+    refused.WritesDone();
+    EXPECT_EQ(refused.Finish().error_code(), grpc::StatusCode::DATA_LOSS);
+  }
   DocumentCall resumed(stub_b.get());
   ASSERT_TRUE(resumed.SendAssignment(assignment));
   ASSERT_TRUE(resumed.SendResume(ResumeParts(lost.checkpoint_parts, kResumeSequence)));
