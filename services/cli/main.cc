@@ -75,7 +75,7 @@ Generation:
   --top-p P              nucleus sampling mass (default 1.0)
   --seed N               sampling seed (default 0): a run is reproducible
   --no-repeat-ngram N    the answer never repeats a sequence of N tokens: a token that would
-                         complete one is excluded (default 12; 0: off). Stops the loops of
+                         complete one is excluded (default 6; 0: off). Stops the loops of
                          greedy decoding without touching short repeats such as a number's digits
   --repeat-penalty P     llama.cpp's repetition penalty over the last --repeat-last-n tokens
                          (default 1: off; a penalty on recent tokens can break copying a number,

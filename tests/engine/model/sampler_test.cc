@@ -73,11 +73,14 @@ TEST(SamplerTest, NoRepeatNgramBreaksAGreedyLoop) {
             std::vector<int32_t>({1, 2, 0, 1, 2}));
 }
 
-TEST(SamplerTest, NoRepeatNgramLeavesShortRepeatsAlone) {
-  // A number with repeated digits (the model writes one token per digit): 7 7 7 7 7.
-  Sampler sampler({.no_repeat_ngram = 12});
-  std::vector<float> logits = {0.0f, 1.0f};
-  for (int i = 0; i < 11; ++i) EXPECT_EQ(sampler.Next(logits), 1) << i;
+TEST(SamplerTest, DefaultNoRepeatNgramLeavesShortRepeatsAlone) {
+  // A number with repeated digits (the model writes one token per digit): with the default
+  // guard, six equal digits are written as they are; only a seventh would repeat a 6-gram.
+  Sampler sampler({});
+  ASSERT_EQ(SamplingOptions{}.no_repeat_ngram, 6);
+  const std::vector<float> logits = {0.0f, 1.0f};
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(sampler.Next(logits), 1) << i;
+  EXPECT_EQ(sampler.Next(logits), 0);
 }
 
 TEST(SamplerTest, RepeatPenaltyFollowsLlamaCppOverTheLastN) {
