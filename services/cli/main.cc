@@ -605,7 +605,9 @@ int Run(const Args& args) {
     return r;
   }();
   bar.Finish();
-  if (result.ok() && !result->recall_error.empty()) {
+  // An unusable cache was said already (recall_disabled): the worker, given no archive, only
+  // repeats it.
+  if (result.ok() && !result->recall_error.empty() && recall_error.empty()) {
     recall_error = result->recall_error;
     Log(LogLevel::kWarning, "recall_skipped", {{"error", result->recall_error}});
   }

@@ -1,6 +1,7 @@
 // `longread run` goes through the service's coordinator and worker hosted in its own process
 // (services/cli/embedded_run.h): its --json names the in-process coordinator's job, and its
 // greedy answer equals the engine's RunDocumentJob on the same document and options.
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -117,6 +118,7 @@ TEST(CliEmbeddedTest, RunGoesThroughTheInProcessServiceAndAnswersAsTheEngine) {
   cache::TempDir work;
   const std::string cache_dir = work.path() + "/cache";
   std::vector<std::string> args = testing::RecallArgs(cache_dir);
+  std::erase(args, "--quiet");  // the info log lines name the job
   args.insert(args.end(), {"--threads", "1", "--log-format", "json"});
   const testing::CliResult run = testing::RunLongread(work.path(), testing::SmallDocument(), args);
   ASSERT_EQ(run.exit_code, 0) << run.err;
