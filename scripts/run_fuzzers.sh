@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-20}
 build=build-fuzz
-targets=(gguf safetensors hf_json)
+targets=(gguf safetensors hf_json streaming_encoder)
 
 CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DLONGREAD_BUILD_FUZZERS=ON -DLONGREAD_BUILD_TESTS=OFF -DLONGREAD_ENGINE_ONLY=ON >/dev/null

@@ -6,6 +6,7 @@
 //       [--model PATH] [--out bench/results/worker-checkpoint-<date>.json]
 //       [--checkpoint-seconds S (default 0: every segment)]
 //       [--drain-after-segments N: start the SIGTERM drain after N segments and time it]
+//       [--drain-delay-ms D: ... D ms later, so that it meets a segment being read]
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -13,6 +14,7 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -60,6 +62,7 @@ double LoadAverage() {
 int Main(int argc, char** argv) {
   int64_t want_tokens = 6144, threads = 2, drain_after = 0;
   double checkpoint_seconds = 0;
+  int64_t drain_delay_ms = 0;
   bool tiny = false;
   std::string model_path = "models/SmolLM2-135M-Instruct.Q4_1.gguf", out_path;
   for (int i = 1; i < argc; ++i) {
@@ -71,6 +74,8 @@ int Main(int argc, char** argv) {
       if (!absl::SimpleAtoi(next(), &threads)) return 2;
     } else if (a == "--drain-after-segments") {
       if (!absl::SimpleAtoi(next(), &drain_after)) return 2;
+    } else if (a == "--drain-delay-ms") {
+      if (!absl::SimpleAtoi(next(), &drain_delay_ms)) return 2;
     } else if (a == "--checkpoint-seconds") {
       if (!absl::SimpleAtod(next(), &checkpoint_seconds)) return 2;
     } else if (a == "--tiny") {
@@ -167,6 +172,7 @@ int Main(int argc, char** argv) {
   int64_t segments = 0;
   while (stream->Read(&out)) {
     if (out.has_progress() && ++segments == drain_after) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(drain_delay_ms));
       drain_start = std::chrono::steady_clock::now();
       (*service)->StartDrain(absl::Now() + absl::Seconds(60));
     }
@@ -202,7 +208,7 @@ int Main(int argc, char** argv) {
       "{\"bench\":\"worker-checkpoint\",\"settings\":\"%s\",\"document_tokens\":%d,"
       "\"threads\":%d,\"read_seconds\":%.3f,\"total_seconds\":%.3f,\"checkpoints\":%d,"
       "\"checkpoint_bytes\":%d,\"checkpoint_seconds_worker\":%.4f,\"checkpoint_interval_s\":%g,"
-      "\"drain_seconds\":%.3f,\"load_average_1m\":%.2f,\"per_checkpoint\":[",
+      "\"drain_delay_ms\":%d,\"drain_seconds\":%.3f,\"load_average_1m\":%.2f,\"per_checkpoint\":[",
       tiny ? "tiny (k 64, w 64, s 4, L 128, B 16, R 2)"
            : "default (k 2048, w 1024, s 4, L 2048, B 32, R 4)",
       tokens.size(), threads, finished.stats().read_seconds(), total, finished.checkpoints(),

@@ -9,6 +9,15 @@
 // snapshot is bit-identical), so replaying the recorded puts in order into a fresh archive of the
 // same kind and options, then resuming, yields the same sequence, hence the same archive.
 // Blocks put after the last shipped checkpoint and before a crash are simply put again.
+//
+// On the resuming side, replay into the INNER archive, then wrap it in a new recorder for the
+// next checkpoints: replaying through a recorder would ship the old blocks again, and a block
+// put twice can come back after the RocksDB archive's cap deleted it.
+//
+// Size: everything the memory evicts is recorded, ~(12 + 8 * head_dim) bytes per token per
+// (layer, KV head) in fp32, i.e. about one segment's tokens x n_layers x n_kv_heads x 524 bytes
+// per segment read for head_dim 64 (~97 MB per 2,048-token segment of the default model). Take
+// them after every checkpoint; the sum over a document is every evicted block, uncapped.
 #pragma once
 
 #include <cstdint>

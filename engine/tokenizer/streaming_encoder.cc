@@ -176,7 +176,7 @@ size_t StreamingEncoder::EncodeFinalPieces(size_t limit, bool end, std::vector<i
     pieces.push_back(piece);
     cut = start + piece.size();
   });
-  tokenizer_.EncodePieces(pieces, out);
+  tokenizer_.EncodePieces(pieces, &word_cache_, out);
   Erase(cut);
   return cut;
 }
@@ -199,7 +199,7 @@ void StreamingEncoder::ForceCut(size_t limit, std::vector<int32_t>* out) {
   }
   if (cut == 0) return;
   ++forced_cuts_;
-  tokenizer_.EncodePieces(pieces, out);
+  tokenizer_.EncodePieces(pieces, &word_cache_, out);
   Erase(cut);
 }
 

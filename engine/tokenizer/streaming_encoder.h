@@ -18,7 +18,9 @@
 // whose last three class runs are longer than that (a megabyte of letters or spaces without a
 // break: not prose, code or data a reader would send) is cut at the last pre-tokenizer piece
 // boundary, or, inside a single piece, at a character boundary, as if the text ended there; the
-// tokens around such a cut may then differ from Encode's, and forced_cuts() counts them.
+// tokens around such a cut may then differ from Encode's, and forced_cuts() counts them. Besides
+// the text, a BPE cache of at most 65,536 distinct words is kept (a few MB), as Encode keeps one
+// per call.
 #pragma once
 
 #include <cstddef>
@@ -78,9 +80,10 @@ class StreamingEncoder {
   const Tokenizer& tokenizer_;
   const StreamingEncoderOptions options_;
   size_t max_special_bytes_ = 0;
-  std::string utf8_tail_;  // an unfinished but so far valid character, <= 3 bytes
-  std::string text_;       // valid UTF-8 not yet tokenized
-  size_t scan_ = 0;        // text_[0, scan_) holds no special token start
+  Tokenizer::WordCache word_cache_;  // kept across drains, as Encode keeps its own for a call
+  std::string utf8_tail_;            // an unfinished but so far valid character, <= 3 bytes
+  std::string text_;                 // valid UTF-8 not yet tokenized
+  size_t scan_ = 0;                  // text_[0, scan_) holds no special token start
   size_t next_attempt_ = 0;
   int64_t bytes_pushed_ = 0;
   int64_t invalid_utf8_ = 0;

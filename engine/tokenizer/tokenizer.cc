@@ -248,10 +248,25 @@ void Tokenizer::EncodeText(std::string_view text, Scratch* scratch,
   PreTokenize(pre_, text, [&](std::string_view piece) { EncodePiece(piece, scratch, out); });
 }
 
-void Tokenizer::EncodePieces(const std::vector<std::string_view>& pieces,
+void Tokenizer::EncodePieces(const std::vector<std::string_view>& pieces, WordCache* cache,
                              std::vector<int32_t>* out) const {
   Scratch scratch;
-  for (std::string_view piece : pieces) EncodePiece(piece, &scratch, out);
+  for (std::string_view piece : pieces) {
+    if (piece.size() == 1) {
+      const int32_t id = byte_token_[static_cast<uint8_t>(piece[0])];
+      if (id >= 0) out->push_back(id);
+      continue;
+    }
+    if (auto it = cache->find(AsAbsl(piece)); it != cache->end()) {
+      out->insert(out->end(), it->second.begin(), it->second.end());
+      continue;
+    }
+    const size_t start = out->size();
+    Bpe(piece, &scratch, out);
+    if (cache->size() < kMaxCachedWords) {
+      cache->emplace(std::string(piece), std::vector<int32_t>(out->begin() + start, out->end()));
+    }
+  }
 }
 
 void Tokenizer::EncodePiece(std::string_view piece, Scratch* scratch,

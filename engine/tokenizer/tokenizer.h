@@ -76,8 +76,11 @@ class Tokenizer {
   void EncodeText(std::string_view text, Scratch* scratch, std::vector<int32_t>* out) const;
   void EncodePiece(std::string_view piece, Scratch* scratch, std::vector<int32_t>* out) const;
   void Bpe(std::string_view piece, Scratch* scratch, std::vector<int32_t>* out) const;
-  // BPE of pre-tokenizer pieces, in order (StreamingEncoder chooses the pieces).
-  void EncodePieces(const std::vector<std::string_view>& pieces, std::vector<int32_t>* out) const;
+  // BPE of pre-tokenizer pieces, in order (StreamingEncoder chooses the pieces). `cache` (piece
+  // -> ids) outlives the call, unlike Encode's, and is filled up to the same number of words.
+  using WordCache = absl::flat_hash_map<std::string, std::vector<int32_t>>;
+  void EncodePieces(const std::vector<std::string_view>& pieces, WordCache* cache,
+                    std::vector<int32_t>* out) const;
 
   PreTokenizerKind pre_ = PreTokenizerKind::kGpt2;
   bool ignore_merges_ = false;  // a piece that is itself a token skips BPE (Llama 3)

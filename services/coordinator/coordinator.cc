@@ -187,10 +187,10 @@ void Coordinator::Enqueue(const std::string& job_id, int index, bool front) {
       queue_.emplace_back(job_id, index);
     }
   }
-  cv_.notify_one();
+  cv_.notify_all();
 }
 
-void Coordinator::Poke() { cv_.notify_one(); }
+void Coordinator::Poke() { cv_.notify_all(); }
 
 absl::StatusOr<v1::Job> Coordinator::AcceptJob(v1::Job header,
                                                std::vector<v1::DocumentStatus> documents,
@@ -248,7 +248,7 @@ absl::StatusOr<v1::Job> Coordinator::AcceptJob(v1::Job header,
     jobs_[id] = job;
     for (int i : all) queue_.emplace_back(id, i);
   }
-  cv_.notify_one();
+  cv_.notify_all();
   Log(LogLevel::kInfo, "job_accepted",
       {{"job", id},
        {"documents", std::to_string(documents.size())},

@@ -153,7 +153,7 @@ class Coordinator {
   CoordinatorMetrics* metrics_;
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable cv_;  // dispatcher and gauge thread: always notify_all
   std::map<std::string, std::shared_ptr<JobRuntime>> jobs_;
   std::deque<std::pair<std::string, int>> queue_;
   bool stop_ = false;

@@ -384,7 +384,7 @@ void Coordinator::RunDocument(std::shared_ptr<JobRuntime> job, int index,
     runs_.erase(run);
   }
   runs_cv_.notify_all();
-  cv_.notify_one();
+  cv_.notify_all();
 }
 
 }  // namespace longread::coordinator

@@ -6,8 +6,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "rocksdb/cache.h"
 #include "rocksdb/db.h"
 #include "rocksdb/options.h"
+#include "rocksdb/table.h"
 #include "rocksdb/utilities/checkpoint.h"
 #include "rocksdb/write_batch.h"
 
@@ -61,6 +63,12 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
   options.write_buffer_size = 32 << 20;
   // Token chunks and archive blocks are written once and deleted by range when a job ends.
   options.compression = rocksdb::kLZ4Compression;
+  // Index and filter blocks in a fixed cache rather than pinned per table: the coordinator's
+  // memory must not grow with the tokens it stores (a 2 GB document is ~2 GB of SST files).
+  rocksdb::BlockBasedTableOptions table;
+  table.block_cache = rocksdb::NewLRUCache(32 << 20);
+  table.cache_index_and_filter_blocks = true;
+  options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
   rocksdb::DB* db = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(options, path, &db);
   if (!s.ok()) return FromRocks(s, absl::StrCat("open ", path).c_str());

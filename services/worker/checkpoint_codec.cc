@@ -107,49 +107,74 @@ absl::StatusOr<engine::ArchivedBlock> FromWire(const v1::ArchivedBlock& wire, in
   return block;
 }
 
-EncodedCheckpoint EncodeCheckpoint(int64_t sequence, const engine::SessionCheckpoint& checkpoint,
-                                   const std::vector<engine::ArchivedBlock>& blocks,
-                                   int64_t head_dim, int64_t max_part_bytes) {
-  EncodedCheckpoint out;
-  const std::string snapshot = cache::EncodeFullRecord(
-      checkpoint.memory, cache::ContentHash(checkpoint.memory), cache::EncodeOptions{});
-  out.snapshot_bytes = static_cast<int64_t>(snapshot.size());
-  out.archive_blocks = static_cast<int64_t>(blocks.size());
-  auto new_part = [&]() -> v1::CheckpointPart& {
-    v1::CheckpointPart& part = out.parts.emplace_back();
+std::string EncodeSnapshotRecord(const engine::MemorySnapshot& snapshot) {
+  return cache::EncodeFullRecord(snapshot, cache::ContentHash(snapshot), cache::EncodeOptions{});
+}
+
+bool EmitCheckpoint(int64_t sequence, int64_t document_tokens, const std::string& archive_error,
+                    std::string_view snapshot_record,
+                    const std::vector<engine::ArchivedBlock>& blocks, int64_t head_dim,
+                    const std::function<bool(const v1::CheckpointPart&)>& emit,
+                    CheckpointStats* stats, int64_t max_part_bytes) {
+  *stats = CheckpointStats{};
+  stats->snapshot_bytes = static_cast<int64_t>(snapshot_record.size());
+  stats->archive_blocks = static_cast<int64_t>(blocks.size());
+  v1::CheckpointPart part;
+  auto reset = [&] {
+    part.Clear();
     part.set_sequence(sequence);
-    part.set_document_tokens(checkpoint.document_tokens_consumed);
-    part.set_archive_error(checkpoint.archive_error);
-    return part;
+    part.set_document_tokens(document_tokens);
+    part.set_archive_error(archive_error);
   };
-  const int64_t header = 64 + static_cast<int64_t>(checkpoint.archive_error.size());
-  v1::CheckpointPart* part = &new_part();
+  auto send = [&] {
+    stats->bytes += static_cast<int64_t>(part.ByteSizeLong());
+    ++stats->parts;
+    return emit(part);
+  };
+  const int64_t header = 64 + static_cast<int64_t>(archive_error.size());
+  reset();
   int64_t used = header;
   for (const engine::ArchivedBlock& block : blocks) {
     v1::ArchivedBlock wire = ToWire(block, head_dim);
     const int64_t size = static_cast<int64_t>(wire.ByteSizeLong()) + 8;
-    if (used + size > max_part_bytes && part->archive_blocks_size() > 0) {
-      part = &new_part();
+    if (used + size > max_part_bytes && part.archive_blocks_size() > 0) {
+      if (!send()) return false;
+      reset();
       used = header;
     }
-    *part->add_archive_blocks() = std::move(wire);
+    *part.add_archive_blocks() = std::move(wire);
     used += size;
   }
   size_t at = 0;
-  while (at < snapshot.size()) {
+  while (at < snapshot_record.size()) {
     int64_t room = max_part_bytes - used - 16;
     if (room < (int64_t{64} << 10)) {  // not worth a slice: start a part
-      part = &new_part();
+      if (!send()) return false;
+      reset();
       used = header;
       room = max_part_bytes - used - 16;
     }
-    const size_t take = std::min(snapshot.size() - at, static_cast<size_t>(room));
-    part->mutable_snapshot()->append(snapshot, at, take);
+    const size_t take = std::min(snapshot_record.size() - at, static_cast<size_t>(room));
+    part.mutable_snapshot()->append(snapshot_record.data() + at, take);
     used += static_cast<int64_t>(take);
     at += take;
   }
-  out.parts.back().set_last(true);
-  for (const v1::CheckpointPart& p : out.parts) out.bytes += static_cast<int64_t>(p.ByteSizeLong());
+  part.set_last(true);
+  return send();
+}
+
+EncodedCheckpoint EncodeCheckpoint(int64_t sequence, const engine::SessionCheckpoint& checkpoint,
+                                   const std::vector<engine::ArchivedBlock>& blocks,
+                                   int64_t head_dim, int64_t max_part_bytes) {
+  EncodedCheckpoint out;
+  EmitCheckpoint(
+      sequence, checkpoint.document_tokens_consumed, checkpoint.archive_error,
+      EncodeSnapshotRecord(checkpoint.memory), blocks, head_dim,
+      [&](const v1::CheckpointPart& part) {
+        out.parts.push_back(part);
+        return true;
+      },
+      &out.stats, max_part_bytes);
   return out;
 }
 

@@ -7,7 +7,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -21,15 +23,33 @@ namespace longread::worker {
 // below it with room for the framing).
 inline constexpr int64_t kMaxCheckpointPartBytes = int64_t{4} << 20;
 
-struct EncodedCheckpoint {
-  std::vector<v1::CheckpointPart> parts;  // the last one has `last` set
-  int64_t bytes = 0;                      // serialized size of all parts
+struct CheckpointStats {
+  int64_t bytes = 0;  // serialized size of all parts
   int64_t snapshot_bytes = 0;
   int64_t archive_blocks = 0;
+  int64_t parts = 0;
 };
 
-// `blocks` are the ones recorded since the previous checkpoint (fp32 keys, as the memory evicted
-// them); `max_part_bytes` is for tests (small parts exercise the splitting).
+// The memory snapshot as one cache/snapshot_format full record (uncompressed).
+std::string EncodeSnapshotRecord(const engine::MemorySnapshot& snapshot);
+
+// Cuts checkpoint `sequence` into parts and hands them to `emit` one at a time, so that at most
+// one part is held besides the record (a default-sized snapshot is ~145 MB). `blocks` are the
+// ones recorded since the previous checkpoint (fp32 keys, as the memory evicted them); they come
+// first, then the snapshot; the last part has `last` set. Returns false as soon as `emit` does.
+// `max_part_bytes` is for tests (small parts exercise the splitting).
+bool EmitCheckpoint(int64_t sequence, int64_t document_tokens, const std::string& archive_error,
+                    std::string_view snapshot_record,
+                    const std::vector<engine::ArchivedBlock>& blocks, int64_t head_dim,
+                    const std::function<bool(const v1::CheckpointPart&)>& emit,
+                    CheckpointStats* stats,
+                    int64_t max_part_bytes = kMaxCheckpointPartBytes - 4096);
+
+// EmitCheckpoint into a vector (tests).
+struct EncodedCheckpoint {
+  std::vector<v1::CheckpointPart> parts;
+  CheckpointStats stats;
+};
 EncodedCheckpoint EncodeCheckpoint(int64_t sequence, const engine::SessionCheckpoint& checkpoint,
                                    const std::vector<engine::ArchivedBlock>& blocks,
                                    int64_t head_dim,

@@ -78,8 +78,7 @@ class DocumentInput {
  public:
   DocumentInput(int64_t first_offset, int64_t total_tokens, int64_t max_buffered,
                 int32_t vocab_size)
-      : base_(first_offset),
-        next_offset_(first_offset),
+      : next_offset_(first_offset),
         total_(total_tokens),
         max_buffered_(max_buffered),
         vocab_size_(vocab_size) {}
@@ -155,7 +154,6 @@ class DocumentInput {
   void Consume(int64_t n) {
     absl::MutexLock lock(&mu_);
     consumed_ += n;
-    base_ += n;
     if (consumed_ > (int64_t{1} << 16) && consumed_ * 2 > static_cast<int64_t>(tokens_.size())) {
       tokens_.erase(tokens_.begin(), tokens_.begin() + consumed_);
       consumed_ = 0;
@@ -193,7 +191,6 @@ class DocumentInput {
   absl::Mutex mu_;
   std::vector<int32_t> tokens_ ABSL_GUARDED_BY(mu_);
   int64_t consumed_ ABSL_GUARDED_BY(mu_) = 0;  // index into tokens_
-  int64_t base_ ABSL_GUARDED_BY(mu_);          // document offset of tokens_[consumed_]
   int64_t next_offset_ ABSL_GUARDED_BY(mu_);
   const int64_t total_;
   const int64_t max_buffered_;
@@ -213,7 +210,11 @@ class DocumentRun {
   DocumentRun(WorkerServiceImpl* worker, grpc::ServerContext* context, Stream* stream,
               const v1::DocumentAssignment& assignment)
       : worker_(worker), context_(context), stream_(stream), assignment_(assignment) {}
-  ~DocumentRun() { CloseArchive(); }
+  ~DocumentRun() {
+    session_.reset();
+    CloseArchive();
+    UpdateArchiveBytes();  // what this document held is released
+  }
 
   grpc::Status Run();
 
@@ -247,7 +248,9 @@ class DocumentRun {
   std::unique_ptr<cache::RocksDbBlockArchive> archive_;
   std::unique_ptr<engine::RecordingBlockArchive> recording_;
   std::string doc_id_;
+  std::string archive_open_error_;  // recall was asked for and the archive could not open
   int64_t archive_bytes_reported_ = 0;
+  int64_t memory_bytes_reported_ = 0;
   std::unique_ptr<engine::DocumentSession> session_;
   std::unique_ptr<DocumentInput> input_;
   bool stream_broken_ = false;
@@ -284,6 +287,9 @@ void DocumentRun::UpdateArchiveBytes() {
   const int64_t now = archive_ != nullptr ? archive_->stored_bytes() : 0;
   worker_->UpdateArchiveBytes(now - archive_bytes_reported_);
   archive_bytes_reported_ = now;
+  const int64_t memory = session_ != nullptr ? session_->runner().memory().resident_bytes() : 0;
+  worker_->UpdateMemoryBytes(memory - memory_bytes_reported_);
+  memory_bytes_reported_ = memory;
 }
 
 void DocumentRun::CloseArchive() {
@@ -320,31 +326,44 @@ grpc::Status DocumentRun::ReceiveCheckpoint(CheckpointAssembler* assembler) {
 
 absl::Status DocumentRun::SendCheckpoint() {
   const auto start = std::chrono::steady_clock::now();
-  auto checkpoint = session_->Checkpoint();
-  if (!checkpoint.ok()) return checkpoint.status();
+  std::string record;
+  int64_t document_tokens = 0;
+  std::string archive_error;
+  {
+    // The snapshot (~145 MB at the default memory) is freed as soon as it is encoded.
+    auto checkpoint = session_->Checkpoint();
+    if (!checkpoint.ok()) return checkpoint.status();
+    record = EncodeSnapshotRecord(checkpoint->memory);
+    document_tokens = checkpoint->document_tokens_consumed;
+    archive_error = checkpoint->archive_error;
+  }
   std::vector<engine::ArchivedBlock> blocks;
   if (recording_ != nullptr) blocks = recording_->TakeRecorded();
-  const EncodedCheckpoint encoded = EncodeCheckpoint(sequence_ + 1, *checkpoint, blocks, head_dim_);
-  for (const v1::CheckpointPart& part : encoded.parts) {
-    v1::RunDocumentOutput out;
-    *out.mutable_checkpoint() = part;
-    if (!Write(out)) return absl::CancelledError("the stream broke while sending a checkpoint");
-  }
+  CheckpointStats stats;
+  const bool sent = EmitCheckpoint(
+      sequence_ + 1, document_tokens, archive_error, record, blocks, head_dim_,
+      [&](const v1::CheckpointPart& part) {
+        v1::RunDocumentOutput out;
+        *out.mutable_checkpoint() = part;
+        return Write(out);
+      },
+      &stats);
+  if (!sent) return absl::CancelledError("the stream broke while sending a checkpoint");
   const double seconds = Seconds(std::chrono::steady_clock::now() - start);
   ++sequence_;
-  checkpoint_tokens_ = checkpoint->document_tokens_consumed;
+  checkpoint_tokens_ = document_tokens;
   ++checkpoints_sent_;
-  checkpoint_bytes_ += encoded.bytes;
+  checkpoint_bytes_ += stats.bytes;
   checkpoint_seconds_ += seconds;
   reading_since_checkpoint_ = 0;
   worker_->metrics_->checkpoint_seconds->Observe(seconds);
-  worker_->metrics_->checkpoint_bytes->Increment(static_cast<double>(encoded.bytes));
+  worker_->metrics_->checkpoint_bytes->Increment(static_cast<double>(stats.bytes));
   LogEvent(LogLevel::kInfo, "checkpoint_sent", Field{"sequence", std::to_string(sequence_)},
            Field{"document_tokens", std::to_string(checkpoint_tokens_)},
-           Field{"bytes", std::to_string(encoded.bytes)},
-           Field{"snapshot_bytes", std::to_string(encoded.snapshot_bytes)},
-           Field{"archive_blocks", std::to_string(encoded.archive_blocks)},
-           Field{"parts", std::to_string(encoded.parts.size())},
+           Field{"bytes", std::to_string(stats.bytes)},
+           Field{"snapshot_bytes", std::to_string(stats.snapshot_bytes)},
+           Field{"archive_blocks", std::to_string(stats.archive_blocks)},
+           Field{"parts", std::to_string(stats.parts)},
            Field{"seconds", absl::StrFormat("%.4f", seconds)});
   return absl::OkStatus();
 }
@@ -393,16 +412,17 @@ grpc::Status DocumentRun::ReadDocument() {
       continue;
     }
     const int64_t segments_before = session_->segments_read();
-    const auto start = std::chrono::steady_clock::now();
     absl::StatusOr<int64_t> consumed;
+    double seconds = 0;  // the model's time, not the turn waited for (segment_seconds)
     {
       FairLockGuard lock(&worker_->model_lock_);
       // A drain that began while this document queued for the model does not wait for its
       // segment too: the drain lasts one segment, not one per document in flight.
       if (worker_->draining()) continue;
+      const auto start = std::chrono::steady_clock::now();
       consumed = session_->ReadStep(tokens, end);
+      seconds = Seconds(std::chrono::steady_clock::now() - start);
     }
-    const double seconds = Seconds(std::chrono::steady_clock::now() - start);
     if (!consumed.ok()) return ToGrpc(consumed.status());
     input_->Consume(*consumed);
     if (session_->segments_read() == segments_before) continue;  // kept as a partial segment
@@ -443,15 +463,15 @@ grpc::Status DocumentRun::AnswerDocument() {
         absl::Now() + worker_->options_.answer_handback_margin > worker_->drain_deadline()) {
       return HandBack("draining while answering");
     }
-    const auto token_start = std::chrono::steady_clock::now();
     absl::StatusOr<engine::AnswerStep> step;
     {
       FairLockGuard lock(&worker_->model_lock_);
+      const auto token_start = std::chrono::steady_clock::now();
       step = session_->NextToken();
+      worker_->metrics_->decode_token_seconds->Observe(
+          Seconds(std::chrono::steady_clock::now() - token_start));
     }
     if (!step.ok()) return ToGrpc(step.status());
-    worker_->metrics_->decode_token_seconds->Observe(
-        Seconds(std::chrono::steady_clock::now() - token_start));
     worker_->metrics_->common->tokens_generated().Increment();
     if (step->text.empty()) continue;
     const int64_t end = answer_bytes_ + static_cast<int64_t>(step->text.size());
@@ -477,7 +497,7 @@ grpc::Status DocumentRun::SendFinished() {
   stats->set_generated_tokens(r.generated_tokens);
   stats->set_invalid_utf8_sequences(assignment_.invalid_utf8_sequences());
   stats->set_recalled_slots(r.recalled_slots);
-  stats->set_recall_error(r.recall_error);
+  stats->set_recall_error(r.recall_error.empty() ? archive_open_error_ : r.recall_error);
   stats->set_read_seconds(read_seconds_);
   stats->set_recall_seconds(r.recall_seconds);
   stats->set_generate_seconds(r.generate_seconds);
@@ -512,10 +532,16 @@ grpc::Status DocumentRun::Run() {
   std::optional<CheckpointAssembler> resume;
   if (assignment_.resume_from_tokens() > 0) {
     resume.emplace(head_dim_);
-    if (grpc::Status received = ReceiveCheckpoint(&*resume); !received.ok()) return received;
+    if (grpc::Status received = ReceiveCheckpoint(&*resume); !received.ok()) {
+      // A malformed block: the checkpoint is unusable, not the call.
+      return received.error_code() == grpc::StatusCode::INVALID_ARGUMENT
+                 ? grpc::Status(grpc::StatusCode::DATA_LOSS, received.error_message())
+                 : received;
+    }
   }
   if (absl::Status opened = OpenArchive(*options); !opened.ok()) {
-    // The answer goes on without recall (as in `longread run`); the session reports why.
+    // The answer goes on without recall (as in `longread run`), and says why.
+    archive_open_error_ = absl::StrCat("archive unusable: ", opened.message());
     LogEvent(LogLevel::kWarning, "recall_disabled", Field{"error", opened.ToString()});
   }
   std::optional<engine::SessionCheckpoint> checkpoint;
@@ -546,11 +572,14 @@ grpc::Status DocumentRun::Run() {
     session_ = std::move(*session);
   }
   if (checkpoint.has_value()) {
+    // The model matched (Admit): a checkpoint that does not fit these options or this point of
+    // the document is unusable, and the coordinator drops it on DATA_LOSS.
     if (absl::Status restored = session_->Restore(*checkpoint); !restored.ok()) {
-      return ToGrpc(restored);
+      return grpc::Status(grpc::StatusCode::DATA_LOSS,
+                          absl::StrCat("checkpoint refused: ", restored.message()));
     }
     if (session_->document_tokens_consumed() != assignment_.resume_from_tokens()) {
-      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+      return grpc::Status(grpc::StatusCode::DATA_LOSS,
                           absl::StrCat("the checkpoint resumes at document token ",
                                        session_->document_tokens_consumed(), ", the assignment at ",
                                        assignment_.resume_from_tokens()));
@@ -736,6 +765,13 @@ void WorkerServiceImpl::UpdateArchiveBytes(int64_t delta) {
   absl::MutexLock lock(&mu_);
   archive_bytes_ += delta;
   metrics_->archive_bytes->Set(static_cast<double>(archive_bytes_));
+}
+
+void WorkerServiceImpl::UpdateMemoryBytes(int64_t delta) {
+  if (delta == 0) return;
+  absl::MutexLock lock(&mu_);
+  memory_bytes_ += delta;
+  metrics_->device_memory_bytes->Set(static_cast<double>(model_bytes_ + memory_bytes_));
 }
 
 void WorkerServiceImpl::UpdateDatabaseSize() {

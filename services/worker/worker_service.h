@@ -77,12 +77,12 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
 
  private:
   friend class DocumentRun;
-  friend class DocumentInput;
   WorkerServiceImpl(WorkerModel model, WorkerOptions options, WorkerMetrics* metrics);
   grpc::Status Admit(const v1::DocumentAssignment& assignment);
   void Release();
   void RecordTokensRead(int64_t tokens);
   void UpdateArchiveBytes(int64_t delta);
+  void UpdateMemoryBytes(int64_t delta);  // the documents' memories (device_memory_bytes)
   void UpdateDatabaseSize();
 
   WorkerModel model_;
@@ -98,6 +98,7 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   absl::Time drain_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   std::deque<std::pair<absl::Time, int64_t>> recent_reads_ ABSL_GUARDED_BY(mu_);
   int64_t archive_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t memory_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace longread::worker

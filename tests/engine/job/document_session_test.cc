@@ -252,10 +252,12 @@ TEST(DocumentSessionTest, MisuseIsRefused) {
   ASSERT_TRUE(shorter.ok());
   EXPECT_EQ((*shorter)->Restore(*checkpoint).code(), absl::StatusCode::kInvalidArgument);
 
+  // A short document is enough for the answer phase's refusals.
   options.generate.max_new_tokens = 3;
-  auto finished = DocumentSession::Create(*model, *f.tokenizer, options, nullptr, &pool, n);
+  const std::span<const int32_t> head = all.first(200);
+  auto finished = DocumentSession::Create(*model, *f.tokenizer, options, nullptr, &pool, 200);
   ASSERT_TRUE(finished.ok());
-  const DocumentJobResult result = FinishSession(**finished, f.tokens, 500);
+  const DocumentJobResult result = FinishSession(**finished, head, 500);
   EXPECT_EQ(result.generated_tokens, 3);
   EXPECT_EQ((*finished)->Checkpoint().status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ((*finished)->NextToken().status().code(), absl::StatusCode::kFailedPrecondition);

@@ -73,20 +73,8 @@ void ExpectStreamsLikeWhole(const Tokenizer& tokenizer, std::string_view text, s
   EXPECT_EQ(s.forced_cuts, 0) << label;
 }
 
-// Byte tokens plus merges across every kind of piece boundary, so a boundary in the wrong place
-// changes the ids; two user-defined tokens (one a prefix of the other) and a control token.
 std::unique_ptr<Tokenizer> TinyTokenizer(const std::string& pre) {
-  const std::string sp = ByteChar(' '), nl = ByteChar('\n');
-  std::vector<std::string> extra = {sp + sp, sp + "a", "aa",     "'s",  nl + nl, "ab",
-                                    "12",    "..",     sp + "1", "<x>", "<x>y",  "<|c|>"};
-  std::vector<std::string> merges = {sp + " " + sp, sp + " a", "a a", "' s",    nl + " " + nl,
-                                     "a b",         "1 2",     ". .", sp + " 1"};
-  TokenizerSpec spec = TinySpec(extra, merges, pre);
-  const int32_t first_extra = 256;
-  spec.token_types[first_extra + 9] = 4;   // <x>
-  spec.token_types[first_extra + 10] = 4;  // <x>y
-  spec.token_types[first_extra + 11] = 3;  // <|c|>: plain text in documents
-  auto tokenizer = Tokenizer::Create(spec);
+  auto tokenizer = Tokenizer::Create(BoundarySpec(pre));
   EXPECT_TRUE(tokenizer.ok()) << tokenizer.status();
   return tokenizer.ok() ? std::move(*tokenizer) : nullptr;
 }

@@ -38,4 +38,19 @@ inline TokenizerSpec TinySpec(std::vector<std::string> extra, std::vector<std::s
   return spec;
 }
 
+// Byte tokens plus merges across every kind of pre-tokenizer piece boundary (so a boundary in
+// the wrong place changes the ids), two user-defined tokens (one a prefix of the other) and a
+// control token. `pre`: the pre-tokenizer name (gpt2, smollm, llama-bpe, qwen2).
+inline TokenizerSpec BoundarySpec(std::string pre) {
+  const std::string sp = ByteChar(' '), nl = ByteChar('\n');
+  TokenizerSpec spec = TinySpec(
+      {sp + sp, sp + "a", "aa", "'s", nl + nl, "ab", "12", "..", sp + "1", "<x>", "<x>y", "<|c|>"},
+      {sp + " " + sp, sp + " a", "a a", "' s", nl + " " + nl, "a b", "1 2", ". .", sp + " 1"},
+      std::move(pre));
+  spec.token_types[256 + 9] = 4;   // <x>: user-defined, matched in document text
+  spec.token_types[256 + 10] = 4;  // <x>y
+  spec.token_types[256 + 11] = 3;  // <|c|>: control, plain text in documents
+  return spec;
+}
+
 }  // namespace longread::engine

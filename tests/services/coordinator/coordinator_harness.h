@@ -5,7 +5,10 @@
 // answer tokens, one thread per process.
 #pragma once
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -241,12 +244,47 @@ inline v1::DocumentAssignment ReferenceAssignment(const worker::testing::Referen
   return a;
 }
 
-// A document that differs per index but reads like the small one.
+// A short document (~200 tokens) that differs per index.
 inline std::string NumberedDocument(int i) {
+  const std::string small = services::testing::SmallDocument();
   return absl::StrCat("Record ", i, " of the harbor series. The keeper on duty was number ",
-                      100 + i * 7, ".\n\n", services::testing::SmallDocument());
+                      100 + i * 7, ".\n\n", small.substr(0, 700 + (i % 5) * 40));
 }
 
 inline std::string JobStateName(v1::JobState s) { return v1::JobState_Name(s); }
+
+// GET http://127.0.0.1:port/metrics ("" on failure).
+inline std::string ScrapeMetrics(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string request = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+      char buf[65536];
+      ssize_t n;
+      while ((n = read(fd, buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
+    }
+  }
+  close(fd);
+  return out;
+}
+
+// The value of field `key` in the first JSON log line of `event` (-1 if absent).
+inline double LoggedNumber(const std::string& log, const std::string& event,
+                           const std::string& key) {
+  const size_t at = log.find(absl::StrCat("\"event\":\"", event, "\""));
+  if (at == std::string::npos) return -1;
+  const size_t k = log.find(absl::StrCat("\"", key, "\":\""), at);
+  if (k == std::string::npos) return -1;
+  return std::atof(log.c_str() + k + key.size() + 4);
+}
+inline long long LoggedInt(const std::string& log, const std::string& event,
+                           const std::string& key) {
+  return static_cast<long long>(LoggedNumber(log, event, key));
+}
 
 }  // namespace longread::coordinator::testing

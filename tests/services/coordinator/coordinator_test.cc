@@ -24,7 +24,10 @@ TEST(CoordinatorTest, TwentyDocumentsThroughTwoWorkersGiveTheEngineAnswers) {
 
   const v1::JobHeader header = TinyHeader(kQuestion);
   std::vector<InlineDocument> documents;
-  for (int i = 0; i < 20; ++i) documents.push_back({absl::StrCat("doc-", i), NumberedDocument(i)});
+  // Five different texts, four times each: the in-process reference runs once per text.
+  for (int i = 0; i < 20; ++i) {
+    documents.push_back({absl::StrCat("doc-", i), NumberedDocument(i % 5)});
+  }
   v1::SubmitJobResponse response;
   grpc::Status s = Submit(stub.get(), header, documents, &response);
   ASSERT_TRUE(s.ok()) << s.error_message();
@@ -48,15 +51,36 @@ TEST(CoordinatorTest, TwentyDocumentsThroughTwoWorkersGiveTheEngineAnswers) {
   const v1::Job job = GetJob(stub.get(), response.job_id());
   ASSERT_EQ(job.documents_size(), 20);
   const v1::DocumentAssignment assignment = ReferenceAssignment(*ref, header);
+  std::map<std::string, std::string> reference;
   for (int i = 0; i < 20; ++i) {
     const v1::DocumentStatus& d = job.documents(i);
     EXPECT_EQ(d.state(), v1::DOCUMENT_STATE_SUCCEEDED) << i;
-    EXPECT_EQ(d.answer(), worker::testing::ReferenceAnswer(*ref, documents[i].text, assignment))
-        << "document " << i;
+    if (!reference.count(documents[i].text)) {
+      reference[documents[i].text] =
+          worker::testing::ReferenceAnswer(*ref, documents[i].text, assignment);
+    }
+    EXPECT_EQ(d.answer(), reference[documents[i].text]) << "document " << i;
     EXPECT_EQ(streamed[i], d.answer()) << "streamed answer text of document " << i;
     EXPECT_EQ(d.total_tokens(),
               static_cast<int64_t>(worker::testing::Tokenize(*ref, documents[i].text).size()));
     EXPECT_EQ(d.stats().attempts(), 1);
+  }
+
+  // The metrics of docs/SERVICE.md count what happened.
+  const long long metrics_port = LoggedInt(coordinator->log(), "serving", "metrics_port");
+  ASSERT_GT(metrics_port, 0);
+  const std::string metrics = ScrapeMetrics(static_cast<int>(metrics_port));
+  for (const char* line :
+       {"longread_jobs{state=\"succeeded\"} 1", "longread_documents{state=\"succeeded\"} 20",
+        "longread_jobs_submitted_total 1", "longread_queue_depth 0",
+        "longread_workers{state=\"healthy\"} 2", "longread_build_info{",
+        "longread_grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"SubmitJob\","
+        "grpc_service=\"longread.v1.JobService\"} 1",
+        "longread_job_duration_seconds_count 1", "longread_time_to_first_event_seconds_count 1",
+        "longread_rocksdb_size_bytes", "longread_tokens_generated_total",
+        "longread_checkpoint_bytes_total", "longread_failovers_total{reason=\"worker_lost\"} 0",
+        "longread_watchers"}) {
+    EXPECT_NE(metrics.find(line), std::string::npos) << line << "\n" << metrics;
   }
 
   // Re-attaching from any offset replays exactly the rest.
@@ -369,6 +393,127 @@ TEST_F(CoordinatorInputTest, CancelOfAQueuedJobEndsItAndIsIdempotent) {
       stub_.get(), response.job_id(), static_cast<int64_t>(events.size()) + 1,
       [](const v1::JobEvent&) { return false; }, &status, "reader-secret");
   EXPECT_EQ(status.error_code(), grpc::StatusCode::OUT_OF_RANGE);
+}
+
+// TLS with client certificates on every hop: client -> coordinator and coordinator -> worker.
+TEST(CoordinatorTlsTest, MutualTlsBetweenEveryPair) {
+  REQUIRE_REFERENCE(ref);
+  TempDir dir;
+  const std::string d = dir.path();
+  const std::string make_certs =
+      absl::StrCat("cd ", d, " && exec >openssl.log 2>&1 && ",
+                   "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 "
+                   "-subj /CN=longread-test-ca && ",
+                   "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr "
+                   "-subj /CN=localhost && ",
+                   "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > san.ext && ",
+                   "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+                   "-out server.pem -days 1 -extfile san.ext && ",
+                   "openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr "
+                   "-subj /CN=longread-client && ",
+                   "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+                   "-out client.pem -days 1");
+  ASSERT_EQ(std::system(make_certs.c_str()), 0) << services::testing::ReadFile(d + "/openssl.log");
+  const std::vector<std::string> server_tls = {"--tls-cert",      d + "/server.pem", "--tls-key",
+                                               d + "/server.key", "--tls-client-ca", d + "/ca.pem"};
+  WorkerProcess worker(d + "/w", server_tls);
+  ASSERT_TRUE(worker.serving()) << worker.log();
+  std::vector<std::string> flags = server_tls;
+  flags.insert(flags.end(), {"--worker-tls-ca", d + "/ca.pem", "--worker-tls-cert",
+                             d + "/client.pem", "--worker-tls-key", d + "/client.key"});
+  auto coordinator = StartCoordinator(d + "/c", worker.target(), flags);
+  ASSERT_TRUE(coordinator->serving()) << coordinator->log();
+
+  auto channel_with = [&](bool client_cert) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = services::testing::ReadFile(d + "/ca.pem");
+    if (client_cert) {
+      ssl.pem_cert_chain = services::testing::ReadFile(d + "/client.pem");
+      ssl.pem_private_key = services::testing::ReadFile(d + "/client.key");
+    }
+    return v1::JobService::NewStub(
+        grpc::CreateChannel(coordinator->target(), grpc::SslCredentials(ssl)));
+  };
+  v1::SubmitJobResponse response;
+  const v1::JobHeader header = TinyHeader(kQuestion);
+  // Without a client certificate, or in plaintext, the handshake fails.
+  EXPECT_EQ(Submit(channel_with(false).get(), header, {{"d", "text"}}, &response).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(
+      Submit(JobStub(coordinator->target()).get(), header, {{"d", "text"}}, &response).error_code(),
+      grpc::StatusCode::UNAVAILABLE);
+  auto stub = channel_with(true);
+  const std::string document = NumberedDocument(3);
+  grpc::Status s = Submit(stub.get(), header, {{"d", document}}, &response);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  const auto events = WatchToEnd(stub.get(), response.job_id());
+  ASSERT_FALSE(events.empty());
+  ASSERT_TRUE(events.back().has_job_done()) << coordinator->log() << worker.log();
+  EXPECT_EQ(events.back().job_done().state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(GetJob(stub.get(), response.job_id()).documents(0).answer(),
+            worker::testing::ReferenceAnswer(*ref, document, ReferenceAssignment(*ref, header)));
+}
+
+// Workers found by resolving a DNS name (as a Kubernetes headless Service would be).
+TEST(CoordinatorDnsTest, WorkersFromADnsName) {
+  REQUIRE_REFERENCE(ref);
+  TempDir dir;
+  WorkerProcess worker(dir.path() + "/w", {"--listen", "0.0.0.0:0"});
+  ASSERT_TRUE(worker.serving()) << worker.log();
+  const std::string port = worker.target().substr(worker.target().rfind(':') + 1);
+  auto coordinator =
+      StartCoordinator(dir.path() + "/c", "dns:///localhost:" + port, {"--resolve-seconds", "1"});
+  ASSERT_TRUE(coordinator->serving()) << coordinator->log();
+  auto stub = JobStub(coordinator->target());
+  const v1::JobHeader header = TinyHeader(kQuestion);
+  const std::string document = NumberedDocument(4);
+  v1::SubmitJobResponse response;
+  ASSERT_TRUE(Submit(stub.get(), header, {{"d", document}}, &response).ok());
+  const auto events = WatchToEnd(stub.get(), response.job_id());
+  ASSERT_TRUE(events.back().has_job_done()) << coordinator->log();
+  EXPECT_EQ(events.back().job_done().state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_NE(coordinator->log().find(absl::StrCat(":", port, "\"")), std::string::npos);
+  EXPECT_EQ(GetJob(stub.get(), response.job_id()).documents(0).answer(),
+            worker::testing::ReferenceAnswer(*ref, document, ReferenceAssignment(*ref, header)));
+}
+
+// A document streamed far past the limit is refused while streaming, and the coordinator's
+// memory stays bounded all along (tokenized as it arrives, never held whole).
+TEST(CoordinatorQueueTest, AHugeStreamedDocumentKeepsTheCoordinatorMemoryBounded) {
+  TempDir dir;
+  auto coordinator = StartCoordinator(dir.path() + "/c", "127.0.0.1:1",
+                                      {"--max-document-bytes", std::to_string(int64_t{96} << 20)});
+  ASSERT_TRUE(coordinator->serving()) << coordinator->log();
+  auto stub = JobStub(coordinator->target());
+  grpc::ClientContext context;
+  v1::SubmitJobResponse response;
+  auto writer = stub->SubmitJob(&context, &response);
+  v1::SubmitJobRequest header, start, chunk;
+  *header.mutable_header() = TinyHeader(kQuestion);
+  start.mutable_document()->set_name("huge");
+  ASSERT_TRUE(writer->Write(header) && writer->Write(start));
+  // 2 GiB of prose in 1 MiB chunks (the same text over and over).
+  std::string text;
+  const std::string small = services::testing::SmallDocument();
+  while (text.size() < (1u << 20)) text += small;
+  text.resize(1u << 20);
+  chunk.set_chunk(text);
+  int64_t sent = 0;
+  while (sent < (int64_t{2} << 30) && writer->Write(chunk))
+    sent += static_cast<int64_t>(text.size());
+  writer->WritesDone();
+  const grpc::Status s = writer->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::OUT_OF_RANGE) << s.error_message();
+  EXPECT_GE(sent, int64_t{96} << 20);
+  const std::string status =
+      services::testing::ReadFile(absl::StrCat("/proc/", coordinator->pid(), "/status"));
+  const size_t at = status.find("VmHWM:");
+  ASSERT_NE(at, std::string::npos);
+  const long long peak_kib = std::atoll(status.c_str() + at + 6);
+  std::printf("MEMORY huge_document: sent_bytes=%lld coordinator_vmhwm_kib=%lld\n",
+              static_cast<long long>(sent), peak_kib);
+  // The tokenizer tables, RocksDB's memtables and gRPC's buffers: well under the document.
+  EXPECT_LT(peak_kib, 400 * 1024);
 }
 
 TEST(CoordinatorQueueTest, AFullQueueIsResourceExhaustedWithARetryHint) {

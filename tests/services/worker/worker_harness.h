@@ -283,7 +283,10 @@ class DocumentCall {
   // Reads one message, keeping what it says.
   bool Read(v1::RunDocumentOutput* out) {
     if (!stream_->Read(out)) return false;
-    if (out->has_answer()) answer_text += out->answer().text();
+    if (out->has_answer()) {
+      if (answer_text.empty()) first_answer_text = out->answer().text();
+      answer_text += out->answer().text();
+    }
     if (out->has_progress()) {
       ++progress_messages;
       max_tokens_read = std::max(max_tokens_read, out->progress().tokens_read());
@@ -311,6 +314,7 @@ class DocumentCall {
   }
 
   std::string answer_text;
+  std::string first_answer_text;  // the first AnswerText message
   int progress_messages = 0;
   int64_t max_tokens_read = 0;
   std::vector<v1::CheckpointPart> checkpoint_parts;

@@ -39,6 +39,21 @@ TEST(WorkerTest, AnswerEqualsTheEngineInProcess) {
   EXPECT_GE(call.progress_messages, static_cast<int>(tokens.size() / 128));
   EXPECT_TRUE(call.checkpoint_parts.empty());  // 30 s of reading never passed
 
+  // An attempt after one interrupted while answering streams only what the coordinator lacks
+  // (whole characters: the first attempt's first piece of text).
+  v1::DocumentAssignment again = assignment;
+  again.set_attempt(2);
+  again.set_answer_bytes_streamed(static_cast<int64_t>(call.first_answer_text.size()));
+  ASSERT_FALSE(call.first_answer_text.empty());
+  DocumentCall second(stub.get());
+  ASSERT_TRUE(second.SendAssignment(again));
+  ASSERT_TRUE(second.SendTokens(tokens, 0, tokens.size()));
+  second.WritesDone();
+  ASSERT_TRUE(second.Finish().ok());
+  ASSERT_TRUE(second.finished.has_value());
+  EXPECT_EQ(second.finished->answer(), expected);
+  EXPECT_EQ(call.first_answer_text + second.answer_text, expected);
+
   v1::WorkerLoad load;
   grpc::ClientContext context;
   ASSERT_TRUE(stub->GetLoad(&context, v1::GetLoadRequest(), &load).ok());
@@ -62,7 +77,7 @@ TEST(WorkerTest, AnswerEqualsTheEngineInProcess) {
     EXPECT_NE(metrics.find(name), std::string::npos) << name << " missing from\n" << metrics;
   }
   EXPECT_NE(metrics.find("grpc_method=\"RunDocument\""), std::string::npos);
-  EXPECT_NE(metrics.find(absl::StrCat("longread_tokens_read_total ", tokens.size())),
+  EXPECT_NE(metrics.find(absl::StrCat("longread_tokens_read_total ", 2 * tokens.size())),
             std::string::npos);
 }
 
@@ -108,6 +123,18 @@ TEST(WorkerTest, CheckpointResumedOnASecondWorkerGivesTheSameAnswer) {
   assignment.set_attempt(2);
   assignment.set_resume_from_tokens(resume_tokens);
   auto stub_b = second.Stub();
+  {
+    // A damaged snapshot is DATA_LOSS: the coordinator drops the checkpoint.
+    std::vector<v1::CheckpointPart> damaged = ResumeParts(lost.checkpoint_parts, kResumeSequence);
+    std::string* snapshot = damaged.back().mutable_snapshot();
+    ASSERT_FALSE(snapshot->empty());
+    (*snapshot)[snapshot->size() / 2] ^= 0x5a;
+    DocumentCall refused(stub_b.get());
+    ASSERT_TRUE(refused.SendAssignment(assignment));
+    refused.SendResume(damaged);
+    refused.WritesDone();
+    EXPECT_EQ(refused.Finish().error_code(), grpc::StatusCode::DATA_LOSS);
+  }
   DocumentCall resumed(stub_b.get());
   ASSERT_TRUE(resumed.SendAssignment(assignment));
   ASSERT_TRUE(resumed.SendResume(ResumeParts(lost.checkpoint_parts, kResumeSequence)));
@@ -246,6 +273,19 @@ TEST(WorkerTest, TwoDocumentsAtOnceInterleaveAndBothAnswerCorrectly) {
   };
   EXPECT_LT(first_of(0, 'p'), first_of(1, 'f'));
   EXPECT_LT(first_of(1, 'p'), first_of(0, 'f'));
+}
+
+TEST(WorkerTest, ExitCodesAreThoseOfLongreadRun) {
+  TempDir dir;
+  // An unusable model: 4, before anything listens.
+  WorkerProcess bad_model(dir.path() + "/m", {"--model", dir.path() + "/no-such-model.gguf"});
+  EXPECT_FALSE(bad_model.serving());
+  EXPECT_EQ(bad_model.WaitExit(), 4) << bad_model.log();
+  // A misspelt flag: 2.
+  WorkerProcess bad_flag(dir.path() + "/f", {"--capacty", "3"});
+  EXPECT_FALSE(bad_flag.serving());
+  EXPECT_EQ(bad_flag.WaitExit(), 2) << bad_flag.log();
+  EXPECT_NE(bad_flag.log().find("--capacty"), std::string::npos);
 }
 
 // A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
