@@ -231,7 +231,8 @@ absl::StatusOr<DocumentJobResult> RunTokenizedDocumentJob(
     }
     if (auto s = runner.Restore(before_answer); !s.ok()) return s;
   }
-  if (recall) {
+  auto recall_into_memory = [&] {
+    if (!recall) return;
     // A broken archive costs the recall, not the answer.
     // The question is scored as the answer will read it: the chat turn after the document.
     const auto recall_start = std::chrono::steady_clock::now();
@@ -242,18 +243,22 @@ absl::StatusOr<DocumentJobResult> RunTokenizedDocumentJob(
     } else {
       result.recall_error = std::string(recalled.status().message());
     }
-  }
-
-  if (callbacks.before_answer) callbacks.before_answer(runner);
+  };
   if (options.also_answer_with_sampling.has_value()) {
-    const MemorySnapshot before_answer = runner.Snapshot();
+    // Recalled blocks overfill the memory, so the snapshot is taken before recall, and recall
+    // (read-only on the archive) is repeated for the answer itself.
+    const MemorySnapshot before_recall = runner.Snapshot();
+    recall_into_memory();
     GenerateOptions other = generate;
     other.sampling = *options.also_answer_with_sampling;
     if (auto n = answer(false, &result.answer_with_other_sampling, other); !n.ok()) {
       return n.status();
     }
-    if (auto s = runner.Restore(before_answer); !s.ok()) return s;
+    if (auto s = runner.Restore(before_recall); !s.ok()) return s;
   }
+  recall_into_memory();
+
+  if (callbacks.before_answer) callbacks.before_answer(runner);
   const auto gen_start = std::chrono::steady_clock::now();
   auto generated = answer(true, &result.answer, generate);
   if (!generated.ok()) return generated.status();
