@@ -197,7 +197,8 @@ absl::Status DocumentSession::BeginAnswer(
     result_.answer_without_recall = std::move(*text);
     if (auto s = runner_.Restore(before); !s.ok()) return s;
   }
-  if (recall) {
+  auto recall_into_memory = [&] {
+    if (!recall) return;
     // A broken archive costs the recall, not the answer. The question is scored as the answer
     // will read it: the chat turn after the document.
     const auto recall_start = std::chrono::steady_clock::now();
@@ -212,17 +213,21 @@ absl::Status DocumentSession::BeginAnswer(
       }
     }
     result_.recall_seconds = SecondsSince(recall_start);
-  }
-  if (before_answer) before_answer(runner_);
+  };
   if (options_.also_answer_with_sampling.has_value()) {
-    const MemorySnapshot before = runner_.Snapshot();
+    // Recalled blocks overfill the memory, so the snapshot is taken before recall, and recall
+    // (read-only on the archive) is repeated for the answer itself.
+    const MemorySnapshot before_recall = runner_.Snapshot();
+    recall_into_memory();
     GenerateOptions other = generate_;
     other.sampling = *options_.also_answer_with_sampling;
     auto text = AnswerToEnd(other);
     if (!text.ok()) return text.status();
     result_.answer_with_other_sampling = std::move(*text);
-    if (auto s = runner_.Restore(before); !s.ok()) return s;
+    if (auto s = runner_.Restore(before_recall); !s.ok()) return s;
   }
+  recall_into_memory();
+  if (before_answer) before_answer(runner_);
   const auto start = std::chrono::steady_clock::now();
   auto s = runner_.BeginGenerate(prompt_.after_document, generate_);
   result_.generate_seconds += SecondsSince(start);
