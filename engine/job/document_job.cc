@@ -16,8 +16,10 @@ absl::StatusOr<Task> ParseTask(std::string_view name) {
   if (name == "summarize") return Task::kSummarize;
   if (name == "analyze_code" || name == "analyze-code") return Task::kAnalyzeCode;
   if (name == "question" || name == "ask") return Task::kQuestion;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown task '", std::string(name), "' (expected summarize, analyze_code or question)"));
+  if (name == "custom") return Task::kCustom;
+  return absl::InvalidArgumentError(absl::StrCat("unknown task '", std::string(name),
+                                                 "' (expected summarize, analyze_code, question "
+                                                 "or custom)"));
 }
 
 std::string_view TaskName(Task task) {
@@ -28,6 +30,8 @@ std::string_view TaskName(Task task) {
       return "analyze_code";
     case Task::kQuestion:
       return "question";
+    case Task::kCustom:
+      return "custom";
   }
   return "?";
 }
@@ -42,6 +46,8 @@ std::string TaskInstruction(Task task, std::string_view question) {
              "risks you notice.";
     case Task::kQuestion:
       return absl::StrCat("Answer this question about the document above: ", std::string(question));
+    case Task::kCustom:
+      return std::string(question);
   }
   return "";
 }
@@ -89,6 +95,9 @@ int64_t CountInvalidUtf8(std::string_view s) {
 absl::StatusOr<TaskPrompt> BuildTaskPrompt(const Tokenizer& tokenizer,
                                            const std::string& chat_template, Task task,
                                            std::string_view question, bool instruction_first) {
+  if (task == Task::kCustom && question.empty()) {
+    return absl::InvalidArgumentError("the custom task needs an instruction");
+  }
   if (task == Task::kQuestion && question.empty()) {
     return absl::InvalidArgumentError("the question task needs a question");
   }

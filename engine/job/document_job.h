@@ -19,14 +19,15 @@
 
 namespace longread::engine {
 
-enum class Task { kSummarize, kAnalyzeCode, kQuestion };
+// kCustom: the user's own instruction (in `question`), placed after the document as is.
+enum class Task { kSummarize, kAnalyzeCode, kQuestion, kCustom };
 
 absl::StatusOr<Task> ParseTask(std::string_view name);
 std::string_view TaskName(Task task);
 
 struct DocumentJobOptions {
   Task task = Task::kSummarize;
-  std::string question;  // required for Task::kQuestion
+  std::string question;  // required for Task::kQuestion; the instruction of Task::kCustom
   RunnerConfig runner;
   GenerateOptions generate;
   int64_t max_document_bytes = int64_t{1} << 30;

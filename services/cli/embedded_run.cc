@@ -56,6 +56,10 @@ void ToServiceJob(const engine::DocumentJobOptions& options, v1::Task* task, v1:
       task->set_kind(v1::TASK_KIND_QUESTION);
       task->set_question(options.question);
       break;
+    case engine::Task::kCustom:
+      task->set_kind(v1::TASK_KIND_CUSTOM);
+      task->set_instruction(options.question);
+      break;
   }
   const engine::MemoryConfig& m = options.runner.memory;
   if (m.is_dense()) {

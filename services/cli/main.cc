@@ -22,8 +22,8 @@
 #include "engine/tokenizer/tokenizer.h"
 #include "kernels/thread_pool.h"
 #include "services/cli/calibrate_command.h"
-#include "services/cli/document_input.h"
 #include "services/cli/client_commands.h"
+#include "services/cli/document_input.h"
 #include "services/cli/embedded_run.h"
 #include "services/cli/progress_bar.h"
 #include "services/cli/run_archive.h"
@@ -96,8 +96,9 @@ coordinator (job log in memory) and a worker that holds the model. Checkpoints a
 process has nothing to fail over to); nothing reaches the disk but the recall archive.
 
 Task:
-  --task NAME            summarize (default), analyze_code, or question
+  --task NAME            summarize (default), analyze_code, question, or custom
   --question TEXT        the question for --task question
+  --instruction TEXT     the instruction for --task custom (placed after the document as is)
   --json                 print a JSON object (answer, token counts, timings, recalled_slots,
                          archive_bytes, recall_error: null or why recall was skipped, scorer:
                          the file used or null, scorer_warning: null or why --scorer auto
@@ -387,6 +388,10 @@ int Run(const Args& args) {
   options.question = args.Get("question");
   if (options.task == engine::Task::kQuestion && options.question.empty()) {
     return Usage("--task question needs --question TEXT");
+  }
+  if (options.task == engine::Task::kCustom) {
+    options.question = args.Get("instruction");
+    if (options.question.empty()) return Usage("--task custom needs --instruction TEXT");
   }
   if (!ParseGenerateOptions(args, &options.generate, &error)) return Usage(error);
   engine::MemoryConfig& memory = options.runner.memory;
@@ -709,27 +714,17 @@ int main(int argc, char** argv) {
     static const std::set<std::string> kCommon = {
         "help",        "model", "threads", "log-format",      "quiet",          "max-tokens",
         "temperature", "top-p", "seed",    "no-repeat-ngram", "repeat-penalty", "repeat-last-n"};
-    static const std::set<std::string> kRun = {"task",
-                                               "question",
-                                               "json",
-                                               "memory-k",
-                                               "window",
-                                               "sinks",
-                                               "segment-tokens",
-                                               "positions",
-                                               "block-tokens",
-                                               "task-weight",
-                                               "task-score",
-                                               "mask",
-                                               "instruction-first",
-                                               "recall-blocks",
-                                               "recall-candidates",
-                                               "recall-scope",
-                                               "block-score",
-                                               "cache-dir",
-                                               "archive-max-bytes",
-                                               "scorer",
-                                               "dense",
+    static const std::set<std::string> kRun = {"task",          "question",
+                                               "instruction",   "json",
+                                               "memory-k",      "window",
+                                               "sinks",         "segment-tokens",
+                                               "positions",     "block-tokens",
+                                               "task-weight",   "task-score",
+                                               "mask",          "instruction-first",
+                                               "recall-blocks", "recall-candidates",
+                                               "recall-scope",  "block-score",
+                                               "cache-dir",     "archive-max-bytes",
+                                               "scorer",        "dense",
                                                "max-bytes"};
     static const std::set<std::string> kGenerate = {"prompt", "raw"};
     const auto& own = command == "run" ? kRun : kGenerate;

@@ -20,14 +20,14 @@ absl::StatusOr<engine::DocumentJobOptions> ToDocumentJobOptions(
       options.question = task.question();
       break;
     case v1::TASK_KIND_CUSTOM:
-      // The engine knows three instructions; a custom one is asked as the question.
-      options.task = engine::Task::kQuestion;
+      options.task = engine::Task::kCustom;
       options.question = task.instruction();
       break;
     default:
       return absl::InvalidArgumentError(absl::StrCat("unknown task kind ", task.kind()));
   }
-  if (options.task == engine::Task::kQuestion && options.question.empty()) {
+  if ((options.task == engine::Task::kQuestion || options.task == engine::Task::kCustom) &&
+      options.question.empty()) {
     return absl::InvalidArgumentError("a question or custom task needs its text");
   }
   const v1::JobOptions& o = assignment.options();
