@@ -9,6 +9,7 @@ Prometheus saw longread_failovers_total{reason="worker_lost"} go up. Exit 0 when
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -107,6 +108,9 @@ def main():
     args = parser.parse_args()
     if not Path(args.model).is_file():
         print(f"no model at {args.model} (scripts/setup.sh fetches it)", file=sys.stderr)
+        return 77
+    if shutil.which("prometheus") is None:
+        print("no prometheus (Debian's package: apt-get install prometheus)", file=sys.stderr)
         return 77
     start = time.time()
     c = local.Cluster(args.build, args.model, free=not args.default_ports)

@@ -330,6 +330,8 @@ def documents(directory, count, chars=2500):
     """`count` distinct text documents of `chars` characters (2,500: ~700 tokens, 6 segments of
     the tiny settings), cut from the repository's docs."""
     text = (REPO / "docs/SERVICE.md").read_text()
+    while len(text) < 2 * chars:
+        text += "\n\n" + text
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []

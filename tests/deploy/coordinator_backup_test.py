@@ -66,10 +66,13 @@ class CoordinatorBackupTest(unittest.TestCase):
                    lambda: local.metric(c.scrape("coordinator"),
                                         "longread_checkpoint_bytes_total") > 0)
         c.processes["coordinator"].signal(signal.SIGUSR1)
-        backup = wait_until("the backup", lambda: next(
-            (p for p in backups.glob("*") if p.is_dir() and (p / "CURRENT").exists()), None))
-        wait_until("backup_done in the log", lambda: "backup_done" in
-                   c.processes["coordinator"].log_text())
+        # The path it logs (RocksDB writes into a ".tmp" directory and renames it when done).
+        done = wait_until("backup_done in the log", lambda: next(
+            (json.loads(line) for line in c.processes["coordinator"].log_text().splitlines()
+             if '"event":"backup_done"' in line), None))
+        backup = Path(done["path"])
+        self.assertEqual(backup.parent, backups)
+        self.assertTrue((backup / "CURRENT").exists())
         at_backup = self.get_job(job_id)
         self.assertEqual(at_backup["state"], "JOB_STATE_RUNNING",
                          "the job ended before the backup was known to be complete")
