@@ -116,6 +116,15 @@ absl::Status Rope(Context& ctx, Bf16* x, int64_t n_outer, int64_t n_tokens, int6
 absl::Status ScatterHeads(Context& ctx, const Bf16* src, int64_t n_tokens, int64_t n_heads,
                           int64_t head_dim, int64_t capacity, int64_t slot0, Bf16* dst);
 
+// dst[dst_rows[r]][.] = src[src_rows[r]][.] for r < n_rows, rows of row_elems values: a
+// memory's slots moving on the device (append, compaction, staging of evicted rows). The rows
+// written must not be read by the same call. Row lists are device int32 arrays.
+absl::Status CopyRows(Context& ctx, const Bf16* src, const int32_t* src_rows, Bf16* dst,
+                      const int32_t* dst_rows, int64_t n_rows, int64_t row_elems);
+// Device-to-device copy and zero fill of `bytes`, on the context's stream.
+absl::Status CopyDevice(Context& ctx, const void* src, int64_t bytes, void* dst);
+absl::Status ZeroDevice(Context& ctx, void* dst, int64_t bytes);
+
 // out = silu(gate) * up in fp32, stored as bf16. out may alias gate or up.
 absl::Status SiluMul(Context& ctx, const Bf16* gate, const Bf16* up, int64_t n, Bf16* out);
 

@@ -25,6 +25,9 @@ cudaError_t Rope(uint16_t* x, int64_t n_outer, int64_t n_tokens, int64_t n_heads
 inline constexpr int64_t kMaxRopeHeadDim = 512;
 cudaError_t ScatterHeads(const uint16_t* src, int64_t n_tokens, int64_t n_heads, int64_t head_dim,
                          int64_t capacity, int64_t slot0, uint16_t* dst, cudaStream_t stream);
+cudaError_t CopyRows(const uint16_t* src, const int32_t* src_rows, uint16_t* dst,
+                     const int32_t* dst_rows, int64_t n_rows, int64_t row_elems,
+                     cudaStream_t stream);
 cudaError_t SiluMul(const uint16_t* gate, const uint16_t* up, int64_t n, uint16_t* out,
                     cudaStream_t stream);
 cudaError_t ArgMax(const float* logits, int64_t n_rows, int64_t vocab, int32_t* out,

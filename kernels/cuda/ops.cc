@@ -85,6 +85,27 @@ absl::Status ScatterHeads(Context& ctx, const Bf16* src, int64_t n_tokens, int64
   return absl::OkStatus();
 }
 
+absl::Status CopyRows(Context& ctx, const Bf16* src, const int32_t* src_rows, Bf16* dst,
+                      const int32_t* dst_rows, int64_t n_rows, int64_t row_elems) {
+  if (n_rows * row_elems <= 0) return absl::OkStatus();
+  LONGREAD_CUDA_RETURN_IF_ERROR(
+      launch::CopyRows(src, src_rows, dst, dst_rows, n_rows, row_elems, Stream(ctx)));
+  return absl::OkStatus();
+}
+
+absl::Status CopyDevice(Context& ctx, const void* src, int64_t bytes, void* dst) {
+  if (bytes <= 0) return absl::OkStatus();
+  LONGREAD_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes), cudaMemcpyDeviceToDevice, Stream(ctx)));
+  return absl::OkStatus();
+}
+
+absl::Status ZeroDevice(Context& ctx, void* dst, int64_t bytes) {
+  if (bytes <= 0) return absl::OkStatus();
+  LONGREAD_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(dst, 0, static_cast<size_t>(bytes), Stream(ctx)));
+  return absl::OkStatus();
+}
+
 absl::Status SiluMul(Context& ctx, const Bf16* gate, const Bf16* up, int64_t n, Bf16* out) {
   if (n <= 0) return absl::OkStatus();
   LONGREAD_CUDA_RETURN_IF_ERROR(launch::SiluMul(gate, up, n, out, Stream(ctx)));
