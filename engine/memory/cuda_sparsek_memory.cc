@@ -96,7 +96,8 @@ int64_t CudaSparseKMemory::resident_bytes() const {
   for (size_t l = 0; l < keys_.size(); ++l) bytes += keys_[l].bytes() + values_[l].bytes();
   for (const cu::DeviceBuffer* b :
        {&spare_keys_, &spare_values_, &rotated_, &staging_keys_, &staging_values_, &from_, &until_,
-        &rope_positions_, &query_positions_, &src_rows_, &dst_rows_}) {
+        &rope_positions_, &query_positions_, &src_rows_, &dst_rows_, &task_logits_, &task_lse_,
+        &task_out_}) {
     bytes += b->bytes();
   }
   return bytes;
@@ -147,18 +148,54 @@ absl::Status CudaSparseKMemory::TokenScores(const DeviceSegmentLayerInput& in) {
   const int64_t n = in.n_tokens, G = n_kv_heads_;
   s_.token_scores.assign(n * G, 0.0f);
   if (scorer_ != nullptr) {
+    if (scorer_w_.bytes() == 0) {  // the scorer's fp32 weights, once
+      for (auto [host, dev] :
+           {std::pair{&scorer_->w, &scorer_w_}, std::pair{&scorer_->b, &scorer_b_},
+            std::pair{&scorer_->slope, &scorer_slope_}}) {
+        LONGREAD_RETURN_IF_ERROR(Reserve(*dev, static_cast<int64_t>(host->size() * 4)));
+        LONGREAD_RETURN_IF_ERROR(cu::Upload(*ctx_, host->data(), dev->bytes(), dev->as<void>()));
+      }
+    }
+    const int64_t lh = int64_t{in.layer} * G;
+    LONGREAD_RETURN_IF_ERROR(Reserve(task_out_, n * G * 4));
     LONGREAD_RETURN_IF_ERROR(
-        DownloadFloats(*ctx_, in.x_norm, n * model_.d_model, s_.bits, s_.x_norm));
-    s_.query_positions.resize(n);
-    for (int64_t i = 0; i < n; ++i) s_.query_positions[i] = next_position_ + i;
-    ScoreTokens(*scorer_, in.layer, s_.x_norm.data(), n, s_.query_positions.data(),
-                s_.token_scores.data());
+        cu::LinearScores(*ctx_, scorer_w_.as<float>() + lh * model_.d_model,
+                         scorer_b_.as<float>() + lh, scorer_slope_.as<float>() + lh, in.x_norm, n,
+                         G, model_.d_model, next_position_, task_out_.as<float>()));
+    LONGREAD_RETURN_IF_ERROR(
+        cu::Download(*ctx_, task_out_.as<void>(), n * G * 4, s_.token_scores.data()));
   }
   if (n_task_ > 0 && config_.task_weight != 0.0f && !task_queries_.empty()) {
-    LONGREAD_RETURN_IF_ERROR(
-        DownloadFloats(*ctx_, in.k, n * G * model_.head_dim, s_.bits, s_.keys));
-    AddTaskTerm(config_, model_, task_queries_[in.layer].data(), n_task_, s_.keys.data(), n,
-                s_.token_scores.data(), s_.task_logits, s_.task_lse);
+    // The task term on the device (the segment's keys stay there); only [n][G] terms come back.
+    const int64_t H = model_.n_heads, d = model_.head_dim, rows = n_task_ * (H / G);
+    if (task_queries_dev_.empty()) {
+      for (const std::vector<float>& layer : task_queries_) {
+        auto b = cu::DeviceBuffer::Allocate(static_cast<int64_t>(layer.size() * sizeof(float)));
+        if (!b.ok()) return b.status();
+        LONGREAD_RETURN_IF_ERROR(cu::Upload(*ctx_, layer.data(), b->bytes(), b->as<void>()));
+        task_queries_dev_.push_back(std::move(*b));
+      }
+    }
+    LONGREAD_RETURN_IF_ERROR(Reserve(task_logits_, G * rows * n * 4));
+    LONGREAD_RETURN_IF_ERROR(Reserve(task_lse_, G * rows * 4));
+    LONGREAD_RETURN_IF_ERROR(Reserve(task_out_, n * G * 4));
+    cu::TaskTermArgs a;
+    a.task_queries = task_queries_dev_[in.layer].as<float>();
+    a.k = in.k;
+    a.n = n;
+    a.n_task = n_task_;
+    a.n_heads = H;
+    a.n_kv_heads = G;
+    a.head_dim = d;
+    a.max_dot = config_.task_score == TaskScore::kMaxDot;
+    a.weight = config_.task_weight;
+    a.logits = task_logits_.as<float>();
+    a.lse = task_lse_.as<float>();
+    a.out = task_out_.as<float>();
+    LONGREAD_RETURN_IF_ERROR(cu::TaskTerm(*ctx_, a));
+    s_.keys.resize(n * G);
+    LONGREAD_RETURN_IF_ERROR(cu::Download(*ctx_, task_out_.as<void>(), n * G * 4, s_.keys.data()));
+    for (int64_t i = 0; i < n * G; ++i) s_.token_scores[i] += s_.keys[i];
   }
   return absl::OkStatus();
 }
@@ -444,6 +481,7 @@ absl::Status CudaSparseKMemory::Rewind(int64_t position) {
 void CudaSparseKMemory::SetTaskQueries(std::vector<std::vector<float>> queries, int64_t n_task) {
   task_queries_ = std::move(queries);
   n_task_ = n_task;
+  task_queries_dev_.clear();  // uploaded at the next segment
 }
 
 absl::Status CudaSparseKMemory::ExportTo(MemorySnapshot* snapshot) {

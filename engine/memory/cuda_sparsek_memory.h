@@ -9,11 +9,15 @@
 //   values, the compaction after eviction (row copies into a spare buffer, then a swap) and the
 //   staging of evicted rows for the archive. Keys and values are what is large (30 layers x
 //   3 heads x ~3K slots x 64 x 2 x 2 bytes ≈ 66 MB): they never cross the bus while reading.
-// - Host: the token scores (the scorer on the attention-norm output, the task term on the
-//   segment's un-rotated keys, both copied back per layer: one segment's x_norm and keys, a few
-//   MB), the block selection and exit times (SelectSegmentKeys, the CPU memory's own code, on a
-//   few thousand scores per head), and each slot's position and score. Computing the selection
-//   with the CPU's code on the same scores is what makes both memories select the same slots.
+// - Device, small: the task term of each new key's score (kernels/cuda TaskTerm: the CPU's
+//   AddTaskTerm in the same operation order, so the scores agree to the last bit of exp/log).
+//   On the host it cost ~10 ms per layer-segment, 90% of the reading time (bench/gpu/NOTES.md).
+// - Device, small: the scorer (kernels/cuda LinearScores: ScoreTokens in its operation order on
+//   the bf16 attention-norm output), so only [n][G] scores cross the bus per layer.
+// - Host: the block selection and exit times
+//   (SelectSegmentKeys, the CPU memory's own code, on a few thousand scores per head), and each
+//   slot's position and score. Computing the selection with the CPU's code on the same scores is
+//   what makes both memories select the same slots.
 // - Host, synchronously for now: evicted rows are downloaded (staged on the device first) and
 //   put into the BlockArchive as fp32, as the CPU memory puts them; snapshots download and
 //   upload every slot. Neither is overlapped with the next layer yet (issue 19, item 2).
@@ -107,12 +111,14 @@ class CudaSparseKMemory : public DeviceAttentionMemory {
   kernels::cuda::DeviceBuffer rope_positions_;                 // int64 [G][n_keys]
   kernels::cuda::DeviceBuffer query_positions_;                // int64 [n][G]
   kernels::cuda::DeviceBuffer src_rows_, dst_rows_;            // int32 row lists
+  std::vector<kernels::cuda::DeviceBuffer> task_queries_dev_;  // per layer, fp32
+  kernels::cuda::DeviceBuffer task_logits_, task_lse_, task_out_;
+  kernels::cuda::DeviceBuffer scorer_w_, scorer_b_, scorer_slope_;  // fp32, all layers
 
   // Host scratch reused across layers and segments.
   struct Scratch {
     std::vector<float> token_scores, x_norm, keys;
     std::vector<uint16_t> bits;
-    std::vector<float> task_logits, task_lse;
     std::vector<int32_t> from, until, src_rows, dst_rows, evicted_rows;
     std::vector<uint8_t> keep;
     std::vector<int64_t> rope_positions, query_positions, slots;

@@ -1,8 +1,8 @@
 // The SparseK memory on the GPU against the CPU memory (the reference).
-// 1. Fed the same segments (fresh random bf16 queries, keys and values; scores from a random task
-//    term, so not tied), both select exactly the same slots after every segment, archive the same
-//    blocks, export the same snapshot, recall the same blocks back, and attend within 1e-2
-//    relative error (bf16).
+// 1. Fed the same segments (fresh random bf16 queries, keys, values and attention-norm outputs;
+//    scores from a random linear scorer and a random task term, so not tied), both select exactly
+//    the same slots after every segment, archive the same blocks, export the same snapshot, recall
+//    the same blocks back, and attend within 1e-2 relative error (bf16).
 // 2. The real model reading real text through the memory on the GPU (CudaLlamaModel + this
 //    memory, bf16, the default scorer) against the CPU engine (fp32, SparseKMemory): next-token
 //    distributions within mean KL 1e-2 nats over the whole document, eviction included.
@@ -87,8 +87,15 @@ TEST(CudaSparseKMemoryTest, SelectsTheSameSlotsAsTheCpuMemory) {
   auto ctx = cu::Context::Create();
   ASSERT_TRUE(ctx.ok()) << ctx.status();
   std::mt19937 rng(19);
-  SparseKMemory cpu(model, config, nullptr);
-  auto gpu = CudaSparseKMemory::Create(ctx->get(), model, config, nullptr);
+  // A random linear scorer (small weights: the task term and the scorer both matter).
+  ScorerWeights weights =
+      ZeroScorerWeights("test", model.n_layers, model.n_kv_heads, model.d_model);
+  weights.w = RandomBf16Values(rng, static_cast<int64_t>(weights.w.size()), 0.05f);
+  weights.b = RandomBf16Values(rng, static_cast<int64_t>(weights.b.size()), 0.5f);
+  weights.slope = RandomBf16Values(rng, static_cast<int64_t>(weights.slope.size()), 1e-3f);
+  auto scorer = std::make_shared<const ScorerWeights>(std::move(weights));
+  SparseKMemory cpu(model, config, scorer);
+  auto gpu = CudaSparseKMemory::Create(ctx->get(), model, config, scorer);
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   std::vector<std::vector<float>> task(model.n_layers);
   for (auto& t : task) t = RandomBf16Values(rng, n_task * H * d, 1.0f);
@@ -105,16 +112,22 @@ TEST(CudaSparseKMemoryTest, SelectsTheSameSlotsAsTheCpuMemory) {
       std::vector<float> q = RandomBf16Values(rng, len * H * d, 1.0f);
       const std::vector<float> k = RandomBf16Values(rng, len * G * d, 1.0f);
       const std::vector<float> v = RandomBf16Values(rng, len * G * d, 1.0f);
+      const std::vector<float> x = RandomBf16Values(rng, len * model.d_model, 1.0f);
+      cu::DeviceBuffer x_dev = UploadVector(**ctx, ToBits(x));
       cu::DeviceBuffer q_dev = UploadVector(**ctx, ToBits(q));
       cu::DeviceBuffer k_dev = UploadVector(**ctx, ToBits(k));
       cu::DeviceBuffer v_dev = UploadVector(**ctx, ToBits(v));
       auto out_dev = cu::DeviceBuffer::Allocate(len * H * d * 2);
       ASSERT_TRUE(out_dev.ok());
       std::vector<float> want(len * H * d);
-      SegmentLayerInput in{l, len, q.data(), k.data(), v.data(), nullptr};
+      SegmentLayerInput in{l, len, q.data(), k.data(), v.data(), x.data()};
       ASSERT_TRUE(cpu.AttendAndUpdate(in, want.data(), &pool).ok());
-      DeviceSegmentLayerInput din{
-          l, len, q_dev.as<cu::Bf16>(), k_dev.as<cu::Bf16>(), v_dev.as<cu::Bf16>(), nullptr};
+      DeviceSegmentLayerInput din{l,
+                                  len,
+                                  q_dev.as<cu::Bf16>(),
+                                  k_dev.as<cu::Bf16>(),
+                                  v_dev.as<cu::Bf16>(),
+                                  x_dev.as<cu::Bf16>()};
       const absl::Status s = (*gpu)->AttendAndUpdate(din, out_dev->as<cu::Bf16>());
       ASSERT_TRUE(s.ok()) << s;
       std::vector<uint16_t> bits(len * H * d);
@@ -153,7 +166,7 @@ TEST(CudaSparseKMemoryTest, SelectsTheSameSlotsAsTheCpuMemory) {
     EXPECT_EQ(gpu_snap.heads[h].scores, cpu_snap.heads[h].scores);
   }
   // A fresh device memory restored from the CPU's snapshot holds the same slots.
-  auto restored = CudaSparseKMemory::Create(ctx->get(), model, config, nullptr);
+  auto restored = CudaSparseKMemory::Create(ctx->get(), model, config, scorer);
   ASSERT_TRUE(restored.ok());
   ASSERT_TRUE((*restored)->ImportFrom(cpu_snap).ok());
   MemorySnapshot round_trip;
