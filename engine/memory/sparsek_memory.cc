@@ -65,6 +65,143 @@ uint64_t MemoryConfig::Hash() const {
   return h;
 }
 
+absl::Status SelectSegmentKeys(const MemoryConfig& config, bool frozen, int64_t P, int64_t n,
+                               std::span<const int64_t> positions, std::span<const float> scores,
+                               const float* token_scores, int64_t token_stride, int32_t* from,
+                               int32_t* until, uint8_t* keep, BlockSelection& sel) {
+  const int64_t M = static_cast<int64_t>(positions.size());
+  const int64_t w = config.window;
+  const int64_t B = config.block_tokens;
+  const int32_t k_blocks = static_cast<int32_t>(std::min<int64_t>(config.top_k / B, kForever - 1));
+  if (config.is_dense() || frozen) {
+    sel.join.clear();
+    // Nothing is ever evicted: every key stays visible from its own query on. (The general
+    // path below computes the same intervals, at O((M + n) log) per layer and head.) A frozen
+    // memory is in its answer phase: what it holds (recalled blocks included) stays visible to
+    // the question and the answer.
+    std::fill(from, from + M, 0);
+    for (int64_t j = 0; j < n; ++j) from[M + j] = static_cast<int32_t>(j);
+    std::fill(until, until + M + n, kForever);
+    std::fill(keep, keep + M + n, uint8_t{1});
+    return absl::OkStatus();
+  }
+
+  // Candidates for the top-k are whole blocks of B consecutive positions, in age order (ties
+  // keep the older block). A block joins when its last position leaves the window; until then
+  // all its keys stay visible (the window is block-aligned), afterwards until it is pushed out.
+  sel.join.clear();
+  sel.scores.clear();
+  sel.block_size.clear();
+  sel.key_block.assign(M + n, -1);
+  int64_t current_block = -1;
+  int32_t current_cand = -1;
+  auto classify = [&](int64_t key, int64_t position, int32_t first_query, float score) {
+    from[key] = first_query;
+    if (position < config.sinks) {
+      until[key] = kForever;
+      keep[key] = 1;
+      return;
+    }
+    const int64_t block = position / B;
+    if (block != current_block) {
+      current_block = block;
+      const int64_t join = (block + 1) * B - 1 + w - P;  // query where the block leaves the window
+      current_cand = -1;
+      if (join <= n) {
+        current_cand = static_cast<int32_t>(sel.join.size());
+        sel.join.push_back(static_cast<int32_t>(std::max<int64_t>(join, 0)));
+        sel.scores.push_back(config.block_score == BlockScore::kMax ? score : 0.0f);
+        sel.block_size.push_back(0);
+      }
+    }
+    if (current_cand < 0) {  // in the window for the rest of this segment and the next query
+      until[key] = kForever;
+      keep[key] = 1;
+      return;
+    }
+    sel.key_block[key] = current_cand;
+    float& block_score = sel.scores[current_cand];
+    block_score =
+        config.block_score == BlockScore::kMax ? std::max(block_score, score) : block_score + score;
+    ++sel.block_size[current_cand];
+  };
+  for (int64_t c = 0; c < M; ++c) classify(c, positions[c], 0, scores[c]);
+  for (int64_t j = 0; j < n; ++j) {
+    classify(M + j, P + j, static_cast<int32_t>(j), token_scores[j * token_stride]);
+  }
+  const size_t n_cand = sel.join.size();
+  if (config.block_score == BlockScore::kMean) {
+    for (size_t c = 0; c < n_cand; ++c) sel.scores[c] /= static_cast<float>(sel.block_size[c]);
+  }
+  sel.exit.resize(n_cand);
+  if (n_cand > 0) {
+    if (auto st = kernels::TopKExitTimes(sel.scores, sel.join, k_blocks, sel.exit); !st.ok()) {
+      return st;
+    }
+  }
+  for (int64_t key = 0; key < M + n; ++key) {
+    const int32_t c = sel.key_block[key];
+    if (c < 0) continue;
+    until[key] = sel.exit[c];
+    keep[key] = sel.exit[c] == kForever;
+  }
+  return absl::OkStatus();
+}
+
+void AddTaskTerm(const MemoryConfig& config, const ModelConfig& model, const float* tq,
+                 int64_t n_task, const float* k, int64_t n, float* scores,
+                 std::vector<float>& logits, std::vector<float>& lse) {
+  if (n_task == 0 || config.task_weight == 0.0f) return;
+  const int64_t d = model.head_dim, G = model.n_kv_heads, H = model.n_heads, group = H / G;
+  const int64_t rows = n_task * group;
+  const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
+  logits.resize(rows * n);
+  lse.resize(rows);
+  for (int64_t g = 0; g < G; ++g) {
+    // logits[r][j]: task query r (task token x query head of this group) against key j.
+    for (int64_t t = 0; t < n_task; ++t) {
+      for (int64_t h = 0; h < group; ++h) {
+        const float* q = tq + (t * H + g * group + h) * d;
+        float* row = logits.data() + (t * group + h) * n;
+        for (int64_t j = 0; j < n; ++j) {
+          const float* key = k + (j * G + g) * d;
+          float dot = 0.0f;
+          for (int64_t e = 0; e < d; ++e) dot += q[e] * key[e];
+          row[j] = dot * inv_sqrt_d;
+        }
+      }
+    }
+    if (config.task_score == TaskScore::kMaxDot) {
+      for (int64_t j = 0; j < n; ++j) {
+        float best = -std::numeric_limits<float>::infinity();
+        for (int64_t r = 0; r < rows; ++r) best = std::max(best, logits[r * n + j]);
+        scores[j * G + g] += config.task_weight * best;
+      }
+      continue;
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = logits.data() + r * n;
+      const float top = *std::max_element(row, row + n);
+      double sum = 0;
+      for (int64_t j = 0; j < n; ++j) sum += std::exp(static_cast<double>(row[j] - top));
+      lse[r] = top + static_cast<float>(std::log(sum));
+    }
+    const float log_uniform = std::log(static_cast<float>(n)) - std::log(static_cast<float>(rows));
+    for (int64_t j = 0; j < n; ++j) {
+      float top = -std::numeric_limits<float>::infinity();
+      for (int64_t r = 0; r < rows; ++r) {
+        top = std::max(top, logits[r * n + j] - lse[r]);
+      }
+      double sum = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        sum += std::exp(static_cast<double>(logits[r * n + j] - lse[r] - top));
+      }
+      scores[j * G + g] +=
+          config.task_weight * (top + static_cast<float>(std::log(sum)) + log_uniform);
+    }
+  }
+}
+
 SparseKMemory::SparseKMemory(const ModelConfig& model, const MemoryConfig& config,
                              std::shared_ptr<const ScorerWeights> scorer)
     : model_(model),
@@ -108,7 +245,6 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
   const int32_t H = model_.n_heads;
   const int32_t group = H / G;
   const int64_t P = next_position_;
-  const int64_t w = config_.window;
   const int64_t B = config_.block_tokens;
   const int32_t k_blocks = static_cast<int32_t>(std::min<int64_t>(config_.top_k / B, kForever - 1));
   if (n <= 0 || n >= kForever / 4) {
@@ -153,97 +289,31 @@ absl::Status SparseKMemory::AttendAndUpdate(const SegmentLayerInput& in, float* 
     int32_t* until = s_.until.data() + g * n_keys;
     uint8_t* keep = s_.keep.data() + g * n_keys;
 
-    if (config_.is_dense() || frozen_) {
-      // Nothing is ever evicted: every key stays visible from its own query on. (The general
-      // path below computes the same intervals, at O((M + n) log) per layer and head.) A frozen
-      // memory is in its answer phase: what it holds (recalled blocks included) stays visible to
-      // the question and the answer.
-      std::fill(from, from + M, 0);
-      for (int64_t j = 0; j < n; ++j) from[M + j] = static_cast<int32_t>(j);
-      std::fill(until, until + M + n, kForever);
-      std::fill(keep, keep + M + n, uint8_t{1});
-      continue;
+    if (auto st = SelectSegmentKeys(config_, frozen_, P, n, hm.positions, hm.scores,
+                                    s_.token_scores.data() + g, G, from, until, keep, s_.sel);
+        !st.ok()) {
+      return st;
     }
-
-    // Candidates for the top-k are whole blocks of B consecutive positions, in age order (ties
-    // keep the older block). A block joins when its last position leaves the window; until then
-    // all its keys stay visible (the window is block-aligned), afterwards until it is pushed out.
-    s_.join.clear();
-    s_.scores.clear();
-    s_.block_size.clear();
-    s_.key_block.assign(M + n, -1);
-    int64_t current_block = -1;
-    int32_t current_cand = -1;
-    auto classify = [&](int64_t key, int64_t position, int32_t first_query, float score) {
-      from[key] = first_query;
-      if (position < config_.sinks) {
-        until[key] = kForever;
-        keep[key] = 1;
-        return;
-      }
-      const int64_t block = position / B;
-      if (block != current_block) {
-        current_block = block;
-        const int64_t join =
-            (block + 1) * B - 1 + w - P;  // query where the block leaves the window
-        current_cand = -1;
-        if (join <= n) {
-          current_cand = static_cast<int32_t>(s_.join.size());
-          s_.join.push_back(static_cast<int32_t>(std::max<int64_t>(join, 0)));
-          s_.scores.push_back(config_.block_score == BlockScore::kMax ? score : 0.0f);
-          s_.block_size.push_back(0);
-        }
-      }
-      if (current_cand < 0) {  // in the window for the rest of this segment and the next query
-        until[key] = kForever;
-        keep[key] = 1;
-        return;
-      }
-      s_.key_block[key] = current_cand;
-      float& block_score = s_.scores[current_cand];
-      block_score = config_.block_score == BlockScore::kMax ? std::max(block_score, score)
-                                                            : block_score + score;
-      ++s_.block_size[current_cand];
-    };
-    for (int64_t c = 0; c < M; ++c) classify(c, hm.positions[c], 0, hm.scores[c]);
-    for (int64_t j = 0; j < n; ++j) {
-      classify(M + j, P + j, static_cast<int32_t>(j), s_.token_scores[j * G + g]);
-    }
-    const size_t n_cand = s_.join.size();
-    if (config_.block_score == BlockScore::kMean) {
-      for (size_t c = 0; c < n_cand; ++c) s_.scores[c] /= static_cast<float>(s_.block_size[c]);
-    }
-    s_.exit.resize(n_cand);
-    if (n_cand > 0) {
-      if (auto st = kernels::TopKExitTimes(s_.scores, s_.join, k_blocks, s_.exit); !st.ok()) {
-        return st;
-      }
-    }
-    for (int64_t key = 0; key < M + n; ++key) {
-      const int32_t c = s_.key_block[key];
-      if (c < 0) continue;
-      until[key] = s_.exit[c];
-      keep[key] = s_.exit[c] == kForever;
-    }
+    const size_t n_cand = s_.sel.join.size();
     if (soft && n_cand > 0) {
       // Candidates join in age order, so the joins are non-decreasing and τ of every prefix of
       // them is τ for the queries from that join on.
       s_.tau_prefix.resize(n_cand);
-      if (auto st = kernels::SparseKPrefixThresholds(s_.scores, static_cast<double>(k_blocks),
+      if (auto st = kernels::SparseKPrefixThresholds(s_.sel.scores, static_cast<double>(k_blocks),
                                                      s_.tau_prefix);
           !st.ok()) {
         return st;
       }
       size_t joined = 0;
       for (int64_t i = 0; i < n; ++i) {
-        while (joined < n_cand && s_.join[joined] <= i) ++joined;
+        while (joined < n_cand && s_.sel.join[joined] <= i) ++joined;
         if (joined > 0) s_.tau[i * G + g] = static_cast<float>(s_.tau_prefix[joined - 1]);
       }
       for (int64_t key = 0; key < M + n; ++key) {
-        const int32_t c = s_.key_block[key];
+        const int32_t c = s_.sel.key_block[key];
         if (c < 0) continue;
-        s_.gate_from[g * n_keys + key] = s_.join[c];
-        s_.gate_score[g * n_keys + key] = s_.scores[c];
+        s_.gate_from[g * n_keys + key] = s_.sel.join[c];
+        s_.gate_score[g * n_keys + key] = s_.sel.scores[c];
       }
     }
   }
@@ -488,55 +558,8 @@ void SparseKMemory::SetTaskQueries(std::vector<std::vector<float>> queries, int6
 
 void SparseKMemory::AddTaskScores(const SegmentLayerInput& in, float* scores) {
   if (n_task_ == 0 || config_.task_weight == 0.0f || task_queries_.empty()) return;
-  const int64_t d = model_.head_dim, G = n_kv_heads_, H = model_.n_heads, group = H / G;
-  const int64_t n = in.n_tokens, rows = n_task_ * group;
-  const float* tq = task_queries_[in.layer].data();  // [n_task][H][d], un-rotated
-  const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
-  s_.task_logits.resize(rows * n);
-  s_.task_lse.resize(rows);
-  for (int64_t g = 0; g < G; ++g) {
-    // logits[r][j]: task query r (task token x query head of this group) against key j.
-    for (int64_t t = 0; t < n_task_; ++t) {
-      for (int64_t h = 0; h < group; ++h) {
-        const float* q = tq + (t * H + g * group + h) * d;
-        float* row = s_.task_logits.data() + (t * group + h) * n;
-        for (int64_t j = 0; j < n; ++j) {
-          const float* key = in.k + (j * G + g) * d;
-          float dot = 0.0f;
-          for (int64_t e = 0; e < d; ++e) dot += q[e] * key[e];
-          row[j] = dot * inv_sqrt_d;
-        }
-      }
-    }
-    if (config_.task_score == TaskScore::kMaxDot) {
-      for (int64_t j = 0; j < n; ++j) {
-        float best = -std::numeric_limits<float>::infinity();
-        for (int64_t r = 0; r < rows; ++r) best = std::max(best, s_.task_logits[r * n + j]);
-        scores[j * G + g] += config_.task_weight * best;
-      }
-      continue;
-    }
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* row = s_.task_logits.data() + r * n;
-      const float top = *std::max_element(row, row + n);
-      double sum = 0;
-      for (int64_t j = 0; j < n; ++j) sum += std::exp(static_cast<double>(row[j] - top));
-      s_.task_lse[r] = top + static_cast<float>(std::log(sum));
-    }
-    const float log_uniform = std::log(static_cast<float>(n)) - std::log(static_cast<float>(rows));
-    for (int64_t j = 0; j < n; ++j) {
-      float top = -std::numeric_limits<float>::infinity();
-      for (int64_t r = 0; r < rows; ++r) {
-        top = std::max(top, s_.task_logits[r * n + j] - s_.task_lse[r]);
-      }
-      double sum = 0;
-      for (int64_t r = 0; r < rows; ++r) {
-        sum += std::exp(static_cast<double>(s_.task_logits[r * n + j] - s_.task_lse[r] - top));
-      }
-      scores[j * G + g] +=
-          config_.task_weight * (top + static_cast<float>(std::log(sum)) + log_uniform);
-    }
-  }
+  AddTaskTerm(config_, model_, task_queries_[in.layer].data(), n_task_, in.k, in.n_tokens, scores,
+              s_.task_logits, s_.task_lse);
 }
 
 void SparseKMemory::ExportTo(MemorySnapshot* snapshot) const {

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -90,6 +91,27 @@ struct MemoryConfig {
   uint64_t Hash() const;
 };
 
+// The selection of one (layer, KV head) for one segment: for its M held slots (positions,
+// scores) followed by the segment's n keys (positions P.., scores token_scores[j *
+// token_stride]), each key's visibility [from, until) among the segment's queries and whether it
+// stays (keep). Shared by SparseKMemory and the device memory (cuda_sparsek_memory.h), so both
+// select the same slots from the same scores.
+struct BlockSelection {
+  std::vector<int32_t> join, exit, key_block, block_size;  // per candidate block; per key
+  std::vector<float> scores;                               // per candidate block
+};
+absl::Status SelectSegmentKeys(const MemoryConfig& config, bool frozen, int64_t P, int64_t n,
+                               std::span<const int64_t> positions, std::span<const float> scores,
+                               const float* token_scores, int64_t token_stride, int32_t* from,
+                               int32_t* until, uint8_t* keep, BlockSelection& sel);
+
+// Adds the task term (MemoryConfig::task_weight, task_score) of `task_queries` ([n_task][n_heads]
+// [head_dim], un-rotated, one layer) to scores[j][g] of the n keys k ([n][n_kv_heads][head_dim],
+// un-rotated). logits and lse are scratch.
+void AddTaskTerm(const MemoryConfig& config, const ModelConfig& model, const float* task_queries,
+                 int64_t n_task, const float* k, int64_t n, float* scores,
+                 std::vector<float>& logits, std::vector<float>& lse);
+
 class SparseKMemory : public AttentionMemory {
  public:
   // `scorer` may be null: every key then scores 0 and ties keep the oldest keys.
@@ -166,7 +188,8 @@ class SparseKMemory : public AttentionMemory {
   struct Scratch {
     std::vector<float> scores, token_scores;
     std::vector<const float*> k_heads, v_heads;
-    std::vector<int32_t> from, until, join, exit, cand, key_block, block_size;
+    std::vector<int32_t> from, until, cand;
+    BlockSelection sel;
     std::vector<int64_t> rope_pos, query_pos;
     std::vector<float> q_group;
     std::vector<float> task_logits, task_lse;

@@ -171,23 +171,17 @@ absl::Status CudaLlamaModel::Forward(std::span<const int32_t> tokens, Cache& cac
                                      std::vector<float>* logits) {
   const ModelConfig& c = config_;
   const int64_t n = static_cast<int64_t>(tokens.size());
-  if (n == 0) return absl::InvalidArgumentError("cuda model: empty segment");
-  for (int32_t t : tokens) {
-    if (t < 0 || t >= c.vocab_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("cuda model: token id ", t, " outside the vocabulary"));
-    }
-  }
   const int64_t P = cache.length, n_keys = P + n;
   if (n_keys > cache.capacity) {
     return absl::ResourceExhaustedError(absl::StrCat("cuda model: the cache holds ", cache.capacity,
                                                      " tokens, ", n_keys, " needed"));
   }
+  if (n == 0) return absl::InvalidArgumentError("cuda model: empty segment");
   LONGREAD_RETURN_IF_ERROR(EnsureWorkspace(n, n_keys));
   cu::Context& ctx = *ctx_;
-  const int64_t d = c.d_model, H = c.n_heads, G = c.n_kv_heads, hd = c.head_dim;
+  const int64_t H = c.n_heads, G = c.n_kv_heads, hd = c.head_dim;
 
-  // Per segment (not per op): the token ids, their positions and the dense causal intervals.
+  // Per segment (not per op): the positions and the dense causal intervals.
   std::vector<int64_t> positions(n);
   for (int64_t i = 0; i < n; ++i) positions[i] = P + i;
   std::vector<int32_t> from(G * n_keys), until(G * n_keys, INT32_MAX);
@@ -196,23 +190,11 @@ absl::Status CudaLlamaModel::Forward(std::span<const int32_t> tokens, Cache& cac
       from[g * n_keys + j] = static_cast<int32_t>(std::max<int64_t>(0, j - P));
     }
   }
-  LONGREAD_RETURN_IF_ERROR(cu::Upload(ctx, tokens.data(), n * 4, ws_.tokens.as<void>()));
   LONGREAD_RETURN_IF_ERROR(cu::Upload(ctx, positions.data(), n * 8, ws_.positions.as<void>()));
   LONGREAD_RETURN_IF_ERROR(cu::Upload(ctx, from.data(), G * n_keys * 4, ws_.from.as<void>()));
   LONGREAD_RETURN_IF_ERROR(cu::Upload(ctx, until.data(), G * n_keys * 4, ws_.until.as<void>()));
-
-  float* hidden = ws_.hidden.as<float>();
-  Bf16* x = ws_.x.as<Bf16>();
   const kernels::RopeStyle rope = KernelRope(c.rope_style);
-  LONGREAD_RETURN_IF_ERROR(
-      cu::EmbeddingGather(ctx, embedding_, ws_.tokens.as<int32_t>(), n, hidden));
-  for (int32_t l = 0; l < c.n_layers; ++l) {
-    const Layer& L = layers_[l];
-    LONGREAD_RETURN_IF_ERROR(cu::AddRmsNorm(ctx, hidden, l == 0 ? nullptr : ws_.ffn_out.as<Bf16>(),
-                                            L.attn_norm.as<float>(), n, d, c.rms_eps, x));
-    LONGREAD_RETURN_IF_ERROR(cu::MatMul(ctx, L.wq, x, n, ws_.q.as<Bf16>()));
-    LONGREAD_RETURN_IF_ERROR(cu::MatMul(ctx, L.wk, x, n, ws_.k.as<Bf16>()));
-    LONGREAD_RETURN_IF_ERROR(cu::MatMul(ctx, L.wv, x, n, ws_.v.as<Bf16>()));
+  auto attend = [&](int32_t l) -> absl::Status {
     // A dense cache never moves a key, so each key is rotated once, at its own position, before
     // it joins the cache (the SparseK memory re-rotates at attention time instead).
     LONGREAD_RETURN_IF_ERROR(cu::Rope(ctx, ws_.q.as<Bf16>(), 1, n, H, hd,
@@ -237,7 +219,59 @@ absl::Status CudaLlamaModel::Forward(std::span<const int32_t> tokens, Cache& cac
     a.kv_head_stride = cache.capacity;
     a.scale = 1.0f / std::sqrt(static_cast<float>(hd));
     a.out = ws_.attn.as<Bf16>();
-    LONGREAD_RETURN_IF_ERROR(cu::Attention(ctx, a));
+    return cu::Attention(ctx, a);
+  };
+  LONGREAD_RETURN_IF_ERROR(RunLayers(tokens, mode, logits, attend));
+  cache.length = n_keys;
+  return absl::OkStatus();
+}
+
+absl::Status CudaLlamaModel::Forward(std::span<const int32_t> tokens, DeviceAttentionMemory& memory,
+                                     LogitsMode mode, std::vector<float>* logits) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n == 0) return absl::InvalidArgumentError("cuda model: empty segment");
+  LONGREAD_RETURN_IF_ERROR(EnsureWorkspace(n, 0));
+  auto attend = [&](int32_t l) -> absl::Status {
+    DeviceSegmentLayerInput in;
+    in.layer = l;
+    in.n_tokens = n;
+    in.q = ws_.q.as<Bf16>();
+    in.k = ws_.k.as<Bf16>();
+    in.v = ws_.v.as<Bf16>();
+    in.x_norm = ws_.x.as<Bf16>();
+    return memory.AttendAndUpdate(in, ws_.attn.as<Bf16>());
+  };
+  LONGREAD_RETURN_IF_ERROR(RunLayers(tokens, mode, logits, attend));
+  memory.EndSegment(n);
+  return absl::OkStatus();
+}
+
+absl::Status CudaLlamaModel::RunLayers(std::span<const int32_t> tokens, LogitsMode mode,
+                                       std::vector<float>* logits,
+                                       const std::function<absl::Status(int32_t layer)>& attend) {
+  const ModelConfig& c = config_;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  for (int32_t t : tokens) {
+    if (t < 0 || t >= c.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cuda model: token id ", t, " outside the vocabulary"));
+    }
+  }
+  cu::Context& ctx = *ctx_;
+  const int64_t d = c.d_model;
+  LONGREAD_RETURN_IF_ERROR(cu::Upload(ctx, tokens.data(), n * 4, ws_.tokens.as<void>()));
+  float* hidden = ws_.hidden.as<float>();
+  Bf16* x = ws_.x.as<Bf16>();
+  LONGREAD_RETURN_IF_ERROR(
+      cu::EmbeddingGather(ctx, embedding_, ws_.tokens.as<int32_t>(), n, hidden));
+  for (int32_t l = 0; l < c.n_layers; ++l) {
+    const Layer& L = layers_[l];
+    LONGREAD_RETURN_IF_ERROR(cu::AddRmsNorm(ctx, hidden, l == 0 ? nullptr : ws_.ffn_out.as<Bf16>(),
+                                            L.attn_norm.as<float>(), n, d, c.rms_eps, x));
+    LONGREAD_RETURN_IF_ERROR(cu::MatMul(ctx, L.wq, x, n, ws_.q.as<Bf16>()));
+    LONGREAD_RETURN_IF_ERROR(cu::MatMul(ctx, L.wk, x, n, ws_.k.as<Bf16>()));
+    LONGREAD_RETURN_IF_ERROR(cu::MatMul(ctx, L.wv, x, n, ws_.v.as<Bf16>()));
+    LONGREAD_RETURN_IF_ERROR(attend(l));
     LONGREAD_RETURN_IF_ERROR(cu::MatMul(ctx, L.wo, ws_.attn.as<Bf16>(), n, ws_.proj.as<Bf16>()));
     LONGREAD_RETURN_IF_ERROR(cu::AddRmsNorm(ctx, hidden, ws_.proj.as<Bf16>(),
                                             L.ffn_norm.as<float>(), n, d, c.rms_eps, x));
@@ -248,7 +282,6 @@ absl::Status CudaLlamaModel::Forward(std::span<const int32_t> tokens, Cache& cac
     LONGREAD_RETURN_IF_ERROR(
         cu::MatMul(ctx, L.down, ws_.gate.as<Bf16>(), n, ws_.ffn_out.as<Bf16>()));
   }
-  cache.length = n_keys;
   if (mode == LogitsMode::kNone) {
     LONGREAD_RETURN_IF_ERROR(cu::AddResidual(ctx, hidden, ws_.ffn_out.as<Bf16>(), n * d));
     return ctx.Synchronize();

@@ -1,11 +1,12 @@
 // The model on the GPU: a LlamaModel's weights resident on the device (dequantized once to
-// bf16), and a forward pass of one segment over device buffers with a dense device KV cache.
-// The first piece of the CUDA backend (issue 19): the CPU LlamaModel stays the reference; the
-// SparseK memory (scorer, selection, eviction, archive) is not on the device yet, so this reads
-// with a dense cache, which is the CPU engine's MemoryConfig::Dense().
+// bf16), and a forward pass of one segment over device buffers, attending either through a dense
+// device KV cache or through a DeviceAttentionMemory (the SparseK memory on the device,
+// engine/memory/cuda_sparsek_memory.h): the twin of the CPU's AttentionMemory seam. The CPU
+// LlamaModel stays the reference.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -15,6 +16,26 @@
 #include "kernels/cuda/cuda_ops.h"
 
 namespace longread::engine {
+
+// One layer's view of a segment, on the device (bf16): AttentionMemory's SegmentLayerInput.
+struct DeviceSegmentLayerInput {
+  int32_t layer = 0;
+  int64_t n_tokens = 0;
+  kernels::cuda::Bf16* q = nullptr;        // [n][n_heads][head_dim], un-rotated; rotated in place
+  const kernels::cuda::Bf16* k = nullptr;  // [n][n_kv_heads][head_dim], un-rotated
+  const kernels::cuda::Bf16* v = nullptr;  // [n][n_kv_heads][head_dim]
+  const kernels::cuda::Bf16* x_norm = nullptr;  // [n][d_model]: the attention-norm output
+};
+
+// AttentionMemory over device buffers: attends, then folds the segment's keys into the memory.
+class DeviceAttentionMemory {
+ public:
+  virtual ~DeviceAttentionMemory() = default;
+  virtual absl::Status AttendAndUpdate(const DeviceSegmentLayerInput& in,
+                                       kernels::cuda::Bf16* out) = 0;
+  virtual void EndSegment(int64_t n_tokens) = 0;
+  virtual int64_t next_position() const = 0;
+};
 
 class CudaLlamaModel {
  public:
@@ -34,6 +55,11 @@ class CudaLlamaModel {
   // keys and values to `cache`. `logits` receives 0, 1 or tokens.size() rows, as in LlamaModel.
   absl::Status Forward(std::span<const int32_t> tokens, Cache& cache, LogitsMode mode,
                        std::vector<float>* logits);
+  // The same through `memory`, which attends and absorbs the segment (then EndSegment).
+  absl::Status Forward(std::span<const int32_t> tokens, DeviceAttentionMemory& memory,
+                       LogitsMode mode, std::vector<float>* logits);
+
+  const ModelConfig& config() const { return config_; }
 
  private:
   struct Layer {
@@ -49,6 +75,10 @@ class CudaLlamaModel {
   CudaLlamaModel(const ModelConfig& config, kernels::cuda::Context* ctx)
       : config_(config), ctx_(ctx) {}
   absl::Status EnsureWorkspace(int64_t n_tokens, int64_t n_keys);
+  // Every layer with `attend(layer)` reading ws_.q/k/v/x and writing ws_.attn, then the logits.
+  absl::Status RunLayers(std::span<const int32_t> tokens, LogitsMode mode,
+                         std::vector<float>* logits,
+                         const std::function<absl::Status(int32_t layer)>& attend);
 
   ModelConfig config_;
   kernels::cuda::Context* ctx_;

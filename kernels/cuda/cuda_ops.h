@@ -116,6 +116,40 @@ absl::Status Rope(Context& ctx, Bf16* x, int64_t n_outer, int64_t n_tokens, int6
 absl::Status ScatterHeads(Context& ctx, const Bf16* src, int64_t n_tokens, int64_t n_heads,
                           int64_t head_dim, int64_t capacity, int64_t slot0, Bf16* dst);
 
+// dst[dst_rows[r]][.] = src[src_rows[r]][.] for r < n_rows, rows of row_elems values: a
+// memory's slots moving on the device (append, compaction, staging of evicted rows). The rows
+// written must not be read by the same call. Row lists are device int32 arrays.
+absl::Status CopyRows(Context& ctx, const Bf16* src, const int32_t* src_rows, Bf16* dst,
+                      const int32_t* dst_rows, int64_t n_rows, int64_t row_elems);
+// Device-to-device copy and zero fill of `bytes`, on the context's stream.
+absl::Status CopyDevice(Context& ctx, const void* src, int64_t bytes, void* dst);
+absl::Status ZeroDevice(Context& ctx, void* dst, int64_t bytes);
+
+// The task term of engine/memory's AddTaskTerm on the device, in the host code's operation
+// order (no FMA contraction; double sums in order), so the terms equal the host's but for the
+// last bit of exp/log: out[j][g] = the term to add to key j's score for KV head g.
+// task_queries: [n_task][n_heads][head_dim] fp32; k: [n][n_kv_heads][head_dim] bf16 (un-rotated);
+// logits: n_kv_heads * rows * n floats and lse: n_kv_heads * rows floats of scratch, rows =
+// n_task * n_heads / n_kv_heads. max_dot: TaskScore::kMaxDot, else kSegmentMass.
+struct TaskTermArgs {
+  const float* task_queries = nullptr;
+  const Bf16* k = nullptr;
+  int64_t n = 0, n_task = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  bool max_dot = false;
+  float weight = 0;
+  float* logits = nullptr;
+  float* lse = nullptr;
+  float* out = nullptr;
+};
+absl::Status TaskTerm(Context& ctx, const TaskTermArgs& args);
+
+// The linear importance scorer (engine/scorer ScoreTokens) on the device, in its operation order:
+// out[t][h] = w[h].x[t] + b[h] + slope[h] * (first_position + t) for x [n][d] bf16, w [heads][d],
+// b and slope [heads] fp32 on the device.
+absl::Status LinearScores(Context& ctx, const float* w, const float* b, const float* slope,
+                          const Bf16* x, int64_t n, int64_t heads, int64_t d,
+                          int64_t first_position, float* out);
+
 // out = silu(gate) * up in fp32, stored as bf16. out may alias gate or up.
 absl::Status SiluMul(Context& ctx, const Bf16* gate, const Bf16* up, int64_t n, Bf16* out);
 

@@ -104,6 +104,17 @@ __global__ void ScatterHeadsKernel(const __nv_bfloat16* src, int64_t n_tokens, i
   dst[(g * capacity + slot0 + t) * head_dim + d] = src[idx];
 }
 
+// dst row dst_rows[r] = src row src_rows[r], rows of row_elems bf16 (a memory's slots moving:
+// append, compaction, staging of evicted rows). One thread per element.
+__global__ void CopyRowsKernel(const __nv_bfloat16* src, const int32_t* src_rows,
+                               __nv_bfloat16* dst, const int32_t* dst_rows, int64_t n_rows,
+                               int64_t row_elems) {
+  const int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (idx >= n_rows * row_elems) return;
+  const int64_t r = idx / row_elems, e = idx % row_elems;
+  dst[int64_t{dst_rows[r]} * row_elems + e] = src[int64_t{src_rows[r]} * row_elems + e];
+}
+
 __global__ void SiluMulKernel(const __nv_bfloat16* gate, const __nv_bfloat16* up, int64_t n,
                               __nv_bfloat16* out) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
@@ -196,6 +207,14 @@ cudaError_t ScatterHeads(const uint16_t* src, int64_t n_tokens, int64_t n_heads,
                          int64_t capacity, int64_t slot0, uint16_t* dst, cudaStream_t stream) {
   ScatterHeadsKernel<<<Blocks(n_tokens * n_heads * head_dim), kThreads, 0, stream>>>(
       B(src), n_tokens, n_heads, head_dim, capacity, slot0, B(dst));
+  return cudaGetLastError();
+}
+
+cudaError_t CopyRows(const uint16_t* src, const int32_t* src_rows, uint16_t* dst,
+                     const int32_t* dst_rows, int64_t n_rows, int64_t row_elems,
+                     cudaStream_t stream) {
+  CopyRowsKernel<<<Blocks(n_rows * row_elems), kThreads, 0, stream>>>(B(src), src_rows, B(dst),
+                                                                      dst_rows, n_rows, row_elems);
   return cudaGetLastError();
 }
 

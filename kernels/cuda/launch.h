@@ -25,12 +25,32 @@ cudaError_t Rope(uint16_t* x, int64_t n_outer, int64_t n_tokens, int64_t n_heads
 inline constexpr int64_t kMaxRopeHeadDim = 512;
 cudaError_t ScatterHeads(const uint16_t* src, int64_t n_tokens, int64_t n_heads, int64_t head_dim,
                          int64_t capacity, int64_t slot0, uint16_t* dst, cudaStream_t stream);
+cudaError_t CopyRows(const uint16_t* src, const int32_t* src_rows, uint16_t* dst,
+                     const int32_t* dst_rows, int64_t n_rows, int64_t row_elems,
+                     cudaStream_t stream);
 cudaError_t SiluMul(const uint16_t* gate, const uint16_t* up, int64_t n, uint16_t* out,
                     cudaStream_t stream);
 cudaError_t ArgMax(const float* logits, int64_t n_rows, int64_t vocab, int32_t* out,
                    cudaStream_t stream);
 cudaError_t FloatToBf16(const float* in, int64_t n, uint16_t* out, cudaStream_t stream);
 cudaError_t Bf16ToFloat(const uint16_t* in, int64_t n, float* out, cudaStream_t stream);
+
+// The SparseK memory's task term (task.cu): scratch logits [n_kv][rows][n], lse [n_kv][rows]
+// (rows = n_task * n_heads / n_kv_heads); out [n][n_kv] receives the term to add to the scores.
+struct TaskTermLaunch {
+  const float* task_queries;  // [n_task][n_heads][head_dim]
+  const uint16_t* k;          // [n][n_kv_heads][head_dim] bf16
+  int64_t n, n_task, n_heads, n_kv_heads, head_dim;
+  bool max_dot;
+  float weight, inv_sqrt_d, log_uniform;
+  float* logits;
+  float* lse;
+  float* out;
+};
+cudaError_t TaskTerm(const TaskTermLaunch& a, cudaStream_t stream);
+cudaError_t LinearScores(const float* w, const float* b, const float* slope, const uint16_t* x,
+                         int64_t n, int64_t heads, int64_t d, int64_t first_position, float* out,
+                         cudaStream_t stream);
 
 // Attention (head_dim 64). `bounds` is scratch of AttentionBoundsBytes(n_kv_heads, n_keys).
 inline constexpr int kDefaultAttentionVariant = 0;

@@ -1,6 +1,7 @@
 // The checked API of cuda_ops.h over the launchers of the .cu files: shapes validated, every
 // launch's error turned into a Status naming the op.
 #include <climits>
+#include <cmath>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -82,6 +83,62 @@ absl::Status ScatterHeads(Context& ctx, const Bf16* src, int64_t n_tokens, int64
   if (n_tokens * n_heads * head_dim <= 0) return absl::OkStatus();
   LONGREAD_CUDA_RETURN_IF_ERROR(
       launch::ScatterHeads(src, n_tokens, n_heads, head_dim, capacity, slot0, dst, Stream(ctx)));
+  return absl::OkStatus();
+}
+
+absl::Status CopyRows(Context& ctx, const Bf16* src, const int32_t* src_rows, Bf16* dst,
+                      const int32_t* dst_rows, int64_t n_rows, int64_t row_elems) {
+  if (n_rows * row_elems <= 0) return absl::OkStatus();
+  LONGREAD_CUDA_RETURN_IF_ERROR(
+      launch::CopyRows(src, src_rows, dst, dst_rows, n_rows, row_elems, Stream(ctx)));
+  return absl::OkStatus();
+}
+
+absl::Status CopyDevice(Context& ctx, const void* src, int64_t bytes, void* dst) {
+  if (bytes <= 0) return absl::OkStatus();
+  LONGREAD_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes), cudaMemcpyDeviceToDevice, Stream(ctx)));
+  return absl::OkStatus();
+}
+
+absl::Status ZeroDevice(Context& ctx, void* dst, int64_t bytes) {
+  if (bytes <= 0) return absl::OkStatus();
+  LONGREAD_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(dst, 0, static_cast<size_t>(bytes), Stream(ctx)));
+  return absl::OkStatus();
+}
+
+absl::Status TaskTerm(Context& ctx, const TaskTermArgs& a) {
+  if (a.n <= 0 || a.n_task <= 0 || a.n_kv_heads <= 0 || a.head_dim <= 0 ||
+      a.n_heads % a.n_kv_heads != 0) {
+    return absl::InvalidArgumentError("cuda::TaskTerm: bad shape");
+  }
+  launch::TaskTermLaunch l;
+  l.task_queries = a.task_queries;
+  l.k = a.k;
+  l.n = a.n;
+  l.n_task = a.n_task;
+  l.n_heads = a.n_heads;
+  l.n_kv_heads = a.n_kv_heads;
+  l.head_dim = a.head_dim;
+  l.max_dot = a.max_dot;
+  l.weight = a.weight;
+  // As the host computes them (engine/memory/sparsek_memory.cc).
+  l.inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(a.head_dim));
+  const int64_t rows = a.n_task * (a.n_heads / a.n_kv_heads);
+  l.log_uniform = std::log(static_cast<float>(a.n)) - std::log(static_cast<float>(rows));
+  l.logits = a.logits;
+  l.lse = a.lse;
+  l.out = a.out;
+  LONGREAD_CUDA_RETURN_IF_ERROR(launch::TaskTerm(l, Stream(ctx)));
+  return absl::OkStatus();
+}
+
+absl::Status LinearScores(Context& ctx, const float* w, const float* b, const float* slope,
+                          const Bf16* x, int64_t n, int64_t heads, int64_t d,
+                          int64_t first_position, float* out) {
+  if (n <= 0 || heads <= 0 || d <= 0) return absl::InvalidArgumentError("cuda::LinearScores");
+  LONGREAD_CUDA_RETURN_IF_ERROR(
+      launch::LinearScores(w, b, slope, x, n, heads, d, first_position, out, Stream(ctx)));
   return absl::OkStatus();
 }
 

@@ -1,0 +1,212 @@
+// Reading a real document on the GPU through the whole product path of a segment: the real
+// model (CudaLlamaModel, bf16) and the SparseK memory on the device (CudaSparseKMemory: scorer,
+// task term, selection, eviction, archive writes), with the product defaults of `longread run`
+// (segment 2048, sinks 4, k 2048, window 1024, blocks of 32, the default scorer, a task). Prints
+// and writes tokens/s and device memory per length; with --compare N, also the CPU engine on the
+// first N tokens and the mean KL of the two engines' next-token distributions.
+//
+//   memory_read_bench --model M.gguf --scorer M.lrscorer --text FILE [--tokens 32768,131072]
+//                     [--archive 1] [--compare 0] [--json PATH]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "engine/memory/cuda_sparsek_memory.h"
+#include "engine/memory/runner.h"
+#include "engine/model/cuda_llama_model.h"
+#include "engine/tokenizer/tokenizer.h"
+
+namespace longread {
+namespace {
+
+namespace cu = kernels::cuda;
+using engine::CudaLlamaModel;
+using engine::CudaSparseKMemory;
+
+double Seconds(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+}
+
+double MeanKl(const std::vector<float>& p_all, const std::vector<float>& q_all, int64_t vocab) {
+  const int64_t rows = static_cast<int64_t>(p_all.size()) / vocab;
+  double total = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* p = &p_all[r * vocab];
+    const float* q = &q_all[r * vocab];
+    double pm = p[0], qm = q[0];
+    for (int64_t i = 1; i < vocab; ++i)
+      pm = std::max<double>(pm, p[i]), qm = std::max<double>(qm, q[i]);
+    double ps = 0, qs = 0;
+    for (int64_t i = 0; i < vocab; ++i) ps += std::exp(p[i] - pm), qs += std::exp(q[i] - qm);
+    const double pz = pm + std::log(ps), qz = qm + std::log(qs);
+    double kl = 0;
+    for (int64_t i = 0; i < vocab; ++i) {
+      const double lp = p[i] - pz, lq = q[i] - qz;
+      kl += std::exp(lp) * (lp - lq);
+    }
+    total += kl;
+  }
+  return total / std::max<int64_t>(rows, 1);
+}
+
+int Main(int argc, char** argv) {
+  std::string model_path, scorer_path, text_path, json, tokens_arg = "32768,131072";
+  bool archive = true;
+  int64_t compare = 0;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--model") model_path = value;
+    if (flag == "--scorer") scorer_path = value;
+    if (flag == "--text") text_path = value;
+    if (flag == "--tokens") tokens_arg = value;
+    if (flag == "--json") json = value;
+    if (flag == "--archive") archive = value != "0";
+    if (flag == "--compare") compare = std::stoll(value);
+  }
+  auto file = engine::ModelFile::Open(model_path);
+  if (!file.ok()) return std::fprintf(stderr, "%s\n", file.status().ToString().c_str()), 1;
+  auto model = engine::LlamaModel::Load(std::move(*file));
+  if (!model.ok()) return std::fprintf(stderr, "%s\n", model.status().ToString().c_str()), 1;
+  const engine::ModelConfig& c = (*model)->config();
+  auto weights = engine::LoadScorerWeights(scorer_path, (*model)->fingerprint(), c.n_layers,
+                                           c.n_kv_heads, c.d_model);
+  if (!weights.ok()) return std::fprintf(stderr, "%s\n", weights.status().ToString().c_str()), 1;
+  auto scorer = std::make_shared<const engine::ScorerWeights>(std::move(*weights));
+  auto tokenizer = engine::Tokenizer::Create((*model)->file().tokenizer());
+  if (!tokenizer.ok()) return 1;
+  std::ifstream in(text_path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::vector<int32_t> text = (*tokenizer)->Encode(ss.str(), false);
+  if (text.empty()) return std::fprintf(stderr, "empty text\n"), 1;
+  const std::vector<int32_t> task =
+      (*tokenizer)->Encode("What does the document say about the license terms?", false);
+
+  // The product defaults (longread run): RunnerConfig's, blocks of 32.
+  engine::RunnerConfig config;
+  config.memory.block_tokens = 32;
+  kernels::ThreadPool pool(16);
+  // The task's query vectors come from the CPU engine (one short forward pass), as in a job.
+  engine::RecurrentRunner task_runner(model->get(), config, scorer, &pool);
+  if (!task_runner.SetTask(task).ok()) return 1;
+  const auto& task_queries = task_runner.memory().task_queries();
+  const int64_t n_task = static_cast<int64_t>(task.size());
+
+  auto ctx = cu::Context::Create();
+  if (!ctx.ok()) return std::fprintf(stderr, "%s\n", ctx.status().ToString().c_str()), 4;
+  auto gpu_model = CudaLlamaModel::Create(**model, ctx->get());
+  if (!gpu_model.ok())
+    return std::fprintf(stderr, "%s\n", gpu_model.status().ToString().c_str()), 1;
+  cudaDeviceProp prop;
+  cudaGetDeviceProperties(&prop, 0);
+
+  std::string rows;
+  for (const auto& part : absl::StrSplit(tokens_arg, ',')) {
+    int64_t n = 0;
+    if (!absl::SimpleAtoi(part, &n) || n <= 0) continue;
+    std::vector<int32_t> ids;
+    while (static_cast<int64_t>(ids.size()) < n) ids.insert(ids.end(), text.begin(), text.end());
+    ids.resize(n);
+    auto memory = CudaSparseKMemory::Create(ctx->get(), c, config.memory, scorer);
+    if (!memory.ok()) return std::fprintf(stderr, "%s\n", memory.status().ToString().c_str()), 1;
+    (*memory)->SetTaskQueries(task_queries, n_task);
+    engine::InMemoryBlockArchive store(c.n_layers, c.n_kv_heads, c.head_dim);
+    if (archive) (*memory)->set_archive(&store);
+    std::vector<float> logits;
+    const auto start = std::chrono::steady_clock::now();
+    for (int64_t at = 0; at < n; at += config.segment_tokens) {
+      const std::span<const int32_t> segment(ids.data() + at,
+                                             std::min<int64_t>(config.segment_tokens, n - at));
+      const engine::LogitsMode mode =
+          at + config.segment_tokens >= n ? engine::LogitsMode::kLast : engine::LogitsMode::kNone;
+      if (auto s = (*gpu_model)->Forward(segment, **memory, mode, &logits); !s.ok()) {
+        return std::fprintf(stderr, "%s\n", s.ToString().c_str()), 1;
+      }
+    }
+    const double seconds = Seconds(start);
+    size_t free_bytes = 0, total_bytes = 0;
+    cudaMemGetInfo(&free_bytes, &total_bytes);
+    const double used_gib = static_cast<double>(total_bytes - free_bytes) / (1 << 30);
+    std::printf(
+        "read %lld tokens: %.3f s, %.0f tokens/s, device memory in use %.2f GiB (memory %.1f MB), "
+        "archive %.1f MB%s\n",
+        static_cast<long long>(n), seconds, n / seconds, used_gib,
+        (*memory)->resident_bytes() / 1e6, store.stored_bytes() / 1e6, archive ? "" : " (off)");
+    if (!rows.empty()) rows += ",";
+    rows += "{\"tokens\":" + std::to_string(n) + ",\"seconds\":" + std::to_string(seconds) +
+            ",\"tokens_per_s\":" + std::to_string(n / seconds) +
+            ",\"device_gib_in_use\":" + std::to_string(used_gib) +
+            ",\"archive\":" + (archive ? "true" : "false") +
+            ",\"archive_mb\":" + std::to_string(store.stored_bytes() / 1e6) + "}";
+  }
+
+  std::string comparison = "null";
+  if (compare > 0) {
+    std::vector<int32_t> ids(text.begin(), text.begin() + std::min<int64_t>(compare, text.size()));
+    const int64_t n = static_cast<int64_t>(ids.size());
+    engine::RecurrentRunner cpu(model->get(), config, scorer, &pool);
+    if (!cpu.SetTask(task).ok()) return 1;
+    std::vector<float> cpu_logits, gpu_logits, part;
+    const auto cpu_start = std::chrono::steady_clock::now();
+    if (auto s = cpu.ReadWithLogits(ids, &cpu_logits); !s.ok()) return 1;
+    const double cpu_seconds = Seconds(cpu_start);
+    auto memory = CudaSparseKMemory::Create(ctx->get(), c, config.memory, scorer);
+    (*memory)->SetTaskQueries(task_queries, n_task);
+    for (int64_t at = 0; at < n; at += config.segment_tokens) {
+      const std::span<const int32_t> segment(ids.data() + at,
+                                             std::min<int64_t>(config.segment_tokens, n - at));
+      if (auto s = (*gpu_model)->Forward(segment, **memory, engine::LogitsMode::kAll, &part);
+          !s.ok()) {
+        return 1;
+      }
+      gpu_logits.insert(gpu_logits.end(), part.begin(), part.end());
+    }
+    int64_t same = 0, total = 0;
+    for (int32_t l = 0; l < c.n_layers; ++l) {
+      for (int32_t g = 0; g < c.n_kv_heads; ++g) {
+        const auto& want = cpu.memory().held(l, g).positions;
+        const auto& got = (*memory)->positions(l, g);
+        std::vector<int64_t> both;
+        std::set_intersection(want.begin(), want.end(), got.begin(), got.end(),
+                              std::back_inserter(both));
+        same += static_cast<int64_t>(both.size());
+        total += static_cast<int64_t>(want.size());
+      }
+    }
+    const double kl = MeanKl(cpu_logits, gpu_logits, c.vocab_size);
+    std::printf(
+        "compare %lld tokens: cpu %.1f s (16 threads), mean KL %.3g nats, slots in common "
+        "%lld/%lld\n",
+        static_cast<long long>(n), cpu_seconds, kl, static_cast<long long>(same),
+        static_cast<long long>(total));
+    comparison = "{\"tokens\":" + std::to_string(n) + ",\"mean_kl_nats\":" + std::to_string(kl) +
+                 ",\"cpu_seconds\":" + std::to_string(cpu_seconds) +
+                 ",\"slots_in_common\":" + std::to_string(same) +
+                 ",\"slots\":" + std::to_string(total) + "}";
+  }
+  if (!json.empty()) {
+    std::ofstream f(json);
+    f << "{\"device\":\"" << prop.name
+      << "\",\"config\":{\"segment_tokens\":" << config.segment_tokens
+      << ",\"sinks\":" << config.memory.sinks << ",\"top_k\":" << config.memory.top_k
+      << ",\"window\":" << config.memory.window
+      << ",\"block_tokens\":" << config.memory.block_tokens << ",\"task_tokens\":" << n_task
+      << "},\"reads\":[" << rows << "],\"cpu_comparison\":" << comparison << "}\n";
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace longread
+
+int main(int argc, char** argv) { return longread::Main(argc, argv); }

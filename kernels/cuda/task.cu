@@ -1,0 +1,133 @@
+// The task term of the SparseK memory's key scores (engine/memory/sparsek_memory.h AddTaskTerm)
+// on the device. Every sum runs in the host code's order with explicit rounding (no FMA
+// contraction, double sums of double exps), so the scores equal the host's up to the last bit
+// of exp/log, and both memories select the same blocks. The work is tiny (tens of task rows x
+// one segment); what matters is that the segment's keys never leave the device for it.
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <cstdint>
+
+#include "kernels/cuda/launch.h"
+
+namespace longread::kernels::cuda::launch {
+namespace {
+
+constexpr int kThreads = 256;
+unsigned Blocks(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+
+// logits[g][r][j] = (q_r . k_j) * inv_sqrt_d, r = (task token t, query head h of group g).
+__global__ void TaskLogitsKernel(const float* tq, const uint16_t* k, int64_t n, int64_t n_task,
+                                 int64_t n_heads, int64_t n_kv, int64_t d, float inv_sqrt_d,
+                                 float* logits) {
+  const int64_t group = n_heads / n_kv, rows = n_task * group;
+  const int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (idx >= n_kv * rows * n) return;
+  const int64_t j = idx % n, r = (idx / n) % rows, g = idx / (n * rows);
+  const int64_t t = r / group, h = r % group;
+  const float* q = tq + (t * n_heads + g * group + h) * d;
+  const uint16_t* key = k + (j * n_kv + g) * d;
+  float dot = 0.0f;
+  for (int64_t e = 0; e < d; ++e) {
+    const float kv = __uint_as_float(static_cast<uint32_t>(key[e]) << 16);
+    dot = __fadd_rn(dot, __fmul_rn(q[e], kv));
+  }
+  logits[idx] = __fmul_rn(dot, inv_sqrt_d);
+}
+
+// lse[g][r] = top + log(sum_j exp(row[j] - top)), summed in order as the host does.
+__global__ void TaskLseKernel(const float* logits, int64_t n, int64_t n_rows_total, float* lse) {
+  const int64_t row = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (row >= n_rows_total) return;
+  const float* x = logits + row * n;
+  float top = -FLT_MAX;
+  for (int64_t j = 0; j < n; ++j) top = fmaxf(top, x[j]);
+  double sum = 0;
+  for (int64_t j = 0; j < n; ++j) sum += exp(static_cast<double>(__fsub_rn(x[j], top)));
+  lse[row] = __fadd_rn(top, static_cast<float>(log(sum)));
+}
+
+// out[j][g] = weight * (max_r logits) (max-dot), or weight * (log of the mass the task's rows
+// give key j, relative to uniform) (segment mass).
+__global__ void TaskScoreKernel(const float* logits, const float* lse, int64_t n, int64_t rows,
+                                int64_t n_kv, bool max_dot, float weight, float log_uniform,
+                                float* out) {
+  const int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (idx >= n_kv * n) return;
+  const int64_t g = idx / n, j = idx % n;
+  const float* x = logits + g * rows * n;
+  const float* l = lse + g * rows;
+  float top = -INFINITY;
+  if (max_dot) {
+    for (int64_t r = 0; r < rows; ++r) top = fmaxf(top, x[r * n + j]);
+    out[j * n_kv + g] = __fmul_rn(weight, top);
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) top = fmaxf(top, __fsub_rn(x[r * n + j], l[r]));
+  double sum = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    sum += exp(static_cast<double>(__fsub_rn(__fsub_rn(x[r * n + j], l[r]), top)));
+  }
+  out[j * n_kv + g] =
+      __fmul_rn(weight, __fadd_rn(__fadd_rn(top, static_cast<float>(log(sum))), log_uniform));
+}
+
+// out[t][h] = w[h] . x[t] + b[h] + slope[h] * (first_position + t): engine/scorer ScoreTokens
+// with its eight partial sums, on the bf16 attention-norm output.
+__global__ void LinearScoresKernel(const float* w, const float* b, const float* slope,
+                                   const uint16_t* x, int64_t n, int64_t heads, int64_t d,
+                                   int64_t first_position, float* out) {
+  const int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (idx >= n * heads) return;
+  const int64_t t = idx / heads, h = idx % heads;
+  const float* wh = w + h * d;
+  const uint16_t* xt = x + t * d;
+  float acc[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= d; i += 8) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float xv = __uint_as_float(static_cast<uint32_t>(xt[i + j]) << 16);
+      acc[j] = __fadd_rn(acc[j], __fmul_rn(wh[i + j], xv));
+    }
+  }
+  for (; i < d; ++i) {
+    const float xv = __uint_as_float(static_cast<uint32_t>(xt[i]) << 16);
+    acc[i % 8] = __fadd_rn(acc[i % 8], __fmul_rn(wh[i], xv));
+  }
+  float dot = __fadd_rn(__fadd_rn(__fadd_rn(acc[0], acc[1]), __fadd_rn(acc[2], acc[3])),
+                        __fadd_rn(__fadd_rn(acc[4], acc[5]), __fadd_rn(acc[6], acc[7])));
+  dot = __fadd_rn(dot, b[h]);
+  dot = __fadd_rn(dot, static_cast<float>(static_cast<double>(slope[h]) *
+                                          static_cast<double>(first_position + t)));
+  out[idx] = dot;
+}
+
+}  // namespace
+
+cudaError_t LinearScores(const float* w, const float* b, const float* slope, const uint16_t* x,
+                         int64_t n, int64_t heads, int64_t d, int64_t first_position, float* out,
+                         cudaStream_t stream) {
+  LinearScoresKernel<<<Blocks(n * heads), kThreads, 0, stream>>>(w, b, slope, x, n, heads, d,
+                                                                 first_position, out);
+  return cudaGetLastError();
+}
+
+cudaError_t TaskTerm(const TaskTermLaunch& a, cudaStream_t stream) {
+  const int64_t rows = a.n_task * (a.n_heads / a.n_kv_heads);
+  const int64_t total = a.n_kv_heads * rows * a.n;
+  TaskLogitsKernel<<<Blocks(total), kThreads, 0, stream>>>(a.task_queries, a.k, a.n, a.n_task,
+                                                           a.n_heads, a.n_kv_heads, a.head_dim,
+                                                           a.inv_sqrt_d, a.logits);
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  if (!a.max_dot) {
+    TaskLseKernel<<<Blocks(a.n_kv_heads * rows), kThreads, 0, stream>>>(a.logits, a.n,
+                                                                        a.n_kv_heads * rows, a.lse);
+    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  }
+  TaskScoreKernel<<<Blocks(a.n_kv_heads * a.n), kThreads, 0, stream>>>(
+      a.logits, a.lse, a.n, rows, a.n_kv_heads, a.max_dot, a.weight, a.log_uniform, a.out);
+  return cudaGetLastError();
+}
+
+}  // namespace longread::kernels::cuda::launch
