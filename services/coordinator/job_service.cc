@@ -127,14 +127,15 @@ absl::Status ResolveJobOptions(v1::JobOptions* o) {
     return absl::InvalidArgumentError("job options too large");
   }
   // The defaults of `longread run` (README.md).
-  if (o->memory_k() == 0) o->set_memory_k(2048);
+  // memory_k, sinks and top_p have meaningful zeros: only an unset field takes the default.
+  if (!o->has_memory_k()) o->set_memory_k(2048);
   if (o->window() == 0) o->set_window(1024);
-  if (o->sinks() == 0) o->set_sinks(4);
+  if (!o->has_sinks()) o->set_sinks(4);
   if (o->segment_tokens() == 0) o->set_segment_tokens(2048);
   if (o->block_tokens() == 0) o->set_block_tokens(32);
   if (!o->has_recall_blocks()) o->set_recall_blocks(4);
   if (o->max_new_tokens() == 0) o->set_max_new_tokens(256);
-  if (o->top_p() == 0) o->set_top_p(1);
+  if (!o->has_top_p()) o->set_top_p(1);
   return absl::OkStatus();
 }
 

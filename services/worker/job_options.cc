@@ -37,16 +37,16 @@ absl::StatusOr<engine::DocumentJobOptions> ToDocumentJobOptions(
     return absl::InvalidArgumentError("job options out of range");
   }
   engine::MemoryConfig& memory = options.runner.memory;
-  if (o.memory_k() > 0) memory.top_k = o.memory_k();
+  if (o.has_memory_k()) memory.top_k = o.memory_k();
   if (o.window() > 0) memory.window = o.window();
-  if (o.sinks() > 0) memory.sinks = static_cast<int32_t>(o.sinks());
+  if (o.has_sinks()) memory.sinks = static_cast<int32_t>(o.sinks());
   // `longread run`'s defaults for what the engine defaults differently.
   memory.block_tokens = o.block_tokens() > 0 ? o.block_tokens() : 32;
   options.recall.blocks = o.has_recall_blocks() ? o.recall_blocks() : 4;
   if (o.segment_tokens() > 0) options.runner.segment_tokens = o.segment_tokens();
   options.generate.max_new_tokens = o.max_new_tokens() > 0 ? o.max_new_tokens() : 256;
   options.generate.sampling.temperature = o.temperature();
-  options.generate.sampling.top_p = o.top_p() > 0 ? o.top_p() : 1.0f;
+  options.generate.sampling.top_p = o.has_top_p() ? o.top_p() : 1.0f;
   options.generate.sampling.seed = o.seed();
   // The rest of `longread run`'s options; unset keeps its defaults (the engine's, with
   // `longread run`'s block and recall settings above).

@@ -111,6 +111,31 @@ TEST(CliEmbeddedTest, EveryRunOptionReachesTheWorker) {
   auto dense_back = worker::ToDocumentJobOptions(dense_assignment);
   ASSERT_TRUE(dense_back.ok()) << dense_back.status();
   EXPECT_TRUE(dense_back->runner.memory.is_dense());
+
+  // Zeros that mean something (no selected keys, no sinks, top-p 0) are not taken for "unset"
+  // and replaced by the defaults on the way.
+  engine::DocumentJobOptions zeros;
+  zeros.runner.memory.top_k = 0;
+  zeros.runner.memory.sinks = 0;
+  zeros.generate.sampling.top_p = 0.0f;
+  v1::DocumentAssignment zeros_assignment;
+  ToServiceJob(zeros, zeros_assignment.mutable_task(), zeros_assignment.mutable_options());
+  ASSERT_TRUE(coordinator::ResolveJobOptions(zeros_assignment.mutable_options()).ok());
+  auto zeros_back = worker::ToDocumentJobOptions(zeros_assignment);
+  ASSERT_TRUE(zeros_back.ok()) << zeros_back.status();
+  EXPECT_EQ(zeros_back->runner.memory.top_k, 0);
+  EXPECT_EQ(zeros_back->runner.memory.sinks, 0);
+  EXPECT_EQ(zeros_back->generate.sampling.top_p, 0.0f);
+
+  // Unset fields still take `longread run`'s defaults.
+  v1::DocumentAssignment unset;
+  unset.mutable_task()->set_kind(v1::TASK_KIND_SUMMARIZE);
+  ASSERT_TRUE(coordinator::ResolveJobOptions(unset.mutable_options()).ok());
+  auto unset_back = worker::ToDocumentJobOptions(unset);
+  ASSERT_TRUE(unset_back.ok()) << unset_back.status();
+  EXPECT_EQ(unset_back->runner.memory.top_k, 2048);
+  EXPECT_EQ(unset_back->runner.memory.sinks, 4);
+  EXPECT_EQ(unset_back->generate.sampling.top_p, 1.0f);
 }
 
 TEST(CliEmbeddedTest, RunGoesThroughTheInProcessServiceAndAnswersAsTheEngine) {
