@@ -14,7 +14,8 @@
 # OMP_WAIT_POLICY yourself: the script sets it for each measurement.
 #
 # It installs llama-cpp-python (which compiles llama.cpp from source, minutes) into .venv-bench
-# when missing. Never in CI: the comparison is a developer's measurement, not a test.
+# when missing (LLAMA_CMAKE_ARGS: llama.cpp's CMake options, default -DGGML_NATIVE=OFF; delete
+# .venv-bench to rebuild an older install made with -march=native). Never in CI: the comparison is a developer's measurement, not a test.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -47,7 +48,10 @@ if ! "$py" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_
     2>/dev/null; then
   echo "installing llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION into .venv-bench (builds llama.cpp)"
   [ -x "$py" ] || python3 -m venv "$root/.venv-bench"
-  "$py" -m pip install "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" numpy
+  # Not -march=native: a machine may advertise AMX / AVX-512 that its sandbox does not let a
+  # process use (llama.cpp then dies of SIGILL); AVX2 is also the ISA of our own kernels here.
+  CMAKE_ARGS=${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=OFF} \
+    "$py" -m pip install --no-cache-dir "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" numpy
 fi
 
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGREAD_NATIVE=OFF \
