@@ -11,6 +11,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
 #include "services/cli/client_common.h"
+#include "services/common/metrics.h"
 
 namespace longread::services {
 namespace client {
@@ -448,30 +449,6 @@ int ExitCodeFor(const grpc::Status& status) {
   }
 }
 
-namespace {
-const char* CodeName(grpc::StatusCode code) {
-  static const char* const kNames[] = {"OK",
-                                       "CANCELLED",
-                                       "UNKNOWN",
-                                       "INVALID_ARGUMENT",
-                                       "DEADLINE_EXCEEDED",
-                                       "NOT_FOUND",
-                                       "ALREADY_EXISTS",
-                                       "PERMISSION_DENIED",
-                                       "RESOURCE_EXHAUSTED",
-                                       "FAILED_PRECONDITION",
-                                       "ABORTED",
-                                       "OUT_OF_RANGE",
-                                       "UNIMPLEMENTED",
-                                       "INTERNAL",
-                                       "UNAVAILABLE",
-                                       "DATA_LOSS",
-                                       "UNAUTHENTICATED"};
-  const int i = static_cast<int>(code);
-  return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN";
-}
-}  // namespace
-
 int ReportRpcError(const std::string& what, const grpc::Status& status,
                    const grpc::ClientContext* context) {
   std::string hint;
@@ -483,7 +460,8 @@ int ReportRpcError(const std::string& what, const grpc::Status& status,
     }
   }
   std::fprintf(stderr, "longread: %s failed: %s: %s%s\n", what.c_str(),
-               CodeName(status.error_code()), status.error_message().c_str(), hint.c_str());
+               std::string(services::GrpcCodeName(status.error_code())).c_str(),
+               status.error_message().c_str(), hint.c_str());
   return ExitCodeFor(status);
 }
 

@@ -17,6 +17,7 @@
 #include "engine/memory/recording_archive.h"
 #include "rocksdb/db.h"
 #include "services/common/log.h"
+#include "services/common/metrics.h"
 #include "services/worker/checkpoint_codec.h"
 #include "services/worker/job_options.h"
 
@@ -37,28 +38,6 @@ grpc::StatusCode ToGrpcCode(absl::StatusCode code) {
 
 grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(ToGrpcCode(status.code()), std::string(status.message()));
-}
-
-std::string CodeName(grpc::StatusCode code) {
-  static const char* const kNames[] = {"OK",
-                                       "CANCELLED",
-                                       "UNKNOWN",
-                                       "INVALID_ARGUMENT",
-                                       "DEADLINE_EXCEEDED",
-                                       "NOT_FOUND",
-                                       "ALREADY_EXISTS",
-                                       "PERMISSION_DENIED",
-                                       "RESOURCE_EXHAUSTED",
-                                       "FAILED_PRECONDITION",
-                                       "ABORTED",
-                                       "OUT_OF_RANGE",
-                                       "UNIMPLEMENTED",
-                                       "INTERNAL",
-                                       "UNAVAILABLE",
-                                       "DATA_LOSS",
-                                       "UNAUTHENTICATED"};
-  const int i = static_cast<int>(code);
-  return i >= 0 && i <= 16 ? kNames[i] : "UNKNOWN";
 }
 
 double Seconds(std::chrono::steady_clock::duration d) {
@@ -620,7 +599,7 @@ grpc::Status DocumentRun::Run() {
   if (!status.ok()) {
     LogEvent(
         status.error_code() == grpc::StatusCode::CANCELLED ? LogLevel::kInfo : LogLevel::kWarning,
-        "document_stopped", Field{"code", CodeName(status.error_code())},
+        "document_stopped", Field{"code", std::string(services::GrpcCodeName(status.error_code()))},
         Field{"error", status.error_message()}, Field{"tokens_read", std::to_string(tokens_read_)});
   }
   return status;
@@ -733,7 +712,7 @@ grpc::Status WorkerServiceImpl::RunDocument(
         {{"job_id", first.assignment().job_id()},
          {"document_index", std::to_string(first.assignment().document_index())},
          {"attempt", std::to_string(first.assignment().attempt())},
-         {"code", CodeName(admitted.error_code())},
+         {"code", std::string(services::GrpcCodeName(admitted.error_code()))},
          {"error", admitted.error_message()}});
     return admitted;
   }
