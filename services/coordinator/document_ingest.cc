@@ -16,86 +16,7 @@ namespace {
 
 constexpr size_t kReadSlice = 1 << 20;
 
-// The engine's chunked tokenizer: equal to Tokenizer::Encode of the whole text, holding at most
-// ~1 MiB whatever the document's size.
-class StreamingChunkEncoder : public ChunkEncoder {
- public:
-  explicit StreamingChunkEncoder(const engine::Tokenizer& tokenizer) : encoder_(tokenizer) {}
-  void Push(std::string_view text, std::vector<int32_t>* tokens) override {
-    encoder_.Push(text, tokens);
-  }
-  void Finish(std::vector<int32_t>* tokens) override { encoder_.Finish(tokens); }
-
- private:
-  engine::StreamingEncoder encoder_;
-};
-
 }  // namespace
-
-std::unique_ptr<ChunkEncoder> MakeChunkEncoder(const engine::Tokenizer& tokenizer) {
-  return std::make_unique<StreamingChunkEncoder>(tokenizer);
-}
-
-void Utf8Counter::Push(std::string_view bytes) {
-  if (carry_.empty()) {
-    Scan(bytes, false);
-    return;
-  }
-  std::string joined;
-  joined.swap(carry_);
-  joined.append(bytes);
-  Scan(joined, false);
-}
-
-void Utf8Counter::Finish() {
-  if (!carry_.empty()) {
-    std::string tail;
-    tail.swap(carry_);
-    Scan(tail, true);
-  }
-}
-
-void Utf8Counter::Scan(std::string_view s, bool final) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  size_t i = 0;
-  while (i < s.size()) {
-    const unsigned char c = p[i];
-    int need = 0;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    } else if (c >= 0xC2 && c <= 0xDF) {
-      need = 1;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      need = 2;
-      if (c == 0xE0) lo = 0xA0;
-      if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      need = 3;
-      if (c == 0xF0) lo = 0x90;
-      if (c == 0xF4) hi = 0x8F;
-    } else {
-      ++invalid_;
-      ++i;
-      continue;
-    }
-    size_t j = i + 1;
-    int got = 0;
-    while (got < need && j < s.size()) {
-      const unsigned char b = p[j];
-      if (b < (got == 0 ? lo : 0x80) || b > (got == 0 ? hi : 0xBF)) break;
-      ++j;
-      ++got;
-    }
-    if (got < need && j == s.size() && !final) {
-      carry_.assign(s.substr(i));  // undecided: the next slice may complete it
-      return;
-    }
-    if (got < need) ++invalid_;
-    i = j;
-  }
-}
 
 DocumentIngest::DocumentIngest(const engine::Tokenizer& tokenizer, JobStore* store,
                                std::string job_id, int32_t doc_index, std::string name,
@@ -105,7 +26,7 @@ DocumentIngest::DocumentIngest(const engine::Tokenizer& tokenizer, JobStore* sto
       doc_index_(doc_index),
       name_(std::move(name)),
       limits_(limits),
-      encoder_(MakeChunkEncoder(tokenizer)) {}
+      encoder_(tokenizer) {}
 
 absl::Status DocumentIngest::Append(std::string_view bytes) {
   if (bytes.empty()) return absl::OkStatus();
@@ -124,23 +45,21 @@ absl::Status DocumentIngest::Append(std::string_view bytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("document \"", name_, "\" is a binary file (NUL bytes)"));
   }
-  utf8_.Push(bytes);
-  encoder_->Push(bytes, &pending_);
+  encoder_.Push(bytes, &pending_);
   return Flush(false);
 }
 
 absl::Status DocumentIngest::Finish() {
-  utf8_.Finish();
   if (bytes_ == 0) {
     return absl::InvalidArgumentError(absl::StrCat("document \"", name_, "\" is empty"));
   }
+  encoder_.Finish(&pending_);
   // More than 1% invalid UTF-8 is not text that was damaged a little but a binary file.
-  if (!limits_.accept_binary && utf8_.invalid() * 100 > bytes_) {
+  if (!limits_.accept_binary && invalid_utf8() * 100 > bytes_) {
     return absl::InvalidArgumentError(absl::StrCat("document \"", name_, "\" is a binary file (",
-                                                   utf8_.invalid(), " invalid UTF-8 sequences in ",
+                                                   invalid_utf8(), " invalid UTF-8 sequences in ",
                                                    bytes_, " bytes)"));
   }
-  encoder_->Finish(&pending_);
   if (absl::Status s = Flush(true); !s.ok()) return s;
   if (tokens_written_ == 0) {
     return absl::InvalidArgumentError(absl::StrCat("document \"", name_, "\" has no tokens"));

@@ -13,33 +13,11 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/tokenizer/streaming_encoder.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "services/coordinator/job_store.h"
 
 namespace longread::coordinator {
-
-// Counts invalid UTF-8 exactly as engine::CountInvalidUtf8 does on the whole text, fed in
-// arbitrary slices (a character split across slices is carried over).
-class Utf8Counter {
- public:
-  void Push(std::string_view bytes);
-  void Finish();
-  int64_t invalid() const { return invalid_; }
-
- private:
-  void Scan(std::string_view bytes, bool final);
-  std::string carry_;
-  int64_t invalid_ = 0;
-};
-
-// Text slices in, tokens out, equal to tokenizing the whole text at once.
-class ChunkEncoder {
- public:
-  virtual ~ChunkEncoder() = default;
-  virtual void Push(std::string_view text, std::vector<int32_t>* tokens) = 0;
-  virtual void Finish(std::vector<int32_t>* tokens) = 0;
-};
-std::unique_ptr<ChunkEncoder> MakeChunkEncoder(const engine::Tokenizer& tokenizer);
 
 struct IngestLimits {
   int64_t max_document_bytes = int64_t{1} << 30;
@@ -62,7 +40,8 @@ class DocumentIngest {
 
   int64_t bytes() const { return bytes_; }
   int64_t tokens() const { return tokens_written_; }
-  int64_t invalid_utf8() const { return utf8_.invalid(); }
+  // Counted by the streaming tokenizer exactly as engine::CountInvalidUtf8 counts the whole text.
+  int64_t invalid_utf8() const { return encoder_.invalid_utf8_sequences(); }
   const std::string& name() const { return name_; }
 
  private:
@@ -73,8 +52,9 @@ class DocumentIngest {
   int32_t doc_index_;
   std::string name_;
   IngestLimits limits_;
-  std::unique_ptr<ChunkEncoder> encoder_;
-  Utf8Counter utf8_;
+  // Text slices in, tokens out, equal to tokenizing the whole text at once, holding ~1 MiB at
+  // most whatever the document's size.
+  engine::StreamingEncoder encoder_;
   std::vector<int32_t> pending_;
   int64_t chunks_written_ = 0;
   int64_t tokens_written_ = 0;

@@ -12,20 +12,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-TEST(Utf8CounterTest, EqualsTheWholeTextCountForEverySlicing) {
-  const std::string text =
-      "ok \xff caf\xc3\xa9 \xe2\x82 euro \xe2\x82\xac \xf0\x9f\x98\x80 \xf0\x9f\x98 \xed\xa0\x80 "
-      "\xc3 end \xe0\x80\xaf\xf4\x90\x80\x80";
-  const int64_t whole = engine::CountInvalidUtf8(text);
-  ASSERT_GT(whole, 3);
-  for (size_t slice = 1; slice <= text.size(); ++slice) {
-    Utf8Counter counter;
-    for (size_t at = 0; at < text.size(); at += slice) counter.Push(text.substr(at, slice));
-    counter.Finish();
-    EXPECT_EQ(counter.invalid(), whole) << "slices of " << slice;
-  }
-}
-
 class ServerPathTest : public ::testing::Test {
  protected:
   void SetUp() override {
