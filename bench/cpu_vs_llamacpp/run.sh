@@ -14,7 +14,7 @@
 # OMP_WAIT_POLICY yourself: the script sets it for each measurement.
 #
 # It installs llama-cpp-python (which compiles llama.cpp from source, minutes) into .venv-bench
-# when missing (LLAMA_CMAKE_ARGS: llama.cpp's CMake options, default -DGGML_NATIVE=OFF; delete
+# when missing (LLAMA_CMAKE_ARGS: llama.cpp's CMake options, default AVX2/FMA/F16C without -march=native; delete
 # .venv-bench to rebuild an older install made with -march=native). Never in CI: the comparison is a developer's measurement, not a test.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -49,8 +49,10 @@ if ! "$py" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_
   echo "installing llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION into .venv-bench (builds llama.cpp)"
   [ -x "$py" ] || python3 -m venv "$root/.venv-bench"
   # Not -march=native: a machine may advertise AMX / AVX-512 that its sandbox does not let a
-  # process use (llama.cpp then dies of SIGILL); AVX2 is also the ISA of our own kernels here.
-  CMAKE_ARGS=${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=OFF} \
+  # process use (llama.cpp then dies of SIGILL). AVX2 + FMA + F16C, named explicitly (GGML_NATIVE
+  # off alone builds a baseline without them, a peer at less than its best), is also the ISA of
+  # our own kernels here.
+  CMAKE_ARGS=${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON} \
     "$py" -m pip install --no-cache-dir "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" numpy
 fi
 
