@@ -27,8 +27,9 @@ engine::ArchivedBlock RandomBlock(std::mt19937* rng, int64_t n, int64_t block_id
     block.keys.push_back(normal(*rng));
     block.values.push_back(normal(*rng));
   }
-  // Keys that share a bf16 bucket with the extreme (the case the rebuild must get right).
-  block.keys[kHeadDim] = std::nextafter(block.keys[0], 100.0f);
+  // Keys that share a bf16 bucket with the extreme (the case the rebuild must get right); a
+  // block of one key has no second key to share it.
+  if (n > 1) block.keys[kHeadDim] = std::nextafter(block.keys[0], 100.0f);
   return block;
 }
 
