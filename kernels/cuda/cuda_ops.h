@@ -108,6 +108,7 @@ class SideStream {
   SideStream& operator=(const SideStream&) = delete;
   ~SideStream();
   void* get() const { return stream_; }  // the cudaStream_t
+  absl::Status Synchronize() const;      // no-op on a default-constructed one
 
  private:
   void* stream_ = nullptr;

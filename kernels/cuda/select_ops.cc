@@ -57,6 +57,12 @@ SideStream::~SideStream() {
   if (stream_ != nullptr) cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
 }
 
+absl::Status SideStream::Synchronize() const {
+  if (stream_ == nullptr) return absl::OkStatus();
+  LONGREAD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_)));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Event> Event::Create() {
   Event e;
   cudaEvent_t event = nullptr;
