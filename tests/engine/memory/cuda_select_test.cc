@@ -6,7 +6,9 @@
 // flags, RoPE and query positions, new slots, evicted keys in key order.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "engine/memory/sparsek_memory.h"
@@ -24,6 +26,12 @@ namespace cu = kernels::cuda;
     if (require != nullptr && std::string(require) == "1") FAIL() << "no CUDA device"; \
     GTEST_SKIP() << "no CUDA device";                                                  \
   }
+
+// LONGREAD_SELECT_TRIALS cuts the trials (for the sanitizers, which run each launch slowly).
+int Trials(int standard) {
+  const char* env = std::getenv("LONGREAD_SELECT_TRIALS");
+  return env != nullptr ? std::max(1, std::atoi(env)) : standard;
+}
 
 template <typename T>
 cu::DeviceBuffer Upload(cu::Context& ctx, const std::vector<T>& host) {
@@ -209,12 +217,13 @@ TEST(CudaSelectTest, EqualsTheCpuSelectionOnRandomInputs) {
   ASSERT_TRUE(ctx.ok()) << ctx.status();
   std::mt19937 rng(20261202);
   int64_t evicted = 0;
-  for (int trial = 0; trial < 150; ++trial) {
+  const int trials = Trials(150);
+  for (int trial = 0; trial < trials; ++trial) {
     RunTrial(**ctx, rng, /*tied=*/false, trial, &evicted);
     if (HasFatalFailure()) return;
   }
   EXPECT_GT(evicted, 0);
-  std::printf("[select] 150 random trials equal, %lld keys evicted\n",
+  std::printf("[select] %d random trials equal, %lld keys evicted\n", trials,
               static_cast<long long>(evicted));
 }
 
@@ -224,7 +233,8 @@ TEST(CudaSelectTest, TiedScoresKeepTheOlderBlockAsTheCpuDoes) {
   ASSERT_TRUE(ctx.ok()) << ctx.status();
   std::mt19937 rng(77);
   int64_t evicted = 0;
-  for (int trial = 0; trial < 100; ++trial) {
+  const int trials = Trials(100);
+  for (int trial = 0; trial < trials; ++trial) {
     RunTrial(**ctx, rng, /*tied=*/true, trial, &evicted);
     if (HasFatalFailure()) return;
   }
