@@ -19,7 +19,8 @@ def main(path):
     for r in read:
         name = re.sub(r"\(.*", "", r["Kernel Name"])
         value = float(r["Metric Value"].replace(",", ""))
-        scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}[r["Metric Unit"]]
+        scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3,
+                 "msecond": 1e3}[r["Metric Unit"]]
         total[name] += value * scale
         count[name] += 1
     n = len(segments)
