@@ -222,7 +222,9 @@ TEST(CudaSelectTest, EqualsTheCpuSelectionOnRandomInputs) {
     RunTrial(**ctx, rng, /*tied=*/false, trial, &evicted);
     if (HasFatalFailure()) return;
   }
-  if (trials >= 20) EXPECT_GT(evicted, 0);
+  if (trials >= 20) {
+    EXPECT_GT(evicted, 0);
+  }
   std::printf("[select] %d random trials equal, %lld keys evicted\n", trials,
               static_cast<long long>(evicted));
 }
@@ -239,7 +241,9 @@ TEST(CudaSelectTest, TiedScoresKeepTheOlderBlockAsTheCpuDoes) {
     if (HasFatalFailure()) return;
   }
   // A handful of trials (the sanitizers' runs) may evict nothing; a full run must.
-  if (trials >= 20) EXPECT_GT(evicted, 0);
+  if (trials >= 20) {
+    EXPECT_GT(evicted, 0);
+  }
 }
 
 }  // namespace
