@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/half.h"
@@ -62,9 +63,25 @@ CudaSparseKMemory::CudaSparseKMemory(cu::Context* ctx, const ModelConfig& model,
       config_(config),
       scorer_(std::move(scorer)),
       n_kv_heads_(model.n_kv_heads),
+      counts_(static_cast<size_t>(model.n_layers) * model.n_kv_heads, 0),
+      counts_pending_(model.n_layers, 0),
       meta_(static_cast<size_t>(model.n_layers) * model.n_kv_heads),
+      meta_valid_(model.n_layers, 1),
       keys_(model.n_layers),
-      values_(model.n_layers) {}
+      values_(model.n_layers),
+      positions_(model.n_layers),
+      scores_(model.n_layers) {}
+
+CudaSparseKMemory::~CudaSparseKMemory() {
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (writer_.joinable()) writer_.join();
+  side_.Synchronize().IgnoreError();
+  ctx_->Synchronize().IgnoreError();
+}
 
 absl::StatusOr<std::unique_ptr<CudaSparseKMemory>> CudaSparseKMemory::Create(
     cu::Context* ctx, const ModelConfig& model, const MemoryConfig& config,
@@ -78,6 +95,7 @@ absl::StatusOr<std::unique_ptr<CudaSparseKMemory>> CudaSparseKMemory::Create(
     return absl::UnimplementedError("cuda memory: only head_dim 64 has an attention kernel");
   }
   std::unique_ptr<CudaSparseKMemory> m(new CudaSparseKMemory(ctx, model, config, scorer));
+  LONGREAD_RETURN_IF_ERROR(m->Init());
   if (!config.is_dense()) {
     LONGREAD_RETURN_IF_ERROR(
         m->EnsureCapacity(config.sinks + config.top_k + config.window + config.block_tokens));
@@ -85,20 +103,108 @@ absl::StatusOr<std::unique_ptr<CudaSparseKMemory>> CudaSparseKMemory::Create(
   return m;
 }
 
+absl::Status CudaSparseKMemory::Init() {
+  const int64_t slots = static_cast<int64_t>(counts_.size());
+  auto counts = cu::DeviceBuffer::Allocate(slots * 4);
+  if (!counts.ok()) return counts.status();
+  counts_dev_ = std::move(*counts);
+  LONGREAD_RETURN_IF_ERROR(cu::ZeroDevice(*ctx_, counts_dev_.as<void>(), slots * 4));
+  auto pinned = cu::PinnedBuffer::Allocate(slots * 4);
+  if (!pinned.ok()) return pinned.status();
+  counts_pinned_ = std::move(*pinned);
+  for (int32_t l = 0; l < model_.n_layers; ++l) {
+    auto e = cu::Event::Create();
+    if (!e.ok()) return e.status();
+    count_events_.push_back(std::move(*e));
+  }
+  for (Staging& st : staging_) {
+    for (cu::Event* e : {&st.staged, &st.freed}) {
+      auto created = cu::Event::Create();
+      if (!created.ok()) return created.status();
+      *e = std::move(*created);
+    }
+  }
+  for (ArchiveSet& set : sets_) {
+    auto e = cu::Event::Create();
+    if (!e.ok()) return e.status();
+    set.copied = std::move(*e);
+  }
+  auto side = cu::SideStream::Create();
+  if (!side.ok()) return side.status();
+  side_ = std::move(*side);
+  return ctx_->Synchronize();
+}
+
+void CudaSparseKMemory::SyncCounts(int32_t layer) const {
+  if (!counts_pending_[layer]) return;
+  // The copy was enqueued after the layer's fold; an error here surfaces at the next sync.
+  count_events_[layer].Synchronize().IgnoreError();
+  const int32_t* pinned = counts_pinned_.as<int32_t>() + int64_t{layer} * n_kv_heads_;
+  for (int32_t g = 0; g < n_kv_heads_; ++g) counts_[layer * n_kv_heads_ + g] = pinned[g];
+  counts_pending_[layer] = 0;
+}
+
+void CudaSparseKMemory::SyncMeta(int32_t layer) const {
+  SyncCounts(layer);
+  if (meta_valid_[layer]) return;
+  for (int32_t g = 0; g < n_kv_heads_; ++g) {
+    HeadMeta& hm = meta_[layer * n_kv_heads_ + g];
+    const int64_t M = counts_[layer * n_kv_heads_ + g], at = g * capacity_;
+    hm.positions.resize(M);
+    hm.scores.resize(M);
+    cu::Download(*ctx_, positions_[layer].as<int64_t>() + at, M * 8, hm.positions.data())
+        .IgnoreError();
+    cu::Download(*ctx_, scores_[layer].as<float>() + at, M * 4, hm.scores.data()).IgnoreError();
+  }
+  meta_valid_[layer] = 1;
+}
+
+const CudaSparseKMemory::HeadMeta& CudaSparseKMemory::meta(int32_t layer, int32_t g) const {
+  SyncMeta(layer);
+  return meta_[layer * n_kv_heads_ + g];
+}
+
+int64_t CudaSparseKMemory::slot_count(int32_t layer, int32_t kv_head) const {
+  SyncCounts(layer);
+  return counts_[layer * n_kv_heads_ + kv_head];
+}
+
+absl::Status CudaSparseKMemory::UploadCounts(int32_t layer) {
+  std::vector<int32_t> counts(n_kv_heads_);
+  for (int32_t g = 0; g < n_kv_heads_; ++g) {
+    counts[g] = static_cast<int32_t>(counts_[layer * n_kv_heads_ + g]);
+  }
+  LONGREAD_RETURN_IF_ERROR(cu::Upload(*ctx_, counts.data(), n_kv_heads_ * 4,
+                                      counts_dev_.as<int32_t>() + layer * n_kv_heads_));
+  return ctx_->Synchronize();  // `counts` is freed on return
+}
+
 int64_t CudaSparseKMemory::max_slot_count() const {
-  size_t most = 0;
-  for (const auto& h : meta_) most = std::max(most, h.positions.size());
-  return static_cast<int64_t>(most);
+  int64_t most = 0;
+  for (int32_t l = 0; l < model_.n_layers; ++l) {
+    for (int32_t g = 0; g < n_kv_heads_; ++g) most = std::max(most, slot_count(l, g));
+  }
+  return most;
 }
 
 int64_t CudaSparseKMemory::resident_bytes() const {
-  int64_t bytes = 0;
-  for (size_t l = 0; l < keys_.size(); ++l) bytes += keys_[l].bytes() + values_[l].bytes();
-  for (const cu::DeviceBuffer* b :
-       {&spare_keys_, &spare_values_, &rotated_, &staging_keys_, &staging_values_, &from_, &until_,
-        &rope_positions_, &query_positions_, &src_rows_, &dst_rows_, &task_logits_, &task_lse_,
-        &task_out_}) {
+  int64_t bytes = counts_dev_.bytes();
+  for (size_t l = 0; l < keys_.size(); ++l) {
+    bytes += keys_[l].bytes() + values_[l].bytes() + positions_[l].bytes() + scores_[l].bytes();
+  }
+  for (const cu::DeviceBuffer* b : {&spare_keys_,      &spare_values_, &spare_positions_,
+                                    &spare_scores_,    &rotated_,      &from_,
+                                    &until_,           &keep_,         &rope_positions_,
+                                    &query_positions_, &dst_row_,      &key_cand_,
+                                    &cand_join_,       &cand_first_,   &cand_exit_,
+                                    &cand_score_,      &cand_count_,   &token_scores_,
+                                    &src_rows_,        &dst_rows_,     &task_logits_,
+                                    &task_lse_,        &task_out_}) {
     bytes += b->bytes();
+  }
+  for (const Staging& st : staging_) {
+    bytes += st.keys.bytes() + st.values.bytes() + st.positions.bytes() + st.scores.bytes() +
+             st.counts.bytes();
   }
   return bytes;
 }
@@ -106,22 +212,37 @@ int64_t CudaSparseKMemory::resident_bytes() const {
 absl::Status CudaSparseKMemory::EnsureCapacity(int64_t slots) {
   if (slots <= capacity_) return absl::OkStatus();
   if (slots >= kForever / 4) return absl::ResourceExhaustedError("cuda memory: too many slots");
+  // The host sets are laid out by capacity: let the writer finish with them first.
+  HandOverSegment();
+  DrainArchive();
+  for (ArchiveSet& set : sets_) {
+    for (cu::PinnedBuffer* b : {&set.keys, &set.values, &set.positions, &set.scores, &set.counts}) {
+      *b = cu::PinnedBuffer();
+    }
+  }
+  for (int32_t l = 0; l < model_.n_layers; ++l) SyncCounts(l);
   cu::Context& ctx = *ctx_;
   const int64_t G = n_kv_heads_, d = model_.head_dim;
   // Geometric growth: a dense or frozen memory gains keys every segment.
   const int64_t cap = std::max(slots, capacity_ + capacity_ / 2);
   const int64_t bytes = G * cap * d * 2;
   for (int32_t l = 0; l < model_.n_layers; ++l) {
-    for (auto* buffers : {&keys_, &values_}) {
-      auto b = cu::DeviceBuffer::Allocate(bytes);
+    struct Grown {
+      std::vector<cu::DeviceBuffer>* buffers;
+      int64_t row_bytes;
+    };
+    for (Grown grown : {Grown{&keys_, d * 2}, Grown{&values_, d * 2}, Grown{&positions_, 8},
+                        Grown{&scores_, 4}}) {
+      auto b = cu::DeviceBuffer::Allocate(G * cap * grown.row_bytes);
       if (!b.ok()) return b.status();
       // Rows no slot holds are read (and masked) by attention: they must be finite.
-      LONGREAD_RETURN_IF_ERROR(cu::ZeroDevice(ctx, b->as<void>(), bytes));
-      cu::DeviceBuffer& old = (*buffers)[l];
+      LONGREAD_RETURN_IF_ERROR(cu::ZeroDevice(ctx, b->as<void>(), b->bytes()));
+      cu::DeviceBuffer& old = (*grown.buffers)[l];
       for (int64_t g = 0; g < G && capacity_ > 0; ++g) {
-        const int64_t held = slot_count(l, static_cast<int32_t>(g));
-        LONGREAD_RETURN_IF_ERROR(cu::CopyDevice(ctx, old.as<Bf16>() + g * capacity_ * d,
-                                                held * d * 2, b->as<Bf16>() + g * cap * d));
+        const int64_t held = counts_[l * G + g];
+        LONGREAD_RETURN_IF_ERROR(
+            cu::CopyDevice(ctx, old.as<char>() + g * capacity_ * grown.row_bytes,
+                           held * grown.row_bytes, b->as<char>() + g * cap * grown.row_bytes));
       }
       old = std::move(*b);
     }
@@ -131,22 +252,62 @@ absl::Status CudaSparseKMemory::EnsureCapacity(int64_t slots) {
     LONGREAD_RETURN_IF_ERROR(Reserve(*b, bytes));
     LONGREAD_RETURN_IF_ERROR(cu::ZeroDevice(ctx, b->as<void>(), bytes));
   }
-  LONGREAD_RETURN_IF_ERROR(Reserve(staging_keys_, bytes));
-  LONGREAD_RETURN_IF_ERROR(Reserve(staging_values_, bytes));
-  LONGREAD_RETURN_IF_ERROR(Reserve(from_, G * cap * 4));
-  LONGREAD_RETURN_IF_ERROR(Reserve(until_, G * cap * 4));
+  LONGREAD_RETURN_IF_ERROR(Reserve(spare_positions_, G * cap * 8));
+  LONGREAD_RETURN_IF_ERROR(Reserve(spare_scores_, G * cap * 4));
+  for (cu::DeviceBuffer* b : {&from_, &until_, &keep_, &dst_row_, &key_cand_, &cand_join_,
+                              &cand_first_, &cand_exit_, &cand_score_, &src_rows_, &dst_rows_}) {
+    LONGREAD_RETURN_IF_ERROR(Reserve(*b, G * cap * 4));
+  }
   LONGREAD_RETURN_IF_ERROR(Reserve(rope_positions_, G * cap * 8));
   LONGREAD_RETURN_IF_ERROR(Reserve(query_positions_, G * cap * 8));
-  LONGREAD_RETURN_IF_ERROR(Reserve(src_rows_, G * cap * 4));
-  LONGREAD_RETURN_IF_ERROR(Reserve(dst_rows_, G * cap * 4));
+  LONGREAD_RETURN_IF_ERROR(Reserve(cand_count_, G * 4));
+  for (Staging& st : staging_) {
+    // Allocated when an archive first needs them (EnsureArchiveSets); re-sized here.
+    if (st.keys.bytes() == 0) continue;
+    st.keys = cu::DeviceBuffer();
+    st.values = cu::DeviceBuffer();
+    LONGREAD_RETURN_IF_ERROR(Reserve(st.keys, bytes));
+    LONGREAD_RETURN_IF_ERROR(Reserve(st.values, bytes));
+    LONGREAD_RETURN_IF_ERROR(Reserve(st.positions, G * cap * 8));
+    LONGREAD_RETURN_IF_ERROR(Reserve(st.scores, G * cap * 4));
+  }
   capacity_ = cap;
-  // The old buffers are freed on return: the stream must be done with them.
+  // The old buffers are freed on return: both streams must be done with them.
+  LONGREAD_RETURN_IF_ERROR(side_.Synchronize());
   return ctx.Synchronize();
+}
+
+absl::Status CudaSparseKMemory::EnsureArchiveSets() {
+  const int64_t G = n_kv_heads_, d = model_.head_dim, L = model_.n_layers, cap = capacity_;
+  for (Staging& st : staging_) {
+    if (st.keys.bytes() != 0) continue;
+    LONGREAD_RETURN_IF_ERROR(Reserve(st.keys, G * cap * d * 2));
+    LONGREAD_RETURN_IF_ERROR(Reserve(st.values, G * cap * d * 2));
+    LONGREAD_RETURN_IF_ERROR(Reserve(st.positions, G * cap * 8));
+    LONGREAD_RETURN_IF_ERROR(Reserve(st.scores, G * cap * 4));
+    LONGREAD_RETURN_IF_ERROR(Reserve(st.counts, G * 4));
+  }
+  for (ArchiveSet& set : sets_) {
+    if (set.keys.bytes() != 0) continue;
+    struct Part {
+      cu::PinnedBuffer* buffer;
+      int64_t bytes;
+    };
+    for (Part part : {Part{&set.keys, L * G * cap * d * 2}, Part{&set.values, L * G * cap * d * 2},
+                      Part{&set.positions, L * G * cap * 8}, Part{&set.scores, L * G * cap * 4},
+                      Part{&set.counts, L * G * 4}}) {
+      auto b = cu::PinnedBuffer::Allocate(part.bytes);
+      if (!b.ok()) return b.status();
+      *part.buffer = std::move(*b);
+    }
+  }
+  if (!writer_.joinable()) writer_ = std::thread([this] { WriterLoop(); });
+  return absl::OkStatus();
 }
 
 absl::Status CudaSparseKMemory::TokenScores(const DeviceSegmentLayerInput& in) {
   const int64_t n = in.n_tokens, G = n_kv_heads_;
-  s_.token_scores.assign(n * G, 0.0f);
+  LONGREAD_RETURN_IF_ERROR(Reserve(token_scores_, n * G * 4));
   if (scorer_ != nullptr) {
     if (scorer_w_.bytes() == 0) {  // the scorer's fp32 weights, once
       for (auto [host, dev] :
@@ -157,16 +318,15 @@ absl::Status CudaSparseKMemory::TokenScores(const DeviceSegmentLayerInput& in) {
       }
     }
     const int64_t lh = int64_t{in.layer} * G;
-    LONGREAD_RETURN_IF_ERROR(Reserve(task_out_, n * G * 4));
     LONGREAD_RETURN_IF_ERROR(
         cu::LinearScores(*ctx_, scorer_w_.as<float>() + lh * model_.d_model,
                          scorer_b_.as<float>() + lh, scorer_slope_.as<float>() + lh, in.x_norm, n,
-                         G, model_.d_model, next_position_, task_out_.as<float>()));
-    LONGREAD_RETURN_IF_ERROR(
-        cu::Download(*ctx_, task_out_.as<void>(), n * G * 4, s_.token_scores.data()));
+                         G, model_.d_model, next_position_, token_scores_.as<float>()));
+  } else {
+    LONGREAD_RETURN_IF_ERROR(cu::ZeroDevice(*ctx_, token_scores_.as<void>(), n * G * 4));
   }
   if (n_task_ > 0 && config_.task_weight != 0.0f && !task_queries_.empty()) {
-    // The task term on the device (the segment's keys stay there); only [n][G] terms come back.
+    // The task term on the device (the segment's keys stay there), added as the host adds it.
     const int64_t H = model_.n_heads, d = model_.head_dim, rows = n_task_ * (H / G);
     if (task_queries_dev_.empty()) {
       for (const std::vector<float>& layer : task_queries_) {
@@ -193,9 +353,8 @@ absl::Status CudaSparseKMemory::TokenScores(const DeviceSegmentLayerInput& in) {
     a.lse = task_lse_.as<float>();
     a.out = task_out_.as<float>();
     LONGREAD_RETURN_IF_ERROR(cu::TaskTerm(*ctx_, a));
-    s_.keys.resize(n * G);
-    LONGREAD_RETURN_IF_ERROR(cu::Download(*ctx_, task_out_.as<void>(), n * G * 4, s_.keys.data()));
-    for (int64_t i = 0; i < n * G; ++i) s_.token_scores[i] += s_.keys[i];
+    LONGREAD_RETURN_IF_ERROR(
+        cu::AddFloats(*ctx_, token_scores_.as<float>(), task_out_.as<float>(), n * G));
   }
   return absl::OkStatus();
 }
@@ -203,69 +362,80 @@ absl::Status CudaSparseKMemory::TokenScores(const DeviceSegmentLayerInput& in) {
 absl::Status CudaSparseKMemory::AttendAndUpdate(const DeviceSegmentLayerInput& in, Bf16* out) {
   cu::Context& ctx = *ctx_;
   const int64_t n = in.n_tokens, d = model_.head_dim, P = next_position_;
-  const int32_t G = n_kv_heads_, H = model_.n_heads, group = H / G;
+  const int32_t G = n_kv_heads_, H = model_.n_heads, group = H / G, l = in.layer;
   if (n <= 0 || n >= kForever / 4) {
     return absl::InvalidArgumentError(absl::StrCat("cuda memory: bad segment length ", n));
   }
-  LONGREAD_RETURN_IF_ERROR(TokenScores(in));
-  const int64_t n_keys = max_slot_count() + n;
+  SyncCounts(l);
+  int64_t most = 0;
+  for (int32_t g = 0; g < G; ++g) most = std::max(most, counts_[l * G + g]);
+  const int64_t n_keys = most + n;
   LONGREAD_RETURN_IF_ERROR(EnsureCapacity(n_keys));
+  LONGREAD_RETURN_IF_ERROR(TokenScores(in));
   const int64_t cap = capacity_;
-  Bf16* keys = keys_[in.layer].as<Bf16>();
-  Bf16* values = values_[in.layer].as<Bf16>();
+  Bf16* keys = keys_[l].as<Bf16>();
+  Bf16* values = values_[l].as<Bf16>();
+  int32_t* counts = counts_dev_.as<int32_t>() + l * G;
+  const bool keep_all = frozen_ || config_.is_dense();
+  const bool archiving = archive_ != nullptr && !keep_all && ArchiveOk();
 
-  // Visibility, as the CPU memory computes it (padding keys stay invisible: until = 0).
-  s_.from.assign(G * n_keys, 0);
-  s_.until.assign(G * n_keys, 0);
-  s_.keep.assign(G * n_keys, 0);
-  for (int32_t g = 0; g < G; ++g) {
-    const HeadMeta& hm = meta(in.layer, g);
-    LONGREAD_RETURN_IF_ERROR(
-        SelectSegmentKeys(config_, frozen_, P, n, hm.positions, hm.scores,
-                          s_.token_scores.data() + g, G, s_.from.data() + g * n_keys,
-                          s_.until.data() + g * n_keys, s_.keep.data() + g * n_keys, s_.sel));
-  }
+  // The segment's keys and values after each head's slots.
+  LONGREAD_RETURN_IF_ERROR(cu::AppendSegment(ctx, in.k, in.v, counts, n, G, d, cap, keys, values));
 
-  // Append the segment's keys and values after each head's slots: row j*G+g of the projections
-  // goes to row g*cap + M_g + j.
-  s_.src_rows.resize(n * G);
-  s_.dst_rows.resize(n * G);
-  for (int32_t g = 0; g < G; ++g) {
-    const int64_t M = slot_count(in.layer, g);
-    for (int64_t j = 0; j < n; ++j) {
-      s_.src_rows[g * n + j] = static_cast<int32_t>(j * G + g);
-      s_.dst_rows[g * n + j] = static_cast<int32_t>(g * cap + M + j);
-    }
+  // Selection on the device. With an archive, the staging area of this layer's parity must have
+  // been copied out (by the side stream) before the fold overwrites it.
+  const int ring = static_cast<int>(staged_layers_ % 2);
+  Staging& st = staging_[ring];
+  if (archiving) {
+    LONGREAD_RETURN_IF_ERROR(EnsureArchiveSets());
+    if (st.used) LONGREAD_RETURN_IF_ERROR(st.freed.MakeWait(ctx.stream()));
   }
-  LONGREAD_RETURN_IF_ERROR(cu::Upload(ctx, s_.src_rows.data(), n * G * 4, src_rows_.as<void>()));
-  LONGREAD_RETURN_IF_ERROR(cu::Upload(ctx, s_.dst_rows.data(), n * G * 4, dst_rows_.as<void>()));
-  LONGREAD_RETURN_IF_ERROR(
-      cu::CopyRows(ctx, in.k, src_rows_.as<int32_t>(), keys, dst_rows_.as<int32_t>(), n * G, d));
-  LONGREAD_RETURN_IF_ERROR(
-      cu::CopyRows(ctx, in.v, src_rows_.as<int32_t>(), values, dst_rows_.as<int32_t>(), n * G, d));
+  cu::SelectArgs sa;
+  sa.sinks = config_.sinks;
+  sa.block_tokens = config_.block_tokens;
+  sa.window = config_.window;
+  sa.k_blocks =
+      static_cast<int32_t>(std::min<int64_t>(config_.top_k / config_.block_tokens, kForever - 1));
+  sa.mean = config_.block_score == BlockScore::kMean;
+  sa.keep_all = keep_all;
+  sa.slot_order = config_.position_mode == PositionMode::kSlotOrder;
+  sa.first_position = P;
+  sa.n = n;
+  sa.n_keys = n_keys;
+  sa.capacity = cap;
+  sa.n_kv_heads = G;
+  sa.counts = counts;
+  sa.positions = positions_[l].as<int64_t>();
+  sa.scores = scores_[l].as<float>();
+  sa.token_scores = token_scores_.as<float>();
+  sa.from = from_.as<int32_t>();
+  sa.until = until_.as<int32_t>();
+  sa.keep = keep_.as<uint8_t>();
+  sa.rope_positions = rope_positions_.as<int64_t>();
+  sa.query_positions = query_positions_.as<int64_t>();
+  sa.new_positions = spare_positions_.as<int64_t>();
+  sa.new_scores = spare_scores_.as<float>();
+  sa.dst_row = dst_row_.as<int32_t>();
+  if (archiving) {
+    sa.evicted_positions = st.positions.as<int64_t>();
+    sa.evicted_scores = st.scores.as<float>();
+    sa.evicted_counts = st.counts.as<int32_t>();
+  }
+  sa.key_cand = key_cand_.as<int32_t>();
+  sa.cand_join = cand_join_.as<int32_t>();
+  sa.cand_first_key = cand_first_.as<int32_t>();
+  sa.cand_exit = cand_exit_.as<int32_t>();
+  sa.cand_score = cand_score_.as<float>();
+  sa.cand_count = cand_count_.as<int32_t>();
+  LONGREAD_RETURN_IF_ERROR(cu::SelectSegmentKeys(ctx, sa));
 
   // Keys rotated at their RoPE positions (slot order: the slot index; else the document
-  // position), queries at M_g + i (or P + i). The CPU keeps rotated keys cached across segments;
-  // here every key is rotated again each layer-segment (cheap next to attention).
-  const bool slot_order = config_.position_mode == PositionMode::kSlotOrder;
-  s_.rope_positions.assign(G * n_keys, 0);
-  s_.query_positions.resize(n * G);
-  for (int32_t g = 0; g < G; ++g) {
-    const HeadMeta& hm = meta(in.layer, g);
-    const int64_t M = static_cast<int64_t>(hm.positions.size());
-    int64_t* pos = s_.rope_positions.data() + g * n_keys;
-    for (int64_t c = 0; c < M; ++c) pos[c] = slot_order ? c : hm.positions[c];
-    for (int64_t j = 0; j < n; ++j) pos[M + j] = slot_order ? M + j : P + j;
-    for (int64_t i = 0; i < n; ++i) s_.query_positions[i * G + g] = (slot_order ? M : P) + i;
-  }
-  LONGREAD_RETURN_IF_ERROR(
-      cu::Upload(ctx, s_.rope_positions.data(), G * n_keys * 8, rope_positions_.as<void>()));
-  LONGREAD_RETURN_IF_ERROR(
-      cu::Upload(ctx, s_.query_positions.data(), n * G * 8, query_positions_.as<void>()));
+  // position), queries at M_g + i (or P + i), as the selection wrote them. The CPU keeps rotated
+  // keys cached across segments; here every key is rotated again each layer-segment.
   const kernels::RopeStyle rope = KernelRope(model_.rope_style);
   Bf16* rotated = rotated_.as<Bf16>();
   for (int32_t g = 0; g < G; ++g) {
-    const int64_t rows = slot_count(in.layer, g) + n;
+    const int64_t rows = counts_[l * G + g] + n;
     LONGREAD_RETURN_IF_ERROR(
         cu::CopyDevice(ctx, keys + g * cap * d, rows * d * 2, rotated + g * cap * d));
     LONGREAD_RETURN_IF_ERROR(cu::Rope(ctx, rotated + g * cap * d, 1, rows, 1, d,
@@ -275,9 +445,6 @@ absl::Status CudaSparseKMemory::AttendAndUpdate(const DeviceSegmentLayerInput& i
   // q is [n][H][d] = [n * G][group][d]: row (i, g) at query_positions[i * G + g].
   LONGREAD_RETURN_IF_ERROR(cu::Rope(ctx, in.q, 1, n * G, group, d, query_positions_.as<int64_t>(),
                                     model_.rope_theta, rope));
-
-  LONGREAD_RETURN_IF_ERROR(cu::Upload(ctx, s_.from.data(), G * n_keys * 4, from_.as<void>()));
-  LONGREAD_RETURN_IF_ERROR(cu::Upload(ctx, s_.until.data(), G * n_keys * 4, until_.as<void>()));
   cu::AttentionArgs a;
   a.q = in.q;
   a.k = rotated;
@@ -294,111 +461,184 @@ absl::Status CudaSparseKMemory::AttendAndUpdate(const DeviceSegmentLayerInput& i
   a.out = out;
   LONGREAD_RETURN_IF_ERROR(cu::Attention(ctx, a));
 
-  if (archive_ != nullptr && archive_status_.ok()) LONGREAD_RETURN_IF_ERROR(ArchiveEvicted(in));
-
-  // Fold: kept memory slots then kept segment keys, in position order, compacted into the spare
-  // buffers, which then become the layer's.
-  s_.src_rows.clear();
-  s_.dst_rows.clear();
-  for (int32_t g = 0; g < G; ++g) {
-    HeadMeta& hm = meta(in.layer, g);
-    const int64_t M = static_cast<int64_t>(hm.positions.size());
-    const uint8_t* keep = s_.keep.data() + g * n_keys;
-    int64_t kept = 0;
-    for (int64_t key = 0; key < M + n; ++key) {
-      if (!keep[key]) continue;
-      s_.src_rows.push_back(static_cast<int32_t>(g * cap + key));
-      s_.dst_rows.push_back(static_cast<int32_t>(g * cap + kept));
-      if (key < M) {
-        hm.positions[kept] = hm.positions[key];
-        hm.scores[kept] = hm.scores[key];
-      } else {
-        hm.positions.resize(std::max<int64_t>(kept + 1, hm.positions.size()));
-        hm.scores.resize(hm.positions.size());
-        hm.positions[kept] = P + (key - M);
-        hm.scores[kept] = s_.token_scores[(key - M) * G + g];
-      }
-      ++kept;
-    }
-    hm.positions.resize(kept);
-    hm.scores.resize(kept);
+  // Fold: kept rows into the spare buffers (then swapped in), evicted rows to staging.
+  cu::MoveRowsArgs mv;
+  mv.keys = keys;
+  mv.values = values;
+  mv.dst_row = dst_row_.as<int32_t>();
+  mv.n_kv_heads = G;
+  mv.n_keys = n_keys;
+  mv.capacity = cap;
+  mv.row_elems = d;
+  mv.kept_keys = spare_keys_.as<Bf16>();
+  mv.kept_values = spare_values_.as<Bf16>();
+  if (archiving) {
+    mv.staged_keys = st.keys.as<Bf16>();
+    mv.staged_values = st.values.as<Bf16>();
   }
-  const int64_t moved = static_cast<int64_t>(s_.src_rows.size());
-  LONGREAD_RETURN_IF_ERROR(cu::Upload(ctx, s_.src_rows.data(), moved * 4, src_rows_.as<void>()));
-  LONGREAD_RETURN_IF_ERROR(cu::Upload(ctx, s_.dst_rows.data(), moved * 4, dst_rows_.as<void>()));
-  LONGREAD_RETURN_IF_ERROR(cu::CopyRows(ctx, keys, src_rows_.as<int32_t>(), spare_keys_.as<Bf16>(),
-                                        dst_rows_.as<int32_t>(), moved, d));
-  LONGREAD_RETURN_IF_ERROR(cu::CopyRows(ctx, values, src_rows_.as<int32_t>(),
-                                        spare_values_.as<Bf16>(), dst_rows_.as<int32_t>(), moved,
-                                        d));
-  std::swap(keys_[in.layer], spare_keys_);
-  std::swap(values_[in.layer], spare_values_);
+  LONGREAD_RETURN_IF_ERROR(cu::MoveKeptAndEvicted(ctx, mv));
+  if (archiving) LONGREAD_RETURN_IF_ERROR(StageEvicted(l, ring));
+  std::swap(keys_[l], spare_keys_);
+  std::swap(values_[l], spare_values_);
+  std::swap(positions_[l], spare_positions_);
+  std::swap(scores_[l], spare_scores_);
+
+  // The new counts reach the host without a wait: needed at this layer's next segment.
+  LONGREAD_RETURN_IF_ERROR(
+      cu::DownloadAsync(ctx, counts, G * 4, counts_pinned_.as<int32_t>() + l * G));
+  LONGREAD_RETURN_IF_ERROR(count_events_[l].Record(ctx.stream()));
+  counts_pending_[l] = 1;
+  meta_valid_[l] = 0;
   return absl::OkStatus();
 }
 
-absl::Status CudaSparseKMemory::ArchiveEvicted(const DeviceSegmentLayerInput& in) {
-  cu::Context& ctx = *ctx_;
-  const int64_t n = in.n_tokens, d = model_.head_dim, P = next_position_, B = config_.block_tokens;
-  const int32_t G = n_kv_heads_;
-  const int64_t cap = capacity_, n_keys = max_slot_count() + n;
-  s_.src_rows.clear();
-  s_.dst_rows.clear();
-  for (int32_t g = 0; g < G; ++g) {
-    const int64_t M = slot_count(in.layer, g);
-    for (int64_t key = 0; key < M + n; ++key) {
-      if (s_.keep[g * n_keys + key]) continue;
-      s_.dst_rows.push_back(static_cast<int32_t>(s_.src_rows.size()));
-      s_.src_rows.push_back(static_cast<int32_t>(g * cap + key));
-    }
+absl::Status CudaSparseKMemory::StageEvicted(int32_t layer, int32_t ring) {
+  Staging& st = staging_[ring];
+  ArchiveSet& set = sets_[current_set_];
+  if (segment_layers_.empty()) {  // the segment's first layer: the writer must be done with it
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return !set.busy; });
   }
-  const int64_t evicted = static_cast<int64_t>(s_.src_rows.size());
-  if (evicted == 0) return absl::OkStatus();
-  LONGREAD_RETURN_IF_ERROR(cu::Upload(ctx, s_.src_rows.data(), evicted * 4, src_rows_.as<void>()));
-  LONGREAD_RETURN_IF_ERROR(cu::Upload(ctx, s_.dst_rows.data(), evicted * 4, dst_rows_.as<void>()));
-  LONGREAD_RETURN_IF_ERROR(cu::CopyRows(ctx, keys_[in.layer].as<Bf16>(), src_rows_.as<int32_t>(),
-                                        staging_keys_.as<Bf16>(), dst_rows_.as<int32_t>(), evicted,
-                                        d));
-  LONGREAD_RETURN_IF_ERROR(cu::CopyRows(ctx, values_[in.layer].as<Bf16>(), src_rows_.as<int32_t>(),
-                                        staging_values_.as<Bf16>(), dst_rows_.as<int32_t>(),
-                                        evicted, d));
-  std::vector<float> k_rows, v_rows;
-  LONGREAD_RETURN_IF_ERROR(
-      DownloadFloats(ctx, staging_keys_.as<Bf16>(), evicted * d, s_.bits, k_rows));
-  LONGREAD_RETURN_IF_ERROR(
-      DownloadFloats(ctx, staging_values_.as<Bf16>(), evicted * d, s_.bits, v_rows));
+  const int64_t G = n_kv_heads_, d = model_.head_dim, cap = capacity_;
+  LONGREAD_RETURN_IF_ERROR(st.staged.Record(ctx_->stream()));
+  LONGREAD_RETURN_IF_ERROR(st.staged.MakeWait(side_.get()));
+  cu::EvictedCopyArgs c;
+  c.keys = st.keys.as<Bf16>();
+  c.values = st.values.as<Bf16>();
+  c.positions = st.positions.as<int64_t>();
+  c.scores = st.scores.as<float>();
+  c.evicted_counts = st.counts.as<int32_t>();
+  c.n_kv_heads = G;
+  c.capacity = cap;
+  c.row_elems = d;
+  c.host_keys = set.keys.as<Bf16>() + layer * G * cap * d;
+  c.host_values = set.values.as<Bf16>() + layer * G * cap * d;
+  c.host_positions = set.positions.as<int64_t>() + layer * G * cap;
+  c.host_scores = set.scores.as<float>() + layer * G * cap;
+  c.host_counts = set.counts.as<int32_t>() + layer * G;
+  LONGREAD_RETURN_IF_ERROR(cu::CopyEvicted(c, side_.get()));
+  LONGREAD_RETURN_IF_ERROR(st.freed.Record(side_.get()));
+  st.used = true;
+  segment_layers_.push_back(layer);
+  ++staged_layers_;
+  return absl::OkStatus();
+}
 
-  // Blocks as the CPU memory puts them: per head, in key order, one block per run of keys of
-  // the same block id.
-  int64_t row = 0;
-  for (int32_t g = 0; g < G && archive_status_.ok(); ++g) {
-    const HeadMeta& hm = meta(in.layer, g);
-    const int64_t M = static_cast<int64_t>(hm.positions.size());
+void CudaSparseKMemory::EndSegment(int64_t n_tokens) {
+  next_position_ += n_tokens;
+  HandOverSegment();
+}
+
+void CudaSparseKMemory::HandOverSegment() {
+  ArchiveSet& set = sets_[current_set_];
+  if (segment_layers_.empty()) return;
+  set.copied.Record(side_.get()).IgnoreError();  // a failed record fails the writer's wait
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    set.layers = std::move(segment_layers_);
+    segment_layers_.clear();
+    set.busy = true;
+    jobs_.push_back(current_set_);
+    ++in_flight_;
+  }
+  cv_.notify_all();
+  current_set_ ^= 1;
+}
+
+bool CudaSparseKMemory::ArchiveOk() const {
+  std::unique_lock<std::mutex> lock(mu_);
+  return archive_status_.ok() && writer_status_.ok();
+}
+
+void CudaSparseKMemory::DrainArchive() const {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return in_flight_ == 0; });
+  if (!writer_status_.ok()) archive_status_ = writer_status_;
+}
+
+void CudaSparseKMemory::WriterLoop() {
+  for (;;) {
+    int job = 0;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+      if (jobs_.empty()) return;
+      job = jobs_.front();
+      jobs_.pop_front();
+    }
+    ArchiveSet& set = sets_[job];
+    absl::Status s = set.copied.Synchronize();
+    bool failed;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (!s.ok() && writer_status_.ok()) writer_status_ = s;
+      failed = !writer_status_.ok();
+    }
+    for (int32_t layer : set.layers) {
+      if (failed) break;
+      PutLayer(set, layer);
+      std::unique_lock<std::mutex> lock(mu_);
+      failed = !writer_status_.ok();
+    }
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      set.layers.clear();
+      set.busy = false;
+      --in_flight_;
+    }
+    cv_.notify_all();
+  }
+}
+
+// Blocks as the CPU memory puts them: per head, in key order, one block per run of keys of the
+// same block id, widened to fp32.
+void CudaSparseKMemory::PutLayer(const ArchiveSet& set, int32_t layer) {
+  const int64_t G = n_kv_heads_, d = model_.head_dim, cap = capacity_, B = config_.block_tokens;
+  for (int32_t g = 0; g < G; ++g) {
+    const int64_t at = (layer * G + g) * cap;
+    const int64_t evicted = set.counts.as<int32_t>()[layer * G + g];
+    const int64_t* positions = set.positions.as<int64_t>() + at;
+    const float* scores = set.scores.as<float>() + at;
+    const Bf16* keys = set.keys.as<Bf16>() + at * d;
+    const Bf16* values = set.values.as<Bf16>() + at * d;
     ArchivedBlock block;
-    auto flush = [&] {
-      if (block.positions.empty()) return;
-      if (auto s = archive_->Put(std::move(block)); !s.ok()) archive_status_ = s;
+    auto flush = [&]() -> bool {
+      if (block.positions.empty()) return true;
+      absl::Status s = archive_->Put(std::move(block));
       block = ArchivedBlock();
+      if (s.ok()) return true;
+      std::unique_lock<std::mutex> lock(mu_);
+      if (writer_status_.ok()) writer_status_ = s;
+      return false;
     };
-    for (int64_t key = 0; key < M + n; ++key) {
-      if (s_.keep[g * n_keys + key]) continue;
-      const bool from_memory = key < M;
-      const int64_t pos = from_memory ? hm.positions[key] : P + (key - M);
-      if (!block.positions.empty() && pos / B != block.block_id) flush();
-      if (!archive_status_.ok()) return absl::OkStatus();
+    for (int64_t e = 0; e < evicted; ++e) {
+      const int64_t pos = positions[e];
+      if (!block.positions.empty() && pos / B != block.block_id && !flush()) return;
       if (block.positions.empty()) {
-        block.layer = in.layer;
+        block.layer = layer;
         block.kv_head = g;
         block.block_id = pos / B;
       }
       block.positions.push_back(pos);
-      block.scores.push_back(from_memory ? hm.scores[key] : s_.token_scores[(key - M) * G + g]);
-      block.keys.insert(block.keys.end(), &k_rows[row * d], &k_rows[row * d] + d);
-      block.values.insert(block.values.end(), &v_rows[row * d], &v_rows[row * d] + d);
-      ++row;
+      block.scores.push_back(scores[e]);
+      for (int64_t i = 0; i < d; ++i) {
+        block.keys.push_back(kernels::BFloat16ToFloat(keys[e * d + i]));
+        block.values.push_back(kernels::BFloat16ToFloat(values[e * d + i]));
+      }
     }
-    flush();
+    if (!flush()) return;
   }
-  return absl::OkStatus();
+}
+
+void CudaSparseKMemory::set_archive(BlockArchive* archive) {
+  HandOverSegment();
+  DrainArchive();
+  archive_ = archive;
+}
+
+const absl::Status& CudaSparseKMemory::archive_status() const {
+  DrainArchive();
+  return archive_status_;
 }
 
 absl::StatusOr<int64_t> CudaSparseKMemory::InsertRecalled(
@@ -407,10 +647,13 @@ absl::StatusOr<int64_t> CudaSparseKMemory::InsertRecalled(
   const int64_t d = model_.head_dim;
   int64_t incoming = 0;
   for (const ArchivedBlock& b : blocks) incoming += static_cast<int64_t>(b.positions.size());
+  HandOverSegment();
+  DrainArchive();
   const int64_t M = slot_count(layer, g);
   LONGREAD_RETURN_IF_ERROR(EnsureCapacity(M + incoming));
   const int64_t cap = capacity_;
-  HeadMeta& hm = meta(layer, g);
+  SyncMeta(layer);
+  HeadMeta& hm = meta_[layer * n_kv_heads_ + g];
   // The merge of CPU InsertRecalled; recalled rows are uploaded after the held ones (rows M..)
   // and the merged order is a row list into the spare buffers, copied back.
   HeadMeta merged;
@@ -454,8 +697,13 @@ absl::StatusOr<int64_t> CudaSparseKMemory::InsertRecalled(
     LONGREAD_RETURN_IF_ERROR(
         cu::CopyDevice(ctx, spare + g * cap * d, total * d * 2, held + g * cap * d));
   }
+  LONGREAD_RETURN_IF_ERROR(cu::Upload(ctx, merged.positions.data(), total * 8,
+                                      positions_[layer].as<int64_t>() + g * cap));
+  LONGREAD_RETURN_IF_ERROR(
+      cu::Upload(ctx, merged.scores.data(), total * 4, scores_[layer].as<float>() + g * cap));
   hm = std::move(merged);
-  LONGREAD_RETURN_IF_ERROR(ctx.Synchronize());
+  counts_[layer * n_kv_heads_ + g] = total;
+  LONGREAD_RETURN_IF_ERROR(UploadCounts(layer));
   return added;
 }
 
@@ -467,12 +715,20 @@ absl::Status CudaSparseKMemory::Rewind(int64_t position) {
     return absl::InvalidArgumentError(absl::StrCat("memory: cannot rewind to position ", position,
                                                    " (next position ", next_position_, ")"));
   }
-  // Slots keep their rows: dropping the tail is bookkeeping only.
-  for (HeadMeta& hm : meta_) {
-    const auto first = std::lower_bound(hm.positions.begin(), hm.positions.end(), position);
-    const size_t kept = static_cast<size_t>(first - hm.positions.begin());
-    hm.positions.resize(kept);
-    hm.scores.resize(kept);
+  // Slots keep their rows: dropping the tail is bookkeeping (the counts) only.
+  HandOverSegment();
+  DrainArchive();
+  for (int32_t l = 0; l < model_.n_layers; ++l) {
+    SyncMeta(l);
+    for (int32_t g = 0; g < n_kv_heads_; ++g) {
+      HeadMeta& hm = meta_[l * n_kv_heads_ + g];
+      const auto first = std::lower_bound(hm.positions.begin(), hm.positions.end(), position);
+      const size_t kept = static_cast<size_t>(first - hm.positions.begin());
+      hm.positions.resize(kept);
+      hm.scores.resize(kept);
+      counts_[l * n_kv_heads_ + g] = static_cast<int64_t>(kept);
+    }
+    LONGREAD_RETURN_IF_ERROR(UploadCounts(l));
   }
   next_position_ = position;
   return absl::OkStatus();
@@ -486,6 +742,8 @@ void CudaSparseKMemory::SetTaskQueries(std::vector<std::vector<float>> queries, 
 
 absl::Status CudaSparseKMemory::ExportTo(MemorySnapshot* snapshot) {
   const int64_t d = model_.head_dim;
+  HandOverSegment();
+  DrainArchive();
   snapshot->n_layers = model_.n_layers;
   snapshot->n_kv_heads = model_.n_kv_heads;
   snapshot->head_dim = model_.head_dim;
@@ -516,6 +774,8 @@ absl::Status CudaSparseKMemory::ImportFrom(const MemorySnapshot& snapshot) {
   for (const auto& h : snapshot.heads) {
     most = std::max<int64_t>(most, static_cast<int64_t>(h.positions.size()));
   }
+  HandOverSegment();
+  DrainArchive();
   LONGREAD_RETURN_IF_ERROR(EnsureCapacity(most));
   const int64_t d = model_.head_dim;
   for (int32_t l = 0; l < model_.n_layers; ++l) {
@@ -526,9 +786,17 @@ absl::Status CudaSparseKMemory::ImportFrom(const MemorySnapshot& snapshot) {
                                             keys_[l].as<Bf16>() + g * capacity_ * d));
       LONGREAD_RETURN_IF_ERROR(UploadAsBf16(*ctx_, h.values.data(), M * d, s_.bits,
                                             values_[l].as<Bf16>() + g * capacity_ * d));
-      meta(l, g).positions = h.positions;
-      meta(l, g).scores = h.scores;
+      LONGREAD_RETURN_IF_ERROR(cu::Upload(*ctx_, h.positions.data(), M * 8,
+                                          positions_[l].as<int64_t>() + g * capacity_));
+      LONGREAD_RETURN_IF_ERROR(
+          cu::Upload(*ctx_, h.scores.data(), M * 4, scores_[l].as<float>() + g * capacity_));
+      meta_[l * n_kv_heads_ + g].positions = h.positions;
+      meta_[l * n_kv_heads_ + g].scores = h.scores;
+      counts_[l * n_kv_heads_ + g] = M;
     }
+    counts_pending_[l] = 0;
+    meta_valid_[l] = 1;
+    LONGREAD_RETURN_IF_ERROR(UploadCounts(l));
   }
   next_position_ = snapshot.token_offset;
   return ctx_->Synchronize();

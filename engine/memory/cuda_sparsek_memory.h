@@ -3,29 +3,35 @@
 // InsertRecalled, Rewind and snapshots, for CudaLlamaModel's segment forward.
 //
 // What runs where, and why:
-// - Device: every key and value (bf16, un-rotated keys, [kv_head][slot][head_dim] per layer), the
-//   RoPE of keys at their slot positions and of queries at attention time, attention over
-//   memory ∪ segment with the per-key visibility intervals, the append of the segment's keys and
-//   values, the compaction after eviction (row copies into a spare buffer, then a swap) and the
-//   staging of evicted rows for the archive. Keys and values are what is large (30 layers x
-//   3 heads x ~3K slots x 64 x 2 x 2 bytes ≈ 66 MB): they never cross the bus while reading.
-// - Device, small: the task term of each new key's score (kernels/cuda TaskTerm: the CPU's
-//   AddTaskTerm in the same operation order, so the scores agree to the last bit of exp/log).
-//   On the host it cost ~10 ms per layer-segment, 90% of the reading time (bench/gpu/NOTES.md).
-// - Device, small: the scorer (kernels/cuda LinearScores: ScoreTokens in its operation order on
-//   the bf16 attention-norm output), so only [n][G] scores cross the bus per layer.
-// - Host: the block selection and exit times
-//   (SelectSegmentKeys, the CPU memory's own code, on a few thousand scores per head), and each
-//   slot's position and score. Computing the selection with the CPU's code on the same scores is
-//   what makes both memories select the same slots.
-// - Host, synchronously for now: evicted rows are downloaded (staged on the device first) and
-//   put into the BlockArchive as fp32, as the CPU memory puts them; snapshots download and
-//   upload every slot. Neither is overlapped with the next layer yet (issue 19, item 2).
+// - Device: every key and value (bf16, un-rotated keys, [kv_head][slot][head_dim] per layer), and
+//   each slot's position and score; the scorer and the task term of each new key's score
+//   (kernels/cuda LinearScores and TaskTerm, in the host code's operation order, so the scores
+//   agree to the last bit of exp/log); the block selection, exit times and visibility intervals
+//   (kernels/cuda SelectSegmentKeys, the twin of the CPU's SelectSegmentKeys: given the same
+//   scores it selects the same slots); the append, the RoPE of keys at their slot positions and
+//   of queries, attention over memory ∪ segment, and the fold (kept rows compacted into spare
+//   buffers, then swapped). A layer-segment enqueues its work and returns: the host waits for
+//   nothing per layer. It learns each head's slot count by an asynchronous copy and an event,
+//   needed only at that layer's next segment (to size the launches), by when it has landed.
+// - Host, lazily: the slots' positions and scores (positions(), snapshots, recall) are
+//   downloaded when asked for, not per layer.
+// - Archive (when set): evicted rows and their positions and scores are staged on the device
+//   (two staging areas, alternating by layer), then a kernel on a side stream copies exactly the
+//   evicted rows into pinned host memory while the next layer runs. After the segment a writer
+//   thread waits for the segment's copies and puts the blocks into the BlockArchive, per layer and
+//   head in key order, as the CPU memory puts them, while the next segment reads; the host
+//   buffers alternate by segment. archive_status() (and every method that reads or changes the
+//   slots on the host) waits for the puts queued so far: the archive then holds exactly what the
+//   CPU memory's would.
 // Not supported: MaskMode::kSoft (the CUDA attention kernel has no soft mode); Create refuses it.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -45,26 +51,30 @@ class CudaSparseKMemory : public DeviceAttentionMemory {
       kernels::cuda::Context* ctx, const ModelConfig& model, const MemoryConfig& config,
       std::shared_ptr<const ScorerWeights> scorer);
 
+  ~CudaSparseKMemory() override;
   absl::Status AttendAndUpdate(const DeviceSegmentLayerInput& in,
                                kernels::cuda::Bf16* out) override;
-  void EndSegment(int64_t n_tokens) override { next_position_ += n_tokens; }
+  void EndSegment(int64_t n_tokens) override;
   int64_t next_position() const override { return next_position_; }
 
   const MemoryConfig& config() const { return config_; }
-  int64_t slot_count(int32_t layer, int32_t kv_head) const {
-    return static_cast<int64_t>(meta(layer, kv_head).positions.size());
-  }
+  int64_t slot_count(int32_t layer, int32_t kv_head) const;
   int64_t max_slot_count() const;
-  // Positions of the slots (layer, kv_head) holds now, in order.
+  // Positions of the slots (layer, kv_head) holds now, in order (downloaded on first use after
+  // the layer changed).
   const std::vector<int64_t>& positions(int32_t layer, int32_t kv_head) const {
     return meta(layer, kv_head).positions;
   }
   // Device bytes held (slots, spare, scratch).
   int64_t resident_bytes() const;
 
-  // As SparseKMemory's (values go through bf16 on the device).
-  void set_archive(BlockArchive* archive) { archive_ = archive; }
-  const absl::Status& archive_status() const { return archive_status_; }
+  // As SparseKMemory's (values go through bf16 on the device), but the puts of a segment happen
+  // after it, on a writer thread: the archive must outlive the memory (the destructor finishes
+  // the queued puts), and is read only after archive_status() (or any method below that
+  // changes the slots) has waited for them.
+  void set_archive(BlockArchive* archive);
+  // Waits for the archive puts queued so far.
+  const absl::Status& archive_status() const;
   void FreezeEviction() { frozen_ = true; }
   bool eviction_frozen() const { return frozen_; }
   void set_eviction_frozen(bool frozen) { frozen_ = frozen; }
@@ -80,14 +90,31 @@ class CudaSparseKMemory : public DeviceAttentionMemory {
     std::vector<int64_t> positions;
     std::vector<float> scores;
   };
+  // One segment's evicted rows in pinned host memory, [layer][G][capacity] (rows of head_dim).
+  struct ArchiveSet {
+    kernels::cuda::PinnedBuffer keys, values, positions, scores, counts;
+    std::vector<int32_t> layers;  // staged this segment, in order
+    kernels::cuda::Event copied;  // on the side stream, after the segment's last copy
+    bool busy = false;            // handed to the writer, not put yet (guarded by mu_)
+  };
   CudaSparseKMemory(kernels::cuda::Context* ctx, const ModelConfig& model,
                     const MemoryConfig& config, std::shared_ptr<const ScorerWeights> scorer);
-  const HeadMeta& meta(int32_t layer, int32_t g) const { return meta_[layer * n_kv_heads_ + g]; }
-  HeadMeta& meta(int32_t layer, int32_t g) { return meta_[layer * n_kv_heads_ + g]; }
+  absl::Status Init();
+  const HeadMeta& meta(int32_t layer, int32_t g) const;
+  // The host's copy of a layer's slot counts, and of its slots' positions and scores.
+  void SyncCounts(int32_t layer) const;
+  void SyncMeta(int32_t layer) const;
+  absl::Status UploadCounts(int32_t layer);
   // Grows every per-head buffer to hold `slots` rows (held slots are kept).
   absl::Status EnsureCapacity(int64_t slots);
+  absl::Status EnsureArchiveSets();
   absl::Status TokenScores(const DeviceSegmentLayerInput& in);
-  absl::Status ArchiveEvicted(const DeviceSegmentLayerInput& in);
+  absl::Status StageEvicted(int32_t layer, int32_t ring);
+  void HandOverSegment();
+  void DrainArchive() const;
+  bool ArchiveOk() const;
+  void WriterLoop();
+  void PutLayer(const ArchiveSet& set, int32_t layer);
 
   kernels::cuda::Context* ctx_;
   ModelConfig model_;
@@ -97,32 +124,60 @@ class CudaSparseKMemory : public DeviceAttentionMemory {
   int64_t next_position_ = 0;
   bool frozen_ = false;
   BlockArchive* archive_ = nullptr;
-  absl::Status archive_status_;
+  mutable absl::Status archive_status_;
   std::vector<std::vector<float>> task_queries_;
   int64_t n_task_ = 0;
-  std::vector<HeadMeta> meta_;  // [layer][kv_head]
+
+  // Host copies, refreshed lazily from the device.
+  mutable std::vector<int64_t> counts_;          // [layer][kv_head]
+  mutable std::vector<uint8_t> counts_pending_;  // per layer: an asynchronous copy is in flight
+  mutable std::vector<HeadMeta> meta_;           // [layer][kv_head]
+  mutable std::vector<uint8_t> meta_valid_;      // per layer
+  kernels::cuda::DeviceBuffer counts_dev_;       // int32 [layer][kv_head]
+  kernels::cuda::PinnedBuffer counts_pinned_;
+  std::vector<kernels::cuda::Event> count_events_;  // per layer
 
   int64_t capacity_ = 0;                                    // rows per head in every buffer below
   std::vector<kernels::cuda::DeviceBuffer> keys_, values_;  // per layer: [G][capacity][d]
-  kernels::cuda::DeviceBuffer spare_keys_, spare_values_;   // compaction targets, then swapped
-  kernels::cuda::DeviceBuffer rotated_;                     // [G][capacity][d], one layer's
-  kernels::cuda::DeviceBuffer staging_keys_, staging_values_;  // evicted rows
-  kernels::cuda::DeviceBuffer from_, until_;                   // int32 [G][n_keys]
-  kernels::cuda::DeviceBuffer rope_positions_;                 // int64 [G][n_keys]
-  kernels::cuda::DeviceBuffer query_positions_;                // int64 [n][G]
-  kernels::cuda::DeviceBuffer src_rows_, dst_rows_;            // int32 row lists
+  std::vector<kernels::cuda::DeviceBuffer> positions_, scores_;  // per layer: [G][capacity]
+  kernels::cuda::DeviceBuffer spare_keys_, spare_values_;        // fold targets, then swapped
+  kernels::cuda::DeviceBuffer spare_positions_, spare_scores_;
+  kernels::cuda::DeviceBuffer rotated_;  // [G][capacity][d], one layer's
+  // Selection outputs and scratch, [G][capacity] each (n_keys <= capacity).
+  kernels::cuda::DeviceBuffer from_, until_, keep_, rope_positions_, query_positions_, dst_row_;
+  kernels::cuda::DeviceBuffer key_cand_, cand_join_, cand_first_, cand_exit_, cand_score_,
+      cand_count_;
+  kernels::cuda::DeviceBuffer token_scores_;                   // fp32 [n][G]
+  kernels::cuda::DeviceBuffer src_rows_, dst_rows_;            // int32 row lists (recall)
   std::vector<kernels::cuda::DeviceBuffer> task_queries_dev_;  // per layer, fp32
   kernels::cuda::DeviceBuffer task_logits_, task_lse_, task_out_;
   kernels::cuda::DeviceBuffer scorer_w_, scorer_b_, scorer_slope_;  // fp32, all layers
 
-  // Host scratch reused across layers and segments.
+  // The archive's path off the critical path: two device staging areas (by layer parity), a
+  // side stream copying them into two host sets (by segment parity), a writer thread.
+  struct Staging {
+    kernels::cuda::DeviceBuffer keys, values, positions, scores, counts;
+    kernels::cuda::Event staged, freed;  // main -> side, side -> main
+    bool used = false;
+  };
+  Staging staging_[2];
+  int64_t staged_layers_ = 0;
+  std::vector<int32_t> segment_layers_;  // staged in the segment being read
+  kernels::cuda::SideStream side_;
+  ArchiveSet sets_[2];
+  int current_set_ = 0;
+  mutable std::mutex mu_;
+  mutable std::condition_variable cv_;
+  std::deque<int> jobs_;  // sets handed to the writer, in order
+  int in_flight_ = 0;     // jobs queued or being put
+  bool stop_ = false;
+  absl::Status writer_status_;
+  std::thread writer_;
+
+  // Host scratch reused across calls.
   struct Scratch {
-    std::vector<float> token_scores, x_norm, keys;
     std::vector<uint16_t> bits;
-    std::vector<int32_t> from, until, src_rows, dst_rows, evicted_rows;
-    std::vector<uint8_t> keep;
-    std::vector<int64_t> rope_positions, query_positions, slots;
-    BlockSelection sel;
+    std::vector<int32_t> src_rows, dst_rows;
   } s_;
 };
 

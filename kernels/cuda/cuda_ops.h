@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/cuda/select_args.h"
 #include "kernels/dtype.h"
 #include "kernels/ops.h"
 
@@ -72,6 +73,68 @@ class Context {
 // Host <-> device copies on the context's stream. Download synchronizes (its result is needed).
 absl::Status Upload(Context& ctx, const void* host, int64_t bytes, void* device);
 absl::Status Download(Context& ctx, const void* device, int64_t bytes, void* host);
+
+// Host memory that is page-locked and mapped into the device's address space: copies to it
+// run asynchronously, and kernels can write it directly. Move-only.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  static absl::StatusOr<PinnedBuffer> Allocate(int64_t bytes);
+  PinnedBuffer(PinnedBuffer&& other) noexcept;
+  PinnedBuffer& operator=(PinnedBuffer&& other) noexcept;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  ~PinnedBuffer();
+
+  int64_t bytes() const { return bytes_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
+
+ private:
+  void* data_ = nullptr;
+  int64_t bytes_ = 0;
+};
+
+// A second stream, for work that must not hold up the Context's (archive copies). Move-only.
+class SideStream {
+ public:
+  static absl::StatusOr<SideStream> Create();
+  SideStream() = default;
+  SideStream(SideStream&& other) noexcept;
+  SideStream& operator=(SideStream&& other) noexcept;
+  SideStream(const SideStream&) = delete;
+  SideStream& operator=(const SideStream&) = delete;
+  ~SideStream();
+  void* get() const { return stream_; }  // the cudaStream_t
+  absl::Status Synchronize() const;      // no-op on a default-constructed one
+
+ private:
+  void* stream_ = nullptr;
+};
+
+// A CUDA event (no timing): ordering between streams, and the host waiting for one point of a
+// stream rather than for all of it. Move-only.
+class Event {
+ public:
+  static absl::StatusOr<Event> Create();
+  Event() = default;
+  Event(Event&& other) noexcept;
+  Event& operator=(Event&& other) noexcept;
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  ~Event();
+  absl::Status Record(void* stream);          // marks what `stream` has enqueued so far
+  absl::Status MakeWait(void* stream) const;  // `stream` waits for the mark
+  absl::Status Synchronize() const;           // the host waits for the mark
+
+ private:
+  void* event_ = nullptr;
+};
+
+// Device -> pinned host copy on the context's stream, not waited for (an Event says when).
+absl::Status DownloadAsync(Context& ctx, const void* device, int64_t bytes, void* pinned_host);
 
 // A weight matrix resident on the device as bf16, [rows][cols] row-major.
 struct DeviceMatrix {
@@ -149,6 +212,24 @@ absl::Status TaskTerm(Context& ctx, const TaskTermArgs& args);
 absl::Status LinearScores(Context& ctx, const float* w, const float* b, const float* slope,
                           const Bf16* x, int64_t n, int64_t heads, int64_t d,
                           int64_t first_position, float* out);
+
+// The SparseK memory's block selection for all KV heads of one layer on the device (SelectArgs,
+// select_args.h): the twin of engine/memory's SelectSegmentKeys (the CPU reference, with
+// kernels::TopKExitTimes inside) and of the CPU memory's fold. Given the same scores it returns
+// the same intervals, keep flags and new slots, bit for bit: block scores are summed in the host's
+// order, and the exit times are the heap's (ties to the lower, older candidate).
+absl::Status SelectSegmentKeys(Context& ctx, const SelectArgs& args);
+// Kept rows to their new slots and evicted rows to staging (MoveRowsArgs).
+absl::Status MoveKeptAndEvicted(Context& ctx, const MoveRowsArgs& args);
+// keys[g][counts[g] + j] = k[j][g] for j < n (values alike): a segment's keys and values appended
+// after each head's held slots, the counts read on the device.
+absl::Status AppendSegment(Context& ctx, const Bf16* k, const Bf16* v, const int32_t* counts,
+                           int64_t n, int64_t n_kv_heads, int64_t head_dim, int64_t capacity,
+                           Bf16* keys, Bf16* values);
+// The staged evicted rows into pinned host memory, on `stream` (a SideStream's).
+absl::Status CopyEvicted(const EvictedCopyArgs& args, void* stream);
+// dst[i] += src[i] in fp32 (round to nearest, no contraction).
+absl::Status AddFloats(Context& ctx, float* dst, const float* src, int64_t n);
 
 // out = silu(gate) * up in fp32, stored as bf16. out may alias gate or up.
 absl::Status SiluMul(Context& ctx, const Bf16* gate, const Bf16* up, int64_t n, Bf16* out);

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/select_args.h"
 #include "kernels/dtype.h"
 
 namespace longread::kernels::cuda::launch {
@@ -51,6 +52,15 @@ cudaError_t TaskTerm(const TaskTermLaunch& a, cudaStream_t stream);
 cudaError_t LinearScores(const float* w, const float* b, const float* slope, const uint16_t* x,
                          int64_t n, int64_t heads, int64_t d, int64_t first_position, float* out,
                          cudaStream_t stream);
+
+// The memory's block selection and what moves around it (select.cu; select_args.h).
+cudaError_t SelectSegment(const SelectArgs& a, cudaStream_t stream);
+cudaError_t MoveKeptAndEvicted(const MoveRowsArgs& a, cudaStream_t stream);
+cudaError_t AppendSegment(const uint16_t* k, const uint16_t* v, const int32_t* counts, int64_t n,
+                          int64_t n_kv_heads, int64_t row_elems, int64_t capacity, uint16_t* keys,
+                          uint16_t* values, cudaStream_t stream);
+cudaError_t CopyEvicted(const EvictedCopyArgs& a, cudaStream_t stream);
+cudaError_t AddFloats(float* dst, const float* src, int64_t n, cudaStream_t stream);
 
 // Attention (head_dim 64). `bounds` is scratch of AttentionBoundsBytes(n_kv_heads, n_keys).
 inline constexpr int kDefaultAttentionVariant = 0;

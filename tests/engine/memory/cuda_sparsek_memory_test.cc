@@ -148,9 +148,10 @@ TEST(CudaSparseKMemoryTest, SelectsTheSameSlotsAsTheCpuMemory) {
     if (HasFatalFailure()) return;
   }
   EXPECT_LE(cpu.max_slot_count(), config.sinks + config.top_k + config.window + n);
+  // archive_status() waits for the puts queued so far (they run behind the reading).
+  ASSERT_TRUE((*gpu)->archive_status().ok());
   EXPECT_GT(cpu_archive.stored_bytes(), 0);
   EXPECT_EQ(gpu_archive.stored_bytes(), cpu_archive.stored_bytes());
-  ASSERT_TRUE((*gpu)->archive_status().ok());
 
   // Snapshots: the same slots, keys and values (inputs are bf16-exact).
   MemorySnapshot cpu_snap, gpu_snap;
