@@ -104,6 +104,9 @@ class RecurrentRunner {
   };
   absl::Status BeginGenerate(std::span<const int32_t> prompt, const GenerateOptions& options);
   absl::StatusOr<GeneratedToken> NextToken();
+  // The logits (vocab_size floats) that the last NextToken sampled from, or after BeginGenerate
+  // those of the prompt's last token; empty before. Read on the host on every backend.
+  std::span<const float> last_logits() const { return logits_; }
 
   // Logits of every token of `tokens` read as one or more segments (evaluation: perplexity).
   absl::Status ReadWithLogits(std::span<const int32_t> tokens, std::vector<float>* logits);
