@@ -116,31 +116,56 @@ def load_phase(address, jobs, clients, options):
     return results, errors, time.monotonic() - start
 
 
-def embedded_phase(cli, model, docs, threads, options, tmp):
-    """`longread run` on each distinct document: the engine in one process."""
+def embedded_phase(cli, model, docs, lanes, threads, options, tmp):
+    """`longread run` on every job's document, laid out as the service reads them: `lanes`
+    processes at a time (one per worker), each with the workers' thread count, taking the next
+    document when one ends. Returns per-document results and the phase's wall time."""
     flags = {"memory_k": "--memory-k", "window": "--window", "sinks": "--sinks",
              "segment_tokens": "--segment-tokens", "block_tokens": "--block-tokens",
              "recall_blocks": "--recall-blocks", "max_new_tokens": "--max-tokens"}
     args = []
     for k, v in options.items():
         args += [flags[k], str(v)]
-    out = {}
-    for name, data in docs:
-        path = os.path.join(tmp, name.replace("/", "_"))
+    todo = queue.Queue()
+    for i, (name, data) in enumerate(docs):
+        path = os.path.join(tmp, f"{i}-" + name.replace("/", "_"))
         with open(path, "wb") as f:
             f.write(data)
-        start = time.monotonic()
-        r = subprocess.run([cli, "run", "--model", model, "--threads", str(threads), "--quiet",
-                            "--json", "--cache-dir", os.path.join(tmp, "cache"), *args, path],
-                           capture_output=True, text=True)
-        wall = time.monotonic() - start
-        if r.returncode != 0:
-            raise RuntimeError(f"longread run {name}: {r.returncode} {r.stderr[-500:]}")
-        j = json.loads(r.stdout)
-        out[name] = {"tokens": j["document_tokens"], "wall_s": wall,
-                     "engine_s": j["read_seconds"] + j["recall_seconds"] + j["generate_seconds"],
-                     "answer": j["answer"]}
-    return out
+        todo.put((i, name, path))
+    out, errors, lock = [], [], threading.Lock()
+
+    def lane(n):
+        while True:
+            try:
+                i, name, path = todo.get_nowait()
+            except queue.Empty:
+                return
+            start = time.monotonic()
+            # Each lane its own cache dir: two runs may not share one RocksDB.
+            r = subprocess.run([cli, "run", "--model", model, "--threads", str(threads),
+                                "--quiet", "--json", "--cache-dir",
+                                os.path.join(tmp, f"cache{n}"), *args, path],
+                               capture_output=True, text=True)
+            wall = time.monotonic() - start
+            with lock:
+                if r.returncode != 0:
+                    errors.append(f"longread run {name}: {r.returncode} {r.stderr[-500:]}")
+                    continue
+                j = json.loads(r.stdout)
+                out.append({"index": i, "document": name, "lane": n,
+                            "tokens": j["document_tokens"], "wall_s": wall,
+                            "engine_s": j["read_seconds"] + j["recall_seconds"]
+                            + j["generate_seconds"], "answer": j["answer"]})
+
+    start = time.monotonic()
+    workers = [threading.Thread(target=lane, args=(n,)) for n in range(lanes)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    return sorted(out, key=lambda r: r["index"]), time.monotonic() - start
 
 
 async def watchers_phase(address, job_id, watchers, channels=10):
@@ -177,7 +202,10 @@ def main():
     p.add_argument("--doc-bytes", type=int, default=2500)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--worker-threads", type=int, default=1)
-    p.add_argument("--embedded-threads", type=int, default=2)
+    p.add_argument("--embedded-threads", type=int, default=0,
+                   help="threads per longread run (default: --worker-threads)")
+    p.add_argument("--embedded-lanes", type=int, default=0,
+                   help="longread run processes at once (default: --workers)")
     p.add_argument("--watchers", type=int, default=1000)
     p.add_argument("--options", default="")
     p.add_argument("--notes", default="")
@@ -185,6 +213,9 @@ def main():
     p.add_argument("--command", default=" ".join(sys.argv))
     a = p.parse_args()
     options = {k: int(v) for k, v in (kv.split("=") for kv in a.options.split(",") if kv)}
+    # Like for like by default: embedded mode gets the same processes x threads as the workers.
+    a.embedded_threads = a.embedded_threads or a.worker_threads
+    a.embedded_lanes = a.embedded_lanes or a.workers
     docs = documents(a.doc_bytes)
     jobs = [docs[i % len(docs)] for i in range(a.jobs)]
     used = docs[:min(len(docs), a.jobs)]
@@ -198,10 +229,19 @@ def main():
                     capacity=4) as cluster:
         print(f"service: coordinator {cluster.address}, {a.workers} workers x "
               f"{a.worker_threads} thread(s); {a.jobs} jobs, {a.clients} clients", flush=True)
+        # CPU time of every process of the phase: the service's own, and the Python clients',
+        # which share this machine's cores with the workers (the embedded phase has none).
+        service_pids = [cluster.coordinator.pid] + [w.pid for w in cluster.worker_procs]
+        service_cpu0 = [proc_cpu_seconds(pid) for pid in service_pids]
+        clients_cpu0 = time.process_time()
         results, errors, load_wall = load_phase(cluster.address, jobs, a.clients, options)
-        print(f"embedded: longread run --threads {a.embedded_threads} on {len(used)} documents",
-              flush=True)
-        embedded = embedded_phase(cli, a.model, used, a.embedded_threads, options, tmp)
+        clients_cpu = time.process_time() - clients_cpu0
+        service_cpu = [proc_cpu_seconds(pid) - c for pid, c in zip(service_pids, service_cpu0)]
+        load_mid = os.getloadavg()
+        print(f"embedded: {a.embedded_lanes} x longread run --threads {a.embedded_threads} "
+              f"at once on the same {len(jobs)} documents", flush=True)
+        embedded, embedded_wall = embedded_phase(cli, a.model, jobs, a.embedded_lanes,
+                                                 a.embedded_threads, options, tmp)
 
         pid = cluster.coordinator.pid
         client = Client(cluster.address)
@@ -230,10 +270,15 @@ def main():
 
     tokens = sum(r["tokens"] for r in results)
     service_tps = tokens / load_wall if load_wall > 0 else 0
-    emb_tokens = sum(embedded[name]["tokens"] for name, _ in jobs)
-    emb_engine = sum(embedded[name]["engine_s"] for name, _ in jobs)
-    emb_wall = sum(embedded[name]["wall_s"] for name, _ in jobs)
-    same_answers = sum(1 for r in results if r["answer"] == embedded[r["document"]]["answer"])
+    emb_tokens = sum(r["tokens"] for r in embedded)
+    # Engine time: each lane's read + recall + generate, the busiest lane's being the phase's
+    # (process start and model loading excluded; the service loads its model once).
+    lane_engine = [sum(r["engine_s"] for r in embedded if r["lane"] == n)
+                   for n in range(a.embedded_lanes)]
+    emb_engine = max(lane_engine) if lane_engine else 0
+    emb_wall = embedded_wall
+    emb_answers = {r["document"]: r["answer"] for r in embedded}
+    same_answers = sum(1 for r in results if r["answer"] == emb_answers.get(r["document"]))
     first = [r["first_event_s"] for r in results]
     answer = [r["answer_s"] for r in results]
     complete = sum(1 for c in counts if c == job_events)
@@ -243,11 +288,13 @@ def main():
         "date": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": a.command,
         "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after_service_phase": [round(x, 2) for x in load_mid],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "notes": a.notes,
         "config": {"clients": a.clients, "jobs": a.jobs, "doc_bytes": a.doc_bytes,
                    "documents": [n for n, _ in used], "workers": a.workers,
                    "worker_threads": a.worker_threads, "embedded_threads": a.embedded_threads,
+                   "embedded_lanes": a.embedded_lanes,
                    "options": options, "watchers": a.watchers},
         "load": {
             "wall_seconds": round(load_wall, 3), "jobs_ok": len(results), "errors": len(errors),
@@ -258,10 +305,14 @@ def main():
             "document_tokens": tokens,
             "service_tokens_per_second": round(service_tps, 2),
             "answers_equal_to_embedded": same_answers,
+            "cpu_seconds": {"coordinator": round(service_cpu[0], 3),
+                            "workers": [round(c, 3) for c in service_cpu[1:]],
+                            "python_clients": round(clients_cpu, 3)},
         },
         "embedded": {
-            "command": f"longread run --threads {a.embedded_threads} (one process per document, "
-                       "sequential)",
+            "command": f"{a.embedded_lanes} x longread run --threads {a.embedded_threads} at "
+                       "once, one process per document, each lane taking the next document",
+            "lane_engine_seconds": [round(x, 3) for x in lane_engine],
             "document_tokens": emb_tokens,
             "engine_seconds": round(emb_engine, 3), "wall_seconds": round(emb_wall, 3),
             "tokens_per_second_engine": round(emb_tokens / emb_engine, 2) if emb_engine else 0,
@@ -297,6 +348,10 @@ def main():
         ("time to answer p50 / p99 (s)",
          f"{L['answer_seconds']['p50']:.2f} / {L['answer_seconds']['p99']:.2f}" if answer else "-"),
         ("service tokens/s", f"{L['service_tokens_per_second']:.1f}"),
+        ("CPU s: coordinator / workers / Python clients",
+         f"{L['cpu_seconds']['coordinator']:.1f} / "
+         f"{' + '.join(f'{c:.1f}' for c in L['cpu_seconds']['workers'])} / "
+         f"{L['cpu_seconds']['python_clients']:.1f}"),
         ("embedded tokens/s (engine time / wall)",
          f"{e['tokens_per_second_engine']:.1f} / {e['tokens_per_second_wall']:.1f}"),
         ("ratio service / embedded (engine / wall)",

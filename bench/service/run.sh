@@ -2,7 +2,8 @@
 # One command for the service load benchmark (issue 16 item 10): a coordinator and 2 workers on
 # loopback, N concurrent clients submitting and watching jobs on real documents (files of this
 # repository, cut to DOC_BYTES), the same documents read in embedded mode (`longread run`) in the
-# same run for the tokens/s ratio, then 1,000 concurrent watchers on one job with the
+# same run for the tokens/s ratio (like for like: WORKERS runs at once with WORKER_THREADS each,
+# unless EMBEDDED_LANES / EMBEDDED_THREADS say otherwise), then 1,000 concurrent watchers on one job with the
 # coordinator's CPU time and peak RSS. Prints a table; writes bench/results/service-<date>.json.
 #
 #   bench/service/run.sh                                   # defaults below
@@ -25,7 +26,7 @@ exec .venv/bin/python bench/service/load.py \
   --model "${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}" \
   --clients "${CLIENTS:-8}" --jobs "${JOBS:-${CLIENTS:-8}}" --doc-bytes "${DOC_BYTES:-2500}" \
   --workers "${WORKERS:-2}" --worker-threads "${WORKER_THREADS:-1}" \
-  --embedded-threads "${EMBEDDED_THREADS:-${WORKERS:-2}}" \
+  --embedded-threads "${EMBEDDED_THREADS:-0}" --embedded-lanes "${EMBEDDED_LANES:-0}" \
   --watchers "${WATCHERS:-1000}" \
   --options "${OPTIONS:-memory_k=64,window=64,sinks=4,segment_tokens=128,block_tokens=16,recall_blocks=2,max_new_tokens=16}" \
   --notes "${NOTES:-}" \

@@ -72,6 +72,9 @@ Memory and generation (unset: the server's default, that of `longread run`):
   --memory-k K  --window W  --sinks S  --segment-tokens L  --block-tokens B
   --recall-blocks R (0: off)  --max-tokens N  --temperature T  --top-p P  --seed N
 
+  --deadline DURATION    the job's time limit from submission (e.g. 90s, 10m, 2h): then it
+                         ends FAILED (deadline exceeded), running documents stop within a
+                         segment, and the answer text streamed so far stays readable
   --idempotency-key KEY  a resubmission with the same key returns the first job
   --chunk-bytes N        bytes per streamed message (default 1048576)
   --json                 print the SubmitJobResponse as JSON instead of the id
@@ -136,9 +139,10 @@ std::string TaskText(const v1::Task& task) {
 }
 
 void PrintJob(const v1::Job& job) {
-  std::printf(
-      "job %s  %s%s\n", job.job_id().c_str(), JobStateName(job.state()).c_str(),
-      job.cancel_requested() && job.state() == v1::JOB_STATE_RUNNING ? " (cancelling)" : "");
+  std::printf("job %s  %s%s\n", job.job_id().c_str(), JobStateName(job.state()).c_str(),
+              job.deadline_exceeded() ? " (deadline exceeded)"
+              : job.cancel_requested() && job.state() == v1::JOB_STATE_RUNNING ? " (cancelling)"
+                                                                               : "");
   if (!job.name().empty()) std::printf("name     %s\n", job.name().c_str());
   std::printf("task     %s\n", TaskText(job.task()).c_str());
   const v1::JobOptions& o = job.options();
@@ -152,6 +156,7 @@ void PrintJob(const v1::Job& job) {
       static_cast<unsigned long long>(o.seed()));
   std::printf("created  %s  updated %s  events %lld\n", Timestamp(job.created()).c_str(),
               Timestamp(job.updated()).c_str(), static_cast<long long>(job.events()));
+  if (job.has_deadline()) std::printf("deadline %s\n", Timestamp(job.deadline()).c_str());
   for (const v1::DocumentStatus& d : job.documents()) {
     std::printf("document %d  %s  %s  %lld/%lld tokens%s%s\n", d.index(), d.name().c_str(),
                 DocumentStateName(d.state()).c_str(), static_cast<long long>(d.tokens_read()),
@@ -538,7 +543,8 @@ int RunClientCommand(int argc, char** argv) {
               "task",          "question",        "instruction",       "memory-k",
               "window",        "sinks",           "segment-tokens",    "block-tokens",
               "recall-blocks", "max-tokens",      "temperature",       "top-p",
-              "seed",          "idempotency-key", "chunk-bytes",       "reattach-seconds"};
+              "seed",          "idempotency-key", "chunk-bytes",       "reattach-seconds",
+              "deadline"};
   } else if (command == "watch") {
     switches.insert(kWatchSwitches.begin(), kWatchSwitches.end());
     valued = {"from-offset", "reattach-seconds"};

@@ -10,6 +10,7 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "services/cli/client_common.h"
 
 namespace longread::services::client {
@@ -257,6 +258,15 @@ int BuildHeader(const Flags& flags, v1::JobHeader* header) {
   if (flags.Has("seed")) {
     if (!ParseInt(flags, "seed", 0, &v, &error)) return Usage(error);
     o->set_seed(static_cast<uint64_t>(v));
+  }
+  if (flags.Has("deadline")) {
+    absl::Duration timeout;
+    if (!absl::ParseDuration(flags.Get("deadline"), &timeout) || timeout <= absl::ZeroDuration()) {
+      return Usage("--deadline must be a positive duration such as 90s, 10m or 2h");
+    }
+    const int64_t seconds = absl::IDivDuration(timeout, absl::Seconds(1), &timeout);
+    header->mutable_timeout()->set_seconds(seconds);
+    header->mutable_timeout()->set_nanos(static_cast<int32_t>(absl::ToInt64Nanoseconds(timeout)));
   }
   header->set_idempotency_key(flags.Get("idempotency-key"));
   header->set_name(flags.Get("name"));

@@ -188,7 +188,7 @@ int WatchJob(const Connection& connection, const std::string& job_id, const Watc
               if (label.size() > 24) label = "..." + label.substr(label.size() - 21);
               bar = std::make_unique<ProgressBar>(label, "tok", true);
             }
-            bar->Update(p.tokens_read(), p.total_tokens());
+            bar->Update(p.tokens_read(), p.total_tokens(), p.tokens_per_second());
             break;
           }
           case v1::JobEvent::kAnswer:

@@ -13,7 +13,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
-#include "cache/cache_db.h"
+#include "cache/archive_database.h"
 #include "engine/job/document_job.h"
 #include "engine/memory/reading_backend.h"
 #include "engine/model/llama_model.h"
@@ -36,9 +36,9 @@ struct EmbeddedRunOptions {
   std::string document_name;
   int64_t max_document_bytes = int64_t{1} << 30;
   uint64_t archive_max_bytes = uint64_t{1} << 30;
-  // The run's archive database (RunArchive::db()) and the id the archive is written under; null:
-  // no recall archive (recall off, or the cache unusable).
-  cache::CacheDb* archive_db = nullptr;
+  // The run's archive database (RunArchive::database()) and the id the archive is written under;
+  // null: no recall archive (recall off, or the cache unusable).
+  cache::ArchiveDatabase* archive_db = nullptr;
   std::string archive_id;
 };
 

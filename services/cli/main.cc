@@ -604,7 +604,7 @@ int Run(const Args& args) {
   embedded.max_document_bytes = options.max_document_bytes;
   embedded.archive_max_bytes = static_cast<uint64_t>(archive_max_bytes);
   if (run_archive != nullptr) {
-    embedded.archive_db = run_archive->db();
+    embedded.archive_db = run_archive->database();
     embedded.archive_id = run_archive->doc_id();
   }
   v1::Task service_task;

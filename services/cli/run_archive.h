@@ -1,7 +1,8 @@
-// The archive of evicted blocks for one `longread run`: the RocksDB cache opened on the cache
-// directory, archives of killed runs collected, a fresh document id, and the run's records deleted
-// when it ends, whichever way it ends (cache/FORMAT.md, "Archive of evicted blocks"). Kept out of
-// main.cc so that the clean-up paths can be tested without the model.
+// The archive of evicted blocks for one `longread run`: the run's cache::ArchiveDatabase (the
+// handler longread-worker uses too) on the cache directory, archives of killed runs collected, a
+// fresh document id, and the run's records deleted when it ends, whichever way it ends
+// (cache/FORMAT.md, "Archive of evicted blocks"). Kept out of main.cc so that the clean-up paths
+// can be tested without the model.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "cache/archive_database.h"
 #include "cache/block_archive_store.h"
 #include "cache/cache_db.h"
 
@@ -52,7 +54,9 @@ class RunArchive {
   RunArchive& operator=(const RunArchive&) = delete;
 
   cache::RocksDbBlockArchive* archive() const { return archive_.get(); }  // null: !open_archive
-  cache::CacheDb* db() const { return db_.get(); }
+  // Null once closed.
+  cache::ArchiveDatabase* database() const { return database_.get(); }
+  cache::CacheDb* db() const { return database_ != nullptr ? database_->db() : nullptr; }
   const std::string& doc_id() const { return doc_id_; }
   const std::string& db_path() const { return db_path_; }
   // Where a damaged database was moved ("" if it was not): worth a warning, since it holds disk.
@@ -66,12 +70,11 @@ class RunArchive {
 
  private:
   RunArchive() = default;
-  absl::Status CollectOrphans(absl::Duration ttl);
 
   std::string db_path_;
   std::string doc_id_;
   std::string moved_aside_to_;
-  std::unique_ptr<cache::CacheDb> db_;
+  std::unique_ptr<cache::ArchiveDatabase> database_;
   std::unique_ptr<cache::RocksDbBlockArchive> archive_;
   int collected_ = 0;
   absl::Status gc_status_;

@@ -1,6 +1,7 @@
 #include "services/coordinator/coordinator.h"
 
 #include <algorithm>
+#include <optional>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -18,6 +19,10 @@ namespace {
 google::protobuf::Timestamp Now() { return google::protobuf::util::TimeUtil::GetCurrentTime(); }
 
 const char* kStateLabels[] = {"", "queued", "running", "succeeded", "failed", "cancelled"};
+
+absl::Time ToTime(const google::protobuf::Timestamp& t) {
+  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
+}
 
 }  // namespace
 
@@ -202,6 +207,7 @@ absl::StatusOr<v1::Job> Coordinator::AcceptJob(v1::Job header,
   *job->header.mutable_created() = Now();
   int64_t total_tokens = 0;
   std::vector<int> all;
+  std::optional<absl::Time> deadline;
   {
     std::lock_guard<std::mutex> lock(job->mu);
     SetJobStateLocked(*job, v1::JOB_STATE_QUEUED);
@@ -241,6 +247,7 @@ absl::StatusOr<v1::Job> Coordinator::AcceptJob(v1::Job header,
       return absl::UnavailableError(absl::StrCat("cannot persist the job: ", s.message()));
     }
     job->events = 1;
+    if (job->header.has_deadline()) deadline = ToTime(job->header.deadline());
   }
   metrics_->jobs_submitted->Increment();
   {
@@ -249,6 +256,7 @@ absl::StatusOr<v1::Job> Coordinator::AcceptJob(v1::Job header,
     for (int i : all) queue_.emplace_back(id, i);
   }
   cv_.notify_all();
+  if (deadline.has_value()) WatchDeadline(id, *deadline);
   Log(LogLevel::kInfo, "job_accepted",
       {{"job", id},
        {"documents", std::to_string(documents.size())},
@@ -372,15 +380,83 @@ absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& job_id) {
       }
     }
   }
+  CancelRuns(to_cancel);
+  return Snapshot(*job, true);
+}
+
+void Coordinator::CancelRuns(const std::vector<std::shared_ptr<DocumentRun>>& runs) {
   // Cancelling the call reaches the worker between two steps (one segment or one token).
-  for (auto& run : to_cancel) {
+  for (const auto& run : runs) {
     {
       std::lock_guard<std::mutex> lock(run->mu);
       run->cancel = true;
     }
     run->context.TryCancel();
   }
-  return Snapshot(*job, true);
+}
+
+std::vector<std::shared_ptr<DocumentRun>> Coordinator::ExpireLocked(JobRuntime& job) {
+  std::vector<std::shared_ptr<DocumentRun>> runs;
+  if (job.finished || job.header.cancel_requested() || job.header.deadline_exceeded()) return runs;
+  job.header.set_deadline_exceeded(true);
+  const std::string timeout =
+      absl::FormatDuration(ToTime(job.header.deadline()) - ToTime(job.header.created()));
+  Log(LogLevel::kInfo, "job_deadline_exceeded",
+      {{"job", job.header.job_id()}, {"timeout", timeout}});
+  v1::JobEvent e;
+  e.mutable_error()->set_document_index(-1);
+  e.mutable_error()->set_code(grpc::StatusCode::DEADLINE_EXCEEDED);
+  e.mutable_error()->set_message(absl::StrCat("the job's deadline passed (timeout ", timeout, ")"));
+  EmitLocked(job, std::move(e), {}, /*sync=*/true);
+  // Documents end now, each with the answer text streamed so far; the workers of running ones
+  // are told to stop (their streams' ends change nothing once the document is FAILED).
+  for (size_t i = 0; i < job.docs.size(); ++i) {
+    DocRuntime& d = job.docs[i];
+    if (IsTerminal(d.status.state())) continue;
+    if (d.status.state() == v1::DOCUMENT_STATE_RUNNING && d.run != nullptr) runs.push_back(d.run);
+    FinishDocLocked(job, static_cast<int>(i), v1::DOCUMENT_STATE_FAILED,
+                    "the job's deadline passed", grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  return runs;
+}
+
+void Coordinator::ExpireDeadline(const std::string& job_id) {
+  std::shared_ptr<JobRuntime> job = FindJob(job_id);
+  if (job == nullptr) return;
+  std::vector<std::shared_ptr<DocumentRun>> runs;
+  {
+    std::lock_guard<std::mutex> lock(job->mu);
+    runs = ExpireLocked(*job);
+  }
+  CancelRuns(runs);
+}
+
+void Coordinator::WatchDeadline(const std::string& job_id, absl::Time deadline) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    deadlines_.emplace(deadline, job_id);
+  }
+  cv_.notify_all();
+}
+
+void Coordinator::DeadlineLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_) {
+    if (deadlines_.empty()) {
+      cv_.wait(lock);
+      continue;
+    }
+    const auto next = deadlines_.begin();
+    if (next->first > absl::Now()) {
+      cv_.wait_until(lock, absl::ToChronoTime(next->first));
+      continue;
+    }
+    const std::string job_id = next->second;
+    deadlines_.erase(next);
+    lock.unlock();
+    ExpireDeadline(job_id);
+    lock.lock();
+  }
 }
 
 absl::Status Coordinator::Recover() {
@@ -411,7 +487,11 @@ absl::Status Coordinator::Recover() {
         job->docs.push_back(std::move(d));
         SetDocStateLocked(*job, static_cast<int>(i), ds);
       }
-      if (!job->finished) {
+      if (!job->finished && job->header.has_deadline() &&
+          ToTime(job->header.deadline()) <= absl::Now()) {
+        ++resumed;
+        ExpireLocked(*job);  // its deadline passed while the coordinator was down
+      } else if (!job->finished) {
         ++resumed;
         std::vector<int> changed;
         for (size_t i = 0; i < job->docs.size(); ++i) {
@@ -431,10 +511,15 @@ absl::Status Coordinator::Recover() {
         MaybeFinishJobLocked(*job);
       }
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    jobs_[id] = job;
-    for (int i : queued) queue_.emplace_back(id, i);
-    requeued += static_cast<int>(queued.size());
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      jobs_[id] = job;
+      for (int i : queued) queue_.emplace_back(id, i);
+      requeued += static_cast<int>(queued.size());
+    }
+    if (!job->finished && job->header.has_deadline()) {
+      WatchDeadline(id, ToTime(job->header.deadline()));
+    }
   }
   Log(LogLevel::kInfo, "recovered",
       {{"jobs", std::to_string(jobs->size())},
@@ -445,6 +530,7 @@ absl::Status Coordinator::Recover() {
 
 void Coordinator::Start() {
   dispatcher_ = std::thread([this] { DispatchLoop(); });
+  deadline_thread_ = std::thread([this] { DeadlineLoop(); });
   gauges_ = std::thread([this] {
     std::unique_lock<std::mutex> lock(mu_);
     while (!stop_) {
@@ -472,6 +558,7 @@ void Coordinator::Stop() {
   }
   cv_.notify_all();
   if (dispatcher_.joinable()) dispatcher_.join();
+  if (deadline_thread_.joinable()) deadline_thread_.join();
   if (gauges_.joinable()) gauges_.join();
   std::unique_lock<std::mutex> lock(mu_);
   runs_cv_.wait(lock, [this] { return active_runs_ == 0; });

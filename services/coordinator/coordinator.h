@@ -127,12 +127,22 @@ class Coordinator {
   std::vector<v1::Job> List(const std::string& after, int limit, v1::JobState state,
                             std::string* next);
   absl::StatusOr<v1::Job> Cancel(const std::string& job_id);
+  // The job's deadline passed: it ends FAILED (deadline_exceeded), its documents are stopped as
+  // by Cancel. A no-op for a finished or cancelled job.
+  void ExpireDeadline(const std::string& job_id);
 
   void AddWatcher(JobRuntime& job, JobWatcher* watcher);
   void RemoveWatcher(JobRuntime& job, JobWatcher* watcher);
 
  private:
   void DispatchLoop();
+  // Ends each job whose deadline passed (ExpireDeadline), sleeping until the next deadline.
+  void DeadlineLoop();
+  void WatchDeadline(const std::string& job_id, absl::Time deadline);
+  // With job.mu held: marks the job past its deadline and fails its unfinished documents;
+  // returns the runs whose streams to workers must be cancelled.
+  std::vector<std::shared_ptr<DocumentRun>> ExpireLocked(JobRuntime& job);
+  void CancelRuns(const std::vector<std::shared_ptr<DocumentRun>>& runs);
   void RunDocument(std::shared_ptr<JobRuntime> job, int index, std::shared_ptr<Worker> worker,
                    std::shared_ptr<DocumentRun> run);
   // With job.mu held: appends the event (and the listed documents' and the header's state) to
@@ -159,6 +169,8 @@ class Coordinator {
   bool stop_ = false;
   std::thread dispatcher_;
   std::thread gauges_;
+  std::thread deadline_thread_;
+  std::multimap<absl::Time, std::string> deadlines_;  // unfinished jobs with a deadline
   int active_runs_ = 0;
   std::condition_variable runs_cv_;
   std::set<std::shared_ptr<DocumentRun>> runs_;

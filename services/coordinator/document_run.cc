@@ -158,6 +158,7 @@ void Coordinator::RunDocument(std::shared_ptr<JobRuntime> job, int index,
         const v1::ReadProgress& p = out.progress();
         std::lock_guard<std::mutex> lock(job->mu);
         DocRuntime& d = job->docs[index];
+        if (IsTerminal(d.status.state())) break;  // its job's deadline passed: nothing to add
         if (p.tokens_read() > last_progress) {
           metrics_->base->tokens_read().Increment(
               static_cast<double>(p.tokens_read() - last_progress));
@@ -225,6 +226,7 @@ void Coordinator::RunDocument(std::shared_ptr<JobRuntime> job, int index,
       case v1::RunDocumentOutput::kAnswer: {
         std::lock_guard<std::mutex> lock(job->mu);
         DocRuntime& d = job->docs[index];
+        if (IsTerminal(d.status.state())) break;
         d.attempt_answer += out.answer().text();
         // After a failover the answer is generated again from its start: only text beyond what
         // watchers already got is new (greedy decoding makes it the same text).
@@ -280,7 +282,10 @@ void Coordinator::RunDocument(std::shared_ptr<JobRuntime> job, int index,
       PersistLocked(*job, {index});
       requeue = true;
     };
-    if (finished) {
+    if (IsTerminal(d.status.state())) {
+      // It ended while it ran (its job's deadline passed); checkpoints stored since are moot.
+      (void)store_->DeleteCheckpoints(job_id, index);
+    } else if (finished) {
       const std::string& answer = result.answer();
       if (answer.size() > d.status.answer().size() && absl::StartsWith(answer, d.status.answer())) {
         v1::JobEvent e;

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/util/time_util.h"
 #include "services/common/log.h"
 #include "services/coordinator/document_ingest.h"
 
@@ -187,6 +188,20 @@ grpc::Status JobServiceImpl::SubmitJob(grpc::ServerContext* context,
   v1::JobHeader header = std::move(*request.mutable_header());
   if (absl::Status s = ValidateTask(header.mutable_task()); !s.ok()) return ToGrpc(s);
   if (absl::Status s = ResolveJobOptions(header.mutable_options()); !s.ok()) return ToGrpc(s);
+  // The clock starts now, before the documents arrive: the caller's limit covers the whole job.
+  std::optional<google::protobuf::Timestamp> deadline;
+  if (header.has_timeout()) {
+    const google::protobuf::Duration& t = header.timeout();
+    constexpr int64_t kMaxTimeoutSeconds = int64_t{10} * 366 * 24 * 3600;
+    if (t.seconds() < 0 || t.nanos() < 0 || t.nanos() > 999999999 ||
+        t.seconds() > kMaxTimeoutSeconds) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "timeout must be between 0 and 10 years");
+    }
+    if (t.seconds() > 0 || t.nanos() > 0) {
+      deadline = google::protobuf::util::TimeUtil::GetCurrentTime() + t;
+    }
+  }
   std::string idempotency;
   if (!header.idempotency_key().empty()) {
     if (header.idempotency_key().size() > 256) {
@@ -387,6 +402,7 @@ grpc::Status JobServiceImpl::SubmitJob(grpc::ServerContext* context,
   job.set_name(header.name());
   *job.mutable_task() = header.task();
   *job.mutable_options() = header.options();
+  if (deadline.has_value()) *job.mutable_deadline() = *deadline;
   auto accepted = coordinator_->AcceptJob(std::move(job), std::move(documents), idempotency);
   if (!accepted.ok()) {
     (void)store->DeleteJob(job_id);

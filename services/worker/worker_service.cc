@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <filesystem>
 #include <optional>
 #include <random>
 #include <span>
@@ -260,10 +259,8 @@ absl::Status DocumentRun::OpenArchive(const engine::DocumentJobOptions& options)
                            assignment_.attempt(), "-", RandomHex());
   }
   std::replace(doc_id_.begin(), doc_id_.end(), '\0', '_');
-  cache::BlockArchiveOptions archive_options;
-  archive_options.max_bytes = worker_->options_.archive_max_bytes;
-  auto opened = cache::RocksDbBlockArchive::Open(worker_->archive_db_, doc_id_, c.n_layers,
-                                                 c.n_kv_heads, c.head_dim, archive_options);
+  auto opened = worker_->archive_db_->OpenArchive(doc_id_, c.n_layers, c.n_kv_heads, c.head_dim,
+                                                  worker_->options_.archive_max_bytes);
   if (!opened.ok()) return opened.status();
   archive_ = std::move(*opened);
   return absl::OkStatus();
@@ -281,10 +278,9 @@ void DocumentRun::UpdateArchiveBytes() {
 void DocumentRun::CloseArchive() {
   recording_.reset();
   if (archive_ == nullptr) return;
-  if (absl::Status deleted = archive_->DeleteAll(); !deleted.ok()) {
+  if (absl::Status deleted = worker_->archive_db_->DeleteArchive(&archive_); !deleted.ok()) {
     LogEvent(LogLevel::kWarning, "archive_not_deleted", Field{"error", deleted.ToString()});
   }
-  archive_.reset();
   UpdateArchiveBytes();
 }
 
@@ -639,14 +635,17 @@ absl::StatusOr<std::unique_ptr<WorkerServiceImpl>> WorkerServiceImpl::Create(
   if (worker->options_.archive_db != nullptr) {
     worker->archive_db_ = worker->options_.archive_db;
   } else if (!worker->options_.cache_dir.empty()) {
-    const std::string path =
-        (std::filesystem::path(worker->options_.cache_dir) / "worker-db").string();
-    std::error_code ec;
-    std::filesystem::create_directories(worker->options_.cache_dir, ec);
-    auto db = cache::CacheDb::Open(path);
+    // The database belongs to this process (RocksDB's lock): every archive in it is a dead
+    // worker's.
+    cache::ArchiveDatabaseOptions database_options;
+    database_options.cache_dir = worker->options_.cache_dir;
+    database_options.name = "worker-db";
+    database_options.orphan_prefix = "";
+    auto db = cache::ArchiveDatabase::Open(database_options);
     if (!db.ok()) {
       Log(LogLevel::kWarning, "archive_database_unusable",
-          {{"path", path}, {"error", db.status().ToString()}});
+          {{"path", database_options.cache_dir + "/" + database_options.name},
+           {"error", db.status().ToString()}});
     } else {
       worker->own_db_ = std::move(*db);
       worker->archive_db_ = worker->own_db_.get();
@@ -654,15 +653,13 @@ absl::StatusOr<std::unique_ptr<WorkerServiceImpl>> WorkerServiceImpl::Create(
         Log(LogLevel::kWarning, "archive_database_damaged",
             {{"moved_to", worker->own_db_->moved_aside_to()}});
       }
-      int deleted = 0;
-      if (auto listed = cache::ListArchivedDocuments(worker->archive_db_); listed.ok()) {
-        for (const auto& [doc_id, when] : *listed) {
-          if (cache::DeleteArchivedDocument(worker->archive_db_, doc_id).ok()) ++deleted;
-        }
+      if (!worker->own_db_->gc_status().ok()) {
+        Log(LogLevel::kWarning, "stale_archives_not_deleted",
+            {{"error", worker->own_db_->gc_status().ToString()}});
       }
-      if (deleted > 0) {
-        (void)cache::CompactArchives(worker->archive_db_);
-        Log(LogLevel::kInfo, "stale_archives_deleted", {{"count", std::to_string(deleted)}});
+      if (worker->own_db_->collected() > 0) {
+        Log(LogLevel::kInfo, "stale_archives_deleted",
+            {{"count", std::to_string(worker->own_db_->collected())}});
       }
       worker->UpdateDatabaseSize();
     }
@@ -700,7 +697,7 @@ void WorkerServiceImpl::Release() {
   // Range deletions keep their disk space until a compaction; with no document left it only
   // reads what little remains.
   if (idle && own_db_ != nullptr) {
-    (void)cache::CompactArchives(own_db_.get());
+    (void)own_db_->Compact();
     UpdateDatabaseSize();
   }
 }
@@ -778,8 +775,8 @@ void WorkerServiceImpl::UpdateMemoryBytes(int64_t delta) {
 void WorkerServiceImpl::UpdateDatabaseSize() {
   if (archive_db_ == nullptr) return;
   uint64_t sst = 0, mem = 0;
-  archive_db_->db()->GetAggregatedIntProperty("rocksdb.total-sst-files-size", &sst);
-  archive_db_->db()->GetAggregatedIntProperty("rocksdb.cur-size-all-mem-tables", &mem);
+  archive_db_->db()->db()->GetAggregatedIntProperty("rocksdb.total-sst-files-size", &sst);
+  archive_db_->db()->db()->GetAggregatedIntProperty("rocksdb.cur-size-all-mem-tables", &mem);
   metrics_->common->rocksdb_size_bytes().Set(static_cast<double>(sst + mem));
 }
 

@@ -17,7 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "cache/cache_db.h"
+#include "cache/archive_database.h"
 #include "engine/memory/reading_backend.h"
 #include "engine/model/llama_model.h"
 #include "engine/scorer/scorer.h"
@@ -43,7 +43,7 @@ struct WorkerOptions {
   // closed by it with `longread run`'s semantics (services/cli/run_archive.h); cache_dir is then
   // unused and the worker neither clears nor compacts it. Archives are named by archive_id()
   // (the host's run id, so that a killed run's archive is collected by the next run).
-  cache::CacheDb* archive_db = nullptr;
+  cache::ArchiveDatabase* archive_db = nullptr;
   std::function<std::string()> archive_id;
 };
 
@@ -105,8 +105,9 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   WorkerMetrics* metrics_;
   int64_t model_bytes_ = 0;
   FairLock model_lock_;
-  std::unique_ptr<cache::CacheDb> own_db_;  // <cache_dir>/worker-db, unless the host gives one
-  cache::CacheDb* archive_db_ = nullptr;    // null when the cache directory is unusable
+  // <cache_dir>/worker-db, unless the host gives one.
+  std::unique_ptr<cache::ArchiveDatabase> own_db_;
+  cache::ArchiveDatabase* archive_db_ = nullptr;  // null when the cache directory is unusable
 
   mutable absl::Mutex mu_;
   int32_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;

@@ -156,6 +156,25 @@ class CliClientTest(unittest.TestCase):
         r = run("cancel", *self.addr, "--json", job_id)  # idempotent
         self.assertEqual(r.returncode, 0, r.stderr)
 
+    def test_deadline(self):
+        r = run("submit", *self.addr, *TINY, "--json", "--deadline", "1s", self.long)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        job_id = json.loads(r.stdout)["job_id"]
+        self.assertIn("deadline", json.loads(r.stdout)["job"])
+        r = run("watch", *self.addr, "--jsonl", job_id)
+        self.assertEqual(r.returncode, 6, r.stderr)
+        events = [json.loads(line) for line in r.stdout.splitlines()]
+        self.assertIn({"document_index": -1, "code": 4},
+                      [{k: e["error"][k] for k in ("document_index", "code")}
+                       for e in events if "error" in e])
+        job = json.loads(run("get", *self.addr, "--json", job_id).stdout)
+        self.assertEqual(job["state"], "JOB_STATE_FAILED")
+        self.assertTrue(job["deadline_exceeded"])
+        self.assertIn("(deadline exceeded)", run("get", *self.addr, job_id).stdout)
+        for bad in ("soon", "0s", "-5m"):
+            self.assertEqual(run("submit", *self.addr, "--deadline", bad, self.short).returncode,
+                             2, bad)
+
     def test_idempotency_key(self):
         first = json.loads(run("submit", *self.addr, *TINY, "--json", "--idempotency-key",
                                "k1", self.short).stdout)

@@ -273,6 +273,128 @@ TEST(CoordinatorFaultTest, CancelReachesTheWorkerAndFreesItsSlot) {
   EXPECT_EQ(events.back().job_done().state(), v1::JOB_STATE_SUCCEEDED);
 }
 
+// The sample `name` (no labels) in a /metrics page; -1 when absent.
+double MetricValue(const std::string& page, const std::string& name) {
+  const size_t at = page.find("\n" + name + " ");
+  return at == std::string::npos ? -1 : std::atof(page.c_str() + at + name.size() + 2);
+}
+
+// A job whose deadline passes mid-document ends FAILED with DEADLINE_EXCEEDED (event, GetJob),
+// its worker stops reading within a segment and takes the next job, which succeeds.
+TEST(CoordinatorFaultTest, AJobPastItsDeadlineFailsDeadlineExceededAndItsWorkerStops) {
+  REQUIRE_REFERENCE(ref);
+  TempDir dir;
+  Cluster cluster(dir.path(), {"--checkpoint-seconds", "3600"});
+  ASSERT_TRUE(cluster.coordinator && cluster.coordinator->serving());
+  v1::JobHeader header = TinyHeader(kQuestion);
+  header.mutable_timeout()->set_seconds(2);
+  // ~3,300 tokens: far longer than 2 s of reading on one thread.
+  const std::string document =
+      worker::testing::LongDocument() + "\n\n" + worker::testing::LongDocument();
+  v1::SubmitJobResponse first;
+  ASSERT_TRUE(Submit(cluster.stub.get(), header, {{"long", document}}, &first).ok());
+  ASSERT_TRUE(first.job().has_deadline());
+  const auto events = WatchToEnd(cluster.stub.get(), first.job_id());
+  ExpectDense(events);
+  ASSERT_FALSE(events.empty());
+  ASSERT_TRUE(events.back().has_job_done()) << cluster.coordinator->log();
+  EXPECT_EQ(events.back().job_done().state(), v1::JOB_STATE_FAILED);
+  std::string worker_address;
+  bool job_error = false;
+  for (const v1::JobEvent& e : events) {
+    if (e.has_assigned()) worker_address = e.assigned().worker();
+    if (e.has_error() && e.error().document_index() == -1) {
+      EXPECT_EQ(e.error().code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+      job_error = true;
+    }
+  }
+  EXPECT_TRUE(job_error) << "no job-level DEADLINE_EXCEEDED event";
+  ASSERT_FALSE(worker_address.empty()) << "the document never reached a worker";
+
+  const v1::Job job = GetJob(cluster.stub.get(), first.job_id());
+  EXPECT_EQ(job.state(), v1::JOB_STATE_FAILED);
+  EXPECT_TRUE(job.deadline_exceeded());
+  const double timeout = Seconds(job.deadline()) - Seconds(job.created());
+  EXPECT_NEAR(timeout, 2.0, 0.5);
+  ASSERT_EQ(job.documents_size(), 1);
+  EXPECT_EQ(job.documents(0).state(), v1::DOCUMENT_STATE_FAILED);
+  EXPECT_LT(job.documents(0).tokens_read(), job.documents(0).total_tokens());
+
+  // The worker stopped: it says so, frees its slot, and reads no more.
+  WorkerProcess& worker = cluster.ByAddress(worker_address);
+  std::string page;
+  for (int i = 0; i < 100; ++i) {
+    page = worker.ScrapeMetrics();
+    if (MetricValue(page, "longread_worker_documents_in_flight") == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(MetricValue(page, "longread_worker_documents_in_flight"), 0) << page;
+  const std::string log = worker.log();
+  ASSERT_NE(log.find("\"event\":\"document_stopped\""), std::string::npos) << log;
+  EXPECT_NE(log.find("\"code\":\"CANCELLED\""), std::string::npos) << log;
+  const long long stopped_at = LoggedInt(log, "document_stopped", "tokens_read");
+  EXPECT_LT(stopped_at, job.documents(0).total_tokens());
+  const double read_total = MetricValue(page, "longread_tokens_read_total");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  EXPECT_EQ(MetricValue(worker.ScrapeMetrics(), "longread_tokens_read_total"), read_total);
+  std::printf("DEADLINE timeout=%.3f tokens_read=%lld of %lld worker_stopped_at=%lld\n", timeout,
+              static_cast<long long>(job.documents(0).tokens_read()),
+              static_cast<long long>(job.documents(0).total_tokens()), stopped_at);
+
+  // A job without a deadline runs on both workers (capacity 1 each): both slots are free.
+  v1::SubmitJobResponse second;
+  const std::string short_document = NumberedDocument(3);
+  ASSERT_TRUE(Submit(cluster.stub.get(), TinyHeader(kQuestion),
+                     {{"c", short_document}, {"d", short_document}}, &second)
+                  .ok());
+  const auto after = WatchToEnd(cluster.stub.get(), second.job_id());
+  ASSERT_TRUE(after.back().has_job_done()) << cluster.coordinator->log();
+  EXPECT_EQ(after.back().job_done().state(), v1::JOB_STATE_SUCCEEDED);
+}
+
+// The deadline is persisted with the job: a coordinator killed before it and restarted after it
+// ends the job DEADLINE_EXCEEDED on recovery. (Its worker does not exist: the job stays queued.)
+TEST(CoordinatorFaultTest, ADeadlineSurvivesACoordinatorRestart) {
+  REQUIRE_REFERENCE(ref);
+  TempDir dir;
+  const std::string d = dir.path() + "/c";
+  auto coordinator = StartCoordinator(d, "127.0.0.1:1");
+  ASSERT_TRUE(coordinator->serving()) << coordinator->log();
+  v1::JobHeader header = TinyHeader(kQuestion);
+  header.mutable_timeout()->set_seconds(3);
+  v1::SubmitJobResponse response;
+  {
+    auto stub = JobStub(coordinator->target());
+    ASSERT_TRUE(Submit(stub.get(), header, {{"doc", NumberedDocument(1)}}, &response).ok());
+  }
+  coordinator->Kill();  // SIGKILL, well before the deadline
+  const v1::Job submitted = response.job();
+  ASSERT_TRUE(submitted.has_deadline());
+  EXPECT_FALSE(submitted.deadline_exceeded());
+  const double wait =
+      Seconds(submitted.deadline()) - absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()) + 0.2;
+  ASSERT_GT(wait, 0) << "the coordinator outlived the deadline: nothing to recover";
+  std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int>(wait * 1000)));
+
+  coordinator = StartCoordinator(d, "127.0.0.1:1");
+  ASSERT_TRUE(coordinator->serving()) << coordinator->log();
+  auto stub = JobStub(coordinator->target());
+  const auto events = WatchToEnd(stub.get(), response.job_id());
+  ExpectDense(events);
+  ASSERT_TRUE(events.back().has_job_done()) << coordinator->log();
+  EXPECT_EQ(events.back().job_done().state(), v1::JOB_STATE_FAILED);
+  bool job_error = false;
+  for (const v1::JobEvent& e : events) {
+    job_error = job_error || (e.has_error() && e.error().document_index() == -1 &&
+                              e.error().code() == grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  EXPECT_TRUE(job_error);
+  const v1::Job job = GetJob(stub.get(), response.job_id());
+  EXPECT_TRUE(job.deadline_exceeded());
+  EXPECT_EQ(job.deadline().seconds(), submitted.deadline().seconds());
+  EXPECT_EQ(job.documents(0).state(), v1::DOCUMENT_STATE_FAILED);
+}
+
 // Watchers that never read do not grow the coordinator: each holds one event at a time while
 // the job streams on, and a watcher that reads normally still gets every event.
 TEST(CoordinatorFaultTest, WatchersThatNeverReadKeepMemoryBounded) {
