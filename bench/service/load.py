@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import queue
+import resource
 import subprocess
 import sys
 import threading
@@ -157,7 +158,11 @@ def embedded_phase(cli, model, docs, lanes, threads, options, tmp):
                             "engine_s": j["read_seconds"] + j["recall_seconds"]
                             + j["generate_seconds"], "answer": j["answer"]})
 
-    start = time.monotonic()
+    def children_cpu():
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    start, cpu0 = time.monotonic(), children_cpu()
     workers = [threading.Thread(target=lane, args=(n,)) for n in range(lanes)]
     for t in workers:
         t.start()
@@ -165,7 +170,8 @@ def embedded_phase(cli, model, docs, lanes, threads, options, tmp):
         t.join()
     if errors:
         raise RuntimeError("; ".join(errors))
-    return sorted(out, key=lambda r: r["index"]), time.monotonic() - start
+    # The runs are this process's only children reaped in the phase (the cluster's still run).
+    return sorted(out, key=lambda r: r["index"]), time.monotonic() - start, children_cpu() - cpu0
 
 
 async def watchers_phase(address, job_id, watchers, channels=10):
@@ -240,8 +246,8 @@ def main():
         load_mid = os.getloadavg()
         print(f"embedded: {a.embedded_lanes} x longread run --threads {a.embedded_threads} "
               f"at once on the same {len(jobs)} documents", flush=True)
-        embedded, embedded_wall = embedded_phase(cli, a.model, jobs, a.embedded_lanes,
-                                                 a.embedded_threads, options, tmp)
+        embedded, embedded_wall, embedded_cpu = embedded_phase(
+            cli, a.model, jobs, a.embedded_lanes, a.embedded_threads, options, tmp)
 
         pid = cluster.coordinator.pid
         client = Client(cluster.address)
@@ -308,11 +314,18 @@ def main():
             "cpu_seconds": {"coordinator": round(service_cpu[0], 3),
                             "workers": [round(c, 3) for c in service_cpu[1:]],
                             "python_clients": round(clients_cpu, 3)},
+            # Coordinator + workers (the clients are the benchmark's, not the service's).
+            "tokens_per_cpu_second": round(tokens / sum(service_cpu), 2) if sum(service_cpu)
+            else 0,
         },
         "embedded": {
             "command": f"{a.embedded_lanes} x longread run --threads {a.embedded_threads} at "
                        "once, one process per document, each lane taking the next document",
             "lane_engine_seconds": [round(x, 3) for x in lane_engine],
+            # CPU time of the runs (model loading included): less sensitive to other load than
+            # any wall time.
+            "cpu_seconds": round(embedded_cpu, 3),
+            "tokens_per_cpu_second": round(emb_tokens / embedded_cpu, 2) if embedded_cpu else 0,
             "document_tokens": emb_tokens,
             "engine_seconds": round(emb_engine, 3), "wall_seconds": round(emb_wall, 3),
             "tokens_per_second_engine": round(emb_tokens / emb_engine, 2) if emb_engine else 0,
@@ -333,6 +346,8 @@ def main():
         if e["tokens_per_second_engine"] else None,
         "vs_wall_time": round(service_tps / e["tokens_per_second_wall"], 3)
         if e["tokens_per_second_wall"] else None,
+        "vs_cpu_time": round(report["load"]["tokens_per_cpu_second"] / e["tokens_per_cpu_second"],
+                             3) if e["tokens_per_cpu_second"] else None,
     }
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
@@ -357,6 +372,9 @@ def main():
         ("ratio service / embedded (engine / wall)",
          f"{report['ratio_service_to_embedded']['vs_engine_time']} / "
          f"{report['ratio_service_to_embedded']['vs_wall_time']}"),
+        ("tokens per CPU second: service / embedded (ratio)",
+         f"{L['tokens_per_cpu_second']:.1f} / {e['tokens_per_cpu_second']:.1f} "
+         f"({report['ratio_service_to_embedded']['vs_cpu_time']})"),
         ("answers equal to embedded", f"{L['answers_equal_to_embedded']} / {L['jobs_ok']}"),
         (f"{a.watchers} watchers: complete / errors",
          f"{W['completed_all_events']} / {W['errors']} ({W['job_events']} events each)"),
