@@ -271,6 +271,10 @@ class Phase:
                                 state="healthy") >= len(self.workers),
                  self.args.start_timeout, everyone)
 
+    def log_tails(self):
+        return {p.name: p.tail(40) for p in [self.coordinator, *self.workers.values()]
+                if p is not None}
+
     def stop(self):
         self.stop_sampling.set()
         for p in [self.coordinator, *self.workers.values()]:
@@ -500,8 +504,7 @@ def print_table(results, out):
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-    s = results["summary"]
-    for key, value in s.items():
+    for key, value in results.get("summary", {}).items():
         print(f"{key}: {value}")
     print(f"results: {out}")
 
@@ -585,10 +588,21 @@ def main():
         "documents": documents,
         "phases": [],
     }
+    out = Path(args.out)
+
+    def write():
+        results["device"]["load_average_after"] = os.getloadavg()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+
+    def interrupted(signum, frame):
+        raise RuntimeError(f"interrupted by signal {signum}: the phases done so far are written")
+
+    signal.signal(signal.SIGTERM, interrupted)
     ok = True
+    reference = None
+    by_phase = {}
     try:
-        reference = None
-        by_phase = {}
         for name in phases:
             phase_specs = specs[:1] if name == "one" else specs
             kill = None
@@ -599,11 +613,15 @@ def main():
             phase = Phase(args, name, phase_specs, work / name)
             try:
                 r = phase.run(documents, flags, kill)
+            except Exception:
+                results.setdefault("failure_logs", {})[name] = phase.log_tails()
+                raise
             finally:
                 phase.stop()
             if r["job_state"] != "JOB_STATE_SUCCEEDED" or r["watch_exit"] != 0 or r["errors"]:
                 log(f"{name}: FAILED: state {r['job_state']}, watch exit {r['watch_exit']}, "
                     f"errors {r['errors']}")
+                results.setdefault("failure_logs", {})[name] = phase.log_tails()
                 ok = False
             if reference is None:
                 reference = r
@@ -619,42 +637,43 @@ def main():
                 ok = False
             results["phases"].append(r)
             by_phase[name] = r
-        summary = {}
-        if "one" in by_phase and "all" in by_phase:
-            summary["scaling_all_over_one"] = round(
-                by_phase["all"]["tokens_per_second"] / by_phase["one"]["tokens_per_second"], 3)
-        if "kill" in by_phase:
-            k = by_phase["kill"]
-            summary["kill_at_seconds"] = round(k["killed"]["seconds"], 2) if k["killed"] else None
-            summary["documents_failed_over"] = sum(d["attempts"] >= 2 for d in k["documents"])
-            summary["tokens_reread"] = k["tokens_reread"]
-            summary["tokens_read_by_workers_minus_document_tokens"] = round(
-                k["tokens_read_by_workers"] - k["total_tokens"])
-            summary["failovers_worker_lost"] = k["coordinator"]["failovers_worker_lost"]
-            if "all" in by_phase:
-                summary["time_lost_seconds"] = round(
-                    k["seconds_to_last_answer"] - by_phase["all"]["seconds_to_last_answer"], 2)
-        summary["all_answers_identical"] = all(not r["documents_differing"]
-                                               for r in results["phases"])
-        summary["ok"] = ok
-        results["summary"] = summary
+            write()
     except Exception as e:  # noqa: BLE001 -- the results so far are still written
         results["failure"] = f"{type(e).__name__}: {e}"
         log(f"FAILED: {results['failure']}")
         ok = False
-        results.setdefault("summary", {"ok": False})
     finally:
-        results["device"]["load_average_after"] = os.getloadavg()
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1) + "\n")
+        results["summary"] = summarize(by_phase, results["phases"], ok)
+        write()
         if args.keep:
             log(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    if "failure" not in results:
+    if results["phases"]:
         print_table(results, out)
     return 0 if ok else 1
+
+
+def summarize(by_phase, phases, ok):
+    summary = {}
+    if "one" in by_phase and "all" in by_phase:
+        summary["scaling_all_over_one"] = round(
+            by_phase["all"]["tokens_per_second"] / by_phase["one"]["tokens_per_second"], 3)
+    if "kill" in by_phase:
+        k = by_phase["kill"]
+        summary["kill_at_seconds"] = round(k["killed"]["seconds"], 2) if k["killed"] else None
+        summary["documents_failed_over"] = sum(d["attempts"] >= 2 for d in k["documents"])
+        summary["tokens_reread"] = k["tokens_reread"]
+        summary["tokens_read_by_workers_minus_document_tokens"] = round(
+            k["tokens_read_by_workers"] - k["total_tokens"])
+        summary["failovers_worker_lost"] = k["coordinator"]["failovers_worker_lost"]
+        if "all" in by_phase:
+            summary["time_lost_seconds"] = round(
+                k["seconds_to_last_answer"] - by_phase["all"]["seconds_to_last_answer"], 2)
+    summary["all_answers_identical"] = all(not r["documents_differing"]
+                                           for r in phases)
+    summary["ok"] = ok
+    return summary
 
 
 def git_revision():
