@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "engine/memory/cpu_backend.h"
 
 namespace longread::engine {
 namespace {
@@ -15,16 +16,17 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
-DocumentSession::DocumentSession(LlamaModel& model, const Tokenizer& tokenizer,
-                                 const DocumentJobOptions& options,
-                                 std::shared_ptr<const ScorerWeights> scorer,
+DocumentSession::DocumentSession(std::unique_ptr<ReadingBackend> owned_backend,
+                                 ReadingBackend& backend, std::unique_ptr<DocumentState> state,
+                                 const Tokenizer& tokenizer, const DocumentJobOptions& options,
                                  kernels::ThreadPool* pool, TaskPrompt prompt,
                                  int64_t document_tokens)
     : tokenizer_(tokenizer),
       options_(options),
       prompt_(std::move(prompt)),
       generate_(options.generate),
-      runner_(&model, options.runner, std::move(scorer), pool),
+      owned_backend_(std::move(owned_backend)),
+      runner_(&backend, std::move(state), options.runner, pool),
       document_tokens_(document_tokens) {
   for (const char* stop : {"<|im_end|>", "<|endoftext|>", "<|eot_id|>"}) {
     const int32_t id = tokenizer.TokenId(stop);
@@ -40,6 +42,25 @@ absl::StatusOr<std::unique_ptr<DocumentSession>> DocumentSession::Create(
     LlamaModel& model, const Tokenizer& tokenizer, const DocumentJobOptions& options,
     std::shared_ptr<const ScorerWeights> scorer, kernels::ThreadPool* pool,
     int64_t document_tokens) {
+  auto backend = std::make_unique<CpuReadingBackend>(&model);
+  ReadingBackend& cpu = *backend;
+  return Create(std::move(backend), cpu, tokenizer, options, std::move(scorer), pool,
+                document_tokens);
+}
+
+absl::StatusOr<std::unique_ptr<DocumentSession>> DocumentSession::Create(
+    ReadingBackend& backend, const Tokenizer& tokenizer, const DocumentJobOptions& options,
+    std::shared_ptr<const ScorerWeights> scorer, kernels::ThreadPool* pool,
+    int64_t document_tokens) {
+  return Create(nullptr, backend, tokenizer, options, std::move(scorer), pool, document_tokens);
+}
+
+absl::StatusOr<std::unique_ptr<DocumentSession>> DocumentSession::Create(
+    std::unique_ptr<ReadingBackend> owned_backend, ReadingBackend& backend,
+    const Tokenizer& tokenizer, const DocumentJobOptions& options,
+    std::shared_ptr<const ScorerWeights> scorer, kernels::ThreadPool* pool,
+    int64_t document_tokens) {
+  const LlamaModel& model = backend.host_model();
   if (document_tokens <= 0) return absl::InvalidArgumentError("the document has no tokens");
   if (options.runner.segment_tokens <= 0) {
     return absl::InvalidArgumentError("segment_tokens must be positive");
@@ -66,8 +87,13 @@ absl::StatusOr<std::unique_ptr<DocumentSession>> DocumentSession::Create(
           "); use the SparseK memory (the default) for longer inputs"));
     }
   }
-  std::unique_ptr<DocumentSession> session(new DocumentSession(
-      model, tokenizer, options, std::move(scorer), pool, std::move(*prompt), document_tokens));
+  // Every refusal above comes before the document's memory is allocated (on a device backend,
+  // device memory).
+  auto state = backend.NewDocument(options.runner.memory, std::move(scorer), pool);
+  if (!state.ok()) return state.status();
+  std::unique_ptr<DocumentSession> session(
+      new DocumentSession(std::move(owned_backend), backend, std::move(*state), tokenizer, options,
+                          pool, std::move(*prompt), document_tokens));
   if (options.task_aware) {
     const std::vector<int32_t> instruction =
         tokenizer.Encode(TaskInstruction(options.task, options.question), false);
@@ -128,13 +154,15 @@ absl::StatusOr<SessionCheckpoint> DocumentSession::Checkpoint() const {
     return absl::FailedPreconditionError("session: checkpoints are taken before the answer");
   }
   SessionCheckpoint checkpoint;
-  checkpoint.memory = runner_.Snapshot();
+  auto memory = runner_.TakeSnapshot();
+  if (!memory.ok()) return memory.status();
+  checkpoint.memory = std::move(*memory);
   checkpoint.document_tokens_consumed = document_consumed_;
   checkpoint.reading_done = reading_done();
   if (!archive_error_.empty()) {
     checkpoint.archive_error = archive_error_;
-  } else if (!runner_.memory().archive_status().ok()) {
-    checkpoint.archive_error = std::string(runner_.memory().archive_status().message());
+  } else if (!runner_.document().archive_status().ok()) {
+    checkpoint.archive_error = std::string(runner_.document().archive_status().message());
   }
   return checkpoint;
 }
@@ -191,11 +219,12 @@ absl::Status DocumentSession::BeginAnswer(
   answer_begun_ = true;
   const bool recall = options_.archive != nullptr && options_.recall.blocks > 0;
   if (recall && options_.also_answer_without_recall) {
-    const MemorySnapshot before = runner_.Snapshot();
+    auto before = runner_.TakeSnapshot();
+    if (!before.ok()) return before.status();
     auto text = AnswerToEnd(generate_);
     if (!text.ok()) return text.status();
     result_.answer_without_recall = std::move(*text);
-    if (auto s = runner_.Restore(before); !s.ok()) return s;
+    if (auto s = runner_.Restore(*before); !s.ok()) return s;
   }
   auto recall_into_memory = [&] {
     if (!recall) return;
@@ -217,14 +246,15 @@ absl::Status DocumentSession::BeginAnswer(
   if (options_.also_answer_with_sampling.has_value()) {
     // Recalled blocks overfill the memory, so the snapshot is taken before recall, and recall
     // (read-only on the archive) is repeated for the answer itself.
-    const MemorySnapshot before_recall = runner_.Snapshot();
+    auto before_recall = runner_.TakeSnapshot();
+    if (!before_recall.ok()) return before_recall.status();
     recall_into_memory();
     GenerateOptions other = generate_;
     other.sampling = *options_.also_answer_with_sampling;
     auto text = AnswerToEnd(other);
     if (!text.ok()) return text.status();
     result_.answer_with_other_sampling = std::move(*text);
-    if (auto s = runner_.Restore(before_recall); !s.ok()) return s;
+    if (auto s = runner_.Restore(*before_recall); !s.ok()) return s;
   }
   recall_into_memory();
   if (before_answer) before_answer(runner_);

@@ -6,9 +6,10 @@
 // bit-identically. RunTokenizedDocumentJob is this loop run to the end.
 //
 // Threading: a session is not thread-safe, and LlamaModel::Forward is not either (the model owns
-// one activation workspace). Every call that runs the model (Create, ReadStep, BeginAnswer,
-// NextToken) must hold the caller's per-model lock; Checkpoint, Restore and the accessors only
-// touch the session. Many sessions may share one model, tokenizer, scorer and pool.
+// one activation workspace; so does a device backend, engine/memory/reading_backend.h). Every call
+// that runs the model (Create, ReadStep, BeginAnswer, NextToken) must hold the caller's per-model
+// lock; Checkpoint, Restore and the accessors only touch the session. Many sessions may share one
+// model, tokenizer, scorer and pool.
 //
 // What a checkpoint holds: SessionCheckpoint::memory, the runner's MemorySnapshot (the memory's
 // slots, where reading stopped, tokens of a partial segment). It does NOT hold the recall
@@ -31,6 +32,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/job/document_job.h"
+#include "engine/memory/reading_backend.h"
 #include "engine/memory/runner.h"
 #include "engine/memory/snapshot.h"
 #include "engine/model/llama_model.h"
@@ -64,6 +66,11 @@ class DocumentSession {
   // puts evicted blocks into it from the first ReadStep. Runs the model (take the lock).
   static absl::StatusOr<std::unique_ptr<DocumentSession>> Create(
       LlamaModel& model, const Tokenizer& tokenizer, const DocumentJobOptions& options,
+      std::shared_ptr<const ScorerWeights> scorer, kernels::ThreadPool* pool,
+      int64_t document_tokens);
+  // The same on `backend` (not owned; outlives the session): the document's memory lives there.
+  static absl::StatusOr<std::unique_ptr<DocumentSession>> Create(
+      ReadingBackend& backend, const Tokenizer& tokenizer, const DocumentJobOptions& options,
       std::shared_ptr<const ScorerWeights> scorer, kernels::ThreadPool* pool,
       int64_t document_tokens);
 
@@ -114,9 +121,15 @@ class DocumentSession {
   const RecurrentRunner& runner() const { return runner_; }
 
  private:
-  DocumentSession(LlamaModel& model, const Tokenizer& tokenizer, const DocumentJobOptions& options,
-                  std::shared_ptr<const ScorerWeights> scorer, kernels::ThreadPool* pool,
-                  TaskPrompt prompt, int64_t document_tokens);
+  static absl::StatusOr<std::unique_ptr<DocumentSession>> Create(
+      std::unique_ptr<ReadingBackend> owned_backend, ReadingBackend& backend,
+      const Tokenizer& tokenizer, const DocumentJobOptions& options,
+      std::shared_ptr<const ScorerWeights> scorer, kernels::ThreadPool* pool,
+      int64_t document_tokens);
+  DocumentSession(std::unique_ptr<ReadingBackend> owned_backend, ReadingBackend& backend,
+                  std::unique_ptr<DocumentState> state, const Tokenizer& tokenizer,
+                  const DocumentJobOptions& options, kernels::ThreadPool* pool, TaskPrompt prompt,
+                  int64_t document_tokens);
   // Reads the question and generates to the end (not streamed): the answer without recall.
   absl::StatusOr<std::string> AnswerToEnd(const GenerateOptions& generate);
   absl::Status StartGenerating();
@@ -124,7 +137,8 @@ class DocumentSession {
   const Tokenizer& tokenizer_;
   DocumentJobOptions options_;
   TaskPrompt prompt_;
-  GenerateOptions generate_;  // options.generate + the model's stop tokens
+  GenerateOptions generate_;                       // options.generate + the model's stop tokens
+  std::unique_ptr<ReadingBackend> owned_backend_;  // the CPU backend of the LlamaModel& Create
   RecurrentRunner runner_;
   int64_t document_tokens_ = 0;
   int64_t prefix_fed_ = 0;  // tokens of prompt_.before_document given to the runner

@@ -1,12 +1,15 @@
 #include "engine/memory/runner.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <map>
 #include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "engine/memory/cpu_backend.h"
 
 namespace longread::engine {
 
@@ -23,53 +26,36 @@ uint64_t RunnerConfig::Hash() const {
 RecurrentRunner::RecurrentRunner(LlamaModel* model, const RunnerConfig& config,
                                  std::shared_ptr<const ScorerWeights> scorer,
                                  kernels::ThreadPool* pool)
-    : model_(model),
+    : owned_backend_(std::make_unique<CpuReadingBackend>(model)),
+      backend_(owned_backend_.get()),
       config_(config),
       pool_(pool),
-      memory_(model->config(), config.memory, std::move(scorer)) {}
+      state_(static_cast<CpuReadingBackend*>(owned_backend_.get())
+                 ->NewCpuDocument(config.memory, std::move(scorer), pool)) {}
+
+RecurrentRunner::RecurrentRunner(ReadingBackend* backend, std::unique_ptr<DocumentState> state,
+                                 const RunnerConfig& config, kernels::ThreadPool* pool)
+    : backend_(backend), config_(config), pool_(pool), state_(std::move(state)) {}
+
+absl::StatusOr<std::unique_ptr<RecurrentRunner>> RecurrentRunner::Create(
+    ReadingBackend* backend, const RunnerConfig& config,
+    std::shared_ptr<const ScorerWeights> scorer, kernels::ThreadPool* pool) {
+  auto state = backend->NewDocument(config.memory, std::move(scorer), pool);
+  if (!state.ok()) return state.status();
+  return std::make_unique<RecurrentRunner>(backend, std::move(*state), config, pool);
+}
+
+const SparseKMemory& RecurrentRunner::memory() const {
+  const SparseKMemory* memory = state_->host_memory();
+  if (memory == nullptr) {
+    std::fprintf(stderr, "runner: memory() is the CPU memory; this runner reads on %s\n",
+                 std::string(backend_->device()).c_str());
+    std::abort();
+  }
+  return *memory;
+}
 
 namespace {
-
-// Records each layer's un-rotated queries while a dense memory does the attention.
-class QueryCapture : public AttentionMemory {
- public:
-  QueryCapture(const ModelConfig& model, std::vector<std::vector<float>>* queries)
-      : dense_(model, MemoryConfig::Dense(), nullptr),
-        queries_(queries),
-        width_(int64_t{model.n_heads} * model.head_dim) {
-    queries_->assign(model.n_layers, {});
-  }
-  absl::Status AttendAndUpdate(const SegmentLayerInput& in, float* out,
-                               kernels::ThreadPool* pool) override {
-    (*queries_)[in.layer].assign(in.q, in.q + in.n_tokens * width_);  // before RoPE
-    return dense_.AttendAndUpdate(in, out, pool);
-  }
-  void EndSegment(int64_t n) override { dense_.EndSegment(n); }
-  int64_t next_position() const override { return dense_.next_position(); }
-
- private:
-  SparseKMemory dense_;
-  std::vector<std::vector<float>>* queries_;
-  int64_t width_;
-};
-
-// Passes attention through to the real memory, showing each layer's input to `observe` first.
-class CapturingMemory : public AttentionMemory {
- public:
-  CapturingMemory(AttentionMemory* inner, std::function<void(const SegmentLayerInput&)> observe)
-      : inner_(inner), observe_(std::move(observe)) {}
-  absl::Status AttendAndUpdate(const SegmentLayerInput& in, float* out,
-                               kernels::ThreadPool* pool) override {
-    observe_(in);
-    return inner_->AttendAndUpdate(in, out, pool);
-  }
-  void EndSegment(int64_t n) override { inner_->EndSegment(n); }
-  int64_t next_position() const override { return inner_->next_position(); }
-
- private:
-  AttentionMemory* inner_;
-  std::function<void(const SegmentLayerInput&)> observe_;
-};
 
 uint64_t MixTokens(uint64_t h, std::span<const int32_t> tokens) {
   for (int32_t t : tokens) {
@@ -87,20 +73,13 @@ uint64_t RecurrentRunner::StateHash() const {
   return task_.empty() ? config_.Hash() : MixTokens(config_.Hash() ^ 0x7461736bull, task_);
 }
 
-static absl::Status CaptureQueries(LlamaModel* model, std::span<const int32_t> tokens,
-                                   kernels::ThreadPool* pool,
-                                   std::vector<std::vector<float>>* queries) {
-  QueryCapture capture(model->config(), queries);
-  return model->Forward(tokens, capture, LogitsMode::kNone, nullptr, pool);
-}
-
 absl::StatusOr<int64_t> RecurrentRunner::Recall(std::span<const int32_t> question,
                                                 const RecallOptions& options) {
   const int64_t blocks = options.blocks;
   if (archive_ == nullptr || blocks <= 0 || question.empty()) return 0;
-  if (!memory_.archive_status().ok()) return memory_.archive_status();
+  if (!state_->archive_status().ok()) return state_->archive_status();
   if (auto s = Flush(); !s.ok()) return s;
-  const ModelConfig& c = model_->config();
+  const ModelConfig& c = backend_->config();
   std::vector<std::vector<float>> queries;
   if (auto s = CaptureQueriesInContext(question, &queries); !s.ok()) return s;
   const int64_t n = static_cast<int64_t>(question.size()), d = c.head_dim;
@@ -128,11 +107,12 @@ absl::StatusOr<int64_t> RecurrentRunner::Recall(std::span<const int32_t> questio
   // is the one to bring to the heads that evicted it); sinks are left out.
   std::vector<std::map<int64_t, double>> held_peak(options.shared ? n_heads : 0);
   if (rank_exactly) {
+    if (auto s = state_->FetchHeld(); !s.ok()) return s;
     const int64_t B = config_.memory.block_tokens, sinks = config_.memory.sinks;
     pool_->ParallelFor(n_heads, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> held_ids;
       for (int64_t h = begin; h < end; ++h) {
-        const HeadMemorySnapshot& held = memory_.held(layer_of(h), kv_head_of(h));
+        const HeadMemorySnapshot& held = state_->held(layer_of(h), kv_head_of(h));
         held_ids.clear();
         if (options.shared) {
           for (int64_t p : held.positions) held_ids.push_back(p < sinks ? -1 : p / B);
@@ -199,7 +179,9 @@ absl::StatusOr<int64_t> RecurrentRunner::Recall(std::span<const int32_t> questio
   }
   int64_t added = 0;
   for (int64_t h = 0; h < n_heads; ++h) {
-    added += memory_.InsertRecalled(layer_of(h), kv_head_of(h), recalled[h]);
+    auto inserted = state_->InsertRecalled(layer_of(h), kv_head_of(h), recalled[h]);
+    if (!inserted.ok()) return inserted.status();
+    added += *inserted;
   }
   return added;
 }
@@ -208,25 +190,25 @@ absl::Status RecurrentRunner::CaptureQueriesInContext(std::span<const int32_t> t
                                                       std::vector<std::vector<float>>* queries) {
   // A frozen memory only appends the tokens' slots (nothing goes to the archive), so rewinding
   // to where reading stopped leaves the memory as it was.
-  const int64_t start = memory_.next_position();
-  const bool was_frozen = memory_.eviction_frozen();
-  memory_.FreezeEviction();
-  const ModelConfig& c = model_->config();
+  const int64_t start = state_->next_position();
+  const bool was_frozen = state_->eviction_frozen();
+  state_->set_eviction_frozen(true);
+  const ModelConfig& c = backend_->config();
   const int64_t width = int64_t{c.n_heads} * c.head_dim;
   queries->assign(c.n_layers, {});
-  CapturingMemory capture(&memory_, [&](const SegmentLayerInput& in) {
-    auto& q = (*queries)[in.layer];
-    q.insert(q.end(), in.q, in.q + in.n_tokens * width);  // before RoPE
-  });
+  const QueryObserver capture = [&](int32_t layer, int64_t n_tokens, const float* q_in) {
+    auto& q = (*queries)[layer];
+    q.insert(q.end(), q_in, q_in + n_tokens * width);  // before RoPE
+  };
   absl::Status status;
   const size_t L = static_cast<size_t>(config_.segment_tokens);
   for (size_t at = 0; at < tokens.size() && status.ok(); at += L) {
     const auto segment = tokens.subspan(at, std::min(L, tokens.size() - at));
     status = CheckPositions(static_cast<int64_t>(segment.size()));
-    if (status.ok()) status = model_->Forward(segment, capture, LogitsMode::kNone, nullptr, pool_);
+    if (status.ok()) status = state_->ReadSegment(segment, LogitsMode::kNone, nullptr, &capture);
   }
-  if (auto s = memory_.Rewind(start); !s.ok() && status.ok()) status = s;
-  memory_.set_eviction_frozen(was_frozen);
+  if (auto s = state_->Rewind(start); !s.ok() && status.ok()) status = s;
+  state_->set_eviction_frozen(was_frozen);
   return status;
 }
 
@@ -236,19 +218,19 @@ absl::Status RecurrentRunner::SetTask(std::span<const int32_t> task) {
     return absl::FailedPreconditionError("runner: set the task before reading the document");
   }
   std::vector<std::vector<float>> queries;
-  if (auto s = CaptureQueries(model_, task, pool_, &queries); !s.ok()) return s;
-  memory_.SetTaskQueries(std::move(queries), static_cast<int64_t>(task.size()));
+  if (auto s = backend_->CaptureQueries(task, pool_, &queries); !s.ok()) return s;
+  state_->SetTaskQueries(std::move(queries), static_cast<int64_t>(task.size()));
   task_.assign(task.begin(), task.end());
   return absl::OkStatus();
 }
 
 absl::Status RecurrentRunner::CheckPositions(int64_t n_tokens) const {
-  const ModelConfig& c = model_->config();
+  const ModelConfig& c = backend_->config();
   const MemoryConfig& m = config_.memory;
   // The largest position a query can be given must stay inside the trained context.
   const int64_t last_position = m.is_dense() || m.position_mode == PositionMode::kOriginal
-                                    ? memory_.next_position() + n_tokens
-                                    : memory_.max_slot_count() + n_tokens;
+                                    ? state_->next_position() + n_tokens
+                                    : state_->max_slot_count() + n_tokens;
   if (last_position > c.context_length) {
     return absl::OutOfRangeError(absl::StrCat(
         "reading would place a token at position ", last_position,
@@ -262,7 +244,7 @@ absl::Status RecurrentRunner::CheckPositions(int64_t n_tokens) const {
 absl::Status RecurrentRunner::ReadSegment(std::span<const int32_t> segment, LogitsMode mode,
                                           std::vector<float>* logits) {
   if (auto s = CheckPositions(static_cast<int64_t>(segment.size())); !s.ok()) return s;
-  auto s = model_->Forward(segment, memory_, mode, logits, pool_);
+  auto s = state_->ReadSegment(segment, mode, logits, nullptr);
   if (s.ok()) ++segments_read_;
   return s;
 }
@@ -317,7 +299,7 @@ absl::Status RecurrentRunner::BeginGenerate(std::span<const int32_t> prompt,
   generation_.reset();
   if (prompt.empty()) return absl::InvalidArgumentError("generate: empty prompt");
   if (auto s = Flush(); !s.ok()) return s;
-  memory_.FreezeEviction();
+  state_->set_eviction_frozen(true);
   const size_t L = static_cast<size_t>(config_.segment_tokens);
   for (size_t at = 0; at < prompt.size(); at += L) {
     const size_t len = std::min(L, prompt.size() - at);
@@ -348,7 +330,7 @@ absl::StatusOr<RecurrentRunner::GeneratedToken> RecurrentRunner::NextToken() {
     }
     g.unread = -1;
   }
-  const int32_t vocab = model_->config().vocab_size;
+  const int32_t vocab = backend_->config().vocab_size;
   const int32_t token = g.sampler.Next(std::span<const float>(logits_.data(), vocab));
   ++g.generated;
   const auto& stops = g.options.stop_tokens;
@@ -375,9 +357,15 @@ absl::StatusOr<std::vector<int32_t>> RecurrentRunner::Generate(std::span<const i
 }
 
 MemorySnapshot RecurrentRunner::Snapshot() const {
+  auto snapshot = TakeSnapshot();
+  if (!snapshot.ok()) return MemorySnapshot();
+  return *std::move(snapshot);
+}
+
+absl::StatusOr<MemorySnapshot> RecurrentRunner::TakeSnapshot() const {
   MemorySnapshot snapshot;
-  memory_.ExportTo(&snapshot);
-  snapshot.model_fingerprint = model_->fingerprint();
+  if (auto s = state_->ExportTo(&snapshot); !s.ok()) return s;
+  snapshot.model_fingerprint = backend_->fingerprint();
   snapshot.config_hash = StateHash();
   snapshot.segment_index = segments_read_;
   snapshot.pending_tokens = pending_;
@@ -385,10 +373,10 @@ MemorySnapshot RecurrentRunner::Snapshot() const {
 }
 
 absl::Status RecurrentRunner::Restore(const MemorySnapshot& snapshot) {
-  if (snapshot.model_fingerprint != model_->fingerprint()) {
+  if (snapshot.model_fingerprint != backend_->fingerprint()) {
     return absl::FailedPreconditionError(absl::StrCat("runner: snapshot is of model ",
                                                       snapshot.model_fingerprint,
-                                                      ", this run uses ", model_->fingerprint()));
+                                                      ", this run uses ", backend_->fingerprint()));
   }
   // A task-aware run must be given the same task (SetTask) before it is restored.
   if (snapshot.config_hash != StateHash()) {
@@ -399,7 +387,7 @@ absl::Status RecurrentRunner::Restore(const MemorySnapshot& snapshot) {
   // The memory checks its own part against its own config hash.
   MemorySnapshot memory_part = snapshot;
   memory_part.config_hash = config_.memory.Hash();
-  if (auto s = memory_.ImportFrom(memory_part); !s.ok()) return s;
+  if (auto s = state_->ImportFrom(memory_part); !s.ok()) return s;
   pending_ = snapshot.pending_tokens;
   segments_read_ = snapshot.segment_index;
   generation_.reset();

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/memory/reading_backend.h"
 #include "engine/memory/snapshot.h"
 #include "engine/memory/sparsek_memory.h"
 #include "engine/model/llama_model.h"
@@ -52,8 +53,17 @@ class RecurrentRunner {
   // Called with each generated token; return false to stop.
   using TokenFn = std::function<bool(int32_t token)>;
 
+  // On the CPU backend over `model` (not owned).
   RecurrentRunner(LlamaModel* model, const RunnerConfig& config,
                   std::shared_ptr<const ScorerWeights> scorer, kernels::ThreadPool* pool);
+  // On `backend` (not owned; outlives the runner), reading into `state`, a fresh document of
+  // `backend` made with config.memory (ReadingBackend::NewDocument).
+  RecurrentRunner(ReadingBackend* backend, std::unique_ptr<DocumentState> state,
+                  const RunnerConfig& config, kernels::ThreadPool* pool);
+  // NewDocument on `backend`, then the runner.
+  static absl::StatusOr<std::unique_ptr<RecurrentRunner>> Create(
+      ReadingBackend* backend, const RunnerConfig& config,
+      std::shared_ptr<const ScorerWeights> scorer, kernels::ThreadPool* pool);
 
   // Queues document tokens and reads every complete segment. A partial segment waits for more
   // tokens or for Flush().
@@ -68,7 +78,7 @@ class RecurrentRunner {
   // Evicted blocks go to `archive` (not owned) for Recall.
   void set_archive(BlockArchive* archive) {
     archive_ = archive;
-    memory_.set_archive(archive);
+    state_->set_archive(archive);
   }
   // After reading: brings back into the memory the archived blocks that `question` looks at
   // hardest. The question is read in context (after the memory, as the answer will read it; the
@@ -94,18 +104,28 @@ class RecurrentRunner {
   };
   absl::Status BeginGenerate(std::span<const int32_t> prompt, const GenerateOptions& options);
   absl::StatusOr<GeneratedToken> NextToken();
+  // The logits (vocab_size floats) that the last NextToken sampled from, or after BeginGenerate
+  // those of the prompt's last token; empty before. Read on the host on every backend.
+  std::span<const float> last_logits() const { return logits_; }
 
   // Logits of every token of `tokens` read as one or more segments (evaluation: perplexity).
   absl::Status ReadWithLogits(std::span<const int32_t> tokens, std::vector<float>* logits);
 
+  // The state to persist. A device backend downloads its memory: TakeSnapshot reports a failed
+  // download, Snapshot returns an empty snapshot then (which no Restore accepts).
+  absl::StatusOr<MemorySnapshot> TakeSnapshot() const;
   MemorySnapshot Snapshot() const;
   absl::Status Restore(const MemorySnapshot& snapshot);
 
-  int64_t tokens_read() const { return memory_.next_position(); }
+  int64_t tokens_read() const { return state_->next_position(); }
   int64_t segments_read() const { return segments_read_; }
   // Tokens fed but not read yet (a partial segment).
   int64_t pending_tokens() const { return static_cast<int64_t>(pending_.size()); }
-  const SparseKMemory& memory() const { return memory_; }
+  // The document's memory on its backend.
+  const DocumentState& document() const { return *state_; }
+  const ReadingBackend& backend() const { return *backend_; }
+  // The CPU memory itself (tests, benches); aborts on another backend.
+  const SparseKMemory& memory() const;
   const RunnerConfig& config() const { return config_; }
 
  private:
@@ -120,10 +140,11 @@ class RecurrentRunner {
   // config_.Hash() combined with the task: what a snapshot must match to be resumed.
   uint64_t StateHash() const;
 
-  LlamaModel* model_;
+  std::unique_ptr<ReadingBackend> owned_backend_;  // the CPU backend of the LlamaModel constructor
+  ReadingBackend* backend_;
   RunnerConfig config_;
   kernels::ThreadPool* pool_;
-  SparseKMemory memory_;
+  std::unique_ptr<DocumentState> state_;
   std::vector<int32_t> pending_;
   std::vector<int32_t> task_;
   BlockArchive* archive_ = nullptr;

@@ -103,7 +103,9 @@ absl::StatusOr<EmbeddedRunResult> RunEmbedded(const EmbeddedRunOptions& options,
   if (!coordinator_registry.ok()) return coordinator_registry.status();
 
   // The worker, as longread-worker hosts it, on the caller's model and the run's archive.
-  worker::WorkerMetrics worker_metrics(worker_registry->get(), "cpu");
+  worker::WorkerMetrics worker_metrics(
+      worker_registry->get(),
+      options.backend != nullptr ? std::string(options.backend->device()) : "cpu");
   worker::WorkerOptions worker_options;
   worker_options.capacity = 1;
   worker_options.archive_max_bytes = options.archive_max_bytes;
@@ -111,7 +113,8 @@ absl::StatusOr<EmbeddedRunResult> RunEmbedded(const EmbeddedRunOptions& options,
   const std::string archive_id = options.archive_id;
   worker_options.archive_id = [archive_id] { return archive_id; };
   auto worker = worker::WorkerServiceImpl::Create(
-      worker::WorkerModel{options.model, options.tokenizer, options.pool, options.scorer},
+      worker::WorkerModel{options.model, options.tokenizer, options.pool, options.scorer,
+                          options.backend},
       std::move(worker_options), &worker_metrics);
   if (!worker.ok()) return worker.status();
   std::unique_ptr<grpc::Server> worker_server = StartInProcessServer(worker->get());

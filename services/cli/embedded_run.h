@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "cache/cache_db.h"
 #include "engine/job/document_job.h"
+#include "engine/memory/reading_backend.h"
 #include "engine/model/llama_model.h"
 #include "engine/scorer/scorer.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -30,6 +31,8 @@ struct EmbeddedRunOptions {
   const engine::Tokenizer* tokenizer = nullptr;
   kernels::ThreadPool* pool = nullptr;
   std::shared_ptr<const engine::ScorerWeights> scorer;
+  // Where the worker reads (over `model`); null: the CPU backend.
+  engine::ReadingBackend* backend = nullptr;
   std::string document_name;
   int64_t max_document_bytes = int64_t{1} << 30;
   uint64_t archive_max_bytes = uint64_t{1} << 30;

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/job/document_job.h"
 #include "engine/memory/block_archive.h"
+#include "engine/memory/open_backend.h"
 #include "engine/model/llama_model.h"
 #include "engine/model_files/model_file.h"
 #include "engine/scorer/scorer.h"
@@ -43,6 +44,7 @@ enum ExitCode {
   kBadInput = 3,
   kBadModel = 4,
   kTooLong = 5,
+  kNoDevice = 6,
 };
 
 constexpr char kDefaultModel[] = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -61,7 +63,8 @@ Commands:
 
 Every command accepts --help. Exit codes: 0 success, 1 internal error, 2 bad usage,
 3 unusable input (missing, empty or oversized document, a directory), 4 unusable model or
-scorer file, 5 input too long for the chosen attention (use the SparseK memory, the default).
+scorer file, 5 input too long for the chosen attention (use the SparseK memory, the default),
+6 the --device asked for is unavailable (no GPU visible, or a build without CUDA).
 )";
 
 constexpr char kCommonHelp[] = R"(
@@ -144,6 +147,10 @@ Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
                          .lrscorer if it exists and fits the model, as scripts/setup.sh installs
                          for the default model; if not, a warning and none)
   --dense                dense causal attention instead (exact; only up to the model's context)
+  --device DEV           cpu (default: the reference engine), cuda (weights, activations and
+                         the document's memory on the GPU; sampling stays on the host, one row
+                         of logits per answer token), or auto (cuda when this build has CUDA
+                         and a GPU is visible, else cpu). cuda without a visible GPU: exit 6
   --max-bytes N          refuse documents larger than N bytes (default 1073741824); stdin,
                          pipes and character devices are read as a stream, never beyond N + 1
                          bytes. A directory is refused
@@ -455,6 +462,14 @@ int Run(const Args& args) {
     return Usage("--mask must be hard or soft");
   }
   if (args.Has("dense")) memory = engine::MemoryConfig::Dense();
+  // A device that cannot be used is refused before the document and the model are read.
+  const std::string device = args.Get("device", "cpu");
+  if (auto s = engine::CheckDevice(device); !s.ok()) {
+    if (s.code() == absl::StatusCode::kInvalidArgument) return Usage(std::string(s.message()));
+    Log(LogLevel::kError, "device_unavailable",
+        {{"device", device}, {"error", std::string(s.message())}});
+    return kNoDevice;
+  }
 
   // Read the document before loading the model: a bad path fails fast.
   const std::string path = args.positional[0];
@@ -473,6 +488,14 @@ int Run(const Args& args) {
 
   Loaded loaded;
   if (int rc = LoadModel(args, &loaded); rc != kOk) return rc;
+  // The backend holds the weights (on the GPU for cuda) for the in-process worker.
+  auto backend = engine::OpenReadingBackend(device, loaded.model.get());
+  if (!backend.ok()) {
+    Log(LogLevel::kError, "device_unavailable",
+        {{"device", device}, {"error", std::string(backend.status().message())}});
+    return backend.status().code() == absl::StatusCode::kFailedPrecondition ? kNoDevice : kInternal;
+  }
+  Log(LogLevel::kInfo, "device", {{"device", std::string((*backend)->device())}});
   std::shared_ptr<const engine::ScorerWeights> scorer;
   // none (default): keys score by the task term alone. On the same 8K documents the recall memory
   // found the key in 5 of 11 without the calibrated scorer and in 1 of 11 with it (bench/quality/
@@ -573,6 +596,7 @@ int Run(const Args& args) {
   // Through the service's own coordinator and worker, hosted in this process (embedded_run.h).
   services::EmbeddedRunOptions embedded;
   embedded.model = loaded.model.get();
+  embedded.backend = backend->get();
   embedded.tokenizer = loaded.tokenizer.get();
   embedded.pool = loaded.pool.get();
   embedded.scorer = scorer;
@@ -725,7 +749,7 @@ int main(int argc, char** argv) {
                                                "recall-scope",  "block-score",
                                                "cache-dir",     "archive-max-bytes",
                                                "scorer",        "dense",
-                                               "max-bytes"};
+                                               "max-bytes",     "device"};
     static const std::set<std::string> kGenerate = {"prompt", "raw"};
     const auto& own = command == "run" ? kRun : kGenerate;
     for (const auto& [name, value] : args.options) {

@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/memory/open_backend.h"
 #include "engine/model/llama_model.h"
 #include "engine/model_files/model_file.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -29,7 +30,7 @@ using services::Log;
 using services::LogLevel;
 
 // As `longread run`.
-enum ExitCode { kOk = 0, kInternal = 1, kUsage = 2, kBadModel = 4 };
+enum ExitCode { kOk = 0, kInternal = 1, kUsage = 2, kBadModel = 4, kNoDevice = 6 };
 
 constexpr char kDefaultModel[] = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -47,7 +48,12 @@ assigns, many at once, streaming progress, checkpoints and answers back (docs/SE
   --model PATH            GGUF file or Hugging Face directory (default: $LONGREAD_MODEL, else
                           models/SmolLM2-135M-Instruct.Q4_1.gguf); coordinators must use the same
   --threads N             CPU threads of the shared thread pool (default: the cores)
-  --device cpu|cuda       where the model runs (this build: cpu)
+  --device cpu|cuda|auto  where documents are read (default cpu). cuda: the weights once on the
+                          GPU (bf16) and each document's memory there too; sampling stays on
+                          the host. auto: cuda when this build has CUDA and a GPU is visible.
+                          cuda without a visible GPU: exit 6. The device is the `backend`
+                          label of longread_build_info and the `device` label of
+                          longread_device_memory_bytes on /metrics
   --capacity N            documents read at once (default 4); more are refused with
                           RESOURCE_EXHAUSTED
   --cache-dir DIR         local RocksDB of recall archives, in DIR/worker-db (default
@@ -63,7 +69,7 @@ assigns, many at once, streaming progress, checkpoints and answers back (docs/SE
   --help                  this text
 
 Exit codes: 0 ok (including a drained SIGTERM), 1 internal error (cannot listen, cache
-unusable), 2 usage, 4 unusable model.
+unusable), 2 usage, 4 unusable model, 6 the --device asked for is unavailable.
 )";
 
 int Usage(const std::string& error) {
@@ -138,9 +144,12 @@ int Main(int argc, char** argv) {
       (!absl::SimpleAtod(flags["drain-seconds"], &drain_seconds) || !(drain_seconds >= 0))) {
     return Usage("--drain-seconds must be a number >= 0");
   }
-  const std::string device = get("device", "cpu");
-  if (device != "cpu") {
-    return Usage(absl::StrCat("--device ", device, " is not available in this build (cpu)"));
+  auto resolved_device = engine::ResolveDevice(get("device", "cpu"));
+  if (!resolved_device.ok()) return Usage(std::string(resolved_device.status().message()));
+  const std::string device = *resolved_device;
+  if (auto s = engine::CheckDevice(device); !s.ok()) {
+    Log(LogLevel::kError, "device_unavailable", {{"device", device}, {"error", s.ToString()}});
+    return kNoDevice;
   }
   const std::string cache_dir = get("cache-dir", DefaultCacheDir());
   if (cache_dir.empty()) return Usage("--cache-dir is needed (no HOME or XDG_CACHE_HOME)");
@@ -178,6 +187,12 @@ int Main(int argc, char** argv) {
     return kBadModel;
   }
   kernels::ThreadPool pool(static_cast<int>(threads));
+  auto backend = engine::OpenReadingBackend(device, model->get());
+  if (!backend.ok()) {
+    Log(LogLevel::kError, "device_unavailable",
+        {{"device", device}, {"error", backend.status().ToString()}});
+    return backend.status().code() == absl::StatusCode::kFailedPrecondition ? kNoDevice : kInternal;
+  }
 
   services::MetricsOptions metrics_options;
   metrics_options.listen = get("metrics-listen", "0.0.0.0:9465");
@@ -189,7 +204,7 @@ int Main(int argc, char** argv) {
   }
   worker::WorkerMetrics worker_metrics(metrics->get(), device);
 
-  worker::WorkerModel worker_model{model->get(), tokenizer->get(), &pool, nullptr};
+  worker::WorkerModel worker_model{model->get(), tokenizer->get(), &pool, nullptr, backend->get()};
   worker::WorkerOptions options;
   options.capacity = static_cast<int32_t>(capacity);
   options.cache_dir = cache_dir;

@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "cache/block_archive_store.h"
 #include "engine/job/document_session.h"
+#include "engine/memory/cpu_backend.h"
 #include "engine/memory/recording_archive.h"
 #include "rocksdb/db.h"
 #include "services/common/log.h"
@@ -272,7 +273,7 @@ void DocumentRun::UpdateArchiveBytes() {
   const int64_t now = archive_ != nullptr ? archive_->stored_bytes() : 0;
   worker_->UpdateArchiveBytes(now - archive_bytes_reported_);
   archive_bytes_reported_ = now;
-  const int64_t memory = session_ != nullptr ? session_->runner().memory().resident_bytes() : 0;
+  const int64_t memory = session_ != nullptr ? session_->runner().document().resident_bytes() : 0;
   worker_->UpdateMemoryBytes(memory - memory_bytes_reported_);
   memory_bytes_reported_ = memory;
 }
@@ -555,7 +556,7 @@ grpc::Status DocumentRun::Run() {
   {
     FairLockGuard lock(&worker_->model_lock_);
     auto session = engine::DocumentSession::Create(
-        *worker_->model_.model, *worker_->model_.tokenizer, *options, worker_->model_.scorer,
+        *worker_->model_.backend, *worker_->model_.tokenizer, *options, worker_->model_.scorer,
         worker_->model_.pool, assignment_.total_tokens());
     if (!session.ok()) return ToGrpc(session.status());
     session_ = std::move(*session);
@@ -619,6 +620,10 @@ absl::StatusOr<std::unique_ptr<WorkerServiceImpl>> WorkerServiceImpl::Create(
   if (options.capacity < 1) return absl::InvalidArgumentError("worker: capacity must be >= 1");
   std::unique_ptr<WorkerServiceImpl> worker(
       new WorkerServiceImpl(std::move(model), std::move(options), metrics));
+  if (worker->model_.backend == nullptr) {
+    worker->own_backend_ = std::make_unique<engine::CpuReadingBackend>(worker->model_.model);
+    worker->model_.backend = worker->own_backend_.get();
+  }
   const engine::ModelFile& file = worker->model_.model->file();
   for (const std::string& name : file.TensorNames()) {
     if (auto tensor = file.Tensor(name); tensor.ok()) {

@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "cache/cache_db.h"
+#include "engine/memory/reading_backend.h"
 #include "engine/model/llama_model.h"
 #include "engine/scorer/scorer.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -52,6 +53,9 @@ struct WorkerModel {
   const engine::Tokenizer* tokenizer = nullptr;
   kernels::ThreadPool* pool = nullptr;
   std::shared_ptr<const engine::ScorerWeights> scorer;
+  // Where documents are read (the weights loaded once, each document its own memory there);
+  // null: the CPU backend over `model`. Must be over `model`.
+  engine::ReadingBackend* backend = nullptr;
 };
 
 class WorkerServiceImpl final : public v1::WorkerService::Service {
@@ -93,6 +97,7 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   void UpdateDatabaseSize();
 
   WorkerModel model_;
+  std::unique_ptr<engine::ReadingBackend> own_backend_;  // when model_.backend was null
   WorkerOptions options_;
   WorkerMetrics* metrics_;
   int64_t model_bytes_ = 0;
