@@ -153,14 +153,12 @@ class Process:
     def alive(self):
         return self.popen.poll() is None
 
-    def stop(self, grace=10.0):
+    def stop(self):
+        """SIGKILL: a phase's numbers are taken before its processes stop, and a graceful drain
+        (seconds per worker) would only lengthen the run."""
         if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+            self.popen.kill()
+        self.popen.wait()
 
     def tail(self, lines=20):
         text = (self.directory / "stderr").read_text(errors="replace").splitlines()
