@@ -213,7 +213,10 @@ class Phase:
         self.workers = {}
         self.worker_metrics_port = {}
         self.coordinator = None
-        self.samples = []  # (seconds since submit, {worker: tokens_read_total})
+        self.samples = []  # (seconds since submit, {worker: tokens read}), from the events
+        self.lock = threading.Lock()
+        self.assigned_at = {}  # document index -> when its current worker got it
+        self.worker_tokens = {}  # worker address -> document tokens it read (progress events)
         self.gpu_mib = {}  # worker -> peak MiB seen by nvidia-smi
         self.device_bytes = {}  # worker -> peak longread_device_memory_bytes
         self.stop_sampling = threading.Event()
@@ -227,15 +230,30 @@ class Phase:
             "worker": "services/worker/longread-worker",
             "longread": "services/cli/longread"}[name])
 
-    def start(self):
+    def start(self, attempts=3):
+        """Starts the processes; again on fresh ports when one could not bind its metrics port
+        (a port found free can be taken by another process before ours binds it)."""
+        for attempt in range(attempts):
+            try:
+                return self.start_once()
+            except RuntimeError as e:
+                if "cannot serve /metrics" not in str(e) or attempt == attempts - 1:
+                    raise
+                log(f"{self.name}: a metrics port was taken; starting again on others")
+                self.stop()
+                self.workers, self.worker_metrics_port, self.coordinator = {}, {}, None
+                shutil.rmtree(self.dir, ignore_errors=True)
+
+    def start_once(self):
         ports = iter(free_ports(2 + len(self.worker_specs)))
         for name, gpu in self.worker_specs:
-            metrics_port = next(ports)
+            metrics_port = next(ports) if self.args.worker_metrics else None
             env = {"CUDA_VISIBLE_DEVICES": str(gpu)} if gpu is not None else {}
             d = self.dir / name
             self.workers[name] = Process(name, [
                 self.binary("worker"), "--listen", "127.0.0.1:0",
-                "--metrics-listen", f"127.0.0.1:{metrics_port}", "--model", self.args.model,
+                "--metrics-listen", f"127.0.0.1:{metrics_port}" if metrics_port else "",
+                "--model", self.args.model,
                 "--device", self.args.device, "--threads", str(self.args.worker_threads),
                 "--capacity", str(self.args.capacity), "--cache-dir", str(d / "cache"),
                 "--drain-seconds", "5", "--listen-port-file", str(d / "port"),
@@ -288,54 +306,57 @@ class Phase:
         """Every second: each live worker's tokens read, and its GPU memory."""
         while not self.stop_sampling.is_set():
             now = time.time() - t0
-            tokens = {}
-            for name, port in self.worker_metrics_port.items():
-                if self.workers[name].alive():
-                    s = scrape(port)
-                    if s:
-                        tokens[name] = metric(s, "longread_tokens_read_total")
-                        self.device_bytes[name] = max(
-                            self.device_bytes.get(name, 0),
-                            metric(s, "longread_device_memory_bytes"))
+            with self.lock:
+                tokens = {name: self.worker_tokens.get(address, 0)
+                          for name, address in self.worker_address.items()}
             self.samples.append((now, tokens))
+            for name, port in self.worker_metrics_port.items():
+                s = scrape(port) if port and self.workers[name].alive() else {}
+                if s:
+                    self.device_bytes[name] = max(self.device_bytes.get(name, 0),
+                                                  metric(s, "longread_device_memory_bytes"))
             by_pid = gpu_memory_by_pid()
             for name, p in self.workers.items():
                 if p.pid in by_pid:
                     self.gpu_mib[name] = max(self.gpu_mib.get(name, 0), by_pid[p.pid])
             self.stop_sampling.wait(1.0)
 
-    def victim_reading(self, victim):
-        """Documents the victim is reading now (progress seen, not at the end)."""
+    def victim_reading(self, victim, since):
+        """Documents the victim is reading now (progress seen, not at the end) and has held
+        since before `since`."""
         address = self.worker_address[victim]
-        return [i for i, (worker, read, total) in list(self.reading.items())
-                if worker == address and 0 < read < total]
+        with self.lock:
+            return [i for i, (worker, read, total) in self.reading.items()
+                    if worker == address and 0 < read < total
+                    and self.assigned_at.get(i, since) < since]
 
     def kill_when_ready(self, victim, not_before, t0):
-        """SIGKILL the victim, not before not_before s, while it is reading a document and after
-        it has shipped a checkpoint: the document must resume elsewhere from that checkpoint."""
-        port = self.worker_metrics_port[victim]
+        """SIGKILL the victim, not before not_before s, while it reads a document it has held
+        for 1.5 checkpoint intervals (workers checkpoint by time, so a checkpoint of it exists)
+        and the coordinator has stored checkpoints: the document must resume elsewhere from one."""
         while not self.stop_sampling.is_set():
-            s = scrape(port) if time.time() - t0 >= not_before else {}
-            if (s and self.victim_reading(victim)
-                    and metric(s, "longread_checkpoint_bytes_total") > 0):
-                tokens = metric(s, "longread_tokens_read_total")
+            now = time.time() - t0
+            held_since = now - 1.5 * self.args.checkpoint_seconds
+            if (now >= not_before and self.victim_reading(victim, held_since)
+                    and metric(scrape(self.coordinator_metrics_port),
+                               "longread_checkpoint_bytes_total") > 0):
                 self.workers[victim].popen.send_signal(signal.SIGKILL)
+                address = self.worker_address[victim]
+                with self.lock:
+                    reading = {i: list(v[1:]) for i, v in self.reading.items() if v[0] == address}
+                    tokens = self.worker_tokens.get(address, 0)
                 self.killed = {"worker": victim, "seconds": time.time() - t0,
-                               "documents_in_flight": metric(s, "longread_worker_documents_in_flight"),
-                               "documents_reading": {
-                                   i: self.reading[i][1:] for i in self.victim_reading(victim)},
-                               "tokens_read_before_kill": tokens}
+                               "documents_held": reading, "tokens_read_before_kill": tokens}
                 log(f"{self.name}: SIGKILL {victim} at {self.killed['seconds']:.1f} s "
-                    f"({self.killed['documents_in_flight']:.0f} documents in flight, "
-                    f"{tokens:.0f} tokens read)")
+                    f"(documents held, tokens read/total: {reading}; {tokens} tokens read)")
                 return
             time.sleep(0.2)
 
     def run(self, documents, job_flags, kill=None):
         """Sends the batch as one job and follows it; returns the phase's numbers."""
         self.start()
-        base_tokens = {n: metric(scrape(p), "longread_tokens_read_total")
-                       for n, p in self.worker_metrics_port.items()}
+        base_metric = {n: metric(scrape(p), "longread_tokens_read_total")
+                       for n, p in self.worker_metrics_port.items() if p}
         t0 = time.time()
         sampler = threading.Thread(target=self.sample, args=(t0,), daemon=True)
         sampler.start()
@@ -367,14 +388,19 @@ class Phase:
             if "progress" in event:
                 pr = event["progress"]
                 i = pr.get("document_index", 0)
-                worker = self.reading.get(i, ("", 0, 0))[0]
-                self.reading[i] = (worker, int(pr.get("tokens_read", 0)),
-                                   int(pr.get("total_tokens", 0)))
+                with self.lock:
+                    worker, before, _ = self.reading.get(i, ("", 0, 0))
+                    read = int(pr.get("tokens_read", 0))
+                    self.worker_tokens[worker] = (self.worker_tokens.get(worker, 0)
+                                                  + max(0, read - before))
+                    self.reading[i] = (worker, read, int(pr.get("total_tokens", 0)))
             elif "assigned" in event:
                 a = event["assigned"]
                 i = a.get("document_index", 0)
-                self.reading[i] = (a.get("worker", ""), int(a.get("resume_from_tokens", 0)),
-                                   self.reading.get(i, ("", 0, 0))[2])
+                with self.lock:
+                    self.reading[i] = (a.get("worker", ""), int(a.get("resume_from_tokens", 0)),
+                                       self.reading.get(i, ("", 0, 0))[2])
+                    self.assigned_at[i] = now
                 assigned.append({"seconds": now, "document_index": a.get("document_index", 0),
                                  "worker": a.get("worker", ""), "attempt": a.get("attempt", 0),
                                  "resume_from_tokens": int(a.get("resume_from_tokens", 0))})
@@ -395,16 +421,10 @@ class Phase:
             raise RuntimeError(f"get: exit {got.returncode}\n{got.stderr}")
         job = json.loads(got.stdout)
         coordinator = scrape(self.coordinator_metrics_port)
-        final_tokens = {}
-        for name, port in self.worker_metrics_port.items():
-            s = scrape(port) if self.workers[name].alive() else {}
-            seen = [t[name] for _, t in self.samples if name in t]
-            if s:
-                final_tokens[name] = metric(s, "longread_tokens_read_total")
-            elif self.killed and self.killed["worker"] == name:
-                final_tokens[name] = self.killed["tokens_read_before_kill"]
-            else:
-                final_tokens[name] = seen[-1] if seen else 0.0
+        # A cross-check of the events' count: each live worker's own counter.
+        by_metric = {n: metric(scrape(p), "longread_tokens_read_total") - base_metric[n]
+                     for n, p in self.worker_metrics_port.items()
+                     if p and self.workers[n].alive()}
         self.stop()
 
         docs = []
@@ -426,11 +446,12 @@ class Phase:
         first_assigned = min((a["seconds"] for a in assigned), default=0.0)
         per_worker = {}
         for name in self.workers:
-            read = final_tokens[name] - base_tokens.get(name, 0.0)
+            read = self.worker_tokens.get(self.worker_address[name], 0)
             answered = [d for d in docs if d["worker"] == self.worker_address[name]]
             per_worker[name] = {
                 "gpu": dict(self.worker_specs)[name],
                 "tokens_read": read,
+                "tokens_read_by_its_metric": by_metric.get(name),
                 "tokens_per_second": read / t_last if t_last else 0.0,
                 "documents_answered": len(answered),
                 "gpu_memory_peak_mib": self.gpu_mib.get(name),
@@ -534,6 +555,9 @@ def main():
     p.add_argument("--kill-after-fraction", type=float, default=0.4,
                    help="kill no earlier than this fraction of the `all` phase's time")
     p.add_argument("--start-timeout", type=float, default=120.0)
+    p.add_argument("--no-worker-metrics", dest="worker_metrics", action="store_false",
+                   help="workers serve no /metrics (the numbers come from the job's events; "
+                        "only longread_device_memory_bytes is lost)")
     p.add_argument("--out", required=True)
     p.add_argument("--command", default=" ".join(sys.argv))
     p.add_argument("--notes", default="")

@@ -18,7 +18,8 @@
 # MAX_NEW_TOKENS (32), PHASES (one,all,kill), KILL_AFTER_FRACTION (0.4: the kill comes no earlier
 # than this fraction of the `all` phase's time, while the victim reads), CORPUS (README.md docs, plus data/seeds if present:
 # copy more real text there), BUILD_DIR (build), MODEL, TAG, NOTES, KEEP (1: keep the processes'
-# directories and logs).
+# directories and logs), WORKER_METRICS (0: workers serve no /metrics; every number but the
+# workers' device-memory gauge comes from the job's events anyway).
 # Needs the binaries (ninja -C $BUILD_DIR longread longread-coordinator longread-worker), the
 # model, python3 (standard library only) and, for cuda, nvidia-smi. Not a test: nothing here
 # asserts a speed.
@@ -44,5 +45,5 @@ exec python3 bench/service/gpu_cluster.py \
   --options "${OPTIONS:-}" --max-new-tokens "${MAX_NEW_TOKENS:-32}" \
   --phases "${PHASES:-one,all,kill}" --kill-after-fraction "${KILL_AFTER_FRACTION:-0.4}" \
   --corpus $corpus \
-  ${KEEP:+--keep} --notes "${NOTES:-}" --out "bench/results/gpu-cluster-$date.json" \
+  ${KEEP:+--keep} $([ "${WORKER_METRICS:-1}" = 0 ] && echo --no-worker-metrics) --notes "${NOTES:-}" --out "bench/results/gpu-cluster-$date.json" \
   --command "$settings bench/service/gpu_cluster.sh"
