@@ -12,26 +12,33 @@
 
 namespace longread::kernels {
 
+// How decode (MatMul with at most 3 tokens) on Q4_0/Q4_1/Q8_0 weights treats x; prefill always
+// uses fp32. A caller's choice (engine::CpuBackendOptions: one per backend, since one worker
+// serves many documents), not a process-wide switch.
+// - kInt8: x quantized to 8-bit blocks of 32 (one fp32 scale each, round to nearest) and integer
+//   dot products, as llama.cpp does: at most half a step (1/254 of a block's max |x|) per
+//   element, which the unit tests bound. With it the HF oracle's 64-token greedy continuations
+//   diverge after a few tokens (tests/engine/model/oracle_test), so it is not the default.
+// - kInt16: 16-bit activations (scale max|x| / 32767 per block of 32, madd_epi16 dots): at most
+//   1/65534 of a block's max |x| per element. The oracle test passes with it (greedy
+//   continuations included), but blocks holding an outlier channel lose precision in their other
+//   elements: decoding token by token then differs from a prefill of the same tokens by ~8e-4 of
+//   the max logit (tests/engine/memory/sparsek_memory_test expects 1e-5), so it is off by default
+//   too.
+// - kFloat32: fp32 dots on the dequantized blocks.
+// - kDefault: the process default: kInt8 with LONGREAD_INT8_ACTIVATIONS=1, else kInt16 with
+//   LONGREAD_INT16_ACTIVATIONS=1 (or SetInt16Activations(true)), else kFloat32.
+enum class DecodeActivations { kDefault, kFloat32, kInt16, kInt8 };
+
 // y[t][r] = sum_c W[r][c] * x[t][c] for t < n_tokens, r < w.rows.
 // x: n_tokens x w.cols, y: n_tokens x w.rows (row-major fp32). y must not alias x.
-void MatMul(const MatrixView& w, const float* x, int64_t n_tokens, float* y, ThreadPool* pool);
+void MatMul(const MatrixView& w, const float* x, int64_t n_tokens, float* y, ThreadPool* pool,
+            DecodeActivations activations = DecodeActivations::kDefault);
 
-// Decode (MatMul with at most 3 tokens) on Q4_0/Q4_1/Q8_0 weights can quantize x to 8-bit
-// blocks of 32 (one fp32 scale each, round to nearest) and use integer dot products, as llama.cpp
-// does: at most half a step (1/254 of a block's max |x|) per element, which the unit tests bound.
-// Off by default: with it the HF oracle's 64-token greedy continuations diverge after a few
-// tokens (tests/engine/model/oracle_test), so fp32 dots on the dequantized blocks stay the
-// default. On with LONGREAD_INT8_ACTIVATIONS=1 or SetInt8Activations(true). Prefill always uses
-// fp32. Not thread-safe: set it while no MatMul runs.
-void SetInt8Activations(bool enabled);
-bool Int8ActivationsEnabled();
-// The same with 16-bit activations (scale max|x| / 32767 per block of 32, madd_epi16 dots): at
-// most 1/65534 of a block's max |x| per element. The oracle test passes with it (greedy
-// continuations included), but blocks holding an outlier channel lose precision in their other
-// elements: decoding token by token then differs from a prefill of the same tokens by ~8e-4 of
-// the max logit (tests/engine/memory/sparsek_memory_test expects 1e-5), so it is off by default
-// too. On with LONGREAD_INT16_ACTIVATIONS=1 or SetInt16Activations(true); 8-bit activations,
-// when on, take precedence.
+// kDefault resolved: what MatMul uses when given kDefault.
+DecodeActivations DefaultDecodeActivations();
+// Sets whether the process default uses 16-bit activations (tests). Not thread-safe: set it
+// while no MatMul runs.
 void SetInt16Activations(bool enabled);
 bool Int16ActivationsEnabled();
 

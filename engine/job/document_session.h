@@ -8,8 +8,9 @@
 // Threading: a session is not thread-safe, and LlamaModel::Forward is not either (the model owns
 // one activation workspace; so does a device backend, engine/memory/reading_backend.h). Every call
 // that runs the model (Create, ReadStep, BeginAnswer, NextToken) must hold the caller's per-model
-// lock; Checkpoint, Restore and the accessors only touch the session. Many sessions may share one
-// model, tokenizer, scorer and pool.
+// lock. On the CPU backend Checkpoint, Restore and the accessors only touch the session; on a
+// device backend Checkpoint and Restore move the memory over the backend's one stream, so they
+// take the lock too. Many sessions may share one model (backend), tokenizer, scorer and pool.
 //
 // What a checkpoint holds: SessionCheckpoint::memory, the runner's MemorySnapshot (the memory's
 // slots, where reading stopped, tokens of a partial segment). It does NOT hold the recall

@@ -25,15 +25,20 @@ class ObservedMemory : public AttentionMemory {
 
 class CpuDocumentState : public DocumentState {
  public:
-  CpuDocumentState(LlamaModel* model, const MemoryConfig& config,
+  CpuDocumentState(LlamaModel* model, const CpuBackendOptions& options, const MemoryConfig& config,
                    std::shared_ptr<const ScorerWeights> scorer, kernels::ThreadPool* pool)
-      : model_(model), pool_(pool), memory_(model->config(), config, std::move(scorer)) {}
+      : model_(model),
+        activations_(options.decode_activations),
+        pool_(pool),
+        memory_(model->config(), config, std::move(scorer)) {}
 
   absl::Status ReadSegment(std::span<const int32_t> tokens, LogitsMode mode,
                            std::vector<float>* logits, const QueryObserver* observe) override {
-    if (observe == nullptr) return model_->Forward(tokens, memory_, mode, logits, pool_);
+    if (observe == nullptr) {
+      return model_->Forward(tokens, memory_, mode, logits, pool_, activations_);
+    }
     ObservedMemory observed(&memory_, observe);
-    return model_->Forward(tokens, observed, mode, logits, pool_);
+    return model_->Forward(tokens, observed, mode, logits, pool_, activations_);
   }
   int64_t next_position() const override { return memory_.next_position(); }
   int64_t max_slot_count() const override { return memory_.max_slot_count(); }
@@ -68,6 +73,7 @@ class CpuDocumentState : public DocumentState {
 
  private:
   LlamaModel* model_;
+  kernels::DecodeActivations activations_;
   kernels::ThreadPool* pool_;
   SparseKMemory memory_;
 };
@@ -77,7 +83,7 @@ class CpuDocumentState : public DocumentState {
 std::unique_ptr<DocumentState> CpuReadingBackend::NewCpuDocument(
     const MemoryConfig& config, std::shared_ptr<const ScorerWeights> scorer,
     kernels::ThreadPool* pool) {
-  return std::make_unique<CpuDocumentState>(model_, config, std::move(scorer), pool);
+  return std::make_unique<CpuDocumentState>(model_, options_, config, std::move(scorer), pool);
 }
 
 absl::StatusOr<std::unique_ptr<DocumentState>> CpuReadingBackend::NewDocument(
@@ -97,7 +103,8 @@ absl::Status CpuReadingBackend::CaptureQueries(std::span<const int32_t> tokens,
     (*queries)[layer].assign(q, q + n * width);
   };
   ObservedMemory observed(&dense, &record);
-  return model_->Forward(tokens, observed, LogitsMode::kNone, nullptr, pool);
+  return model_->Forward(tokens, observed, LogitsMode::kNone, nullptr, pool,
+                         options_.decode_activations);
 }
 
 }  // namespace longread::engine

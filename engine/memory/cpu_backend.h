@@ -9,10 +9,19 @@
 
 namespace longread::engine {
 
+// Options of one CPU backend (one worker serves many documents with them; nothing process-wide).
+struct CpuBackendOptions {
+  // The decode matvec's activation format (kernels/ops.h). kDefault: the process default
+  // (LONGREAD_INT8_ACTIVATIONS / LONGREAD_INT16_ACTIVATIONS, else fp32).
+  kernels::DecodeActivations decode_activations = kernels::DecodeActivations::kDefault;
+};
+
 class CpuReadingBackend : public ReadingBackend {
  public:
   // `model` (not owned) must outlive the backend and every document made from it.
-  explicit CpuReadingBackend(LlamaModel* model) : model_(model) {}
+  explicit CpuReadingBackend(LlamaModel* model, const CpuBackendOptions& options = {})
+      : model_(model), options_(options) {}
+  const CpuBackendOptions& options() const { return options_; }
 
   std::string_view device() const override { return "cpu"; }
   const LlamaModel& host_model() const override { return *model_; }
@@ -29,6 +38,7 @@ class CpuReadingBackend : public ReadingBackend {
 
  private:
   LlamaModel* model_;
+  CpuBackendOptions options_;
 };
 
 }  // namespace longread::engine

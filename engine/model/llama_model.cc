@@ -142,7 +142,8 @@ void LlamaModel::EnsureWorkspace(int64_t n) {
 
 absl::Status LlamaModel::Forward(std::span<const int32_t> tokens, AttentionMemory& memory,
                                  LogitsMode mode, std::vector<float>* logits,
-                                 kernels::ThreadPool* pool) {
+                                 kernels::ThreadPool* pool,
+                                 kernels::DecodeActivations activations) {
   const ModelConfig& c = config_;
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n == 0) return absl::InvalidArgumentError("model: empty segment");
@@ -167,9 +168,9 @@ absl::Status LlamaModel::Forward(std::span<const int32_t> tokens, AttentionMemor
     const Layer& L = layers_[l];
     kernels::RmsNorm(h, L.attn_norm.data(), n, d, c.rms_eps, ws_.x_norm.data());
     timer.Mark(ForwardProfile::kAttnNorm);
-    kernels::MatMul(L.wq, ws_.x_norm.data(), n, ws_.q.data(), pool);
-    kernels::MatMul(L.wk, ws_.x_norm.data(), n, ws_.k.data(), pool);
-    kernels::MatMul(L.wv, ws_.x_norm.data(), n, ws_.v.data(), pool);
+    kernels::MatMul(L.wq, ws_.x_norm.data(), n, ws_.q.data(), pool, activations);
+    kernels::MatMul(L.wk, ws_.x_norm.data(), n, ws_.k.data(), pool, activations);
+    kernels::MatMul(L.wv, ws_.x_norm.data(), n, ws_.v.data(), pool, activations);
     if (!L.bq.empty()) {
       for (int64_t t = 0; t < n; ++t) {
         kernels::Add(ws_.q.data() + t * L.wq.rows, L.bq.data(), L.wq.rows,
@@ -184,19 +185,19 @@ absl::Status LlamaModel::Forward(std::span<const int32_t> tokens, AttentionMemor
     SegmentLayerInput in{l, n, ws_.q.data(), ws_.k.data(), ws_.v.data(), ws_.x_norm.data()};
     if (auto s = memory.AttendAndUpdate(in, ws_.attn.data(), pool); !s.ok()) return s;
     timer.Mark(ForwardProfile::kAttention);
-    kernels::MatMul(L.wo, ws_.attn.data(), n, ws_.proj.data(), pool);
+    kernels::MatMul(L.wo, ws_.attn.data(), n, ws_.proj.data(), pool, activations);
     timer.Mark(ForwardProfile::kOutputProj);
     kernels::Add(h, ws_.proj.data(), n * d, h);
     timer.Mark(ForwardProfile::kResidual);
 
     kernels::RmsNorm(h, L.ffn_norm.data(), n, d, c.rms_eps, ws_.x_norm.data());
     timer.Mark(ForwardProfile::kFfnNorm);
-    kernels::MatMul(L.w_gate, ws_.x_norm.data(), n, ws_.gate.data(), pool);
-    kernels::MatMul(L.w_up, ws_.x_norm.data(), n, ws_.up.data(), pool);
+    kernels::MatMul(L.w_gate, ws_.x_norm.data(), n, ws_.gate.data(), pool, activations);
+    kernels::MatMul(L.w_up, ws_.x_norm.data(), n, ws_.up.data(), pool, activations);
     timer.Mark(ForwardProfile::kGateUpMatMul);
     kernels::SiluMul(ws_.gate.data(), ws_.up.data(), n * c.d_ff, ws_.gate.data());
     timer.Mark(ForwardProfile::kSilu);
-    kernels::MatMul(L.w_down, ws_.gate.data(), n, ws_.proj.data(), pool);
+    kernels::MatMul(L.w_down, ws_.gate.data(), n, ws_.proj.data(), pool, activations);
     timer.Mark(ForwardProfile::kDownMatMul);
     kernels::Add(h, ws_.proj.data(), n * d, h);
     timer.Mark(ForwardProfile::kResidual);
@@ -208,7 +209,7 @@ absl::Status LlamaModel::Forward(std::span<const int32_t> tokens, AttentionMemor
   const int64_t rows = n - first;
   kernels::RmsNorm(h + first * d, output_norm_.data(), rows, d, c.rms_eps, ws_.x_norm.data());
   logits->resize(rows * c.vocab_size);
-  kernels::MatMul(lm_head_, ws_.x_norm.data(), rows, logits->data(), pool);
+  kernels::MatMul(lm_head_, ws_.x_norm.data(), rows, logits->data(), pool, activations);
   timer.Mark(ForwardProfile::kLmHead);
   return absl::OkStatus();
 }

@@ -15,6 +15,7 @@
 #include "engine/model_files/model_config.h"
 #include "engine/model_files/model_file.h"
 #include "kernels/dtype.h"
+#include "kernels/ops.h"
 #include "kernels/thread_pool.h"
 
 namespace longread::engine {
@@ -58,8 +59,12 @@ class LlamaModel {
 
   // Runs `tokens` (a segment following what `memory` has seen) through every layer.
   // `logits` receives 0, 1 or tokens.size() rows of vocab_size floats, per `mode`.
-  absl::Status Forward(std::span<const int32_t> tokens, AttentionMemory& memory, LogitsMode mode,
-                       std::vector<float>* logits, kernels::ThreadPool* pool);
+  // `activations`: the decode matvec's activation format (kernels/ops.h), the caller's backend
+  // option.
+  absl::Status Forward(
+      std::span<const int32_t> tokens, AttentionMemory& memory, LogitsMode mode,
+      std::vector<float>* logits, kernels::ThreadPool* pool,
+      kernels::DecodeActivations activations = kernels::DecodeActivations::kDefault);
 
   // Accumulates op timings into `profile` from now on; null turns profiling off.
   void set_profile(ForwardProfile* profile) { profile_ = profile; }

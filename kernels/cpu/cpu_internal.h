@@ -9,6 +9,7 @@
 #include "kernels/attention.h"
 #include "kernels/dtype.h"
 #include "kernels/half.h"
+#include "kernels/ops.h"
 #include "kernels/thread_pool.h"
 
 namespace longread::kernels::cpu {
@@ -52,8 +53,9 @@ void ForcePortable(bool force);
 bool CpuHasAvx2Fma();
 
 // Portable fast-path pieces (plain C++, any CPU).
+// `activations` is resolved (never kDefault).
 void MatMulPortable(const MatrixView& w, const float* x, int64_t n_tokens, float* y,
-                    ThreadPool* pool);
+                    ThreadPool* pool, DecodeActivations activations);
 
 // Cache blocking of the AVX2 prefill (see matmul_avx2.cc). The defaults disable it (one panel,
 // all tokens, full depth); tests and benches turn it on to check and measure it. Not thread-safe:
@@ -65,7 +67,8 @@ struct PrefillBlocking {
 };
 void SetPrefillBlocking(const PrefillBlocking& blocking);
 
-// 8-bit activations for the decode matvec (see kernels/ops.h, SetInt8Activations).
+// 8-bit activations for the decode matvec (see kernels/ops.h, DecodeActivations): the process
+// default, unless LONGREAD_INT8_ACTIVATIONS says otherwise.
 inline constexpr bool kInt8ActivationsDefault = false;
 bool UseInt8Activations();
 // Q4_0, Q4_1 and Q8_0 have an integer dot against 8-bit activations.
@@ -114,7 +117,8 @@ Int16Activations QuantizeActivations16(const float* x, int64_t n_tokens, int64_t
                                                         float*));
 
 // AVX2 pieces; callers must check UseAvx2() first.
-void MatMulAvx2(const MatrixView& w, const float* x, int64_t n_tokens, float* y, ThreadPool* pool);
+void MatMulAvx2(const MatrixView& w, const float* x, int64_t n_tokens, float* y, ThreadPool* pool,
+                DecodeActivations activations);
 void DequantizeRowAvx2(DType type, const uint8_t* row, int64_t cols, float* out);
 void SiluMulAvx2(const float* gate, const float* up, int64_t n, float* out);
 

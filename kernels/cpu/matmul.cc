@@ -74,8 +74,8 @@ Int16Activations QuantizeActivations16(const float* x, int64_t n_tokens, int64_t
 }
 
 void MatMulPortable(const MatrixView& w, const float* x, int64_t n_tokens, float* y,
-                    ThreadPool* pool) {
-  if (n_tokens <= kInt8MaxTokens && !UseInt8Activations() && UseInt16Activations() &&
+                    ThreadPool* pool, DecodeActivations activations) {
+  if (n_tokens <= kInt8MaxTokens && activations == DecodeActivations::kInt16 &&
       HasInt8Dot(w.type)) {
     const Int16Activations act =
         QuantizeActivations16(x, n_tokens, w.cols, &QuantizeRowQ16Portable);
@@ -95,7 +95,7 @@ void MatMulPortable(const MatrixView& w, const float* x, int64_t n_tokens, float
     }
     return;
   }
-  if (n_tokens <= kInt8MaxTokens && UseInt8Activations() && HasInt8Dot(w.type)) {
+  if (n_tokens <= kInt8MaxTokens && activations == DecodeActivations::kInt8 && HasInt8Dot(w.type)) {
     const Int8Activations act = QuantizeActivations(x, n_tokens, w.cols, &QuantizeRowQ8Portable);
     auto rows = [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
@@ -125,12 +125,14 @@ void MatMulPortable(const MatrixView& w, const float* x, int64_t n_tokens, float
 
 }  // namespace cpu
 
-void MatMul(const MatrixView& w, const float* x, int64_t n_tokens, float* y, ThreadPool* pool) {
+void MatMul(const MatrixView& w, const float* x, int64_t n_tokens, float* y, ThreadPool* pool,
+            DecodeActivations activations) {
+  if (activations == DecodeActivations::kDefault) activations = DefaultDecodeActivations();
   if (n_tokens <= 0 || w.rows <= 0) return;
   if (cpu::UseAvx2()) {
-    cpu::MatMulAvx2(w, x, n_tokens, y, pool);
+    cpu::MatMulAvx2(w, x, n_tokens, y, pool, activations);
   } else {
-    cpu::MatMulPortable(w, x, n_tokens, y, pool);
+    cpu::MatMulPortable(w, x, n_tokens, y, pool, activations);
   }
 }
 

@@ -538,8 +538,9 @@ LONGREAD_AVX2 void DequantizeRowAvx2(DType type, const uint8_t* row, int64_t col
   DequantizeRowImpl(type, row, cols, out);
 }
 
-void MatMulAvx2(const MatrixView& w, const float* x, int64_t n_tokens, float* y, ThreadPool* pool) {
-  if (n_tokens <= kInt8MaxTokens && UseInt8Activations() && HasInt8Dot(w.type)) {
+void MatMulAvx2(const MatrixView& w, const float* x, int64_t n_tokens, float* y, ThreadPool* pool,
+                DecodeActivations activations) {
+  if (n_tokens <= kInt8MaxTokens && activations == DecodeActivations::kInt8 && HasInt8Dot(w.type)) {
     const Int8Activations act = QuantizeActivations(x, n_tokens, w.cols, &QuantizeRowQ8Avx2);
     auto rows = [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
@@ -557,7 +558,8 @@ void MatMulAvx2(const MatrixView& w, const float* x, int64_t n_tokens, float* y,
     }
     return;
   }
-  if (n_tokens <= kInt8MaxTokens && UseInt16Activations() && HasInt8Dot(w.type)) {
+  if (n_tokens <= kInt8MaxTokens && activations == DecodeActivations::kInt16 &&
+      HasInt8Dot(w.type)) {
     const Int16Activations act = QuantizeActivations16(x, n_tokens, w.cols, &QuantizeRowQ16Avx2);
     auto rows = [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {

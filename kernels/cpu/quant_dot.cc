@@ -173,10 +173,10 @@ void SetInt16Activations(bool enabled) {
 
 bool Int16ActivationsEnabled() { return cpu::UseInt16Activations(); }
 
-void SetInt8Activations(bool enabled) {
-  cpu::int8_activations.store(enabled, std::memory_order_relaxed);
+DecodeActivations DefaultDecodeActivations() {
+  if (cpu::UseInt8Activations()) return DecodeActivations::kInt8;
+  if (cpu::UseInt16Activations()) return DecodeActivations::kInt16;
+  return DecodeActivations::kFloat32;
 }
-
-bool Int8ActivationsEnabled() { return cpu::UseInt8Activations(); }
 
 }  // namespace longread::kernels

@@ -317,6 +317,8 @@ absl::Status DocumentRun::SendCheckpoint() {
   std::string archive_error;
   {
     // The snapshot (~145 MB at the default memory) is freed as soon as it is encoded.
+    std::optional<FairLockGuard> device_lock;
+    if (worker_->DeviceStateNeedsLock()) device_lock.emplace(&worker_->model_lock_);
     auto checkpoint = session_->Checkpoint();
     if (!checkpoint.ok()) return checkpoint.status();
     record = EncodeSnapshotRecord(checkpoint->memory);
@@ -564,6 +566,8 @@ grpc::Status DocumentRun::Run() {
   if (checkpoint.has_value()) {
     // The model matched (Admit): a checkpoint that does not fit these options or this point of
     // the document is unusable, and the coordinator drops it on DATA_LOSS.
+    std::optional<FairLockGuard> device_lock;
+    if (worker_->DeviceStateNeedsLock()) device_lock.emplace(&worker_->model_lock_);
     if (absl::Status restored = session_->Restore(*checkpoint); !restored.ok()) {
       return grpc::Status(grpc::StatusCode::DATA_LOSS,
                           absl::StrCat("checkpoint refused: ", restored.message()));

@@ -95,6 +95,9 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   void UpdateArchiveBytes(int64_t delta);
   void UpdateMemoryBytes(int64_t delta);  // the documents' memories (device_memory_bytes)
   void UpdateDatabaseSize();
+  // A device backend's checkpoint and restore move the memory over the backend's one stream:
+  // they take the model lock there. The CPU's only touch the session.
+  bool DeviceStateNeedsLock() const { return model_.backend->device() != "cpu"; }
 
   WorkerModel model_;
   std::unique_ptr<engine::ReadingBackend> own_backend_;  // when model_.backend was null

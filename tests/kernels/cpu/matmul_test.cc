@@ -137,26 +137,9 @@ TEST(MatMulTest, ReferenceMatchesFloat64) {
   }
 }
 
-// Sets the decode matvec's activation format (fp32, 16-bit or 8-bit) for one test.
-class ActivationGuard {
- public:
-  ActivationGuard(bool int8, bool int16)
-      : int8_(Int8ActivationsEnabled()), int16_(Int16ActivationsEnabled()) {
-    SetInt8Activations(int8);
-    SetInt16Activations(int16);
-  }
-  ~ActivationGuard() {
-    SetInt8Activations(int8_);
-    SetInt16Activations(int16_);
-  }
-
- private:
-  bool int8_, int16_;
-};
-
 // fp32 paths only: quantized activations are checked by the Int8/Int16 tests below.
 TEST(MatMulTest, FastAndPortableMatchFloat64AndAreThreadCountIndependent) {
-  ActivationGuard fp32(false, false);
+  constexpr DecodeActivations fp32 = DecodeActivations::kFloat32;
   ThreadPool pool2(2), pool3(3);
   for (int mode = 0; mode < 3; ++mode) {
     // 0: AVX2 path (when the CPU has it), 1: the same with small prefill cache blocks (12 tokens x
@@ -171,9 +154,9 @@ TEST(MatMulTest, FastAndPortableMatchFloat64AndAreThreadCountIndependent) {
         const auto x = RandomFloats(s.n_tokens * s.cols, 3 + s.rows);
         const Expected e = ExactProduct(w, x, s.n_tokens);
         std::vector<float> y1(s.n_tokens * s.rows, NAN), y2(y1.size(), NAN), y3(y1.size(), NAN);
-        MatMul(w.view(), x.data(), s.n_tokens, y1.data(), nullptr);
-        MatMul(w.view(), x.data(), s.n_tokens, y2.data(), &pool2);
-        MatMul(w.view(), x.data(), s.n_tokens, y3.data(), &pool3);
+        MatMul(w.view(), x.data(), s.n_tokens, y1.data(), nullptr, fp32);
+        MatMul(w.view(), x.data(), s.n_tokens, y2.data(), &pool2, fp32);
+        MatMul(w.view(), x.data(), s.n_tokens, y3.data(), &pool3, fp32);
         const std::string what =
             std::string(DTypeName(type)) + " portable=" + std::to_string(portable) +
             " rows=" + std::to_string(s.rows) + " cols=" + std::to_string(s.cols) +
@@ -229,7 +212,7 @@ double QuantBound(const TestMatrix& w, const std::vector<float>& x, int64_t t, i
 
 TEST(MatMulTest, Int8AndInt16ActivationsWithinQuantizationBoundAndPathsAgree) {
   for (const bool int8 : {true, false}) {
-    ActivationGuard guard(int8, !int8);
+    const DecodeActivations mode = int8 ? DecodeActivations::kInt8 : DecodeActivations::kInt16;
     const double levels = int8 ? 127.0 : 32767.0;
     ThreadPool pool2(2), pool3(3);
     struct DecodeShape {
@@ -245,12 +228,12 @@ TEST(MatMulTest, Int8AndInt16ActivationsWithinQuantizationBoundAndPathsAgree) {
         const Expected e = ExactProduct(w, x, s.n_tokens);
         std::vector<float> fast(s.n_tokens * s.rows, NAN), portable(fast.size(), NAN);
         std::vector<float> fast2(fast.size(), NAN), fast3(fast.size(), NAN);
-        MatMul(w.view(), x.data(), s.n_tokens, fast.data(), nullptr);
-        MatMul(w.view(), x.data(), s.n_tokens, fast2.data(), &pool2);
-        MatMul(w.view(), x.data(), s.n_tokens, fast3.data(), &pool3);
+        MatMul(w.view(), x.data(), s.n_tokens, fast.data(), nullptr, mode);
+        MatMul(w.view(), x.data(), s.n_tokens, fast2.data(), &pool2, mode);
+        MatMul(w.view(), x.data(), s.n_tokens, fast3.data(), &pool3, mode);
         {
           PortableGuard guard(true);
-          MatMul(w.view(), x.data(), s.n_tokens, portable.data(), &pool2);
+          MatMul(w.view(), x.data(), s.n_tokens, portable.data(), &pool2, mode);
         }
         const std::string what = std::string(DTypeName(type)) + " rows=" + std::to_string(s.rows) +
                                  " cols=" + std::to_string(s.cols) + (int8 ? " int8" : " int16");
