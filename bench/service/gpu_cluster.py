@@ -641,6 +641,11 @@ def main():
                 raise
             finally:
                 phase.stop()
+                # The databases hold every checkpoint and archive block (gigabytes at real
+                # sizes): gone after each phase; the logs stay until the end (or with --keep).
+                for d in [work / name / "coordinator" / "db",
+                          *[work / name / w / "cache" for w, _ in phase_specs]]:
+                    shutil.rmtree(d, ignore_errors=True)
             if r["job_state"] != "JOB_STATE_SUCCEEDED" or r["watch_exit"] != 0 or r["errors"]:
                 log(f"{name}: FAILED: state {r['job_state']}, watch exit {r['watch_exit']}, "
                     f"errors {r['errors']}")
