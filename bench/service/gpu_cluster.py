@@ -215,7 +215,6 @@ class Phase:
         self.coordinator = None
         self.samples = []  # (seconds since submit, {worker: tokens read}), from the events
         self.lock = threading.Lock()
-        self.assigned_at = {}  # document index -> when its current worker got it
         self.worker_tokens = {}  # worker address -> document tokens it read (progress events)
         self.gpu_mib = {}  # worker -> peak MiB seen by nvidia-smi
         self.device_bytes = {}  # worker -> peak longread_device_memory_bytes
@@ -321,36 +320,71 @@ class Phase:
                     self.gpu_mib[name] = max(self.gpu_mib.get(name, 0), by_pid[p.pid])
             self.stop_sampling.wait(1.0)
 
-    def victim_reading(self, victim, since):
-        """Documents the victim is reading now (progress seen, not at the end) and has held
-        since before `since`."""
+    def coordinator_events(self, *names):
+        """The coordinator's JSON log lines whose event is one of names."""
+        events = []
+        try:
+            text = (self.coordinator.directory / "stderr").read_text(errors="replace")
+        except OSError:
+            return events
+        for line in text.splitlines():
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if e.get("event") in names:
+                events.append(e)
+        return events
+
+    def victim_checkpointed_reading(self, victim):
+        """{document index: checkpoint tokens} of the documents the victim is reading now (not at
+        the end) of which the coordinator has stored a checkpoint that the victim sent."""
         address = self.worker_address[victim]
+        stored = {}
+        for e in self.coordinator_events("checkpoint_stored"):
+            if e.get("worker") == address:
+                stored[int(e["document"])] = int(e["document_tokens"])
         with self.lock:
-            return [i for i, (worker, read, total) in self.reading.items()
-                    if worker == address and 0 < read < total
-                    and self.assigned_at.get(i, since) < since]
+            return {i: stored[i] for i, (worker, read, total) in self.reading.items()
+                    if worker == address and 0 < read < total and i in stored}
 
     def kill_when_ready(self, victim, not_before, t0):
-        """SIGKILL the victim, not before not_before s, while it reads a document it has held
-        for 1.5 checkpoint intervals (workers checkpoint by time, so a checkpoint of it exists)
-        and the coordinator has stored checkpoints: the document must resume elsewhere from one."""
+        """SIGKILL the victim, not before not_before s, while it reads a document of which the
+        coordinator holds a checkpoint from it: that document must resume elsewhere from there."""
         while not self.stop_sampling.is_set():
-            now = time.time() - t0
-            held_since = now - 1.5 * self.args.checkpoint_seconds
-            if (now >= not_before and self.victim_reading(victim, held_since)
-                    and metric(scrape(self.coordinator_metrics_port),
-                               "longread_checkpoint_bytes_total") > 0):
+            ready = (self.victim_checkpointed_reading(victim)
+                     if time.time() - t0 >= not_before else {})
+            if ready:
                 self.workers[victim].popen.send_signal(signal.SIGKILL)
                 address = self.worker_address[victim]
                 with self.lock:
                     reading = {i: list(v[1:]) for i, v in self.reading.items() if v[0] == address}
                     tokens = self.worker_tokens.get(address, 0)
                 self.killed = {"worker": victim, "seconds": time.time() - t0,
-                               "documents_held": reading, "tokens_read_before_kill": tokens}
+                               "documents_held": reading, "checkpoint_tokens": ready,
+                               "tokens_read_before_kill": tokens}
                 log(f"{self.name}: SIGKILL {victim} at {self.killed['seconds']:.1f} s "
-                    f"(documents held, tokens read/total: {reading}; {tokens} tokens read)")
+                    f"(documents held, tokens read/total: {reading}; checkpointed at {ready})")
                 return
             time.sleep(0.2)
+
+    def checkpoint_summary(self):
+        """The checkpoints the coordinator stored in this phase, and its failovers."""
+        stored = self.coordinator_events("checkpoint_stored")
+        seconds = sorted(float(e.get("seconds", 0)) for e in stored)
+        total = sum(int(e.get("bytes", 0)) for e in stored)
+        return {
+            "stored": len(stored), "bytes_total": total,
+            "bytes_mean": total / len(stored) if stored else 0,
+            "seconds_mean": sum(seconds) / len(seconds) if seconds else 0,
+            "seconds_max": seconds[-1] if seconds else 0,
+            "failovers": [{k: e.get(k) for k in ("document", "worker", "reason", "tokens_read",
+                                                 "checkpoint_tokens")}
+                          for e in self.coordinator_events("failover")],
+            "resumed": [{k: e.get(k) for k in ("document", "worker", "attempt",
+                                               "resume_from_tokens", "tokens_reread")}
+                        for e in self.coordinator_events("document_resumed")],
+        }
 
     def run(self, documents, job_flags, kill=None):
         """Sends the batch as one job and follows it; returns the phase's numbers."""
@@ -400,7 +434,6 @@ class Phase:
                 with self.lock:
                     self.reading[i] = (a.get("worker", ""), int(a.get("resume_from_tokens", 0)),
                                        self.reading.get(i, ("", 0, 0))[2])
-                    self.assigned_at[i] = now
                 assigned.append({"seconds": now, "document_index": a.get("document_index", 0),
                                  "worker": a.get("worker", ""), "attempt": a.get("attempt", 0),
                                  "resume_from_tokens": int(a.get("resume_from_tokens", 0))})
@@ -421,6 +454,7 @@ class Phase:
             raise RuntimeError(f"get: exit {got.returncode}\n{got.stderr}")
         job = json.loads(got.stdout)
         coordinator = scrape(self.coordinator_metrics_port)
+        checkpoints = self.checkpoint_summary()
         # A cross-check of the events' count: each live worker's own counter.
         by_metric = {n: metric(scrape(p), "longread_tokens_read_total") - base_metric[n]
                      for n, p in self.worker_metrics_port.items()
@@ -469,6 +503,7 @@ class Phase:
                 total_tokens / (t_last - first_assigned) if t_last > first_assigned else 0.0,
             "tokens_read_by_workers": sum(w["tokens_read"] for w in per_worker.values()),
             "per_worker": per_worker, "assignments": assigned, "killed": self.killed,
+            "checkpoints": checkpoints,
             "coordinator": {
                 "tokens_read_total": metric(coordinator, "longread_tokens_read_total"),
                 "failovers_worker_lost": metric(coordinator, "longread_failovers_total",
@@ -543,9 +578,10 @@ def main():
     p.add_argument("--docs", type=int, default=64)
     p.add_argument("--min-tokens", type=int, default=32000)
     p.add_argument("--max-tokens", type=int, default=1000000)
-    p.add_argument("--bytes-per-token", type=float, default=3.0,
-                   help="bytes of corpus text per target token (3.0 measured for the default "
-                        "corpus and model; the real count is taken from the coordinator)")
+    p.add_argument("--bytes-per-token", type=float, default=4.35,
+                   help="bytes of corpus text per target token (4.35 measured for the default "
+                        "corpus and model on documents of 20K-67K tokens; the real count is "
+                        "taken from the coordinator)")
     p.add_argument("--seed", type=int, default=18)
     p.add_argument("--corpus", nargs="+", default=["README.md", "docs"])
     p.add_argument("--data-dir", default="data/gpu-cluster",
@@ -684,6 +720,11 @@ def main():
 
 def summarize(by_phase, phases, ok):
     summary = {}
+    summary["checkpoint_seconds_mean_max"] = {
+        r["phase"]: [round(r["checkpoints"]["seconds_mean"], 2),
+                     round(r["checkpoints"]["seconds_max"], 2)] for r in phases}
+    summary["checkpoint_bytes_mean"] = {
+        r["phase"]: round(r["checkpoints"]["bytes_mean"]) for r in phases}
     if "one" in by_phase and "all" in by_phase:
         summary["scaling_all_over_one"] = round(
             by_phase["all"]["tokens_per_second"] / by_phase["one"]["tokens_per_second"], 3)
@@ -695,6 +736,8 @@ def summarize(by_phase, phases, ok):
         summary["tokens_read_by_workers_minus_document_tokens"] = round(
             k["tokens_read_by_workers"] - k["total_tokens"])
         summary["failovers_worker_lost"] = k["coordinator"]["failovers_worker_lost"]
+        summary["resumed_from_tokens"] = [r["resume_from_tokens"]
+                                          for r in k["checkpoints"]["resumed"]]
         if "all" in by_phase:
             summary["time_lost_seconds"] = round(
                 k["seconds_to_last_answer"] - by_phase["all"]["seconds_to_last_answer"], 2)

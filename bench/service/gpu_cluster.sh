@@ -15,7 +15,7 @@
 # Knobs (environment): DEVICE (cuda), WORKERS (default: GPUs x WORKERS_PER_GPU), WORKERS_PER_GPU
 # (1), WORKER_THREADS (1), CAPACITY (4 documents per worker), CHECKPOINT_SECONDS (5), DOCS (64),
 # MIN_TOKENS (32000), MAX_TOKENS (1000000), OPTIONS (job memory options, default: the server's),
-# BYTES_PER_TOKEN (3.0), MAX_NEW_TOKENS (32), PHASES (one,all,kill), KILL_AFTER_FRACTION (0.4: the kill comes no earlier
+# BYTES_PER_TOKEN (4.35), MAX_NEW_TOKENS (32), PHASES (one,all,kill), KILL_AFTER_FRACTION (0.4: the kill comes no earlier
 # than this fraction of the `all` phase's time, while the victim reads), CORPUS (README.md docs, plus data/seeds if present:
 # copy more real text there), BUILD_DIR (build), MODEL, TAG, NOTES, KEEP (1: keep the processes'
 # directories and logs), WORKER_METRICS (0: workers serve no /metrics; every number but the
@@ -41,7 +41,7 @@ exec python3 bench/service/gpu_cluster.py \
   --device "${DEVICE:-cuda}" --workers "${WORKERS:-0}" \
   --workers-per-gpu "${WORKERS_PER_GPU:-1}" --worker-threads "${WORKER_THREADS:-1}" \
   --capacity "${CAPACITY:-4}" --checkpoint-seconds "${CHECKPOINT_SECONDS:-5}" \
-  --bytes-per-token "${BYTES_PER_TOKEN:-3.0}" --docs "${DOCS:-64}" --min-tokens "${MIN_TOKENS:-32000}" --max-tokens "${MAX_TOKENS:-1000000}" \
+  --bytes-per-token "${BYTES_PER_TOKEN:-4.35}" --docs "${DOCS:-64}" --min-tokens "${MIN_TOKENS:-32000}" --max-tokens "${MAX_TOKENS:-1000000}" \
   --options "${OPTIONS:-}" --max-new-tokens "${MAX_NEW_TOKENS:-32}" \
   --phases "${PHASES:-one,all,kill}" --kill-after-fraction "${KILL_AFTER_FRACTION:-0.4}" \
   --corpus $corpus \
