@@ -3,6 +3,7 @@
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/context_impl.h"
+#include "kernels/cuda/cublaslt_api.h"
 #include "kernels/cuda/cuda_ops.h"
 
 namespace longread::kernels::cuda {
@@ -46,22 +47,23 @@ Context::Context(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Context::~Context() {
   for (auto& [key, plan] : impl_->plans) {
-    cublasLtMatrixLayoutDestroy(plan.a);
-    cublasLtMatrixLayoutDestroy(plan.b);
-    cublasLtMatrixLayoutDestroy(plan.c);
-    cublasLtMatmulDescDestroy(plan.desc);
+    Lt().MatrixLayoutDestroy(plan.a);
+    Lt().MatrixLayoutDestroy(plan.b);
+    Lt().MatrixLayoutDestroy(plan.c);
+    Lt().MatmulDescDestroy(plan.desc);
   }
-  if (impl_->lt != nullptr) cublasLtDestroy(impl_->lt);
+  if (impl_->lt != nullptr) Lt().Destroy(impl_->lt);
   if (impl_->stream != nullptr) cudaStreamDestroy(impl_->stream);
 }
 
 absl::StatusOr<std::unique_ptr<Context>> Context::Create(int device) {
+  if (absl::Status s = LoadCublasLt(); !s.ok()) return s;
   auto impl = std::make_unique<Impl>();
   impl->device = device;
   LONGREAD_CUDA_RETURN_IF_ERROR(cudaSetDevice(device));
   LONGREAD_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
   std::unique_ptr<Context> ctx(new Context(std::move(impl)));
-  LONGREAD_CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&ctx->impl_->lt));
+  LONGREAD_CUBLAS_RETURN_IF_ERROR(Lt().Create(&ctx->impl_->lt));
   auto ws = DeviceBuffer::Allocate(kWorkspaceBytes);
   if (!ws.ok()) return ws.status();
   ctx->impl_->workspace = std::move(*ws);
@@ -103,33 +105,31 @@ absl::StatusOr<const GemmPlan*> Plan(Context& ctx, int64_t rows, int64_t cols, i
   if (auto it = impl.plans.find(key); it != impl.plans.end()) return &it->second;
   GemmPlan p;
   auto cleanup = [&p] {
-    if (p.a != nullptr) cublasLtMatrixLayoutDestroy(p.a);
-    if (p.b != nullptr) cublasLtMatrixLayoutDestroy(p.b);
-    if (p.c != nullptr) cublasLtMatrixLayoutDestroy(p.c);
-    if (p.desc != nullptr) cublasLtMatmulDescDestroy(p.desc);
+    if (p.a != nullptr) Lt().MatrixLayoutDestroy(p.a);
+    if (p.b != nullptr) Lt().MatrixLayoutDestroy(p.b);
+    if (p.c != nullptr) Lt().MatrixLayoutDestroy(p.c);
+    if (p.desc != nullptr) Lt().MatmulDescDestroy(p.desc);
   };
   auto build = [&]() -> absl::Status {
-    LONGREAD_CUBLAS_RETURN_IF_ERROR(
-        cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    LONGREAD_CUBLAS_RETURN_IF_ERROR(Lt().MatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t trans_a = CUBLAS_OP_T;
-    LONGREAD_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
-        p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)));
-    LONGREAD_CUBLAS_RETURN_IF_ERROR(
-        cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, cols, rows, cols));
-    LONGREAD_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, cols, n, cols));
-    LONGREAD_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&p.c, out_type, rows, n, rows));
+    LONGREAD_CUBLAS_RETURN_IF_ERROR(Lt().MatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA,
+                                                                &trans_a, sizeof(trans_a)));
+    LONGREAD_CUBLAS_RETURN_IF_ERROR(Lt().MatrixLayoutCreate(&p.a, CUDA_R_16BF, cols, rows, cols));
+    LONGREAD_CUBLAS_RETURN_IF_ERROR(Lt().MatrixLayoutCreate(&p.b, CUDA_R_16BF, cols, n, cols));
+    LONGREAD_CUBLAS_RETURN_IF_ERROR(Lt().MatrixLayoutCreate(&p.c, out_type, rows, n, rows));
     cublasLtMatmulPreference_t pref = nullptr;
-    LONGREAD_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&pref));
+    LONGREAD_CUBLAS_RETURN_IF_ERROR(Lt().MatmulPreferenceCreate(&pref));
     const uint64_t ws = static_cast<uint64_t>(impl.workspace.bytes());
-    cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(
+    cublasStatus_t s = Lt().MatmulPreferenceSetAttribute(
         pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
     if (s == CUBLAS_STATUS_SUCCESS) {
-      s = cublasLtMatmulAlgoGetHeuristic(impl.lt, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result,
-                                         &found);
+      s = Lt().MatmulAlgoGetHeuristic(impl.lt, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result,
+                                      &found);
     }
-    cublasLtMatmulPreferenceDestroy(pref);
+    Lt().MatmulPreferenceDestroy(pref);
     LONGREAD_CUBLAS_RETURN_IF_ERROR(s);
     if (found == 0) {
       return absl::UnimplementedError(
@@ -152,7 +152,7 @@ absl::Status RunGemm(Context& ctx, const DeviceMatrix& w, const Bf16* x, int64_t
   if (!plan.ok()) return plan.status();
   const float alpha = 1.0f, beta = 0.0f;
   Context::Impl& impl = ctx.impl();
-  LONGREAD_CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(
+  LONGREAD_CUBLAS_RETURN_IF_ERROR(Lt().Matmul(
       impl.lt, (*plan)->desc, &alpha, w.bf16(), (*plan)->a, x, (*plan)->b, &beta, y, (*plan)->c, y,
       (*plan)->c, &(*plan)->algo, impl.workspace.as<void>(), impl.workspace.bytes(), impl.stream));
   return absl::OkStatus();
