@@ -14,12 +14,13 @@
 #
 # Knobs (environment): DEVICE (cuda), WORKERS (default: GPUs x WORKERS_PER_GPU), WORKERS_PER_GPU
 # (1), WORKER_THREADS (1), CAPACITY (4 documents per worker), CHECKPOINT_SECONDS (5), DOCS (64),
-# MIN_TOKENS (32000), MAX_TOKENS (1000000), OPTIONS (job memory options, default: the server's),
-# BYTES_PER_TOKEN (4.35), MAX_NEW_TOKENS (32), PHASES (one,all,kill), KILL_AFTER_FRACTION (0.4: the kill comes no earlier
-# than this fraction of the `all` phase's time, while the victim reads), CORPUS (README.md docs, plus data/seeds if present:
-# copy more real text there), BUILD_DIR (build), MODEL, TAG, NOTES, KEEP (1: keep the processes'
-# directories and logs), WORKER_METRICS (0: workers serve no /metrics; every number but the
-# workers' device-memory gauge comes from the job's events anyway).
+# MIN_TOKENS (32000), MAX_TOKENS (1000000), BYTES_PER_TOKEN (4.35), OPTIONS (job memory options,
+# default: the server's), MAX_NEW_TOKENS (32), PHASES (one,all,kill), KILL_AFTER_FRACTION (0.4:
+# the kill comes no earlier than this fraction of the `all` phase's time, and only while the
+# victim reads a document the coordinator holds a checkpoint of), CORPUS (README.md docs, plus
+# data/seeds if present: copy more real text there), BUILD_DIR (build), MODEL, TAG, NOTES, KEEP
+# (1: keep the processes' directories and logs), WORKER_METRICS (0: workers serve no /metrics;
+# every number but the workers' device-memory gauge comes from the job's events anyway).
 # Needs the binaries (ninja -C $BUILD_DIR longread longread-coordinator longread-worker), the
 # model, python3 (standard library only) and, for cuda, nvidia-smi. Not a test: nothing here
 # asserts a speed.
@@ -28,22 +29,34 @@ cd "$(dirname "$0")/../.."
 BUILD_DIR=${BUILD_DIR:-build}
 for t in services/cli/longread services/coordinator/longread-coordinator \
          services/worker/longread-worker; do
-  [ -x "$BUILD_DIR/$t" ] || { echo "missing $BUILD_DIR/$t: ninja -C $BUILD_DIR $(basename $t)" >&2; exit 2; }
+  [ -x "$BUILD_DIR/$t" ] || {
+    echo "missing $BUILD_DIR/$t: ninja -C $BUILD_DIR $(basename "$t")" >&2
+    exit 2
+  }
 done
 corpus=${CORPUS:-README.md docs}
 [ -z "${CORPUS:-}" ] && [ -d data/seeds ] && corpus="$corpus data/seeds"
+read -r -a corpus_paths <<< "$corpus"
+optional=()
+[ -n "${KEEP:-}" ] && optional+=(--keep)
+[ "${WORKER_METRICS:-1}" = 0 ] && optional+=(--no-worker-metrics)
 date=$(date -u +%Y-%m-%d)${TAG:+-$TAG}
-settings="DEVICE=${DEVICE:-cuda} WORKERS=${WORKERS:-} WORKERS_PER_GPU=${WORKERS_PER_GPU:-1} DOCS=${DOCS:-64} MIN_TOKENS=${MIN_TOKENS:-32000} MAX_TOKENS=${MAX_TOKENS:-1000000} CHECKPOINT_SECONDS=${CHECKPOINT_SECONDS:-5} CAPACITY=${CAPACITY:-4} OPTIONS=${OPTIONS:-} MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-32}"
-# shellcheck disable=SC2086  # the corpus is a list of paths
+settings="DEVICE=${DEVICE:-cuda} WORKERS=${WORKERS:-} WORKERS_PER_GPU=${WORKERS_PER_GPU:-1}"
+settings+=" DOCS=${DOCS:-64} MIN_TOKENS=${MIN_TOKENS:-32000} MAX_TOKENS=${MAX_TOKENS:-1000000}"
+settings+=" BYTES_PER_TOKEN=${BYTES_PER_TOKEN:-4.35} CHECKPOINT_SECONDS=${CHECKPOINT_SECONDS:-5}"
+settings+=" CAPACITY=${CAPACITY:-4} WORKER_THREADS=${WORKER_THREADS:-1} OPTIONS=${OPTIONS:-}"
+settings+=" MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-32} PHASES=${PHASES:-one,all,kill}"
+settings+=" KILL_AFTER_FRACTION=${KILL_AFTER_FRACTION:-0.4} WORKER_METRICS=${WORKER_METRICS:-1}"
 exec python3 bench/service/gpu_cluster.py \
   --build-dir "$BUILD_DIR" \
   --model "${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}" \
   --device "${DEVICE:-cuda}" --workers "${WORKERS:-0}" \
   --workers-per-gpu "${WORKERS_PER_GPU:-1}" --worker-threads "${WORKER_THREADS:-1}" \
   --capacity "${CAPACITY:-4}" --checkpoint-seconds "${CHECKPOINT_SECONDS:-5}" \
-  --bytes-per-token "${BYTES_PER_TOKEN:-4.35}" --docs "${DOCS:-64}" --min-tokens "${MIN_TOKENS:-32000}" --max-tokens "${MAX_TOKENS:-1000000}" \
+  --bytes-per-token "${BYTES_PER_TOKEN:-4.35}" --docs "${DOCS:-64}" \
+  --min-tokens "${MIN_TOKENS:-32000}" --max-tokens "${MAX_TOKENS:-1000000}" \
   --options "${OPTIONS:-}" --max-new-tokens "${MAX_NEW_TOKENS:-32}" \
   --phases "${PHASES:-one,all,kill}" --kill-after-fraction "${KILL_AFTER_FRACTION:-0.4}" \
-  --corpus $corpus \
-  ${KEEP:+--keep} $([ "${WORKER_METRICS:-1}" = 0 ] && echo --no-worker-metrics) --notes "${NOTES:-}" --out "bench/results/gpu-cluster-$date.json" \
+  --corpus "${corpus_paths[@]}" "${optional[@]}" --notes "${NOTES:-}" \
+  --out "bench/results/gpu-cluster-$date.json" \
   --command "$settings bench/service/gpu_cluster.sh"
