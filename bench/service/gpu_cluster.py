@@ -56,7 +56,8 @@ def corpus_files(specs):
         if not path.is_absolute():
             path = REPO / path
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".md", ".txt"))
+            files += sorted(p for p in path.rglob("*")
+                            if p.is_file() and p.suffix in (".md", ".txt"))
         elif path.is_file():
             files.append(path)
         else:
