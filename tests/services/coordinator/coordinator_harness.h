@@ -5,23 +5,16 @@
 // answer tokens, one thread per process.
 #pragma once
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <chrono>
 #include <map>
+#include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "longread/v1/job_service.grpc.pb.h"
+#include "tests/services/child_process.h"
 #include "tests/services/worker/worker_harness.h"
 
 namespace longread::coordinator::testing {
@@ -29,68 +22,8 @@ namespace longread::coordinator::testing {
 using worker::testing::TempDir;
 using worker::testing::WorkerProcess;
 
-// A child process started from argv, its stderr kept in `dir`/stderr, waited for by port file.
-class Process {
- public:
-  Process(const std::string& dir, std::vector<std::string> args, const std::string& port_file)
-      : dir_(dir) {
-    std::filesystem::create_directories(dir);
-    std::filesystem::remove(port_file);
-    pid_ = fork();
-    if (pid_ == 0) {
-      freopen((dir + "/stderr").c_str(), "a", stderr);
-      freopen((dir + "/stdout").c_str(), "a", stdout);
-      std::vector<char*> argv;
-      for (std::string& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    for (int i = 0; i < 1200 && port_ == 0; ++i) {
-      if (std::filesystem::exists(port_file)) {
-        port_ = std::atoi(services::testing::ReadFile(port_file).c_str());
-      }
-      if (port_ == 0) {
-        int status = 0;
-        if (waitpid(pid_, &status, WNOHANG) == pid_) {
-          exit_status_ = status;
-          pid_ = -1;
-          break;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      }
-    }
-  }
-  ~Process() { Kill(); }
-  void Kill() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-      pid_ = -1;
-    }
-  }
-  void Signal(int sig) const { kill(pid_, sig); }
-  int WaitExit() {
-    int status = 0;
-    if (pid_ > 0) {
-      waitpid(pid_, &status, 0);
-      pid_ = -1;
-      exit_status_ = status;
-    }
-    return WIFEXITED(exit_status_) ? WEXITSTATUS(exit_status_) : -1;
-  }
-  bool serving() const { return port_ > 0 && pid_ > 0; }
-  int port() const { return port_; }
-  pid_t pid() const { return pid_; }
-  std::string target() const { return absl::StrCat("127.0.0.1:", port_); }
-  std::string log() const { return services::testing::ReadFile(dir_ + "/stderr"); }
-
- private:
-  std::string dir_;
-  pid_t pid_ = -1;
-  int port_ = 0;
-  int exit_status_ = 0;
-};
+using Process = services::testing::ChildProcess;
+using services::testing::ScrapeMetrics;
 
 inline std::unique_ptr<Process> StartCoordinator(const std::string& dir, const std::string& workers,
                                                  std::vector<std::string> extra = {}) {
@@ -252,26 +185,6 @@ inline std::string NumberedDocument(int i) {
 }
 
 inline std::string JobStateName(v1::JobState s) { return v1::JobState_Name(s); }
-
-// GET http://127.0.0.1:port/metrics ("" on failure).
-inline std::string ScrapeMetrics(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string out;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string request = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
-      char buf[65536];
-      ssize_t n;
-      while ((n = read(fd, buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
-    }
-  }
-  close(fd);
-  return out;
-}
 
 // The value of field `key` in the first JSON log line of `event` (-1 if absent).
 inline double LoggedNumber(const std::string& log, const std::string& event,

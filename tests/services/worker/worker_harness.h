@@ -4,22 +4,11 @@
 // 64 + window 64, segments of 128, blocks of 16, recall 2, 24 answer tokens, one thread).
 #pragma once
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -34,6 +23,7 @@
 #include "kernels/thread_pool.h"
 #include "longread/v1/worker_service.grpc.pb.h"
 #include "services/worker/job_options.h"
+#include "tests/services/child_process.h"
 #include "tests/services/cli_runner.h"
 
 namespace longread::worker::testing {
@@ -59,19 +49,38 @@ class TempDir {
 };
 
 // A longread-worker child process, killed (SIGKILL) at the end if it still runs.
-class WorkerProcess {
+class WorkerProcess : public services::testing::ChildProcess {
  public:
   // Starts the worker and waits until it serves (or dies). `extra` are more flags.
-  explicit WorkerProcess(const std::string& dir, std::vector<std::string> extra = {}) : dir_(dir) {
-    std::filesystem::create_directories(dir);
-    const std::string port_file = dir + "/port";
+  explicit WorkerProcess(const std::string& dir, std::vector<std::string> extra = {})
+      : ChildProcess(dir, Args(dir, std::move(extra)), dir + "/port") {}
+
+  std::unique_ptr<v1::WorkerService::Stub> Stub(
+      std::shared_ptr<grpc::ChannelCredentials> credentials =
+          grpc::InsecureChannelCredentials()) const {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(16 << 20);
+    return v1::WorkerService::NewStub(grpc::CreateCustomChannel(target(), credentials, args));
+  }
+
+  // GET /metrics from the worker's exposer (its port is in the "serving" log line); "" on error.
+  std::string ScrapeMetrics() const {
+    const std::string text = log();
+    const std::string key = "\"metrics_port\":\"";
+    const size_t at = text.find(key);
+    if (at == std::string::npos) return "";
+    return services::testing::ScrapeMetrics(std::atoi(text.c_str() + at + key.size()));
+  }
+
+ private:
+  static std::vector<std::string> Args(const std::string& dir, std::vector<std::string> extra) {
     std::vector<std::string> args = {LONGREAD_WORKER_BINARY,
                                      "--model",
                                      ModelPath(),
                                      "--listen",
                                      "127.0.0.1:0",
                                      "--listen-port-file",
-                                     port_file,
+                                     dir + "/port",
                                      "--metrics-listen",
                                      "127.0.0.1:0",
                                      "--threads",
@@ -81,89 +90,8 @@ class WorkerProcess {
                                      "--log-format",
                                      "json"};
     args.insert(args.end(), extra.begin(), extra.end());
-    pid_ = fork();
-    if (pid_ == 0) {
-      const std::string log = dir + "/stderr";
-      freopen(log.c_str(), "w", stderr);
-      freopen((dir + "/stdout").c_str(), "w", stdout);
-      std::vector<char*> argv;
-      for (std::string& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    for (int i = 0; i < 1200 && port_ == 0; ++i) {  // the model loads in a few seconds
-      if (std::filesystem::exists(port_file)) port_ = std::atoi(ReadFile(port_file).c_str());
-      if (port_ == 0) {
-        int status = 0;
-        if (waitpid(pid_, &status, WNOHANG) == pid_) {
-          exit_status_ = status;
-          pid_ = -1;
-          break;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      }
-    }
+    return args;
   }
-  ~WorkerProcess() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-
-  bool serving() const { return port_ > 0 && pid_ > 0; }
-  std::string target() const { return absl::StrCat("127.0.0.1:", port_); }
-  std::unique_ptr<v1::WorkerService::Stub> Stub(
-      std::shared_ptr<grpc::ChannelCredentials> credentials =
-          grpc::InsecureChannelCredentials()) const {
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(16 << 20);
-    return v1::WorkerService::NewStub(grpc::CreateCustomChannel(target(), credentials, args));
-  }
-  void Signal(int signal) const { kill(pid_, signal); }
-  // The exit code, or -1 if it did not exit normally.
-  int WaitExit() {
-    int status = 0;
-    if (pid_ > 0) {
-      waitpid(pid_, &status, 0);
-      pid_ = -1;
-      exit_status_ = status;
-    }
-    return WIFEXITED(exit_status_) ? WEXITSTATUS(exit_status_) : -1;
-  }
-  std::string log() const { return ReadFile(dir_ + "/stderr"); }
-
-  // GET /metrics from the worker's exposer (its port is in the "serving" log line); "" on error.
-  std::string ScrapeMetrics() const {
-    const std::string text = log();
-    const std::string key = "\"metrics_port\":\"";
-    const size_t at = text.find(key);
-    if (at == std::string::npos) return "";
-    const int port = std::atoi(text.c_str() + at + key.size());
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(port));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    std::string response;
-    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-      const std::string request =
-          "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-      if (write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
-        char buf[8192];
-        for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;) response.append(buf, n);
-      }
-    }
-    close(fd);
-    return response;
-  }
-
- private:
-  std::string dir_;
-  pid_t pid_ = -1;
-  int port_ = 0;
-  int exit_status_ = 0;
 };
 
 // The model, tokenizer and pool of the in-process reference, loaded once per test binary.
