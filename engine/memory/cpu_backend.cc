@@ -92,6 +92,15 @@ absl::StatusOr<std::unique_ptr<DocumentState>> CpuReadingBackend::NewDocument(
   return NewCpuDocument(config, std::move(scorer), pool);
 }
 
+int64_t CpuReadingBackend::weight_bytes() const {
+  const ModelFile& file = model_->file();
+  int64_t bytes = 0;
+  for (const std::string& name : file.TensorNames()) {
+    if (auto tensor = file.Tensor(name); tensor.ok()) bytes += static_cast<int64_t>(tensor->bytes);
+  }
+  return bytes;
+}
+
 absl::Status CpuReadingBackend::CaptureQueries(std::span<const int32_t> tokens,
                                                kernels::ThreadPool* pool,
                                                std::vector<std::vector<float>>* queries) {

@@ -25,6 +25,7 @@ class CpuReadingBackend : public ReadingBackend {
 
   std::string_view device() const override { return "cpu"; }
   const LlamaModel& host_model() const override { return *model_; }
+  int64_t weight_bytes() const override;
   absl::StatusOr<std::unique_ptr<DocumentState>> NewDocument(
       const MemoryConfig& config, std::shared_ptr<const ScorerWeights> scorer,
       kernels::ThreadPool* pool) override;

@@ -2,6 +2,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -114,9 +115,14 @@ absl::StatusOr<std::unique_ptr<CudaReadingBackend>> CudaReadingBackend::Create(
   auto ctx = cu::Context::Create(device);
   if (!ctx.ok()) return ctx.status();
   std::unique_ptr<CudaReadingBackend> backend(new CudaReadingBackend(model, std::move(*ctx)));
+  int64_t free_before = 0, free_after = 0, total = 0;
+  if (auto s = backend->DeviceMemory(&free_before, &total); !s.ok()) return s;
   auto gpu_model = CudaLlamaModel::Create(*model, backend->ctx_.get());
   if (!gpu_model.ok()) return gpu_model.status();
   backend->gpu_model_ = std::move(*gpu_model);
+  // Another process allocating meanwhile would be counted too: a gauge, not an invariant.
+  if (auto s = backend->DeviceMemory(&free_after, &total); !s.ok()) return s;
+  backend->weight_bytes_ = std::max<int64_t>(0, free_before - free_after);
   return backend;
 }
 

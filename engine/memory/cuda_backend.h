@@ -23,6 +23,7 @@ class CudaReadingBackend : public ReadingBackend {
 
   std::string_view device() const override { return "cuda"; }
   const LlamaModel& host_model() const override { return *model_; }
+  int64_t weight_bytes() const override { return weight_bytes_; }
   absl::StatusOr<std::unique_ptr<DocumentState>> NewDocument(
       const MemoryConfig& config, std::shared_ptr<const ScorerWeights> scorer,
       kernels::ThreadPool* pool) override;
@@ -39,6 +40,7 @@ class CudaReadingBackend : public ReadingBackend {
   const LlamaModel* model_;
   std::unique_ptr<kernels::cuda::Context> ctx_;
   std::unique_ptr<CudaLlamaModel> gpu_model_;
+  int64_t weight_bytes_ = 0;
 };
 
 }  // namespace longread::engine

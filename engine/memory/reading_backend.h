@@ -86,6 +86,9 @@ class ReadingBackend {
   // fingerprint. A device backend keeps its own copy of the weights besides.
   virtual const LlamaModel& host_model() const = 0;
   const ModelConfig& config() const { return host_model().config(); }
+  // Bytes of the weights in the backend's memory space: the file's tensors on the CPU (mmapped),
+  // the bf16 copies on the device (measured around their upload).
+  virtual int64_t weight_bytes() const = 0;
   const std::string& fingerprint() const { return host_model().fingerprint(); }
 
   // A fresh, empty memory for one document. `scorer` may be null; `pool` (may be null, not owned)

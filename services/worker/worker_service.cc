@@ -624,12 +624,7 @@ absl::StatusOr<std::unique_ptr<WorkerServiceImpl>> WorkerServiceImpl::Create(
     worker->own_backend_ = std::make_unique<engine::CpuReadingBackend>(worker->model_.model);
     worker->model_.backend = worker->own_backend_.get();
   }
-  const engine::ModelFile& file = worker->model_.model->file();
-  for (const std::string& name : file.TensorNames()) {
-    if (auto tensor = file.Tensor(name); tensor.ok()) {
-      worker->model_bytes_ += static_cast<int64_t>(tensor->bytes);
-    }
-  }
+  worker->model_bytes_ = worker->model_.backend->weight_bytes();
   metrics->capacity_documents->Set(worker->options_.capacity);
   metrics->device_memory_bytes->Set(static_cast<double>(worker->model_bytes_));
   if (worker->options_.archive_db != nullptr) {
