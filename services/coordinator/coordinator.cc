@@ -579,27 +579,31 @@ void Coordinator::DispatchLoop() {
     }
     std::shared_ptr<JobRuntime> job = it->second;
     std::string avoid;
+    int64_t tokens = 0;  // left to read (a resumed document starts near its last progress)
     {
       std::lock_guard<std::mutex> job_lock(job->mu);
-      if (job->docs[index].status.state() != v1::DOCUMENT_STATE_QUEUED) {
+      const DocRuntime& d = job->docs[index];
+      if (d.status.state() != v1::DOCUMENT_STATE_QUEUED) {
         queue_.pop_front();
         continue;
       }
-      avoid = job->docs[index].last_worker;
+      avoid = d.last_worker;
+      tokens = std::max<int64_t>(0, d.status.total_tokens() - d.status.tokens_read());
     }
-    std::shared_ptr<Worker> worker = pool_->Acquire(avoid);
+    std::shared_ptr<Worker> worker = pool_->Acquire(avoid, tokens);
     if (worker == nullptr) {
       cv_.wait_for(lock, std::chrono::milliseconds(500));
       continue;
     }
     queue_.pop_front();
     auto run = std::make_shared<DocumentRun>();
+    run->placed_tokens = tokens;
     {
       std::lock_guard<std::mutex> job_lock(job->mu);
       DocRuntime& d = job->docs[index];
       if (d.status.state() != v1::DOCUMENT_STATE_QUEUED || job->header.cancel_requested()) {
         lock.unlock();
-        pool_->Release(worker);
+        pool_->Release(worker, tokens);
         lock.lock();
         continue;
       }

@@ -68,8 +68,9 @@ class JobWatcher {
 struct DocumentRun {
   std::mutex mu;
   std::condition_variable cv;
-  bool cancel = false;  // CancelJob: the writer sends CancelDocument
-  bool ended = false;   // the worker's side of the stream ended
+  bool cancel = false;        // CancelJob: the writer sends CancelDocument
+  bool ended = false;         // the worker's side of the stream ended
+  int64_t placed_tokens = 0;  // what WorkerPool::Acquire was told (Release gives it back)
   grpc::ClientContext context;
 };
 

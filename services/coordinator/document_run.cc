@@ -381,7 +381,7 @@ void Coordinator::RunDocument(std::shared_ptr<JobRuntime> job, int index,
       }
     }
   }
-  pool_->Release(worker);
+  pool_->Release(worker, run->placed_tokens);
   if (requeue) Enqueue(job_id, index, /*front=*/true);
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -182,32 +182,44 @@ int WorkerPool::FreeSlotsLocked(const Worker& w) const {
   return std::max(0, w.capacity - std::max(w.assigned, w.reported_in_flight));
 }
 
-std::shared_ptr<Worker> WorkerPool::Acquire(const std::string& avoid) {
+std::shared_ptr<Worker> WorkerPool::Acquire(const std::string& avoid, int64_t tokens) {
   std::lock_guard<std::mutex> lock(mu_);
+  auto load = [](const Worker& w) {
+    return static_cast<double>(w.assigned_tokens) / std::max(1, w.capacity);
+  };
+  // Fewer tokens per slot first, then more free slots.
+  auto better = [&](const Worker& a, int a_free, const Worker& b, int b_free) {
+    if (load(a) != load(b)) return load(a) < load(b);
+    return a_free > b_free;
+  };
   std::shared_ptr<Worker> best, fallback;
   int best_free = 0, fallback_free = 0;
   for (auto& [address, w] : workers_) {
     const int free = FreeSlotsLocked(*w);
     if (free <= 0) continue;
     if (address == avoid) {
-      if (free > fallback_free) fallback = w, fallback_free = free;
-    } else if (free > best_free) {
+      if (fallback == nullptr || better(*w, free, *fallback, fallback_free)) {
+        fallback = w, fallback_free = free;
+      }
+    } else if (best == nullptr || better(*w, free, *best, best_free)) {
       best = w, best_free = free;
     }
   }
   if (best == nullptr) best = fallback;
   if (best != nullptr) {
     ++best->assigned;
+    best->assigned_tokens += tokens;
     // The report is stale now; count the new document until the next poll says otherwise.
     ++best->reported_in_flight;
   }
   return best;
 }
 
-void WorkerPool::Release(const std::shared_ptr<Worker>& worker) {
+void WorkerPool::Release(const std::shared_ptr<Worker>& worker, int64_t tokens) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     --worker->assigned;
+    worker->assigned_tokens -= tokens;
     worker->reported_in_flight = std::max(0, worker->reported_in_flight - 1);
   }
   if (on_change_) on_change_();

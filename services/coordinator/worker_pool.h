@@ -32,6 +32,7 @@ struct Worker {
   int capacity = 0;
   int reported_in_flight = 0;
   int assigned = 0;                              // documents this coordinator runs there now
+  int64_t assigned_tokens = 0;                   // their document tokens left to read then
   absl::Time full_until = absl::InfinitePast();  // it said RESOURCE_EXHAUSTED
   std::string model_fingerprint;
 };
@@ -59,10 +60,13 @@ class WorkerPool {
   void Start();
   void Stop();
 
-  // The healthy worker with the most free slots (not `avoid` unless it is the only one), its
-  // slot taken; null when none is free.
-  std::shared_ptr<Worker> Acquire(const std::string& avoid);
-  void Release(const std::shared_ptr<Worker>& worker);
+  // Of the healthy workers with a free slot (not `avoid` unless it is the only one), the one with
+  // the fewest document tokens assigned per slot of capacity, then the most free slots; its slot
+  // taken for a document of `tokens` tokens to read. Null when none is free. By tokens, not
+  // documents: a document stays on its worker, so a batch split by count leaves the worker that
+  // drew the short ones idle at the end.
+  std::shared_ptr<Worker> Acquire(const std::string& avoid, int64_t tokens);
+  void Release(const std::shared_ptr<Worker>& worker, int64_t tokens);
   // The stream to it broke: no new work until a GetLoad answers again.
   void MarkLost(const std::shared_ptr<Worker>& worker);
   void MarkFull(const std::shared_ptr<Worker>& worker);

@@ -67,12 +67,15 @@ class Client:
     # --- SubmitJob ---------------------------------------------------------------------------
 
     def submit(self, documents, task="summarize", question="", instruction="", options=None,
-               idempotency_key="", name="", chunk_bytes=1 << 20, timeout=None):
+               idempotency_key="", name="", chunk_bytes=1 << 20, timeout=None,
+               job_deadline_seconds=None):
         """documents: a list of local paths (str / os.PathLike), bytes, (name, bytes),
         (name, binary file object), ServerPath, ServerRepository or Repository. options: JobOptions
         fields (memory_k, window, sinks, segment_tokens, block_tokens, recall_blocks,
-        max_new_tokens, temperature, top_p, seed). Files are streamed in chunks. Returns the
-        SubmitJobResponse (job_id, deduplicated, job)."""
+        max_new_tokens, temperature, top_p, seed). Files are streamed in chunks. `timeout` limits
+        this call; `job_deadline_seconds` limits the job (JobHeader.timeout): past it the job ends
+        FAILED with a DEADLINE_EXCEEDED error event. Returns the SubmitJobResponse (job_id,
+        deduplicated, job)."""
         if isinstance(documents, (str, bytes, os.PathLike)):
             documents = [documents]
         if question and task == "summarize":
@@ -83,6 +86,8 @@ class Client:
             task=common.Task(kind=_TASKS[task], question=question, instruction=instruction),
             options=common.JobOptions(**(options or {})), idempotency_key=idempotency_key,
             name=name)
+        if job_deadline_seconds is not None:
+            header.timeout.FromNanoseconds(int(job_deadline_seconds * 1e9))
         requests = self._submit_requests(header, list(documents), chunk_bytes)
         return self._stub.SubmitJob(requests, metadata=self._metadata(), timeout=timeout)
 

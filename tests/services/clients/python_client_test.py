@@ -93,6 +93,19 @@ class PythonClientTest(unittest.TestCase):
         self.assertEqual(state, "JOB_STATE_CANCELLED")
         self.assertEqual(self.client.get(response.job_id).state, 5)  # JOB_STATE_CANCELLED
 
+    def test_job_deadline(self):
+        # ~1,900 tokens: seconds of reading on one thread, far past half a second.
+        response = self.client.submit([("long.txt", prose(160).encode())], options=TINY,
+                                      job_deadline_seconds=0.5)
+        self.assertTrue(response.job.HasField("deadline"))
+        answers, state = self.client.answers(response.job_id)
+        job = self.client.get(response.job_id)
+        self.assertEqual(state, "JOB_STATE_FAILED")
+        self.assertTrue(job.deadline_exceeded)
+        codes = [e.error.code for e in self.client.watch(response.job_id)
+                 if e.HasField("error") and e.error.document_index == -1]
+        self.assertEqual(codes, [4])  # DEADLINE_EXCEEDED
+
     def test_repository_directory_as_the_cli_sends_it(self):
         from longread_client import Repository
         repo = os.path.join(self.tmp.name, "repo")

@@ -92,6 +92,49 @@ TEST(CoordinatorTest, TwentyDocumentsThroughTwoWorkersGiveTheEngineAnswers) {
   }
 }
 
+// Documents are placed by the tokens they have to read, not by count: a long document and three
+// short ones on two idle workers put the three short ones together on the other worker (by free
+// slots alone, the second short one would join the long one).
+TEST(CoordinatorTest, DocumentsArePlacedByTheirTokensNotTheirCount) {
+  REQUIRE_REFERENCE(ref);
+  TempDir dir;
+  WorkerProcess a(dir.path() + "/a", {"--capacity", "4"});
+  WorkerProcess b(dir.path() + "/b", {"--capacity", "4"});
+  ASSERT_TRUE(a.serving() && b.serving()) << a.log() << b.log();
+  auto coordinator = StartCoordinator(dir.path() + "/c", absl::StrCat(a.target(), ",", b.target()));
+  ASSERT_TRUE(coordinator->serving()) << coordinator->log();
+  // Both workers known healthy before the job, so that the placement is the policy's alone.
+  const int metrics_port =
+      static_cast<int>(LoggedInt(coordinator->log(), "serving", "metrics_port"));
+  for (int i = 0; i < 200; ++i) {
+    if (ScrapeMetrics(metrics_port).find("longread_workers{state=\"healthy\"} 2") !=
+        std::string::npos) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  auto stub = JobStub(coordinator->target());
+  v1::JobHeader header = TinyHeader(kQuestion);
+  header.mutable_options()->set_max_new_tokens(4);
+  const std::vector<InlineDocument> documents = {{"long", worker::testing::LongDocument()},
+                                                 {"short-1", NumberedDocument(1)},
+                                                 {"short-2", NumberedDocument(2)},
+                                                 {"short-3", NumberedDocument(3)}};
+  v1::SubmitJobResponse response;
+  ASSERT_TRUE(Submit(stub.get(), header, documents, &response).ok());
+  const std::vector<v1::JobEvent> events = WatchToEnd(stub.get(), response.job_id());
+  ASSERT_TRUE(events.back().has_job_done()) << coordinator->log();
+  EXPECT_EQ(events.back().job_done().state(), v1::JOB_STATE_SUCCEEDED);
+  std::map<int, std::string> placed;
+  for (const v1::JobEvent& e : events) {
+    if (e.has_assigned()) placed[e.assigned().document_index()] = e.assigned().worker();
+  }
+  ASSERT_EQ(placed.size(), 4u);
+  for (int i = 1; i <= 3; ++i) {
+    EXPECT_NE(placed[i], placed[0]) << "short document " << i << " joined the long one";
+  }
+}
+
 // One coordinator with authentication, a path root and small limits; its worker does not exist,
 // so accepted jobs stay queued (nothing here needs reading).
 class CoordinatorInputTest : public ::testing::Test {
