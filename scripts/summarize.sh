@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh --no-venv
 build=build
 if [ ! -f "$build/build.ninja" ]; then
-  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGREAD_BUILD_TESTS=OFF >/dev/null
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGREAD_BUILD_TESTS=OFF \
+    -DLONGREAD_UNITY_BUILD=ON >/dev/null
 fi
 ninja -C "$build" longread >/dev/null
 doc=/usr/share/common-licenses/GPL-3

@@ -21,9 +21,9 @@ step "deploy checks"; bash scripts/check_deploy.sh
 
 step "build (Release, -Werror)"
 # build/ may already exist, configured by scripts/summarize.sh without tests: force the options
-# the suite needs (the objects it built are reused).
+# the suite needs (the objects it built are reused: the same options, unity batches included).
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGREAD_BUILD_TESTS=ON \
-  -DLONGREAD_ENGINE_ONLY=OFF >/dev/null
+  -DLONGREAD_ENGINE_ONLY=OFF -DLONGREAD_UNITY_BUILD=ON >/dev/null
 ninja -C build -j"$jobs"
 
 # The sanitizer and fuzzer builds need nothing from the tests' run: they compile at the lowest CPU
@@ -40,7 +40,7 @@ background_log=$(mktemp)
 setsid -w nice -n 19 bash -c '
   set -euo pipefail
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=None -DCMAKE_CXX_FLAGS="-O1 -g1" \
-    -DLONGREAD_SANITIZE=address,undefined >/dev/null
+    -DLONGREAD_SANITIZE=address,undefined -DLONGREAD_UNITY_BUILD=ON >/dev/null
   ninja -C build-asan -j"$1" ${@:2}
   bash scripts/run_fuzzers.sh --build-only' \
   background-build "$jobs" $unit_targets >"$background_log" 2>&1 &

@@ -7,14 +7,14 @@
 #include <string>
 
 #include "tests/engine/model_files/gguf_builder.h"
+#include "tests/engine/model_files/status_message.h"
 
 namespace longread::engine {
 namespace {
 
 using testing::GgufBuilder;
 using ::testing::HasSubstr;
-
-std::string Message(const absl::Status& s) { return std::string(s.message()); }
+using testing::Message;
 
 TEST(GgufTest, ParsesTinyModel) {
   std::string bytes = testing::TinyModel().Build();

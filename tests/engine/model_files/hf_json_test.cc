@@ -4,16 +4,16 @@
 #include <gtest/gtest.h>
 
 #include "tests/engine/model_files/hf_fixtures.h"
+#include "tests/engine/model_files/status_message.h"
 
 namespace longread::engine {
 namespace {
 
 using nlohmann::json;
 using ::testing::HasSubstr;
+using testing::Message;
 using testing::TinyHfConfig;
 using testing::TinyTokenizer;
-
-std::string Message(const absl::Status& s) { return std::string(s.message()); }
 
 TEST(HfConfigTest, ReadsLlamaFields) {
   auto hf = ParseHfConfig(TinyHfConfig().dump());

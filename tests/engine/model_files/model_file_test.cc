@@ -10,15 +10,15 @@
 #include <string>
 
 #include "tests/engine/model_files/gguf_builder.h"
+#include "tests/engine/model_files/status_message.h"
 
 namespace longread::engine {
 namespace {
 
 using ::testing::HasSubstr;
+using testing::Message;
 using testing::TinyModel;
 using testing::TinyModelOptions;
-
-std::string Message(const absl::Status& s) { return std::string(s.message()); }
 
 TEST(ModelFileTest, TinyGgufConfigTokenizerAndTensors) {
   std::string bytes = TinyModel().Build();

@@ -4,15 +4,15 @@
 #include <gtest/gtest.h>
 
 #include "tests/engine/model_files/hf_fixtures.h"
+#include "tests/engine/model_files/status_message.h"
 
 namespace longread::engine {
 namespace {
 
 using ::testing::HasSubstr;
+using testing::Message;
 using testing::SafetensorsBytes;
 using testing::SafetensorsFromHeader;
-
-std::string Message(const absl::Status& s) { return std::string(s.message()); }
 
 absl::Status ParseHeader(const std::string& header, uint64_t data_bytes) {
   std::string bytes = SafetensorsFromHeader(header, data_bytes);
