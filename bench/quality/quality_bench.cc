@@ -28,6 +28,7 @@
 #include "bench/quality/haystack.h"
 #include "bench/quality/report.h"
 #include "engine/job/document_job.h"
+#include "engine/memory/open_backend.h"
 #include "engine/model/llama_model.h"
 #include "engine/model_files/model_file.h"
 #include "engine/scorer/scorer.h"
@@ -45,6 +46,7 @@ constexpr char kQuestion[] = "What is the pass key?";
 constexpr char kHelp[] = R"(Usage: longread_quality_bench [options]
 
 Model:      --model PATH (default models/SmolLM2-135M-Instruct.Q4_1.gguf) --threads N
+            --device cpu|cuda|auto (where documents are read, as longread run's --device)
 Methods:    --methods dense,window,window+recall,sparsek,sparsek-noscorer,blocks,blocks+task,
             blocks+task+recall
             (default dense,window,sparsek)   --budget B (keys per query besides sinks, 1024)
@@ -75,6 +77,7 @@ Run:        --seed N  --max-seconds S (stop between documents, counts recorded) 
 
 struct Options {
   std::string model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  std::string device = "cpu";
   int64_t threads = 0;
   std::vector<std::string> methods = {"dense", "window", "sparsek"};
   int64_t budget = 1024, sinks = 4, sparsek_window = 256, segment_tokens = 2048;
@@ -143,6 +146,8 @@ bool ParseOptions(int argc, char** argv, Options* o, std::string* error) {
     auto one = [&](int64_t* out, int64_t min) { ok = absl::SimpleAtoi(v, out) && *out >= min; };
     if (name == "model") {
       o->model = v;
+    } else if (name == "device") {
+      o->device = v;
     } else if (name == "threads") {
       one(&o->threads, 1);
     } else if (name == "methods") {
@@ -428,9 +433,9 @@ class OracleArchive : public engine::BlockArchive {
   std::vector<engine::ArchivedBlock> key_blocks_;
 };
 
-absl::StatusOr<Answer> ReadAndAnswer(engine::LlamaModel& model, const engine::Tokenizer& tokenizer,
-                                     const Method& method, engine::Task task,
-                                     std::string_view question,
+absl::StatusOr<Answer> ReadAndAnswer(engine::ReadingBackend& backend,
+                                     const engine::Tokenizer& tokenizer, const Method& method,
+                                     engine::Task task, std::string_view question,
                                      const std::vector<int32_t>& document, int64_t max_new_tokens,
                                      kernels::ThreadPool* pool,
                                      const std::vector<int64_t>& key_positions = {}) {
@@ -443,6 +448,7 @@ absl::StatusOr<Answer> ReadAndAnswer(engine::LlamaModel& model, const engine::To
   if (task == engine::Task::kQuestion) options.also_answer_with_sampling = method.compare_sampling;
   options.task_aware = method.task_aware;
   options.instruction_first = method.instruction_first;
+  const engine::LlamaModel& model = backend.host_model();
   const auto& c = model.config();
   // In RAM: the bench measures what recall brings back, not RocksDB (bench/cache measures that).
   std::unique_ptr<engine::BlockArchive> archive;
@@ -468,12 +474,15 @@ absl::StatusOr<Answer> ReadAndAnswer(engine::LlamaModel& model, const engine::To
   engine::DocumentJobCallbacks callbacks;
   if (!key_positions.empty()) {
     callbacks.before_answer = [&](const engine::RecurrentRunner& runner) {
+      // Only the CPU memory is inspected in place; on another backend the share stays unknown.
+      const engine::SparseKMemory* memory = runner.document().host_memory();
+      if (memory == nullptr) return;
       // Memory positions count from the start of the read: the prompt head comes first.
       const int64_t offset = runner.tokens_read() - static_cast<int64_t>(document.size());
       int64_t held = 0;
       for (int32_t l = 0; l < c.n_layers; ++l) {
         for (int32_t g = 0; g < c.n_kv_heads; ++g) {
-          const std::vector<int64_t>& slots = runner.memory().held(l, g).positions;
+          const std::vector<int64_t>& slots = memory->held(l, g).positions;
           bool all = true;
           for (int64_t p : key_positions) {
             all = all && std::binary_search(slots.begin(), slots.end(), p + offset);
@@ -484,8 +493,8 @@ absl::StatusOr<Answer> ReadAndAnswer(engine::LlamaModel& model, const engine::To
       key_held_share = static_cast<double>(held) / static_cast<double>(c.n_layers * c.n_kv_heads);
     };
   }
-  auto result = engine::RunTokenizedDocumentJob(model, tokenizer, document, options, method.scorer,
-                                                pool, callbacks);
+  auto result = engine::RunTokenizedDocumentJob(backend, tokenizer, document, options,
+                                                method.scorer, pool, callbacks);
   if (!result.ok()) return result.status();
   return Answer{std::move(*result), key_held_share};
 }
@@ -508,11 +517,12 @@ bool DenseFits(const engine::LlamaModel& model, const Method& m, int64_t total_t
 
 class Bench {
  public:
-  Bench(const Options& o, engine::LlamaModel& model, const engine::Tokenizer& tokenizer,
+  Bench(const Options& o, engine::ReadingBackend& backend, const engine::Tokenizer& tokenizer,
         const Corpus* corpus, std::vector<Method> methods, kernels::ThreadPool* pool,
         Report* report)
       : o_(o),
-        model_(model),
+        backend_(backend),
+        model_(backend.host_model()),
         tokenizer_(tokenizer),
         corpus_(corpus),
         methods_(std::move(methods)),
@@ -574,7 +584,7 @@ class Bench {
               report_->passkey.push_back(trial);
               continue;
             }
-            auto answer = ReadAndAnswer(model_, tokenizer_, m, engine::Task::kQuestion, kQuestion,
+            auto answer = ReadAndAnswer(backend_, tokenizer_, m, engine::Task::kQuestion, kQuestion,
                                         doc.tokens, o_.answer_tokens, pool_, key_positions);
             if (!answer.ok()) return answer.status();
             const engine::DocumentJobResult& job = answer->job;
@@ -642,7 +652,9 @@ class Bench {
         report_->stopped_early = true;
         return absl::OkStatus();
       }
-      engine::RecurrentRunner runner(&model_, m.runner, m.scorer, pool_);
+      auto created = engine::RecurrentRunner::Create(&backend_, m.runner, m.scorer, pool_);
+      if (!created.ok()) return created.status();
+      engine::RecurrentRunner& runner = **created;
       std::vector<float> logits, last_row;
       double nll = 0;
       int64_t counted = 0;
@@ -704,7 +716,7 @@ class Bench {
         report_->stopped_early = true;
         return absl::OkStatus();
       }
-      auto answer = ReadAndAnswer(model_, tokenizer_, m, engine::Task::kSummarize, "", doc,
+      auto answer = ReadAndAnswer(backend_, tokenizer_, m, engine::Task::kSummarize, "", doc,
                                   o_.summary_tokens, pool_);
       if (!answer.ok()) return answer.status();
       r.summary = answer->job.answer;
@@ -752,7 +764,8 @@ class Bench {
   }
 
   const Options& o_;
-  engine::LlamaModel& model_;
+  engine::ReadingBackend& backend_;
+  const engine::LlamaModel& model_;
   const engine::Tokenizer& tokenizer_;
   const Corpus* corpus_;
   std::vector<Method> methods_;
@@ -921,10 +934,17 @@ int Main(int argc, char** argv) {
   report.model_fingerprint = (*model)->fingerprint();
   report.context_length = c.context_length;
   report.FillEnvironment();
+  auto backend = engine::OpenReadingBackend(o.device, model->get());
+  if (!backend.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(backend.status().message()).c_str());
+    return 2;
+  }
+  report.device =
+      absl::StrCat("reading on ", std::string((*backend)->device()), "; ", report.device);
 
   std::vector<Method> methods = MakeMethods(o, scorer, scorer_path);
   for (const Method& m : methods) report.method_scorers.emplace_back(m.name, m.scorer_path);
-  Bench bench(o, **model, **tokenizer, corpus.get(), std::move(methods), &pool, &report);
+  Bench bench(o, **backend, **tokenizer, corpus.get(), std::move(methods), &pool, &report);
   const auto start = std::chrono::steady_clock::now();
   absl::Status status = absl::OkStatus();
   if (o.trials[0] > 0 && !o.lengths.empty()) status = bench.Passkey();

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/job/document_session.h"
+#include "engine/memory/cpu_backend.h"
 #include "engine/tokenizer/chat_template.h"
 
 namespace longread::engine {
@@ -151,8 +152,17 @@ absl::StatusOr<DocumentJobResult> RunTokenizedDocumentJob(
     LlamaModel& model, const Tokenizer& tokenizer, std::span<const int32_t> document_tokens,
     const DocumentJobOptions& options, std::shared_ptr<const ScorerWeights> scorer,
     kernels::ThreadPool* pool, const DocumentJobCallbacks& callbacks) {
+  CpuReadingBackend cpu(&model);
+  return RunTokenizedDocumentJob(cpu, tokenizer, document_tokens, options, std::move(scorer), pool,
+                                 callbacks);
+}
+
+absl::StatusOr<DocumentJobResult> RunTokenizedDocumentJob(
+    ReadingBackend& backend, const Tokenizer& tokenizer, std::span<const int32_t> document_tokens,
+    const DocumentJobOptions& options, std::shared_ptr<const ScorerWeights> scorer,
+    kernels::ThreadPool* pool, const DocumentJobCallbacks& callbacks) {
   if (document_tokens.empty()) return absl::InvalidArgumentError("the document has no tokens");
-  auto session = DocumentSession::Create(model, tokenizer, options, std::move(scorer), pool,
+  auto session = DocumentSession::Create(backend, tokenizer, options, std::move(scorer), pool,
                                          static_cast<int64_t>(document_tokens.size()));
   if (!session.ok()) return session.status();
   DocumentSession& s = **session;

@@ -99,6 +99,11 @@ absl::StatusOr<DocumentJobResult> RunTokenizedDocumentJob(
     LlamaModel& model, const Tokenizer& tokenizer, std::span<const int32_t> document_tokens,
     const DocumentJobOptions& options, std::shared_ptr<const ScorerWeights> scorer,
     kernels::ThreadPool* pool, const DocumentJobCallbacks& callbacks = {});
+// The same on `backend` (engine/memory/reading_backend.h), e.g. the GPU.
+absl::StatusOr<DocumentJobResult> RunTokenizedDocumentJob(
+    ReadingBackend& backend, const Tokenizer& tokenizer, std::span<const int32_t> document_tokens,
+    const DocumentJobOptions& options, std::shared_ptr<const ScorerWeights> scorer,
+    kernels::ThreadPool* pool, const DocumentJobCallbacks& callbacks = {});
 
 // Number of maximal invalid UTF-8 subparts (each becomes one U+FFFD when tokenized).
 int64_t CountInvalidUtf8(std::string_view text);
