@@ -68,7 +68,10 @@ class CudaSparseKMemory : public DeviceAttentionMemory {
   // Device bytes held (slots, spare, scratch).
   int64_t resident_bytes() const;
 
-  // As SparseKMemory's (values go through bf16 on the device).
+  // As SparseKMemory's (values go through bf16 on the device), but the puts of a segment happen
+  // after it, on a writer thread: the archive must outlive the memory (the destructor finishes
+  // the queued puts), and is read only after archive_status() (or any method below that
+  // changes the slots) has waited for them.
   void set_archive(BlockArchive* archive);
   // Waits for the archive puts queued so far.
   const absl::Status& archive_status() const;
