@@ -618,12 +618,20 @@ void CudaSparseKMemory::PutLayer(const ArchiveSet& set, int32_t layer) {
         block.layer = layer;
         block.kv_head = g;
         block.block_id = pos / B;
+        // A block holds at most B rows: one allocation per vector, not one per growth step.
+        block.positions.reserve(B);
+        block.scores.reserve(B);
+        block.keys.reserve(B * d);
+        block.values.reserve(B * d);
       }
       block.positions.push_back(pos);
       block.scores.push_back(scores[e]);
+      const size_t at = block.keys.size();
+      block.keys.resize(at + d);
+      block.values.resize(at + d);
       for (int64_t i = 0; i < d; ++i) {
-        block.keys.push_back(kernels::BFloat16ToFloat(keys[e * d + i]));
-        block.values.push_back(kernels::BFloat16ToFloat(values[e * d + i]));
+        block.keys[at + i] = kernels::BFloat16ToFloat(keys[e * d + i]);
+        block.values[at + i] = kernels::BFloat16ToFloat(values[e * d + i]);
       }
     }
     if (!flush()) return;
