@@ -7,10 +7,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "cache/byte_io.h"
 #include "cache/status_macros.h"
@@ -33,15 +33,31 @@ std::string DocPrefix(std::string_view kind, std::string_view doc_id, char end) 
   return absl::StrCat("a/", Sv(kind), "/", Sv(doc_id), Sv(std::string_view(&end, 1)));
 }
 std::string MarkerKey(std::string_view doc_id) { return absl::StrCat("a/m/", Sv(doc_id)); }
+// Fixed-width lowercase hex, as "%0<width>x" prints it (two keys per Put: formatting by hand is
+// several times cheaper than StrFormat).
+void AppendHex(std::string* out, uint64_t value, int width) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  const size_t at = out->size();
+  out->resize(at + width);
+  for (int i = width - 1; i >= 0; --i, value >>= 4) (*out)[at + i] = kDigits[value & 0xf];
+}
 std::string HeadPrefix(std::string_view kind, std::string_view doc_id, int32_t layer,
                        int32_t kv_head) {
-  return absl::StrCat(DocPrefix(kind, doc_id, '\0'), absl::StrFormat("%04x/%04x/", layer, kv_head));
+  std::string out = DocPrefix(kind, doc_id, '\0');
+  AppendHex(&out, static_cast<uint32_t>(layer), 4);
+  out += '/';
+  AppendHex(&out, static_cast<uint32_t>(kv_head), 4);
+  out += '/';
+  return out;
 }
 std::string BlockKey(std::string_view kind, std::string_view doc_id, int32_t layer, int32_t kv_head,
                      int64_t block_id, int64_t first_position) {
-  return absl::StrCat(HeadPrefix(kind, doc_id, layer, kv_head),
-                      absl::StrFormat("%016x/%016x", static_cast<uint64_t>(block_id),
-                                      static_cast<uint64_t>(first_position)));
+  std::string out = HeadPrefix(kind, doc_id, layer, kv_head);
+  out.reserve(out.size() + 33);
+  AppendHex(&out, static_cast<uint64_t>(block_id), 16);
+  out += '/';
+  AppendHex(&out, static_cast<uint64_t>(first_position), 16);
+  return out;
 }
 
 // Keys hold a NUL separator; error messages show it escaped.
@@ -121,8 +137,14 @@ std::string EncodePayload(const ArchivedBlock& b, int64_t head_dim, ArchivePreci
   for (const std::vector<float>* v : {&b.keys, &b.values}) {
     if (precision == ArchivePrecision::kFp32) {
       w.PutArray(v->data(), v->size());
-    } else {
-      for (float x : *v) w.Put(ToBf16(x));
+      continue;
+    }
+    // Narrowed through a small buffer: one append per chunk, not per element.
+    uint16_t chunk[512];
+    for (size_t i = 0; i < v->size(); i += std::size(chunk)) {
+      const size_t m = std::min(std::size(chunk), v->size() - i);
+      for (size_t j = 0; j < m; ++j) chunk[j] = ToBf16((*v)[i + j]);
+      w.PutArray(chunk, m);
     }
   }
   w.PadTo4();
@@ -442,7 +464,9 @@ void RocksDbBlockArchive::Forget(int32_t head, const BlockKey& key, bool delete_
   map.erase(it);
 }
 
-absl::Status RocksDbBlockArchive::Put(ArchivedBlock block) {
+absl::Status RocksDbBlockArchive::Put(ArchivedBlock block) { return PutCopyOf(block); }
+
+absl::Status RocksDbBlockArchive::PutCopyOf(const ArchivedBlock& block) {
   const size_t n = block.positions.size();
   if (block.layer < 0 || block.layer >= n_layers_ || block.kv_head < 0 ||
       block.kv_head >= n_kv_heads_ || n == 0 || block.block_id < 0 || block.positions[0] < 0 ||
@@ -510,7 +534,9 @@ absl::Status RocksDbBlockArchive::FlushLocked() {
   std::swap(batch, *pending_);  // a failed write is not retried: its blocks read as missing
   pending_blocks_ = 0;
   stats_.batches_written += 1;
-  return FromRocks(db_->db()->Write(rocksdb::WriteOptions(), &batch),
+  rocksdb::WriteOptions write_options;
+  write_options.disableWAL = !options_.write_ahead_log;
+  return FromRocks(db_->db()->Write(write_options, &batch),
                    absl::StrCat("writing the archive of document '", doc_id_, "'"));
 }
 

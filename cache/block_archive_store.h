@@ -46,6 +46,11 @@ struct BlockArchiveOptions {
   // by max_bytes) so Recall scores without reading RocksDB. Off: Recall scans the head's
   // representative records.
   bool keep_representatives_in_ram = true;
+  // Batches go through RocksDB's write-ahead log. Off by default: the WAL costs a second copy and
+  // a CRC of every payload byte, and nothing relies on archive records surviving a process crash
+  // (a worker replays its checkpoints' deltas into a fresh archive, `longread run` deletes a dead
+  // run's archive). A clean close still keeps everything (RocksDB flushes unlogged data then).
+  bool write_ahead_log = false;
 };
 
 struct BlockArchiveStats {
@@ -73,6 +78,8 @@ class RocksDbBlockArchive : public engine::BlockArchive {
   // Putting a block again (same layer, head, block id and first position: a resumed document
   // re-evicts what it evicted before the crash) replaces it.
   absl::Status Put(engine::ArchivedBlock block) override;
+  // The same without a copy: the block is only encoded.
+  absl::Status PutCopyOf(const engine::ArchivedBlock& block) override;
   // Writes pending Puts, scores the head's representatives with engine::RecallScore, reads the
   // best r payloads (engine::TopRIndices; ties: the earlier block) and returns them in position
   // order, keys/values as fp32. DataLoss naming the key for a damaged or missing record.

@@ -43,6 +43,9 @@ class BlockArchive {
   virtual ~BlockArchive() = default;
   // Takes a block the memory has just evicted.
   virtual absl::Status Put(ArchivedBlock block) = 0;
+  // Puts a block the caller keeps (a recorder, a replay). An archive that only reads the block
+  // overrides this to skip the copy.
+  virtual absl::Status PutCopyOf(const ArchivedBlock& block) { return Put(block); }
   // The (at most) `r` blocks of (layer, kv_head) with the highest RecallScore, ties to the
   // older block; returned in position order.
   virtual absl::StatusOr<std::vector<ArchivedBlock>> Recall(int32_t layer, int32_t kv_head,

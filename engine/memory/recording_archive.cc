@@ -15,14 +15,16 @@ int64_t ArchivedBlockBytes(const ArchivedBlock& block) {
       block.keys.size() * sizeof(float) + block.values.size() * sizeof(float));
 }
 
+// The inner archive gets the block by reference: the recorder keeps the one copy.
 absl::Status RecordingBlockArchive::Put(ArchivedBlock block) {
-  ArchivedBlock copy = block;
-  if (auto s = inner_->Put(std::move(block)); !s.ok()) return s;
+  if (auto s = inner_->PutCopyOf(block); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
-  recorded_bytes_ += ArchivedBlockBytes(copy);
-  recorded_.push_back(std::move(copy));
+  recorded_bytes_ += ArchivedBlockBytes(block);
+  recorded_.push_back(std::move(block));
   return absl::OkStatus();
 }
+
+absl::Status RecordingBlockArchive::PutCopyOf(const ArchivedBlock& block) { return Put(block); }
 
 std::vector<ArchivedBlock> RecordingBlockArchive::TakeRecorded() {
   absl::MutexLock lock(&mu_);
@@ -44,7 +46,7 @@ int64_t RecordingBlockArchive::recorded_blocks() const {
 
 absl::Status ReplayBlocks(std::span<const ArchivedBlock> blocks, BlockArchive* archive) {
   for (const ArchivedBlock& block : blocks) {
-    if (auto s = archive->Put(block); !s.ok()) return s;
+    if (auto s = archive->PutCopyOf(block); !s.ok()) return s;
   }
   return absl::OkStatus();
 }
