@@ -26,6 +26,18 @@ absl::Status RecordingBlockArchive::Put(ArchivedBlock block) {
 
 absl::Status RecordingBlockArchive::PutCopyOf(const ArchivedBlock& block) { return Put(block); }
 
+absl::Status RecordingBlockArchive::PutBatch(std::span<const ArchivedBlock> blocks, size_t* n_put) {
+  size_t put = 0;
+  absl::Status s = inner_->PutBatch(blocks, &put);
+  if (n_put != nullptr) *n_put = put;
+  absl::MutexLock lock(&mu_);
+  for (size_t i = 0; i < put; ++i) {
+    recorded_bytes_ += ArchivedBlockBytes(blocks[i]);
+    recorded_.push_back(blocks[i]);
+  }
+  return s;
+}
+
 std::vector<ArchivedBlock> RecordingBlockArchive::TakeRecorded() {
   absl::MutexLock lock(&mu_);
   std::vector<ArchivedBlock> taken = std::move(recorded_);
