@@ -7,11 +7,12 @@
 //   rocksdb    widen + RocksDbBlockArchive::Put (bf16, default options) + Flush per segment
 //   chain      widen + RecordingBlockArchive over RocksDbBlockArchive, TakeRecorded per segment
 //              (the worker's chain: a checkpoint takes the delta)
+//   batch      the chain fed one PutBatch per layer, encoded on --encode-threads
 // Shape: the default model (30 layers x 3 KV heads x head_dim 64), `longread run`'s defaults
 // (blocks of 32, segments of 2048 tokens). Prints wall and calling-thread CPU seconds and, per CPU
 // second, the blocks, rows and reading rate (tokens/s) each stage sustains on one thread.
 //
-//   archive_chain_bench [--segments N] [--block-tokens B] [--json PATH]
+//   archive_chain_bench [--segments N] [--block-tokens B] [--encode-threads 4] [--json PATH]
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -127,10 +128,12 @@ void Fail(const absl::Status& s) {
 int Main(int argc, char** argv) {
   int64_t segments = 8;
   int64_t block_tokens = 32;
+  int encode_threads = 4;
   std::string json_path;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--segments") == 0) segments = std::atoll(argv[i + 1]);
     if (std::strcmp(argv[i], "--block-tokens") == 0) block_tokens = std::atoll(argv[i + 1]);
+    if (std::strcmp(argv[i], "--encode-threads") == 0) encode_threads = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--json") == 0) json_path = argv[i + 1];
   }
   const SegmentRows rows = MakeRows();
@@ -173,21 +176,36 @@ int Main(int argc, char** argv) {
     sink += archive.stored_bytes();
   }
   const fs::path root = fs::temp_directory_path() / "longread-archive-chain-bench";
-  for (const bool recording : {false, true}) {
+  // rocksdb, chain: a Put per block on this thread; batch: the chain with one PutBatch per layer
+  // (as CudaSparseKMemory's writer does), encoded on `encode_threads` (the CPU column then
+  // counts this thread only: compare wall).
+  for (const char* stage : {"rocksdb", "chain", "batch"}) {
+    const bool recording = std::strcmp(stage, "rocksdb") != 0;
+    const bool batch = std::strcmp(stage, "batch") == 0;
     fs::remove_all(root);
     auto db = CacheDb::Open(root.string());
     Fail(db.status());
     BlockArchiveOptions options;
     options.max_bytes = 0;  // the chain's own cost, not the cap's deletions
+    if (batch) options.encode_threads = encode_threads;
     auto archive = RocksDbBlockArchive::Open(db->get(), "doc", kLayers, kHeads, kHeadDim, options);
     Fail(archive.status());
     engine::RecordingBlockArchive recorder(archive->get());
     engine::BlockArchive* target =
         recording ? static_cast<engine::BlockArchive*>(&recorder) : archive->get();
-    report(recording ? "chain" : "rocksdb", Seconds([&] {
+    std::vector<ArchivedBlock> layer;
+    auto put_layer = [&] {
+      Fail(target->PutBatch(layer));
+      layer.clear();
+    };
+    report(stage, Seconds([&] {
              for (int64_t s = 0; s < segments; ++s) {
-               WidenAndPut(rows, s, block_tokens,
-                           [&](ArchivedBlock b) { Fail(target->Put(std::move(b))); });
+               WidenAndPut(rows, s, block_tokens, [&](ArchivedBlock b) {
+                 if (!batch) return Fail(target->Put(std::move(b)));
+                 if (!layer.empty() && layer.back().layer != b.layer) put_layer();
+                 layer.push_back(std::move(b));
+               });
+               if (!layer.empty()) put_layer();
                Fail((*archive)->Flush());
                if (recording) sink += static_cast<int64_t>(recorder.TakeRecorded().size());
              }
