@@ -7,13 +7,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "cache/byte_io.h"
 #include "cache/status_macros.h"
+#include "kernels/thread_pool.h"
 
 namespace longread::cache {
 namespace {
@@ -33,15 +34,31 @@ std::string DocPrefix(std::string_view kind, std::string_view doc_id, char end) 
   return absl::StrCat("a/", Sv(kind), "/", Sv(doc_id), Sv(std::string_view(&end, 1)));
 }
 std::string MarkerKey(std::string_view doc_id) { return absl::StrCat("a/m/", Sv(doc_id)); }
+// Fixed-width lowercase hex, as "%0<width>x" prints it (two keys per Put: formatting by hand is
+// several times cheaper than StrFormat).
+void AppendHex(std::string* out, uint64_t value, int width) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  const size_t at = out->size();
+  out->resize(at + width);
+  for (int i = width - 1; i >= 0; --i, value >>= 4) (*out)[at + i] = kDigits[value & 0xf];
+}
 std::string HeadPrefix(std::string_view kind, std::string_view doc_id, int32_t layer,
                        int32_t kv_head) {
-  return absl::StrCat(DocPrefix(kind, doc_id, '\0'), absl::StrFormat("%04x/%04x/", layer, kv_head));
+  std::string out = DocPrefix(kind, doc_id, '\0');
+  AppendHex(&out, static_cast<uint32_t>(layer), 4);
+  out += '/';
+  AppendHex(&out, static_cast<uint32_t>(kv_head), 4);
+  out += '/';
+  return out;
 }
 std::string BlockKey(std::string_view kind, std::string_view doc_id, int32_t layer, int32_t kv_head,
                      int64_t block_id, int64_t first_position) {
-  return absl::StrCat(HeadPrefix(kind, doc_id, layer, kv_head),
-                      absl::StrFormat("%016x/%016x", static_cast<uint64_t>(block_id),
-                                      static_cast<uint64_t>(first_position)));
+  std::string out = HeadPrefix(kind, doc_id, layer, kv_head);
+  out.reserve(out.size() + 33);
+  AppendHex(&out, static_cast<uint64_t>(block_id), 16);
+  out += '/';
+  AppendHex(&out, static_cast<uint64_t>(first_position), 16);
+  return out;
 }
 
 // Keys hold a NUL separator; error messages show it escaped.
@@ -121,8 +138,14 @@ std::string EncodePayload(const ArchivedBlock& b, int64_t head_dim, ArchivePreci
   for (const std::vector<float>* v : {&b.keys, &b.values}) {
     if (precision == ArchivePrecision::kFp32) {
       w.PutArray(v->data(), v->size());
-    } else {
-      for (float x : *v) w.Put(ToBf16(x));
+      continue;
+    }
+    // Narrowed through a small buffer: one append per chunk, not per element.
+    uint16_t chunk[512];
+    for (size_t i = 0; i < v->size(); i += std::size(chunk)) {
+      const size_t m = std::min(std::size(chunk), v->size() - i);
+      for (size_t j = 0; j < m; ++j) chunk[j] = ToBf16((*v)[i + j]);
+      w.PutArray(chunk, m);
     }
   }
   w.PadTo4();
@@ -350,7 +373,11 @@ RocksDbBlockArchive::RocksDbBlockArchive(CacheDb* db, std::string doc_id, int32_
       options_(options),
       heads_(static_cast<size_t>(n_layers) * n_kv_heads),
       damaged_(heads_.size()),
-      pending_(std::make_unique<rocksdb::WriteBatch>()) {}
+      pending_(std::make_unique<rocksdb::WriteBatch>()) {
+  if (options_.encode_threads > 1) {
+    encode_pool_ = std::make_unique<kernels::ThreadPool>(options_.encode_threads);
+  }
+}
 
 absl::StatusOr<std::unique_ptr<RocksDbBlockArchive>> RocksDbBlockArchive::Open(
     CacheDb* db, std::string doc_id, int32_t n_layers, int32_t n_kv_heads, int64_t head_dim,
@@ -442,7 +469,19 @@ void RocksDbBlockArchive::Forget(int32_t head, const BlockKey& key, bool delete_
   map.erase(it);
 }
 
-absl::Status RocksDbBlockArchive::Put(ArchivedBlock block) {
+absl::Status RocksDbBlockArchive::Put(ArchivedBlock block) { return PutCopyOf(block); }
+
+// Everything a Put computes from the block alone: done outside the lock (and, for a batch, on the
+// encoding pool's threads).
+struct RocksDbBlockArchive::Encoded {
+  absl::Status status;
+  int32_t head = 0;
+  BlockKey key;
+  Representative rep;
+  std::string payload, representative, pkey, rkey;
+};
+
+void RocksDbBlockArchive::Encode(const ArchivedBlock& block, Encoded* out) const {
   const size_t n = block.positions.size();
   if (block.layer < 0 || block.layer >= n_layers_ || block.kv_head < 0 ||
       block.kv_head >= n_kv_heads_ || n == 0 || block.block_id < 0 || block.positions[0] < 0 ||
@@ -450,14 +489,15 @@ absl::Status RocksDbBlockArchive::Put(ArchivedBlock block) {
       block.values.size() != block.keys.size() ||
       !std::is_sorted(block.positions.begin(), block.positions.end()) ||
       std::adjacent_find(block.positions.begin(), block.positions.end()) != block.positions.end()) {
-    return absl::InvalidArgumentError(absl::StrCat("archive: malformed block ", block.block_id,
-                                                   " of layer ", block.layer, " KV head ",
-                                                   block.kv_head, " (", n, " positions)"));
+    out->status = absl::InvalidArgumentError(
+        absl::StrCat("archive: malformed block ", block.block_id, " of layer ", block.layer,
+                     " KV head ", block.kv_head, " (", n, " positions)"));
+    return;
   }
-  const int32_t h = block.layer * n_kv_heads_ + block.kv_head;
-  const BlockKey key{block.block_id, block.positions.front()};
-
-  Representative rep;
+  out->status = absl::OkStatus();
+  out->head = block.layer * n_kv_heads_ + block.kv_head;
+  out->key = {block.block_id, block.positions.front()};
+  Representative& rep = out->rep;
   rep.layer = block.layer;
   rep.kv_head = block.kv_head;
   rep.block_id = block.block_id;
@@ -466,25 +506,26 @@ absl::Status RocksDbBlockArchive::Put(ArchivedBlock block) {
   rep.n_tokens = static_cast<uint32_t>(n);
   rep.score_max = ScoreMax(block.scores);
   rep.bounds = engine::ComputeBounds(block, head_dim_);
-  const std::string payload = EncodePayload(block, head_dim_, options_.precision);
-  rep.payload_bytes = static_cast<uint32_t>(payload.size());
-  const std::string representative = EncodeRepresentative(rep, head_dim_);
-  const std::string pkey =
-      ArchivePayloadKey(doc_id_, block.layer, block.kv_head, key.first, key.second);
-  const std::string rkey =
-      ArchiveRepresentativeKey(doc_id_, block.layer, block.kv_head, key.first, key.second);
+  out->payload = EncodePayload(block, head_dim_, options_.precision);
+  rep.payload_bytes = static_cast<uint32_t>(out->payload.size());
+  out->representative = EncodeRepresentative(rep, head_dim_);
+  out->pkey =
+      ArchivePayloadKey(doc_id_, block.layer, block.kv_head, out->key.first, out->key.second);
+  out->rkey = ArchiveRepresentativeKey(doc_id_, block.layer, block.kv_head, out->key.first,
+                                       out->key.second);
+}
 
-  absl::MutexLock lock(&mu_);
-  Forget(h, key, /*delete_records=*/false);  // a re-put overwrites the same keys
-  pending_->Put(db_->block_archive(), pkey, payload);
-  pending_->Put(db_->block_archive(), rkey, representative);
+absl::Status RocksDbBlockArchive::CommitLocked(Encoded& e) {
+  Forget(e.head, e.key, /*delete_records=*/false);  // a re-put overwrites the same keys
+  pending_->Put(db_->block_archive(), e.pkey, e.payload);
+  pending_->Put(db_->block_archive(), e.rkey, e.representative);
   Entry entry;
-  entry.last_position = rep.last_position;
-  entry.n_tokens = rep.n_tokens;
-  entry.score_max = rep.score_max;
-  entry.bytes = pkey.size() + rkey.size() + payload.size() + representative.size();
-  if (options_.keep_representatives_in_ram) entry.bounds = std::move(rep.bounds);
-  Index(h, key, std::move(entry));
+  entry.last_position = e.rep.last_position;
+  entry.n_tokens = e.rep.n_tokens;
+  entry.score_max = e.rep.score_max;
+  entry.bytes = e.pkey.size() + e.rkey.size() + e.payload.size() + e.representative.size();
+  if (options_.keep_representatives_in_ram) entry.bounds = std::move(e.rep.bounds);
+  Index(e.head, e.key, std::move(entry));
   stats_.blocks_put += 1;
   while (options_.max_bytes > 0 && bytes_ > options_.max_bytes && !by_score_.empty()) {
     const auto [score, first, head, block_id] = *by_score_.begin();
@@ -494,6 +535,37 @@ absl::Status RocksDbBlockArchive::Put(ArchivedBlock block) {
   if (++pending_blocks_ >= options_.flush_every_blocks ||
       pending_->GetDataSize() >= options_.flush_every_bytes) {
     return FlushLocked();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RocksDbBlockArchive::PutCopyOf(const ArchivedBlock& block) {
+  Encoded e;
+  Encode(block, &e);
+  if (!e.status.ok()) return e.status;
+  absl::MutexLock lock(&mu_);
+  return CommitLocked(e);
+}
+
+absl::Status RocksDbBlockArchive::PutBatch(std::span<const ArchivedBlock> blocks, size_t* n_put) {
+  if (n_put != nullptr) *n_put = 0;
+  std::vector<Encoded> encoded(blocks.size());
+  auto encode = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) Encode(blocks[i], &encoded[i]);
+  };
+  if (encode_pool_ != nullptr && blocks.size() > 1) {
+    encode_pool_->ParallelFor(static_cast<int64_t>(blocks.size()), encode);
+  } else {
+    encode(0, static_cast<int64_t>(blocks.size()));
+  }
+  // Committed in order, as one Put after another would: the index, the cap's victims and the
+  // batch boundaries are the same.
+  absl::MutexLock lock(&mu_);
+  for (Encoded& e : encoded) {
+    if (!e.status.ok()) return e.status;
+    // A block whose commit wrote a batch that failed counts as not put, as its Put would.
+    if (absl::Status s = CommitLocked(e); !s.ok()) return s;
+    if (n_put != nullptr) *n_put += 1;
   }
   return absl::OkStatus();
 }
@@ -510,7 +582,9 @@ absl::Status RocksDbBlockArchive::FlushLocked() {
   std::swap(batch, *pending_);  // a failed write is not retried: its blocks read as missing
   pending_blocks_ = 0;
   stats_.batches_written += 1;
-  return FromRocks(db_->db()->Write(rocksdb::WriteOptions(), &batch),
+  rocksdb::WriteOptions write_options;
+  write_options.disableWAL = !options_.write_ahead_log;
+  return FromRocks(db_->db()->Write(write_options, &batch),
                    absl::StrCat("writing the archive of document '", doc_id_, "'"));
 }
 

@@ -23,6 +23,10 @@
 #include "cache/cache_db.h"
 #include "engine/memory/block_archive.h"
 
+namespace longread::kernels {
+class ThreadPool;
+}  // namespace longread::kernels
+
 namespace rocksdb {
 class WriteBatch;
 }  // namespace rocksdb
@@ -46,6 +50,14 @@ struct BlockArchiveOptions {
   // by max_bytes) so Recall scores without reading RocksDB. Off: Recall scans the head's
   // representative records.
   bool keep_representatives_in_ram = true;
+  // Batches go through RocksDB's write-ahead log. Off by default: the WAL costs a second copy and
+  // a CRC of every payload byte, and nothing relies on archive records surviving a process crash
+  // (a worker replays its checkpoints' deltas into a fresh archive, `longread run` deletes a dead
+  // run's archive). A clean close still keeps everything (RocksDB flushes unlogged data then).
+  bool write_ahead_log = false;
+  // Threads that encode a PutBatch's blocks (bf16 payload, bounds, keys, checksums); the index
+  // and the write batch still take them one by one in order. 1: the caller's thread only.
+  int encode_threads = 1;
 };
 
 struct BlockArchiveStats {
@@ -73,6 +85,10 @@ class RocksDbBlockArchive : public engine::BlockArchive {
   // Putting a block again (same layer, head, block id and first position: a resumed document
   // re-evicts what it evicted before the crash) replaces it.
   absl::Status Put(engine::ArchivedBlock block) override;
+  // The same without a copy: the block is only encoded.
+  absl::Status PutCopyOf(const engine::ArchivedBlock& block) override;
+  // Encodes the blocks on `encode_threads` threads, then takes them in order as PutCopyOf would.
+  absl::Status PutBatch(std::span<const engine::ArchivedBlock> blocks, size_t* n_put) override;
   // Writes pending Puts, scores the head's representatives with engine::RecallScore, reads the
   // best r payloads (engine::TopRIndices; ties: the earlier block) and returns them in position
   // order, keys/values as fp32. DataLoss naming the key for a damaged or missing record.
@@ -101,8 +117,12 @@ class RocksDbBlockArchive : public engine::BlockArchive {
   // Cap eviction order: (score_max, first position, head index, block_id).
   using Victim = std::tuple<float, int64_t, int32_t, int64_t>;
 
+  struct Encoded;
+
   RocksDbBlockArchive(CacheDb* db, std::string doc_id, int32_t n_layers, int32_t n_kv_heads,
                       int64_t head_dim, BlockArchiveOptions options);
+  void Encode(const engine::ArchivedBlock& block, Encoded* out) const;
+  absl::Status CommitLocked(Encoded& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Load();
   absl::Status FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Forget(int32_t head, const BlockKey& key, bool delete_records)
@@ -119,6 +139,7 @@ class RocksDbBlockArchive : public engine::BlockArchive {
   const int32_t n_layers_, n_kv_heads_;
   const int64_t head_dim_;
   const BlockArchiveOptions options_;
+  std::unique_ptr<kernels::ThreadPool> encode_pool_;  // null: encode on the caller's thread
 
   mutable absl::Mutex mu_;
   std::vector<std::map<BlockKey, Entry>> heads_ ABSL_GUARDED_BY(mu_);

@@ -6,21 +6,27 @@
 // first N tokens and the mean KL of the two engines' next-token distributions.
 //
 //   memory_read_bench --model M.gguf --scorer M.lrscorer --text FILE [--tokens 32768,131072]
-//                     [--archive 1|0|both] [--compare 0] [--json PATH]
+//                     [--archive 1|0|both] [--store ram|rocksdb] [--encode-threads 8]
+//                     [--compare 0] [--json PATH]
 //
 // With the archive, lengths up to 131072 tokens keep it in RAM (InMemoryBlockArchive, as the
 // tests do); longer ones would need ~46 KB per token (fp32 rows of 30 layers x 3 heads), so they
 // put into a CountingArchive that takes every block through the same path and keeps its size
-// only. The time includes waiting for the last puts (archive_status()). Peak device memory is
-// the largest cudaMemGetInfo "in use" seen after any segment.
+// only. --store rocksdb puts instead into the worker's chain: engine::RecordingBlockArchive over
+// cache::RocksDbBlockArchive (bf16, default cap, `--encode-threads` encoding each layer's batch)
+// in a fresh database under the system's temp directory, the recorded blocks taken after every
+// segment as a checkpoint would. The time includes waiting for the last puts (archive_status()).
+// Peak device memory is the largest cudaMemGetInfo "in use" seen after any segment.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <span>
 #include <sstream>
 #include <string>
@@ -29,6 +35,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "engine/memory/cuda_sparsek_memory.h"
+#include "engine/memory/recording_archive.h"
+#ifdef LONGREAD_BENCH_ROCKSDB  // not in engine-only builds
+#include "cache/block_archive_store.h"
+#endif
 #include "engine/memory/runner.h"
 #include "engine/model/cuda_llama_model.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -43,7 +53,8 @@ using engine::CudaSparseKMemory;
 // Takes every block (the memory's whole archive path runs) and keeps only the byte count.
 class CountingArchive : public engine::BlockArchive {
  public:
-  absl::Status Put(engine::ArchivedBlock block) override {
+  absl::Status Put(engine::ArchivedBlock block) override { return PutCopyOf(block); }
+  absl::Status PutCopyOf(const engine::ArchivedBlock& block) override {
     bytes_ += static_cast<int64_t>((block.keys.size() + block.values.size() + block.scores.size()) *
                                        sizeof(float) +
                                    block.positions.size() * sizeof(int64_t));
@@ -98,7 +109,8 @@ double MeanKl(const std::vector<float>& p_all, const std::vector<float>& q_all, 
 
 int Main(int argc, char** argv) {
   std::string model_path, scorer_path, text_path, json, tokens_arg = "32768,131072";
-  std::string archive_arg = "1";
+  std::string archive_arg = "1", store_arg = "ram";
+  int encode_threads = 8;
   int64_t compare = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
@@ -109,6 +121,8 @@ int Main(int argc, char** argv) {
     if (flag == "--json") json = value;
     if (flag == "--archive") archive_arg = value;
     if (flag == "--compare") compare = std::stoll(value);
+    if (flag == "--store") store_arg = value;
+    if (flag == "--encode-threads") encode_threads = std::stoi(value);
   }
   auto file = engine::ModelFile::Open(model_path);
   if (!file.ok()) return std::fprintf(stderr, "%s\n", file.status().ToString().c_str()), 1;
@@ -161,12 +175,39 @@ int Main(int argc, char** argv) {
       auto memory = CudaSparseKMemory::Create(ctx->get(), c, config.memory, scorer);
       if (!memory.ok()) return std::fprintf(stderr, "%s\n", memory.status().ToString().c_str()), 1;
       (*memory)->SetTaskQueries(task_queries, n_task);
-      const bool in_ram = n <= 131072;
+      const bool rocks = store_arg == "rocksdb";
+      const bool in_ram = !rocks && n <= 131072;
       engine::InMemoryBlockArchive ram(c.n_layers, c.n_kv_heads, c.head_dim);
       CountingArchive counting;
       engine::BlockArchive* store = in_ram ? static_cast<engine::BlockArchive*>(&ram) : &counting;
+      std::unique_ptr<engine::RecordingBlockArchive> recorder;
+#ifdef LONGREAD_BENCH_ROCKSDB
+      std::unique_ptr<cache::CacheDb> db;
+      std::unique_ptr<cache::RocksDbBlockArchive> rocks_archive;
+      const std::filesystem::path db_dir =
+          std::filesystem::temp_directory_path() / "longread-memory-read-bench-db";
+      if (rocks && archive) {
+        std::filesystem::remove_all(db_dir);
+        auto opened_db = cache::CacheDb::Open(db_dir.string());
+        if (!opened_db.ok())
+          return std::fprintf(stderr, "%s\n", opened_db.status().ToString().c_str()), 1;
+        db = std::move(*opened_db);
+        cache::BlockArchiveOptions options;
+        options.encode_threads = encode_threads;
+        auto opened = cache::RocksDbBlockArchive::Open(db.get(), "bench", c.n_layers, c.n_kv_heads,
+                                                       c.head_dim, options);
+        if (!opened.ok())
+          return std::fprintf(stderr, "%s\n", opened.status().ToString().c_str()), 1;
+        rocks_archive = std::move(*opened);
+        recorder = std::make_unique<engine::RecordingBlockArchive>(rocks_archive.get());
+        store = recorder.get();
+      }
+#else
+      if (rocks) return std::fprintf(stderr, "--store rocksdb: built without RocksDB\n"), 1;
+#endif
       if (archive) (*memory)->set_archive(store);
       std::vector<float> logits;
+      size_t recorded_blocks = 0;
       double peak_gib = UsedGib();
       const auto start = std::chrono::steady_clock::now();
       for (int64_t at = 0; at < n; at += config.segment_tokens) {
@@ -178,18 +219,37 @@ int Main(int argc, char** argv) {
           return std::fprintf(stderr, "%s\n", s.ToString().c_str()), 1;
         }
         if ((at / config.segment_tokens) % 8 == 0) peak_gib = std::max(peak_gib, UsedGib());
+        if (recorder != nullptr) recorded_blocks += recorder->TakeRecorded().size();
       }
       if (auto s = (*memory)->archive_status(); !s.ok()) {
         return std::fprintf(stderr, "archive: %s\n", s.ToString().c_str()), 1;
       }
+#ifdef LONGREAD_BENCH_ROCKSDB
+      if (rocks_archive != nullptr) {
+        if (auto s = rocks_archive->Flush(); !s.ok()) {
+          return std::fprintf(stderr, "archive: %s\n", s.ToString().c_str()), 1;
+        }
+      }
+#endif
       const double seconds = Seconds(start);
+      if (recorder != nullptr) recorded_blocks += recorder->TakeRecorded().size();
       peak_gib = std::max(peak_gib, UsedGib());
-      const char* kind = !archive ? "off" : in_ram ? "in RAM" : "counted";
+      const char* kind = !archive ? "off" : rocks ? "rocksdb chain" : in_ram ? "in RAM" : "counted";
       std::printf(
           "read %lld tokens: %.3f s, %.0f tokens/s, device memory in use: peak %.2f GiB (memory "
           "%.1f MB), archive %s %.1f MB\n",
           static_cast<long long>(n), seconds, n / seconds, peak_gib,
           (*memory)->resident_bytes() / 1e6, kind, store->stored_bytes() / 1e6);
+#ifdef LONGREAD_BENCH_ROCKSDB
+      if (rocks_archive != nullptr) {
+        const cache::BlockArchiveStats st = rocks_archive->stats();
+        std::printf(
+            "  rocksdb: %llu blocks put, %llu stored, %llu deleted for the cap, %zu recorded\n",
+            static_cast<unsigned long long>(st.blocks_put),
+            static_cast<unsigned long long>(st.blocks_stored),
+            static_cast<unsigned long long>(st.evicted_for_cap), recorded_blocks);
+      }
+#endif
       std::fflush(stdout);
       if (!rows.empty()) rows += ",";
       rows += "{\"tokens\":" + std::to_string(n) + ",\"seconds\":" + std::to_string(seconds) +
@@ -197,6 +257,7 @@ int Main(int argc, char** argv) {
               ",\"device_gib_peak\":" + std::to_string(peak_gib) +
               ",\"memory_resident_mb\":" + std::to_string((*memory)->resident_bytes() / 1e6) +
               ",\"archive\":\"" + kind + "\"" +
+              (rocks && archive ? ",\"encode_threads\":" + std::to_string(encode_threads) : "") +
               ",\"archive_mb\":" + std::to_string(store->stored_bytes() / 1e6) + "}";
     }
   }

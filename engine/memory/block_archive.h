@@ -43,6 +43,19 @@ class BlockArchive {
   virtual ~BlockArchive() = default;
   // Takes a block the memory has just evicted.
   virtual absl::Status Put(ArchivedBlock block) = 0;
+  // Puts a block the caller keeps (a recorder, a replay). An archive that only reads the block
+  // overrides this to skip the copy.
+  virtual absl::Status PutCopyOf(const ArchivedBlock& block) { return Put(block); }
+  // Puts the blocks in order, as PutCopyOf one after another would, and stops at the first error;
+  // `n_put` (if not null) gets how many were put. An archive may encode them in parallel.
+  virtual absl::Status PutBatch(std::span<const ArchivedBlock> blocks, size_t* n_put = nullptr) {
+    if (n_put != nullptr) *n_put = 0;
+    for (const ArchivedBlock& block : blocks) {
+      if (absl::Status s = PutCopyOf(block); !s.ok()) return s;
+      if (n_put != nullptr) *n_put += 1;
+    }
+    return absl::OkStatus();
+  }
   // The (at most) `r` blocks of (layer, kv_head) with the highest RecallScore, ties to the
   // older block; returned in position order.
   virtual absl::StatusOr<std::vector<ArchivedBlock>> Recall(int32_t layer, int32_t kv_head,

@@ -173,6 +173,9 @@ class CudaSparseKMemory : public DeviceAttentionMemory {
   bool stop_ = false;
   absl::Status writer_status_;
   std::thread writer_;
+  // The writer thread's blocks of one layer, reused: their vectors keep their capacity, so
+  // building a layer's blocks allocates nothing once the first segments have run.
+  std::vector<ArchivedBlock> layer_blocks_;
 
   // Host scratch reused across calls.
   struct Scratch {

@@ -15,13 +15,27 @@ int64_t ArchivedBlockBytes(const ArchivedBlock& block) {
       block.keys.size() * sizeof(float) + block.values.size() * sizeof(float));
 }
 
+// The inner archive gets the block by reference: the recorder keeps the one copy.
 absl::Status RecordingBlockArchive::Put(ArchivedBlock block) {
-  ArchivedBlock copy = block;
-  if (auto s = inner_->Put(std::move(block)); !s.ok()) return s;
+  if (auto s = inner_->PutCopyOf(block); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
-  recorded_bytes_ += ArchivedBlockBytes(copy);
-  recorded_.push_back(std::move(copy));
+  recorded_bytes_ += ArchivedBlockBytes(block);
+  recorded_.push_back(std::move(block));
   return absl::OkStatus();
+}
+
+absl::Status RecordingBlockArchive::PutCopyOf(const ArchivedBlock& block) { return Put(block); }
+
+absl::Status RecordingBlockArchive::PutBatch(std::span<const ArchivedBlock> blocks, size_t* n_put) {
+  size_t put = 0;
+  absl::Status s = inner_->PutBatch(blocks, &put);
+  if (n_put != nullptr) *n_put = put;
+  absl::MutexLock lock(&mu_);
+  for (size_t i = 0; i < put; ++i) {
+    recorded_bytes_ += ArchivedBlockBytes(blocks[i]);
+    recorded_.push_back(blocks[i]);
+  }
+  return s;
 }
 
 std::vector<ArchivedBlock> RecordingBlockArchive::TakeRecorded() {
@@ -44,7 +58,7 @@ int64_t RecordingBlockArchive::recorded_blocks() const {
 
 absl::Status ReplayBlocks(std::span<const ArchivedBlock> blocks, BlockArchive* archive) {
   for (const ArchivedBlock& block : blocks) {
-    if (auto s = archive->Put(block); !s.ok()) return s;
+    if (auto s = archive->PutCopyOf(block); !s.ok()) return s;
   }
   return absl::OkStatus();
 }

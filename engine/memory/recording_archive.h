@@ -41,6 +41,9 @@ class RecordingBlockArchive : public BlockArchive {
   // Forwards to the inner archive; records the block only if the inner Put succeeded (a failed
   // Put stops the memory's archiving, and the checkpoint then carries the error instead).
   absl::Status Put(ArchivedBlock block) override;
+  absl::Status PutCopyOf(const ArchivedBlock& block) override;
+  // The inner archive's batch put; records the blocks it put.
+  absl::Status PutBatch(std::span<const ArchivedBlock> blocks, size_t* n_put = nullptr) override;
   absl::StatusOr<std::vector<ArchivedBlock>> Recall(int32_t layer, int32_t kv_head,
                                                     std::span<const float> queries,
                                                     int64_t n_queries, int64_t r) override {

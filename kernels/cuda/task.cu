@@ -28,7 +28,25 @@ __global__ void TaskLogitsKernel(const float* tq, const uint16_t* k, int64_t n, 
   const float* q = tq + (t * n_heads + g * group + h) * d;
   const uint16_t* key = k + (j * n_kv + g) * d;
   float dot = 0.0f;
-  for (int64_t e = 0; e < d; ++e) {
+  int64_t e = 0;
+  // 16-byte loads (8 keys' bf16, 2 x 4 query floats) where the rows allow; the sum's order and
+  // rounding are the same either way.
+  if (d % 8 == 0 && reinterpret_cast<uintptr_t>(key) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(q) % 16 == 0) {
+    for (; e < d; e += 8) {
+      const uint4 kb = *reinterpret_cast<const uint4*>(key + e);
+      const float4 q0 = *reinterpret_cast<const float4*>(q + e);
+      const float4 q1 = *reinterpret_cast<const float4*>(q + e + 4);
+      const uint32_t kw[4] = {kb.x, kb.y, kb.z, kb.w};
+      const float qv[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const uint32_t bits = i % 2 == 0 ? kw[i / 2] << 16 : kw[i / 2] & 0xffff0000u;
+        dot = __fadd_rn(dot, __fmul_rn(qv[i], __uint_as_float(bits)));
+      }
+    }
+  }
+  for (; e < d; ++e) {
     const float kv = __uint_as_float(static_cast<uint32_t>(key[e]) << 16);
     dot = __fadd_rn(dot, __fmul_rn(q[e], kv));
   }
@@ -50,11 +68,16 @@ __global__ void TaskLseKernel(const float* logits, int64_t n, int64_t n_rows_tot
     top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, offset));
   }
   double sum = 0;
-  for (int64_t base = 0; base < n; base += 32) {
+  int64_t base = 0;
+  for (; base + 32 <= n; base += 32) {
+    const double e = exp(static_cast<double>(__fsub_rn(x[base + lane], top)));
+#pragma unroll
+    for (int t = 0; t < 32; ++t) sum += __shfl_sync(0xffffffffu, e, t);
+  }
+  if (base < n) {
     const int64_t j = base + lane;
     const double e = j < n ? exp(static_cast<double>(__fsub_rn(x[j], top))) : 0.0;
-    const int count = n - base < 32 ? static_cast<int>(n - base) : 32;
-    for (int t = 0; t < count; ++t) sum += __shfl_sync(0xffffffffu, e, t);
+    for (int t = 0; t < static_cast<int>(n - base); ++t) sum += __shfl_sync(0xffffffffu, e, t);
   }
   if (lane == 0) lse[row] = __fadd_rn(top, static_cast<float>(log(sum)));
 }
@@ -85,34 +108,41 @@ __global__ void TaskScoreKernel(const float* logits, const float* lse, int64_t n
 }
 
 // out[t][h] = w[h] . x[t] + b[h] + slope[h] * (first_position + t): engine/scorer ScoreTokens
-// with its eight partial sums, on the bf16 attention-norm output.
+// with its eight partial sums, on the bf16 attention-norm output. Partial sum p is the sum of the
+// elements i = p mod 8 in increasing i: lane p of an 8-lane group computes it, and the group's
+// first lane combines them in ScoreTokens' tree, so the result is the host's to the bit. (One
+// thread per score left ~1.5 warps per SM, latency-bound.)
+constexpr int kScoreLanes = 8;
 __global__ void LinearScoresKernel(const float* w, const float* b, const float* slope,
                                    const uint16_t* x, int64_t n, int64_t heads, int64_t d,
                                    int64_t first_position, float* out) {
   const int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (idx >= n * heads) return;
-  const int64_t t = idx / heads, h = idx % heads;
-  const float* wh = w + h * d;
-  const uint16_t* xt = x + t * d;
-  float acc[8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= d; i += 8) {
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const float xv = __uint_as_float(static_cast<uint32_t>(xt[i + j]) << 16);
-      acc[j] = __fadd_rn(acc[j], __fmul_rn(wh[i + j], xv));
+  const int64_t item = idx / kScoreLanes;
+  const int part = static_cast<int>(idx % kScoreLanes);
+  const bool active = item < n * heads;
+  float acc = 0.0f;
+  int64_t t = 0, h = 0;
+  if (active) {
+    t = item / heads;
+    h = item % heads;
+    const float* wh = w + h * d;
+    const uint16_t* xt = x + t * d;
+    for (int64_t i = part; i < d; i += kScoreLanes) {
+      const float xv = __uint_as_float(static_cast<uint32_t>(xt[i]) << 16);
+      acc = __fadd_rn(acc, __fmul_rn(wh[i], xv));
     }
   }
-  for (; i < d; ++i) {
-    const float xv = __uint_as_float(static_cast<uint32_t>(xt[i]) << 16);
-    acc[i % 8] = __fadd_rn(acc[i % 8], __fmul_rn(wh[i], xv));
-  }
-  float dot = __fadd_rn(__fadd_rn(__fadd_rn(acc[0], acc[1]), __fadd_rn(acc[2], acc[3])),
-                        __fadd_rn(__fadd_rn(acc[4], acc[5]), __fadd_rn(acc[6], acc[7])));
+  const int first = static_cast<int>(threadIdx.x % 32) & ~(kScoreLanes - 1);
+  float p[kScoreLanes];
+#pragma unroll
+  for (int i = 0; i < kScoreLanes; ++i) p[i] = __shfl_sync(0xffffffffu, acc, first + i);
+  if (!active || part != 0) return;
+  float dot = __fadd_rn(__fadd_rn(__fadd_rn(p[0], p[1]), __fadd_rn(p[2], p[3])),
+                        __fadd_rn(__fadd_rn(p[4], p[5]), __fadd_rn(p[6], p[7])));
   dot = __fadd_rn(dot, b[h]);
   dot = __fadd_rn(dot, static_cast<float>(static_cast<double>(slope[h]) *
                                           static_cast<double>(first_position + t)));
-  out[idx] = dot;
+  out[item] = dot;
 }
 
 }  // namespace
@@ -120,8 +150,8 @@ __global__ void LinearScoresKernel(const float* w, const float* b, const float* 
 cudaError_t LinearScores(const float* w, const float* b, const float* slope, const uint16_t* x,
                          int64_t n, int64_t heads, int64_t d, int64_t first_position, float* out,
                          cudaStream_t stream) {
-  LinearScoresKernel<<<Blocks(n * heads), kThreads, 0, stream>>>(w, b, slope, x, n, heads, d,
-                                                                 first_position, out);
+  LinearScoresKernel<<<Blocks(n * heads * kScoreLanes), kThreads, 0, stream>>>(
+      w, b, slope, x, n, heads, d, first_position, out);
   return cudaGetLastError();
 }
 

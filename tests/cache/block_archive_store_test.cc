@@ -7,12 +7,15 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <numeric>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
+#include "engine/memory/recording_archive.h"
 #include "gtest/gtest.h"
 #include "tests/cache/test_util.h"
 
@@ -232,6 +235,69 @@ TEST_F(BlockArchiveStoreTest, PuttingABlockAgainReplacesIt) {
   EXPECT_EQ(archive->stats().blocks_stored, 5u * kLayers * kKvHeads + 1);
 }
 
+// PutBatch encodes on a pool but must store what Puts one after another store, cap decisions
+// and batch boundaries included; a recorder over it records exactly the blocks put.
+TEST_F(BlockArchiveStoreTest, PutBatchOnThreadsStoresWhatPutsStore) {
+  std::vector<ArchivedBlock> blocks = Blocks(60);
+  blocks[150].keys.pop_back();  // malformed: the batch holding it stops there
+  BlockArchiveOptions options;
+  options.max_bytes = 60 * 1024;  // the cap deletes blocks
+  options.flush_every_blocks = 50;
+  auto one_by_one = OpenArchive(options, "seq");
+  options.encode_threads = 3;
+  auto batched = OpenArchive(options, "bat");
+  ASSERT_NE(one_by_one, nullptr);
+  ASSERT_NE(batched, nullptr);
+  engine::RecordingBlockArchive recorder(batched.get());
+  size_t expected_put = 0;
+  for (const ArchivedBlock& b : blocks) {
+    if (!one_by_one->Put(b).ok()) break;
+    ++expected_put;
+  }
+  ASSERT_EQ(expected_put, 150u);
+  size_t put = 0, recorded = 0;
+  for (size_t at = 0; at < blocks.size(); at += 37) {
+    const size_t n = std::min<size_t>(37, blocks.size() - at);
+    size_t n_put = 0;
+    const absl::Status s = recorder.PutBatch(std::span(blocks).subspan(at, n), &n_put);
+    put += n_put;
+    if (!s.ok()) {
+      EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+      break;
+    }
+  }
+  EXPECT_EQ(put, expected_put);
+  for (const ArchivedBlock& b : recorder.TakeRecorded()) {
+    EXPECT_EQ(FirstPositions({b}), FirstPositions({blocks[recorded]}));
+    ++recorded;
+  }
+  EXPECT_EQ(recorded, expected_put);
+  ASSERT_TRUE(one_by_one->Flush().ok());
+  ASSERT_TRUE(batched->Flush().ok());
+  const BlockArchiveStats a = one_by_one->stats(), b = batched->stats();
+  EXPECT_GT(a.evicted_for_cap, 0u);
+  EXPECT_EQ(a.blocks_put, b.blocks_put);
+  EXPECT_EQ(a.blocks_stored, b.blocks_stored);
+  EXPECT_EQ(a.evicted_for_cap, b.evicted_for_cap);
+  EXPECT_EQ(a.batches_written, b.batches_written);
+  EXPECT_EQ(one_by_one->stored_bytes(), batched->stored_bytes());
+  std::vector<int64_t> ids(60);
+  std::iota(ids.begin(), ids.end(), 0);
+  for (int32_t l = 0; l < kLayers; ++l) {
+    for (int32_t g = 0; g < kKvHeads; ++g) {
+      auto want = one_by_one->Fetch(l, g, ids);
+      auto got = batched->Fetch(l, g, ids);
+      ASSERT_TRUE(want.ok() && got.ok());
+      ASSERT_EQ(FirstPositions(*want), FirstPositions(*got));
+      for (size_t i = 0; i < want->size(); ++i) {
+        EXPECT_TRUE(SameBits((*want)[i].keys, (*got)[i].keys));
+        EXPECT_TRUE(SameBits((*want)[i].values, (*got)[i].values));
+        EXPECT_TRUE(SameBits((*want)[i].scores, (*got)[i].scores));
+      }
+    }
+  }
+}
+
 TEST_F(BlockArchiveStoreTest, MalformedBlocksAreRefused) {
   auto archive = OpenArchive();
   ASSERT_NE(archive, nullptr);
@@ -359,6 +425,8 @@ TEST_F(BlockArchiveStoreTest, CompactionFreesDeletedArchivesAndKeepsTheOthers) {
     ASSERT_TRUE(got.ok()) << got.status();
     before = FirstPositions(*got);
   }
+  // Archive writes skip the WAL: the records reach the disk when their memtable is flushed.
+  ASSERT_TRUE(db_->db()->Flush(rocksdb::FlushOptions(), db_->block_archive()).ok());
   ASSERT_TRUE(DeleteArchivedDocument(db_.get(), "a").ok());
   const uint64_t deleted_only = DirectoryBytes(dir_.db());
   ASSERT_TRUE(CompactArchives(db_.get()).ok());

@@ -120,8 +120,9 @@ TEST(RunArchiveTest, CloseFreesTheDiskSpace) {
     ASSERT_TRUE((*run)->archive()->Put(std::move(b)).ok());
   }
   ASSERT_TRUE((*run)->archive()->Flush().ok());
+  // Archive writes skip the WAL: what is on disk is the SST files flushed so far (one memtable).
   const uint64_t written = DirectoryBytes(dir.path());
-  EXPECT_GT(written, uint64_t{20} << 20);
+  EXPECT_GT(written, uint64_t{12} << 20);
   ASSERT_TRUE((*run)->Close().ok());
   EXPECT_LT(DirectoryBytes(dir.path()), uint64_t{1} << 20) << "written: " << written;
   EXPECT_TRUE(Archived(dir.path()).empty());

@@ -1,0 +1,226 @@
+// The put rate of the archive chain that reading feeds (issue 19): every block of every (layer, KV
+// head) is evicted once per document, so the chain must take n_layers x n_kv_heads rows per token
+// read. Starts from what the GPU memory's writer thread holds after a segment (bf16 key/value
+// rows, fp32 scores, int64 positions, per (layer, head) in key order) and times, per stage:
+//   widen      the writer building fp32 ArchivedBlocks from those rows (nothing put)
+//   in_ram     widen + engine::InMemoryBlockArchive::Put
+//   rocksdb    widen + RocksDbBlockArchive::Put (bf16, default options) + Flush per segment
+//   chain      widen + RecordingBlockArchive over RocksDbBlockArchive, TakeRecorded per segment
+//              (the worker's chain: a checkpoint takes the delta)
+//   batch      the chain fed one PutBatch per layer, encoded on --encode-threads
+// Shape: the default model (30 layers x 3 KV heads x head_dim 64), `longread run`'s defaults
+// (blocks of 32, segments of 2048 tokens). Prints wall and calling-thread CPU seconds and, per CPU
+// second, the blocks, rows and reading rate (tokens/s) each stage sustains on one thread.
+//
+//   archive_chain_bench [--segments N] [--block-tokens B] [--encode-threads 4] [--json PATH]
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cache/block_archive_store.h"
+#include "engine/memory/block_archive.h"
+#include "engine/memory/recording_archive.h"
+#include "kernels/half.h"
+
+namespace longread::cache {
+namespace {
+
+namespace fs = std::filesystem;
+using engine::ArchivedBlock;
+
+constexpr int32_t kLayers = 30, kHeads = 3;
+constexpr int64_t kHeadDim = 64, kSegmentTokens = 2048;
+
+// One segment's evicted rows for every (layer, head): kSegmentTokens rows each, in key order.
+struct SegmentRows {
+  std::vector<int64_t> positions;  // [head][row]
+  std::vector<float> scores;
+  std::vector<uint16_t> keys, values;  // [head][row][d], bf16 bits
+};
+
+SegmentRows MakeRows() {
+  SegmentRows r;
+  const size_t rows = size_t{kLayers} * kHeads * kSegmentTokens;
+  r.positions.resize(rows);
+  r.scores.resize(rows);
+  r.keys.resize(rows * kHeadDim);
+  r.values.resize(rows * kHeadDim);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal;
+  for (size_t i = 0; i < rows; ++i) r.scores[i] = normal(rng);
+  for (size_t i = 0; i < r.keys.size(); ++i) {
+    r.keys[i] = kernels::FloatToBFloat16(normal(rng));
+    r.values[i] = kernels::FloatToBFloat16(normal(rng));
+  }
+  return r;
+}
+
+// The writer's loop (CudaSparseKMemory::PutLayer): one block per run of rows of one block id.
+template <typename PutFn>
+void WidenAndPut(const SegmentRows& r, int64_t segment, int64_t block_tokens, PutFn put) {
+  const int64_t d = kHeadDim;
+  for (int64_t h = 0; h < kLayers * kHeads; ++h) {
+    ArchivedBlock block;
+    for (int64_t e = 0; e < kSegmentTokens; ++e) {
+      const int64_t row = h * kSegmentTokens + e;
+      const int64_t pos = segment * kSegmentTokens + e;
+      if (!block.positions.empty() && pos / block_tokens != block.block_id) {
+        put(std::move(block));
+        block = ArchivedBlock();
+      }
+      if (block.positions.empty()) {
+        block.layer = static_cast<int32_t>(h / kHeads);
+        block.kv_head = static_cast<int32_t>(h % kHeads);
+        block.block_id = pos / block_tokens;
+        block.positions.reserve(block_tokens);
+        block.scores.reserve(block_tokens);
+        block.keys.reserve(block_tokens * d);
+        block.values.reserve(block_tokens * d);
+      }
+      block.positions.push_back(pos);
+      block.scores.push_back(r.scores[row]);
+      const size_t at = block.keys.size();
+      block.keys.resize(at + d);
+      block.values.resize(at + d);
+      for (int64_t i = 0; i < d; ++i) {
+        block.keys[at + i] = kernels::BFloat16ToFloat(r.keys[row * d + i]);
+        block.values[at + i] = kernels::BFloat16ToFloat(r.values[row * d + i]);
+      }
+    }
+    if (!block.positions.empty()) put(std::move(block));
+  }
+}
+
+double ThreadCpuSeconds() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+// Wall time and the calling thread's CPU time (the writer thread's own cost, which a loaded
+// machine's wall clock blurs; RocksDB's flushes and compactions run on its own threads).
+struct Timing {
+  double wall = 0, cpu = 0;
+};
+
+Timing Seconds(const std::function<void()>& fn) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const double c0 = ThreadCpuSeconds();
+  fn();
+  return {std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+          ThreadCpuSeconds() - c0};
+}
+
+void Fail(const absl::Status& s) {
+  if (s.ok()) return;
+  std::fprintf(stderr, "archive_chain_bench: %s\n", s.ToString().c_str());
+  std::exit(1);
+}
+
+int Main(int argc, char** argv) {
+  int64_t segments = 8;
+  int64_t block_tokens = 32;
+  int encode_threads = 4;
+  std::string json_path;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--segments") == 0) segments = std::atoll(argv[i + 1]);
+    if (std::strcmp(argv[i], "--block-tokens") == 0) block_tokens = std::atoll(argv[i + 1]);
+    if (std::strcmp(argv[i], "--encode-threads") == 0) encode_threads = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--json") == 0) json_path = argv[i + 1];
+  }
+  const SegmentRows rows = MakeRows();
+  const double total_rows = double(segments) * kLayers * kHeads * kSegmentTokens;
+  const double total_blocks = total_rows / block_tokens;
+  std::string json = "[";
+  auto report = [&](const char* stage, Timing t) {
+    std::printf("%-8s wall %6.3f s cpu %6.3f s  per cpu s: %8.0f blocks %10.0f rows %8.0f tokens\n",
+                stage, t.wall, t.cpu, total_blocks / t.cpu, total_rows / t.cpu,
+                total_rows / t.cpu / (kLayers * kHeads));
+    if (json.size() > 1) json += ",";
+    json += "{\"stage\":\"" + std::string(stage) + "\",\"wall_s\":" + std::to_string(t.wall) +
+            ",\"thread_cpu_s\":" + std::to_string(t.cpu) +
+            ",\"blocks_per_cpu_s\":" + std::to_string(total_blocks / t.cpu) +
+            ",\"rows_per_cpu_s\":" + std::to_string(total_rows / t.cpu) +
+            ",\"tokens_per_cpu_s\":" + std::to_string(total_rows / t.cpu / (kLayers * kHeads)) +
+            "}";
+  };
+  std::printf(
+      "%lld segments of %lld tokens, %d layers x %d KV heads, head_dim %lld, blocks of "
+      "%lld\n",
+      static_cast<long long>(segments), static_cast<long long>(kSegmentTokens), kLayers, kHeads,
+      static_cast<long long>(kHeadDim), static_cast<long long>(block_tokens));
+
+  int64_t sink = 0;
+  report("widen", Seconds([&] {
+           for (int64_t s = 0; s < segments; ++s) {
+             WidenAndPut(rows, s, block_tokens,
+                         [&](ArchivedBlock b) { sink += static_cast<int64_t>(b.keys.size()); });
+           }
+         }));
+  {
+    engine::InMemoryBlockArchive archive(kLayers, kHeads, kHeadDim);
+    report("in_ram", Seconds([&] {
+             for (int64_t s = 0; s < segments; ++s) {
+               WidenAndPut(rows, s, block_tokens,
+                           [&](ArchivedBlock b) { Fail(archive.Put(std::move(b))); });
+             }
+           }));
+    sink += archive.stored_bytes();
+  }
+  const fs::path root = fs::temp_directory_path() / "longread-archive-chain-bench";
+  // rocksdb, chain: a Put per block on this thread; batch: the chain with one PutBatch per layer
+  // (as CudaSparseKMemory's writer does), encoded on `encode_threads` (the CPU column then
+  // counts this thread only: compare wall).
+  for (const char* stage : {"rocksdb", "chain", "batch"}) {
+    const bool recording = std::strcmp(stage, "rocksdb") != 0;
+    const bool batch = std::strcmp(stage, "batch") == 0;
+    fs::remove_all(root);
+    auto db = CacheDb::Open(root.string());
+    Fail(db.status());
+    BlockArchiveOptions options;
+    options.max_bytes = 0;  // the chain's own cost, not the cap's deletions
+    if (batch) options.encode_threads = encode_threads;
+    auto archive = RocksDbBlockArchive::Open(db->get(), "doc", kLayers, kHeads, kHeadDim, options);
+    Fail(archive.status());
+    engine::RecordingBlockArchive recorder(archive->get());
+    engine::BlockArchive* target =
+        recording ? static_cast<engine::BlockArchive*>(&recorder) : archive->get();
+    std::vector<ArchivedBlock> layer;
+    auto put_layer = [&] {
+      Fail(target->PutBatch(layer));
+      layer.clear();
+    };
+    report(stage, Seconds([&] {
+             for (int64_t s = 0; s < segments; ++s) {
+               WidenAndPut(rows, s, block_tokens, [&](ArchivedBlock b) {
+                 if (!batch) return Fail(target->Put(std::move(b)));
+                 if (!layer.empty() && layer.back().layer != b.layer) put_layer();
+                 layer.push_back(std::move(b));
+               });
+               if (!layer.empty()) put_layer();
+               Fail((*archive)->Flush());
+               if (recording) sink += static_cast<int64_t>(recorder.TakeRecorded().size());
+             }
+           }));
+    archive->reset();
+    db->reset();
+    fs::remove_all(root);
+  }
+  json += "]";
+  std::printf("(checksum %lld)\n", static_cast<long long>(sink));
+  if (!json_path.empty()) std::ofstream(json_path) << json << "\n";
+  return 0;
+}
+
+}  // namespace
+}  // namespace longread::cache
+
+int main(int argc, char** argv) { return longread::cache::Main(argc, argv); }
