@@ -50,11 +50,14 @@ struct BlockArchiveOptions {
   // by max_bytes) so Recall scores without reading RocksDB. Off: Recall scans the head's
   // representative records.
   bool keep_representatives_in_ram = true;
-  // Batches go through RocksDB's write-ahead log. Off by default: the WAL costs a second copy and
-  // a CRC of every payload byte, and nothing relies on archive records surviving a process crash
-  // (a worker replays its checkpoints' deltas into a fresh archive, `longread run` deletes a dead
-  // run's archive). A clean close still keeps everything (RocksDB flushes unlogged data then).
-  bool write_ahead_log = false;
+  // Batches go through RocksDB's write-ahead log. On by default: a disk that refuses writes (full,
+  // quota) must fail the Put that meets it, so the memory stops archiving and the answer reports
+  // the recall error (CliRecallFaultTest); without the WAL nothing reaches the disk until a
+  // 16 MiB memtable flushes, and the failure surfaces late, in a background flush. Off saves a
+  // second copy and a CRC of every payload byte (bench/gpu/NOTES.md v4 measured the chain so);
+  // nothing relies on archive records surviving a process crash, so a caller that can detect a
+  // full disk otherwise may turn it off.
+  bool write_ahead_log = true;
   // Threads that encode a PutBatch's blocks (bf16 payload, bounds, keys, checksums); the index
   // and the write batch still take them one by one in order. 1: the caller's thread only.
   int encode_threads = 1;
