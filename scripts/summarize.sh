@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job, from nothing: set up, build, and summarize a long document with the default model
-# on the CPU.   scripts/summarize.sh [FILE] [longread run options...]
+# The main job, from nothing: set up, build, and summarize a long document with the default model,
+# on the GPU when this build has CUDA and one is visible, else on the CPU (--device auto; pass
+# --device cpu or --device cuda to choose).   scripts/summarize.sh [FILE] [longread run options...]
 # Without FILE it reads the GNU GPL version 3 (/usr/share/common-licenses/GPL-3, shipped by
 # Debian's base-files package on every Debian machine; ~35 KB, ~8K tokens).
 set -euo pipefail
@@ -17,4 +18,4 @@ if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
   doc=$1
   shift
 fi
-exec "$build/services/cli/longread" run --task summarize "$@" "$doc"
+exec "$build/services/cli/longread" run --task summarize --device auto "$@" "$doc"

@@ -53,6 +53,20 @@ TEST_F(CliDeviceTest, RunOnCudaWithoutAGpuExitsSixBeforeReading) {
   EXPECT_TRUE(r.out.empty()) << r.out;
 }
 
+// The main job (scripts/summarize.sh) runs with --device auto: without a GPU it must read and
+// answer on the CPU, not refuse.
+TEST_F(CliDeviceTest, AutoWithoutAGpuReadsOnTheCpu) {
+  if (GpuVisible()) GTEST_SKIP() << "a GPU is visible here";
+  if (!testing::HaveModel()) GTEST_SKIP() << "default model missing: run scripts/setup.sh";
+  const testing::CliResult r = RunLongread(
+      dir_.string(), "The ferry leaves the north pier at seven. The fare is four coins.",
+      {"--device", "auto", "--task", "question", "--question", "When does the ferry leave?",
+       "--max-tokens", "8", "--json", "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_GT(testing::JsonInt(r.out, "document_tokens"), 0) << r.out;
+  EXPECT_GT(testing::JsonInt(r.out, "generated_tokens"), 0) << r.out;
+}
+
 TEST_F(CliDeviceTest, WorkerOnCudaWithoutAGpuExitsSix) {
   if (GpuVisible()) GTEST_SKIP() << "a GPU is visible here";
   const std::string err = (dir_ / "stderr").string();
