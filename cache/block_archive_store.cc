@@ -153,7 +153,12 @@ std::string EncodePayload(const ArchivedBlock& b, int64_t head_dim, ArchivePreci
   return out;
 }
 
-// What a representative record holds (FORMAT.md).
+}  // namespace
+
+// What a representative record holds (FORMAT.md). Outside the anonymous namespace because
+// RocksDbBlockArchive::Encoded (a member type, external linkage) holds one: in a unity build GCC
+// rejects that (-Wsubobject-linkage).
+namespace block_archive_internal {
 struct Representative {
   int32_t layer = 0, kv_head = 0;
   int64_t block_id = 0, first_position = 0, last_position = 0;
@@ -162,6 +167,10 @@ struct Representative {
   uint32_t payload_bytes = 0;
   BlockBounds bounds;
 };
+}  // namespace block_archive_internal
+using block_archive_internal::Representative;
+
+namespace {
 
 std::string EncodeRepresentative(const Representative& r, int64_t head_dim) {
   std::string out;
