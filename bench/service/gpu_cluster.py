@@ -25,23 +25,20 @@ import hashlib
 import json
 import os
 import random
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def log(message):
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+# The one-machine cluster's helpers (standard library only, as this script must stay for the GPU
+# machine): ports, logging and /metrics parsing are the same there and here.
+sys.path.insert(0, str(REPO / "deploy" / "local"))
+from cluster import free_ports, log, metric, scrape as scrape_page  # noqa: E402
 
 
 def sha256(data):
@@ -102,38 +99,13 @@ def make_documents(directory, corpus, lengths, bytes_per_token):
 
 
 # -- processes, ports, metrics --------------------------------------------------------------------
-def free_ports(count):
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def scrape(port):
-    """{(name, frozenset(labels)): value} from one /metrics page; {} when it does not answer."""
+    """{(name, frozenset(labels)): value} from one /metrics page; {} when it does not answer (a
+    killed worker)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            page = r.read().decode()
+        return scrape_page(port)
     except OSError:
         return {}
-    samples = {}
-    for line in page.splitlines():
-        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)", line)
-        if m and not line.startswith("#"):
-            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-            samples[(m.group(1), labels)] = float(m.group(3))
-    return samples
-
-
-def metric(samples, name, **labels):
-    want = set(labels.items())
-    return sum(v for (n, l), v in samples.items() if n == name and want <= set(l))
 
 
 class Process:
