@@ -150,7 +150,7 @@ class CudaSparseKMemory : public DeviceAttentionMemory {
   kernels::cuda::DeviceBuffer token_scores_;                   // fp32 [n][G]
   kernels::cuda::DeviceBuffer src_rows_, dst_rows_;            // int32 row lists (recall)
   std::vector<kernels::cuda::DeviceBuffer> task_queries_dev_;  // per layer, fp32
-  kernels::cuda::DeviceBuffer task_logits_, task_lse_, task_out_;
+  kernels::cuda::DeviceBuffer task_logits_, task_lse_;
   kernels::cuda::DeviceBuffer scorer_w_, scorer_b_, scorer_slope_;  // fp32, all layers
 
   // The archive's path off the critical path: two device staging areas (by layer parity), a

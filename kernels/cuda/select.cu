@@ -259,11 +259,6 @@ __global__ void CopyEvictedKernel(EvictedCopyArgs a) {
   if (blockIdx.x == 0 && threadIdx.x == 0) a.host_counts[g] = static_cast<int32_t>(count);
 }
 
-__global__ void AddFloatsKernel(float* dst, const float* src, int64_t n) {
-  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (i < n) dst[i] = __fadd_rn(dst[i], src[i]);
-}
-
 unsigned Blocks(int64_t n, int threads) {
   return static_cast<unsigned>((n + threads - 1) / threads);
 }
@@ -303,12 +298,6 @@ cudaError_t AppendSegment(const uint16_t* k, const uint16_t* v, const int32_t* c
 cudaError_t CopyEvicted(const EvictedCopyArgs& a, cudaStream_t stream) {
   const dim3 grid(64, static_cast<unsigned>(a.n_kv_heads));
   CopyEvictedKernel<<<grid, 256, 0, stream>>>(a);
-  return cudaGetLastError();
-}
-
-cudaError_t AddFloats(float* dst, const float* src, int64_t n, cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
-  AddFloatsKernel<<<Blocks(n, 256), 256, 0, stream>>>(dst, src, n);
   return cudaGetLastError();
 }
 
