@@ -24,6 +24,8 @@
 // tokens each (each from its own place in the text, the same task, no archive) read in passes of
 // one segment per document; aggregate tokens/s (D x N over the wall time of all passes, and over
 // the passes after the first, which grows buffers and plans GEMMs) and peak device memory.
+// --batcher-tokens N adds, for each count D > 1, D documents of N tokens read the way a worker
+// reads them: each by its own RecurrentRunner on its own thread, all through one SegmentBatcher.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -33,10 +35,12 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <latch>
 #include <memory>
 #include <span>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -44,6 +48,7 @@
 #include "engine/memory/cuda_backend.h"
 #include "engine/memory/cuda_sparsek_memory.h"
 #include "engine/memory/recording_archive.h"
+#include "engine/memory/segment_batcher.h"
 #ifdef LONGREAD_BENCH_ROCKSDB  // not in engine-only builds
 #include "cache/block_archive_store.h"
 #endif
@@ -116,13 +121,11 @@ double MeanKl(const std::vector<float>& p_all, const std::vector<float>& q_all, 
 }
 
 // --documents: D documents of N tokens at once, for each D and N; the JSON's "batched" rows.
-absl::StatusOr<std::string> RunBatched(const engine::LlamaModel& model,
-                                       const engine::RunnerConfig& config,
-                                       std::shared_ptr<const engine::ScorerWeights> scorer,
-                                       const std::vector<int32_t>& text,
-                                       std::span<const int32_t> task,
-                                       const std::vector<int64_t>& documents,
-                                       const std::vector<int64_t>& lengths) {
+absl::StatusOr<std::string> RunBatched(
+    const engine::LlamaModel& model, const engine::RunnerConfig& config,
+    std::shared_ptr<const engine::ScorerWeights> scorer, const std::vector<int32_t>& text,
+    std::span<const int32_t> task, const std::vector<int64_t>& documents,
+    const std::vector<int64_t>& lengths, int64_t batcher_tokens) {
   auto backend = engine::CudaReadingBackend::Create(&model);
   if (!backend.ok()) return backend.status();
   std::vector<std::vector<float>> task_queries;
@@ -172,6 +175,49 @@ absl::StatusOr<std::string> RunBatched(const engine::LlamaModel& model,
               ",\"device_gib_peak\":" + std::to_string(peak_gib) +
               ",\"memory_resident_mb_each\":" + std::to_string(resident_mb) + "}";
     }
+    if (D < 2 || batcher_tokens <= 0) continue;
+    // The worker's way: a runner per document on its own thread, one batcher.
+    const int64_t n = batcher_tokens;
+    engine::SegmentBatcher batcher(backend->get(), D);
+    std::vector<std::unique_ptr<engine::RecurrentRunner>> runners;
+    std::vector<std::vector<int32_t>> ids(D);
+    for (int64_t i = 0; i < D; ++i) {
+      for (int64_t t = 0; t < n; ++t) ids[i].push_back(text[(i * 7919 + t) % text_n]);
+      auto runner = engine::RecurrentRunner::Create(backend->get(), config, scorer, nullptr);
+      if (!runner.ok()) return runner.status();
+      if (auto s = (*runner)->SetTask(task); !s.ok()) return s;
+      (*runner)->set_batcher(&batcher);
+      runners.push_back(std::move(*runner));
+    }
+    std::vector<absl::Status> status(D);
+    std::latch ready(D + 1);
+    std::vector<std::thread> threads;
+    for (int64_t i = 0; i < D; ++i) {
+      threads.emplace_back([&, i] {
+        ready.arrive_and_wait();
+        status[i] = runners[i]->Feed(ids[i]);
+        if (status[i].ok()) status[i] = runners[i]->Flush();
+      });
+    }
+    const auto start = std::chrono::steady_clock::now();
+    ready.arrive_and_wait();
+    for (auto& t : threads) t.join();
+    const double seconds = Seconds(start);
+    for (const absl::Status& s : status) {
+      if (!s.ok()) return s;
+    }
+    const double mean_pass = static_cast<double>(batcher.segments()) / batcher.passes();
+    std::printf(
+        "batcher %lld documents x %lld tokens (a thread each): %.3f s, %.0f tokens/s, %lld passes, "
+        "%.2f documents per pass\n",
+        static_cast<long long>(D), static_cast<long long>(n), seconds, D * n / seconds,
+        static_cast<long long>(batcher.passes()), mean_pass);
+    std::fflush(stdout);
+    rows += ",{\"documents\":" + std::to_string(D) + ",\"tokens_each\":" + std::to_string(n) +
+            ",\"via\":\"SegmentBatcher, a thread per document\",\"seconds\":" +
+            std::to_string(seconds) + ",\"tokens_per_s\":" + std::to_string(D * n / seconds) +
+            ",\"passes\":" + std::to_string(batcher.passes()) +
+            ",\"documents_per_pass\":" + std::to_string(mean_pass) + "}";
   }
   return rows;
 }
@@ -179,6 +225,7 @@ absl::StatusOr<std::string> RunBatched(const engine::LlamaModel& model,
 int Main(int argc, char** argv) {
   std::string model_path, scorer_path, text_path, json, tokens_arg = "32768,131072";
   std::string archive_arg = "1", store_arg = "ram", documents_arg;
+  int64_t batcher_tokens = 0;
   int encode_threads = 8;
   int64_t compare = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -193,6 +240,7 @@ int Main(int argc, char** argv) {
     if (flag == "--store") store_arg = value;
     if (flag == "--encode-threads") encode_threads = std::stoi(value);
     if (flag == "--documents") documents_arg = value;
+    if (flag == "--batcher-tokens") batcher_tokens = std::stoll(value);
   }
   auto file = engine::ModelFile::Open(model_path);
   if (!file.ok()) return std::fprintf(stderr, "%s\n", file.status().ToString().c_str()), 1;
@@ -233,7 +281,7 @@ int Main(int argc, char** argv) {
       int64_t v = 0;
       if (absl::SimpleAtoi(part, &v) && v > 0) lengths.push_back(v);
     }
-    auto rows = RunBatched(**model, config, scorer, text, task, documents, lengths);
+    auto rows = RunBatched(**model, config, scorer, text, task, documents, lengths, batcher_tokens);
     if (!rows.ok()) return std::fprintf(stderr, "%s\n", rows.status().ToString().c_str()), 1;
     cudaDeviceProp prop;
     cudaGetDeviceProperties(&prop, 0);
