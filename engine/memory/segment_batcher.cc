@@ -43,7 +43,10 @@ absl::Status SegmentBatcher::Read(DocumentState* document, std::span<const int32
     for (Waiting* w : batch) w->done = true;
     ++passes_;
     segments_ += static_cast<int64_t>(batch.size());
-    expected_ = static_cast<int64_t>(batch.size());
+    // The documents just read come back with their next segments a moment apart; those
+    // already waiting are here. (Leading at once instead would let two documents take turns,
+    // one per pass, forever.)
+    expected_ = static_cast<int64_t>(batch.size() + queue_.size());
     leading_ = false;
     pass_done_.SignalAll();
   }

@@ -5,9 +5,10 @@
 // handing in a segment and leave by handing in no more: nothing is registered. While a pass
 // runs, the next pass's segments gather, so a busy device reads many documents per pass (the
 // continuous batching of LLM servers, one segment per document per pass). A leader first waits
-// up to `gather` for as many segments as the last pass read: the documents it woke hand in their
-// next segments a moment apart, and without the wait passes would alternate between the first
-// of them alone and all the others.
+// up to `gather` for as many segments as there were documents at the end of the last pass (those
+// it read and those waiting): the documents it read hand in their next segments a moment apart,
+// and without the wait two documents would take turns, one per pass. A document that left costs
+// one pass that wait.
 //
 // `read_pass` runs a pass: the caller's place to take its per-model lock around
 // ReadSegments (reading_backend.h's threading rule). A read whose tokens are outside the
@@ -67,7 +68,7 @@ class SegmentBatcher {
   absl::CondVar pass_done_;
   std::deque<Waiting*> queue_ ABSL_GUARDED_BY(mu_);
   bool leading_ ABSL_GUARDED_BY(mu_) = false;
-  int64_t expected_ ABSL_GUARDED_BY(mu_) = 1;  // the last pass's segments
+  int64_t expected_ ABSL_GUARDED_BY(mu_) = 1;  // documents at the end of the last pass
   int64_t passes_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t segments_ ABSL_GUARDED_BY(mu_) = 0;
 };
