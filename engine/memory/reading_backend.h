@@ -111,7 +111,8 @@ class ReadingBackend {
   // Reads one segment of each document in `reads`, each as its ReadSegment would. A device
   // backend reads them in one forward pass (their rows share every weight's GEMM; each memory
   // attends on its own stream); this default, the CPU's, reads them one after another, in order.
-  // On an error a document's memory is as after a failed ReadSegment.
+  // An error is the pass's: every document of the pass is then as after a failed ReadSegment
+  // (here, those before the failing one were read). Arguments are checked before any reading.
   virtual absl::Status ReadSegments(std::span<const SegmentRead> reads) {
     if (auto s = CheckSegmentReads(reads); !s.ok()) return s;
     for (const SegmentRead& r : reads) {
