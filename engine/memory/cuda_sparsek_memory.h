@@ -56,6 +56,8 @@ class CudaSparseKMemory : public DeviceAttentionMemory {
                                kernels::cuda::Bf16* out) override;
   void EndSegment(int64_t n_tokens) override;
   int64_t next_position() const override { return next_position_; }
+  // Its context's stream: a memory with a context of its own overlaps others in a batched pass.
+  void* stream() const override { return ctx_->stream(); }
 
   const MemoryConfig& config() const { return config_; }
   int64_t slot_count(int32_t layer, int32_t kv_head) const;

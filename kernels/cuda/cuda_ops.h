@@ -53,7 +53,10 @@ class DeviceBuffer {
 // One backend's stream, cuBLASLt handle and workspace, and the GEMM plans it has chosen.
 class Context {
  public:
-  static absl::StatusOr<std::unique_ptr<Context>> Create(int device = 0);
+  // `gemm` false: a stream and its scratch only, for work that multiplies no weights (one
+  // document's memory in a batched pass: its own stream without a 32 MiB cuBLASLt workspace);
+  // MatMul on it is FailedPrecondition.
+  static absl::StatusOr<std::unique_ptr<Context>> Create(int device = 0, bool gemm = true);
   ~Context();
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
