@@ -63,8 +63,8 @@ cudaError_t CopyEvicted(const EvictedCopyArgs& a, cudaStream_t stream);
 cudaError_t AddFloats(float* dst, const float* src, int64_t n, cudaStream_t stream);
 
 // Attention (head_dim 64). `bounds` is scratch of AttentionBoundsBytes(n_kv_heads, n_keys).
-inline constexpr int kDefaultAttentionVariant = 0;
-inline constexpr int kAttentionVariants = 4;
+inline constexpr int kDefaultAttentionVariant = 3;
+inline constexpr int kAttentionVariants = 7;
 int64_t AttentionBoundsBytes(int64_t n_kv_heads, int64_t n_keys);
 struct AttentionLaunch {
   const uint16_t* q;
@@ -77,8 +77,10 @@ struct AttentionLaunch {
   int64_t kv_stride;  // keys between two KV heads' first keys in k and v (>= n_keys)
   float scale;
   void* bounds;
-  // Key tile and register cap (all: 4 warps, 64 rows): 0 = 64 keys, no cap; 1 = 64 keys, 4
-  // blocks per SM; 2 = 32 keys, no cap; 3 = 32 keys, 4 blocks per SM. The benchmark times all.
+  // The kernel's build (all: 4 warps of 16 rows): 0 = v3, keys in memory order, 64-key tiles;
+  // 1 = v3 over keys ordered by interval; 2 = 1 + lazy rescale; 3 = 2 + mask by branch; 4 = 2
+  // with 32-key tiles; 5 = 3 + the next tile's Q K^T issued before this tile's softmax (three
+  // stages); 6 = 3 with registers capped for 3 blocks per SM. The benchmark times all.
   // (128-row tiles of 8 warps measured slower: bench/gpu/NOTES.md.)
   int variant = kDefaultAttentionVariant;
 };
