@@ -1,12 +1,12 @@
 // Attention of a segment over memory ∪ segment with per-key visibility intervals, FlashAttention-2
 // style: a block owns 64 rows of (query, query head) pairs of one KV head (4 warps x 16 rows),
-// streams 64-key K/V tiles through shared memory (cp.async, two stages), computes S = Q K^T and
-// O += P V with bf16 mma.sync (fp32 accumulators) and keeps the online softmax in registers.
-// Softmax is a sum over keys, so the keys may be visited in any order: a first pass orders each
-// KV head's keys by their interval (never-visible keys last), so that a tile holds keys that
-// appear and leave together. Per-tile interval bounds, computed next, let a block skip key tiles
-// none of its queries can see and drop the per-element mask on tiles all of them see; the
-// ordering makes both cases the common ones (bench/gpu/NOTES.md, v4).
+// streams 64-key K/V tiles through shared memory (cp.async), computes S = Q K^T and O += P V
+// with bf16 mma.sync (fp32 accumulators) and keeps the online softmax in registers.
+// Softmax is a sum over keys, so the keys may be visited in any order: a first pass
+// (key_order.cu) copies each KV head's keys in an order where keys that appear and leave together
+// are neighbours. Per-tile interval bounds, computed next, let a block skip key tiles none of its
+// queries can see and drop the per-element mask on tiles all of them see; the ordering makes
+// both cases the common ones (bench/gpu/NOTES.md, v4 and v5).
 #include <cuda_bf16.h>
 
 #include <climits>
@@ -27,114 +27,47 @@ struct TileBounds {
   int32_t min_from, max_until, max_from, min_until;
 };
 
-// Each KV head's keys in visiting order: key index, and interval clamped to [0, n_q] as from and
-// length (0 for a key no query sees). Visibility of key j to query i: uint32(i - from) < length.
-struct KeyOrder {
-  int32_t* index;  // [n_kv_heads][n_keys]; nullptr: the identity
-  int32_t* from;
-  uint32_t* length;
+// Keys of a KV head as the attention visits them (key_order.cu): from and length = until - from
+// clamped to [0, n_q], 0 for a key no query sees. Key j is visible to query i iff
+// uint32(i - from) < length: one compare per score, and query -1 (rows past the end) sees nothing.
+struct KeyIntervals {
+  const int32_t* from;  // [n_kv_heads][n_keys]
+  const uint32_t* length;
 };
 
-// The sort key packs the clamped interval above the key index so that the order is total and
-// deterministic: from (25 bits), until (25 bits), index (14 bits).
-constexpr int kOrderIndexBits = 14;
-constexpr int64_t kMaxOrderedKeys = int64_t{1} << kOrderIndexBits;
-constexpr int kOrderThreads = 1024;
-constexpr uint64_t kIntervalMask = (uint64_t{1} << 25) - 1;
-
-__device__ __forceinline__ void ClampInterval(int32_t from, int32_t until, int64_t n_q, int32_t* f,
-                                              int32_t* u) {
-  const int32_t n = static_cast<int32_t>(n_q);
-  *f = min(max(from, 0), n);
-  *u = min(max(until, 0), n);
-  if (*f >= *u) *f = *u = n;  // never visible: sorts last, length 0
-}
-
-// One block per KV head: a bitonic sort in shared memory of n_pad (a power of two >= n_keys)
-// packed entries, then the ordered index, from and length.
-__global__ void __launch_bounds__(kOrderThreads)
-    OrderKeysKernel(const int32_t* from, const int32_t* until, int64_t n_keys, int64_t n_q,
-                    int n_pad, KeyOrder order) {
-  extern __shared__ uint64_t entries[];
-  const int64_t g = blockIdx.x;
-  const uint64_t n_clamp = min(static_cast<uint64_t>(n_q), kIntervalMask);
-  for (int j = threadIdx.x; j < n_pad; j += kOrderThreads) {
-    uint64_t e = ~uint64_t{0};
-    if (j < n_keys) {
-      int32_t f, u;
-      ClampInterval(from[g * n_keys + j], until[g * n_keys + j], n_q, &f, &u);
-      const uint64_t fk = min(static_cast<uint64_t>(f), n_clamp),
-                     uk = min(static_cast<uint64_t>(u), n_clamp);
-      e = (fk << (25 + kOrderIndexBits)) | (uk << kOrderIndexBits) | static_cast<uint64_t>(j);
-    }
-    entries[j] = e;
-  }
-  __syncthreads();
-  for (int k = 2; k <= n_pad; k <<= 1) {
-    for (int stride = k >> 1; stride > 0; stride >>= 1) {
-      for (int i = threadIdx.x; i < n_pad; i += kOrderThreads) {
-        const int partner = i ^ stride;
-        if (partner <= i) continue;
-        const uint64_t a = entries[i], b = entries[partner];
-        if ((a > b) == ((i & k) == 0)) {
-          entries[i] = b;
-          entries[partner] = a;
-        }
-      }
-      __syncthreads();
-    }
-  }
-  for (int j = threadIdx.x; j < n_keys; j += kOrderThreads) {
-    const int32_t key = static_cast<int32_t>(entries[j] & (kMaxOrderedKeys - 1));
-    int32_t f, u;
-    ClampInterval(from[g * n_keys + key], until[g * n_keys + key], n_q, &f, &u);
-    order.index[g * n_keys + j] = key;
-    order.from[g * n_keys + j] = f;
-    order.length[g * n_keys + j] = static_cast<uint32_t>(u - f);
-  }
-}
-
-// The identity order (unordered variants, and more keys than the sort holds).
-__global__ void IdentityOrderKernel(const int32_t* from, const int32_t* until, int64_t total,
-                                    int64_t n_q, KeyOrder order) {
-  const int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (idx >= total) return;
-  int32_t f, u;
-  ClampInterval(from[idx], until[idx], n_q, &f, &u);
-  order.from[idx] = f;
-  order.length[idx] = static_cast<uint32_t>(u - f);
-}
-
-__global__ void TileBoundsKernel(KeyOrder order, int64_t n_keys, int64_t tile_keys, int64_t n_tiles,
+// One warp per tile of up to 64 keys.
+__global__ void TileBoundsKernel(KeyIntervals keys, int64_t n_keys, int tile_keys, int64_t n_tiles,
                                  int64_t total, TileBounds* out) {
-  const int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (idx >= total) return;
+  const int64_t idx = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (idx >= total) return;  // whole warps
   const int64_t g = idx / n_tiles, t = idx % n_tiles;
-  TileBounds b{INT_MAX, INT_MIN, INT_MIN, INT_MAX};
-  const int64_t j0 = t * tile_keys, j1 = min(j0 + tile_keys, n_keys);
-  bool all = j1 - j0 == tile_keys;
-  for (int64_t j = j0; j < j1; ++j) {
-    const int32_t f = order.from[g * n_keys + j];
-    const uint32_t n = order.length[g * n_keys + j];
+  int32_t min_from = INT_MAX, max_until = INT_MIN, max_from = INT_MIN, min_until = INT_MAX;
+  bool all = true;
+  for (int k = lane; k < tile_keys; k += 32) {
+    const int64_t j = t * tile_keys + k;
+    const uint32_t n = j < n_keys ? keys.length[g * n_keys + j] : 0u;
     if (n == 0) {
       all = false;
       continue;
     }
-    const int32_t u = f + static_cast<int32_t>(n);
-    b.min_from = min(b.min_from, f);
-    b.max_until = max(b.max_until, u);
-    b.max_from = max(b.max_from, f);
-    b.min_until = min(b.min_until, u);
+    const int32_t f = keys.from[g * n_keys + j], u = f + static_cast<int32_t>(n);
+    min_from = min(min_from, f);
+    max_until = max(max_until, u);
+    max_from = max(max_from, f);
+    min_until = min(min_until, u);
   }
-  if (!all) b.max_from = INT_MAX;
-  out[idx] = b;
+  TileBounds b{__reduce_min_sync(0xffffffffu, min_from), __reduce_max_sync(0xffffffffu, max_until),
+               __reduce_max_sync(0xffffffffu, max_from), __reduce_min_sync(0xffffffffu, min_until)};
+  if (!__all_sync(0xffffffffu, all)) b.max_from = INT_MAX;
+  if (lane == 0) out[idx] = b;
 }
 
 struct Params {
   const __nv_bfloat16* q;
   const __nv_bfloat16* k;
   const __nv_bfloat16* v;
-  KeyOrder order;
+  KeyIntervals keys;
   const TileBounds* bounds;
   __nv_bfloat16* out;
   int64_t n_q, n_keys, kv_stride;
@@ -171,6 +104,11 @@ __device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* p)
 __device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SharedAddress(dst)),
                "l"(src), "r"(valid ? 16 : 0));
+}
+// 4 bytes global -> shared; zero-filled when !valid.
+__device__ __forceinline__ void CpAsync4(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(SharedAddress(dst)), "l"(src),
+               "r"(valid ? 4 : 0));
 }
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void CpAsyncWaitOne() {
@@ -254,9 +192,14 @@ __device__ __forceinline__ void OnlineSoftmax(float (&s)[kNt][4], float (&o)[8][
   }
 }
 
+// A block scans the bounds of every key tile to find the next one it must visit: the first
+// kCachedTiles of them are read from shared memory (a scan of global loads stalled the loop).
+constexpr int kCachedTiles = 256;
+
 template <int kKeys, int kStages>
 constexpr int AttentionSharedBytes() {
-  return kStages * kKeys * (2 * kStride * int{sizeof(__nv_bfloat16)} + 2 * int{sizeof(int32_t)});
+  return kStages * kKeys * (2 * kStride * int{sizeof(__nv_bfloat16)} + 2 * int{sizeof(int32_t)}) +
+         kCachedTiles * int{sizeof(TileBounds)};
 }
 
 // kWarps warps of 16 rows each, tiles of kKeys keys; kMinBlocks caps the registers so that
@@ -275,9 +218,8 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const
   KeyTile* k_s = reinterpret_cast<KeyTile*>(attention_shared);
   KeyTile* v_s = k_s + kStages;
   int32_t(*from_s)[kKeys] = reinterpret_cast<int32_t(*)[kKeys]>(v_s + kStages);
-  // Key j is visible to query i iff uint32(i - from) < length (= until - from, 0 when empty): one
-  // compare per score, and query -1 (rows past the end) sees nothing.
   uint32_t(*length_s)[kKeys] = reinterpret_cast<uint32_t(*)[kKeys]>(from_s + kStages);
+  TileBounds* bounds_s = reinterpret_cast<TileBounds*>(length_s + kStages);
 
   const int g = blockIdx.y;
   const int64_t total_rows = p.n_q * p.group;
@@ -318,14 +260,16 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const
   const TileBounds* bounds = p.bounds + int64_t{g} * p.n_tiles;
   const __nv_bfloat16* k_head = p.k + int64_t{g} * p.kv_stride * kHeadDim;
   const __nv_bfloat16* v_head = p.v + int64_t{g} * p.kv_stride * kHeadDim;
-  const int32_t* index_head =
-      p.order.index == nullptr ? nullptr : p.order.index + int64_t{g} * p.n_keys;
-  const int32_t* from_head = p.order.from + int64_t{g} * p.n_keys;
-  const uint32_t* length_head = p.order.length + int64_t{g} * p.n_keys;
+  const int32_t* from_head = p.keys.from + int64_t{g} * p.n_keys;
+  const uint32_t* length_head = p.keys.length + int64_t{g} * p.n_keys;
+  for (int t = threadIdx.x; t < min(p.n_tiles, kCachedTiles); t += kThreads)
+    bounds_s[t] = bounds[t];
+  __syncthreads();
+  auto tile_bounds = [&](int t) { return t < kCachedTiles ? bounds_s[t] : bounds[t]; };
 
   auto next_visible = [&](int t) {
     for (; t < p.n_tiles; ++t) {
-      const TileBounds b = bounds[t];
+      const TileBounds b = tile_bounds(t);
       if (b.min_from <= q_hi && b.max_until > q_lo) break;
     }
     return t;
@@ -335,16 +279,15 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const
       const int key = c / (kHeadDim / 8), chunk = c % (kHeadDim / 8);
       const int64_t j = int64_t{t} * kKeys + key;
       const bool ok = j < p.n_keys;
-      const int64_t row = !ok ? 0 : index_head == nullptr ? j : index_head[j];
-      const int64_t offset = row * kHeadDim + chunk * 8;
+      const int64_t offset = ok ? j * kHeadDim + chunk * 8 : 0;
       CpAsync16(&k_s[stage][key][chunk * 8], k_head + offset, ok);
       CpAsync16(&v_s[stage][key][chunk * 8], v_head + offset, ok);
     }
     if (threadIdx.x < kKeys) {
       const int64_t j = int64_t{t} * kKeys + threadIdx.x;
       const bool ok = j < p.n_keys;
-      from_s[stage][threadIdx.x] = ok ? from_head[j] : 0;
-      length_s[stage][threadIdx.x] = ok ? length_head[j] : 0u;
+      CpAsync4(&from_s[stage][threadIdx.x], from_head + (ok ? j : 0), ok);
+      CpAsync4(&length_s[stage][threadIdx.x], length_head + (ok ? j : 0), ok);
     }
   };
   auto scores = [&](float(&s)[kNt][4], int stage) {
@@ -362,7 +305,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const
   };
   // Mask, online softmax and O += P V of tile t, whose scores are s.
   auto accumulate = [&](float(&s)[kNt][4], int stage, int t) {
-    const TileBounds tb = bounds[t];
+    const TileBounds tb = tile_bounds(t);
     const bool all_visible = tb.max_from <= q_lo && tb.min_until > q_hi;
     auto mask = [&](bool skip) {
 #pragma unroll
@@ -478,17 +421,44 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const
 
 namespace {
 
-// What the set-up passes of each variant (launch.h) need; the kernel's build is in Attention.
-struct VariantShape {
-  bool ordered;  // keys ordered by interval (else memory order)
-  int keys;      // per tile
-};
-constexpr VariantShape kVariants[kAttentionVariants] = {
-    {false, 64}, {true, 64}, {true, 64}, {true, 64}, {true, 32}, {true, 64}, {true, 64}};
+// Keys are ordered (key_order.cu) only up to this many per KV head: beyond, the copies of K and
+// V would cost more scratch than they save.
+constexpr int64_t kMaxOrderedKeys = 16384;
+constexpr bool kOrderedVariant[kAttentionVariants] = {false, true, true, true, false, true};
+constexpr int kTileKeys = 64;
 
-int64_t BoundsOnlyBytes(int64_t n_kv_heads, int64_t n_keys) {
-  constexpr int64_t kMinKeys = 32;  // the smallest tile any variant uses
-  return n_kv_heads * ((n_keys + kMinKeys - 1) / kMinKeys) * int64_t{sizeof(TileBounds)};
+int64_t RoundUp(int64_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// The scratch behind AttentionLaunch::bounds, in order.
+struct Scratch {
+  TileBounds* bounds;
+  int32_t* from;
+  uint32_t* length;
+  int32_t* counts;  // the key ordering's, when it runs
+  uint16_t* k;      // K and V rows in visiting order, when ordered
+  uint16_t* v;
+  int64_t bytes;
+};
+Scratch LayOutScratch(char* base, int64_t n_kv_heads, int64_t n_keys) {
+  const int64_t n_all = n_kv_heads * n_keys;
+  const int64_t n_tiles = (n_keys + kTileKeys - 1) / kTileKeys;
+  const bool orders = n_keys <= kMaxOrderedKeys;
+  int64_t at = 0;
+  auto take = [&](int64_t bytes) {
+    char* p = base == nullptr ? nullptr : base + at;
+    at += RoundUp(bytes);
+    return p;
+  };
+  Scratch s;
+  s.bounds =
+      reinterpret_cast<TileBounds*>(take(n_kv_heads * n_tiles * int64_t{sizeof(TileBounds)}));
+  s.from = reinterpret_cast<int32_t*>(take(n_all * 4));
+  s.length = reinterpret_cast<uint32_t*>(take(n_all * 4));
+  s.counts = reinterpret_cast<int32_t*>(take(orders ? KeyOrderCounts(n_kv_heads, n_keys) * 4 : 0));
+  s.k = reinterpret_cast<uint16_t*>(take(orders ? n_all * 64 * 2 : 0));
+  s.v = reinterpret_cast<uint16_t*>(take(orders ? n_all * 64 * 2 : 0));
+  s.bytes = at;
+  return s;
 }
 
 template <int kMinBlocks, int kKeys, bool kBranchMask, bool kLazy, bool kPipelined>
@@ -505,51 +475,35 @@ cudaError_t Launch(const dim3& grid, const Params& p, cudaStream_t stream) {
 }  // namespace
 
 int64_t AttentionBoundsBytes(int64_t n_kv_heads, int64_t n_keys) {
-  // Tile bounds, then the key order's index, from and length.
-  return BoundsOnlyBytes(n_kv_heads, n_keys) + 3 * n_kv_heads * n_keys * int64_t{sizeof(int32_t)};
+  return LayOutScratch(nullptr, n_kv_heads, n_keys).bytes;
 }
 
 cudaError_t Attention(const AttentionLaunch& a, cudaStream_t stream) {
-  const VariantShape& shape = kVariants[a.variant];
-  const int64_t tile_keys = shape.keys;
-  const int64_t n_tiles = (a.n_keys + tile_keys - 1) / tile_keys;
-  const int64_t total = a.n_kv_heads * n_tiles;
-  char* scratch = static_cast<char*>(a.bounds);
-  TileBounds* bounds = reinterpret_cast<TileBounds*>(scratch);
-  int32_t* order_arrays =
-      reinterpret_cast<int32_t*>(scratch + BoundsOnlyBytes(a.n_kv_heads, a.n_keys));
-  const int64_t n_all = a.n_kv_heads * a.n_keys;
-  KeyOrder order{order_arrays, order_arrays + n_all,
-                 reinterpret_cast<uint32_t*>(order_arrays + 2 * n_all)};
-  if (shape.ordered && a.n_keys <= kMaxOrderedKeys) {
-    int n_pad = 2;
-    while (n_pad < a.n_keys) n_pad *= 2;
-    const size_t smem = size_t{sizeof(uint64_t)} * n_pad;
-    static const cudaError_t raised =
-        cudaFuncSetAttribute(OrderKeysKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(sizeof(uint64_t) * kMaxOrderedKeys));
-    if (raised != cudaSuccess) return raised;
-    OrderKeysKernel<<<static_cast<unsigned>(a.n_kv_heads), kOrderThreads, smem, stream>>>(
-        a.from, a.until, a.n_keys, a.n_q, n_pad, order);
-  } else {
-    order.index = nullptr;
-    IdentityOrderKernel<<<static_cast<unsigned>((n_all + 255) / 256), 256, 0, stream>>>(
-        a.from, a.until, n_all, a.n_q, order);
+  const Scratch scratch = LayOutScratch(static_cast<char*>(a.bounds), a.n_kv_heads, a.n_keys);
+  const bool ordered = kOrderedVariant[a.variant] && a.n_keys <= kMaxOrderedKeys;
+  const KeyOrderLaunch order{a.from,    a.until,   a.k,           a.v,          a.kv_stride,
+                             a.n_q,     a.n_keys,  a.n_kv_heads,  scratch.from, scratch.length,
+                             scratch.k, scratch.v, scratch.counts};
+  if (cudaError_t e = ordered ? OrderKeys(order, stream) : ClampIntervals(order, stream);
+      e != cudaSuccess) {
+    return e;
   }
-  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  TileBoundsKernel<<<static_cast<unsigned>((total + 127) / 128), 128, 0, stream>>>(
-      order, a.n_keys, tile_keys, n_tiles, total, bounds);
+  const int64_t n_tiles = (a.n_keys + kTileKeys - 1) / kTileKeys;
+  const int64_t total = a.n_kv_heads * n_tiles;  // one warp each
+  TileBoundsKernel<<<static_cast<unsigned>((total + 3) / 4), 128, 0, stream>>>(
+      KeyIntervals{scratch.from, scratch.length}, a.n_keys, kTileKeys, n_tiles, total,
+      scratch.bounds);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   const int group = static_cast<int>(a.n_heads / a.n_kv_heads);
   const Params p{reinterpret_cast<const __nv_bfloat16*>(a.q),
-                 reinterpret_cast<const __nv_bfloat16*>(a.k),
-                 reinterpret_cast<const __nv_bfloat16*>(a.v),
-                 order,
-                 bounds,
+                 reinterpret_cast<const __nv_bfloat16*>(ordered ? scratch.k : a.k),
+                 reinterpret_cast<const __nv_bfloat16*>(ordered ? scratch.v : a.v),
+                 KeyIntervals{scratch.from, scratch.length},
+                 scratch.bounds,
                  reinterpret_cast<__nv_bfloat16*>(a.out),
                  a.n_q,
                  a.n_keys,
-                 a.kv_stride,
+                 ordered ? a.n_keys : a.kv_stride,
                  static_cast<int>(a.n_heads),
                  group,
                  static_cast<int>(n_tiles),
@@ -560,18 +514,16 @@ cudaError_t Attention(const AttentionLaunch& a, cudaStream_t stream) {
   // <register cap (blocks per SM), key tile, mask by branch, lazy rescale, pipelined>
   switch (a.variant) {
     case 0:
+      return Launch<1, kTileKeys, false, false, false>(grid, p, stream);
     case 1:
-      return Launch<1, 64, false, false, false>(grid, p, stream);
+      return Launch<1, kTileKeys, false, true, false>(grid, p, stream);
     case 2:
-      return Launch<1, 64, false, true, false>(grid, p, stream);
-    case 3:
-      return Launch<1, 64, true, true, false>(grid, p, stream);
     case 4:
-      return Launch<1, 32, false, true, false>(grid, p, stream);
-    case 5:
-      return Launch<1, 64, true, true, true>(grid, p, stream);
+      return Launch<3, kTileKeys, true, true, false>(grid, p, stream);
+    case 3:
+      return Launch<1, kTileKeys, true, true, true>(grid, p, stream);
     default:
-      return Launch<3, 64, true, true, false>(grid, p, stream);
+      return Launch<4, kTileKeys, false, true, false>(grid, p, stream);
   }
 }
 
