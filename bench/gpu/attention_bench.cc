@@ -6,7 +6,7 @@
 // attention time) and the attention kernel with CUDA events; writes JSON for bench/gpu/report.py.
 //
 //   attention_bench [--json PATH] [--reps N] [--sinks 4] [--top-k 2048] [--window 1024]
-//                   [--segment 4096] [--block 32] [--variant -1] [--layout-only 1]
+//                   [--segment 4096] [--block 32] [--variant -1] [--sweep 1] [--layout-only 1]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -36,6 +36,7 @@ struct Options {
   int64_t n_heads = 9, n_kv_heads = 3, head_dim = 64;
   bool layout_only = false;  // print the tile statistics and stop (no GPU needed)
   int variant = -1;          // the kernel variant of the headline number (-1: the default)
+  bool sweep = true;         // time every variant first (--sweep 0: only the headline one)
 };
 
 void Die(const std::string& what) {
@@ -148,24 +149,25 @@ double ProcessedPairs(const Options& o, const Layout& lay, int64_t rows, int64_t
   return processed;
 }
 
-// The layout with each KV head's keys in the order the kernel's key-ordering pass puts them:
-// by (from, until) clamped to the segment, never-visible keys dropped.
+// The layout with each KV head's keys in the order the kernel's key ordering puts them
+// (kernels/cuda/key_order.cu): a stable sort by bucket of the interval clamped to the segment.
 Layout OrderedByInterval(const Options& o, const Layout& lay) {
   Layout sorted = lay;
   sorted.from.clear();
   sorted.until.clear();
-  const int32_t L = static_cast<int32_t>(o.segment);
+  const int32_t n = static_cast<int32_t>(o.segment);
+  const int32_t half = kernels::cuda::launch::kKeyOrderBuckets / 2 - 1, per = (n + half - 1) / half;
   for (int64_t g = 0; g < o.n_kv_heads; ++g) {
-    std::vector<std::pair<int32_t, int32_t>> keys;
+    std::vector<std::pair<int32_t, int64_t>> keys;  // (bucket, key)
     for (int64_t j = 0; j < lay.n_keys; ++j) {
-      const int32_t f = std::clamp(lay.from[g * lay.n_keys + j], 0, L),
-                    u = std::clamp(lay.until[g * lay.n_keys + j], 0, L);
-      keys.emplace_back(f < u ? f : L, f < u ? u : L);
+      const int32_t f = std::clamp(lay.from[g * lay.n_keys + j], 0, n),
+                    u = std::clamp(lay.until[g * lay.n_keys + j], 0, n);
+      keys.emplace_back(f >= u ? 2 * half : f == 0 ? (u - 1) / per : half + f / per, j);
     }
     std::stable_sort(keys.begin(), keys.end());
-    for (const auto& [f, u] : keys) {
-      sorted.from.push_back(f);
-      sorted.until.push_back(u);
+    for (const auto& [bucket, j] : keys) {
+      sorted.from.push_back(lay.from[g * lay.n_keys + j]);
+      sorted.until.push_back(lay.until[g * lay.n_keys + j]);
     }
   }
   return sorted;
@@ -227,6 +229,8 @@ int Main(int argc, char** argv) {
       o.block = std::atoll(value.c_str());
     } else if (flag == "--variant") {
       o.variant = std::atoi(value.c_str());
+    } else if (flag == "--sweep") {
+      o.sweep = value != "0";
     } else if (flag == "--layout-only") {
       o.layout_only = value == "1";
     } else {
@@ -295,7 +299,7 @@ int Main(int argc, char** argv) {
   };
   // Every tile variant first (the default is the one the kernel uses), then the default again.
   std::vector<double> variant_ms;
-  for (int variant = 0; variant < kernels::cuda::launch::kAttentionVariants; ++variant) {
+  for (int variant = 0; o.sweep && variant < kernels::cuda::launch::kAttentionVariants; ++variant) {
     a.variant = variant;
     variant_ms.push_back(MedianMs(stream, o.reps, attention));
     std::printf("attention variant %d: %.4f ms\n", variant, variant_ms.back());

@@ -32,7 +32,7 @@ __device__ __forceinline__ void Clamp(int32_t from, int32_t until, int32_t n, in
 // Buckets of `per` queries: [0, kHalfBuckets) keys visible from query 0, by until; then keys
 // that appear later, by from; kNeverBucket for keys no query sees.
 __device__ __forceinline__ int Bucket(int32_t f, int32_t u, int32_t n) {
-  const int32_t per = (n + kHalfBuckets - 1) / kHalfBuckets;
+  const int32_t per = static_cast<int32_t>((int64_t{n} + kHalfBuckets - 1) / kHalfBuckets);
   if (f >= u) return kNeverBucket;
   if (f == 0) return (u - 1) / per;
   return kHalfBuckets + f / per;
