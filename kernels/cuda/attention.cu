@@ -137,14 +137,24 @@ __device__ __forceinline__ float QuadSum(float x) {
 // and bf16 products, and the final division by the row sum cancels the choice of max.
 constexpr float kLazyRescaleLog2 = 8.0f;
 
+// 2^x on the special-function unit, flushing to 0 below 2^-126: exp2f's range fix-up for
+// subnormal results costs three more instructions per score.
+__device__ __forceinline__ float Exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Online-softmax step for this thread's two rows (s[nt][2 * h + e], -inf where masked, raw
 // scores): turns the scores into probabilities exp2(s * scale_log2 - m * scale_log2) (one FFMA
 // and one EX2 each) and keeps the accumulator o and the row sums l consistent with the running
 // max m, which stays in the raw domain (scale_log2 > 0). kLazy: m moves (and o is rescaled) only
-// when some row of the warp grows past kLazyRescaleLog2, a warp-uniform branch.
-template <int kNt, bool kLazy>
+// when some row of the warp grows past kLazyRescaleLog2, a warp-uniform branch. Row h's sum is
+// l[2 * h]: kSumByMma leaves it to the P V step (an MMA against ones), else this thread's part of
+// it is added here (a quad sum at the end completes it).
+template <int kNt, bool kLazy, bool kSumByMma>
 __device__ __forceinline__ void OnlineSoftmax(float (&s)[kNt][4], float (&o)[8][4],
-                                              float scale_log2, float (&m)[2], float (&l)[2]) {
+                                              float scale_log2, float (&m)[2], float (&l)[4]) {
   float tile_max[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -165,9 +175,10 @@ __device__ __forceinline__ void OnlineSoftmax(float (&s)[kNt][4], float (&o)[8][
     for (int h = 0; h < 2; ++h) {
       const float new_m = fmaxf(m[h], tile_max[h]);
       const float correction =
-          new_m == -INFINITY ? 1.0f : exp2f((m[h] - new_m) * scale_log2);  // exp2(-inf) = 0
+          new_m == -INFINITY ? 1.0f : Exp2((m[h] - new_m) * scale_log2);  // exp2(-inf) = 0
       m[h] = new_m;
-      l[h] *= correction;
+      l[2 * h] *= correction;
+      l[2 * h + 1] *= correction;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
         o[nt][2 * h] *= correction;
@@ -183,12 +194,12 @@ __device__ __forceinline__ void OnlineSoftmax(float (&s)[kNt][4], float (&o)[8][
     for (int nt = 0; nt < kNt; ++nt) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const float p = exp2f(fmaf(s[nt][2 * h + e], scale_log2, -base));
+        const float p = Exp2(fmaf(s[nt][2 * h + e], scale_log2, -base));
         s[nt][2 * h + e] = p;
         sum += p;
       }
     }
-    l[h] += sum;
+    if constexpr (!kSumByMma) l[2 * h] += sum;
   }
 }
 
@@ -206,8 +217,9 @@ constexpr int AttentionSharedBytes() {
 // many blocks fit per SM. kBranchMask: tiles that every row sees skip the mask by a branch
 // (rather than by predicates); kLazy: see OnlineSoftmax. kPipelined: S = Q K^T of the next tile
 // is issued before the softmax of this one, so that the tensor cores work while the ALUs do the
-// softmax (three shared-memory stages, one barrier per tile).
-template <int kWarps, int kMinBlocks, int kKeys, bool kBranchMask, bool kLazy, bool kPipelined>
+// softmax (three shared-memory stages, one barrier per tile). kSumByMma: see OnlineSoftmax.
+template <int kWarps, int kMinBlocks, int kKeys, bool kBranchMask, bool kLazy, bool kPipelined,
+          bool kSumByMma>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const Params p) {
   constexpr int kThreads = kWarps * 32;
   constexpr int kRows = kWarps * 16;  // (query, head) rows per block
@@ -255,7 +267,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const
   float o[8][4];
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  float m[2] = {-INFINITY, -INFINITY}, l[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 
   const TileBounds* bounds = p.bounds + int64_t{g} * p.n_tiles;
   const __nv_bfloat16* k_head = p.k + int64_t{g} * p.kv_stride * kHeadDim;
@@ -326,12 +338,16 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const
     } else {
       mask(all_visible);  // predicates rather than a branch (NOTES.md, v3)
     }
-    OnlineSoftmax<kNt, kLazy>(s, o, p.scale_log2, m, l);
+    OnlineSoftmax<kNt, kLazy, kSumByMma>(s, o, p.scale_log2, m, l);
 #pragma unroll
     for (int kc = 0; kc < kKeys / 16; ++kc) {
       const uint32_t a[4] = {Pack(s[2 * kc][0], s[2 * kc][1]), Pack(s[2 * kc][2], s[2 * kc][3]),
                              Pack(s[2 * kc + 1][0], s[2 * kc + 1][1]),
                              Pack(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+      if constexpr (kSumByMma) {
+        constexpr uint32_t kOnes = 0x3F803F80u;  // two bf16 1.0
+        Mma(l, a, kOnes, kOnes);
+      }
 #pragma unroll
       for (int np = 0; np < 4; ++np) {
         uint32_t b[4];
@@ -404,7 +420,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const
 
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const float sum = QuadSum(l[h]);
+    const float sum = kSumByMma ? l[2 * h] : QuadSum(l[2 * h]);
     if (!valid[h]) continue;
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
     const int64_t head = int64_t{g} * p.group + row[h] % p.group;
@@ -461,10 +477,10 @@ Scratch LayOutScratch(char* base, int64_t n_kv_heads, int64_t n_keys) {
   return s;
 }
 
-template <int kMinBlocks, int kKeys, bool kBranchMask, bool kLazy, bool kPipelined>
+template <int kMinBlocks, int kKeys, bool kBranchMask, bool kLazy, bool kPipelined, bool kSumByMma>
 cudaError_t Launch(const dim3& grid, const Params& p, cudaStream_t stream) {
   constexpr int kShared = AttentionSharedBytes < kKeys, kPipelined ? 3 : 2 > ();
-  auto* kernel = AttentionKernel<4, kMinBlocks, kKeys, kBranchMask, kLazy, kPipelined>;
+  auto* kernel = AttentionKernel<4, kMinBlocks, kKeys, kBranchMask, kLazy, kPipelined, kSumByMma>;
   static const cudaError_t raised =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kShared);
   if (raised != cudaSuccess) return raised;
@@ -511,19 +527,19 @@ cudaError_t Attention(const AttentionLaunch& a, cudaStream_t stream) {
   constexpr int64_t kRowsPerBlock = 64;  // every variant: 4 warps of 16 rows
   const dim3 grid(static_cast<unsigned>((a.n_q * group + kRowsPerBlock - 1) / kRowsPerBlock),
                   static_cast<unsigned>(a.n_kv_heads));
-  // <register cap (blocks per SM), key tile, mask by branch, lazy rescale, pipelined>
+  // <register cap (blocks per SM), key tile, mask by branch, lazy, pipelined, sum by MMA>
   switch (a.variant) {
     case 0:
-      return Launch<1, kTileKeys, false, false, false>(grid, p, stream);
+      return Launch<1, kTileKeys, false, false, false, false>(grid, p, stream);
     case 1:
-      return Launch<1, kTileKeys, false, true, false>(grid, p, stream);
+      return Launch<1, kTileKeys, false, true, false, false>(grid, p, stream);
     case 2:
-    case 4:
-      return Launch<3, kTileKeys, true, true, false>(grid, p, stream);
+      return Launch<3, kTileKeys, true, true, false, false>(grid, p, stream);
     case 3:
-      return Launch<1, kTileKeys, true, true, true>(grid, p, stream);
+    case 4:
+      return Launch<3, kTileKeys, true, true, false, true>(grid, p, stream);
     default:
-      return Launch<4, kTileKeys, false, true, false>(grid, p, stream);
+      return Launch<1, kTileKeys, true, true, true, true>(grid, p, stream);
   }
 }
 

@@ -83,7 +83,7 @@ cudaError_t OrderKeys(const KeyOrderLaunch& a, cudaStream_t stream);
 cudaError_t ClampIntervals(const KeyOrderLaunch& a, cudaStream_t stream);
 
 // Attention (head_dim 64). `bounds` is scratch of AttentionBoundsBytes(n_kv_heads, n_keys).
-inline constexpr int kDefaultAttentionVariant = 2;
+inline constexpr int kDefaultAttentionVariant = 3;
 inline constexpr int kAttentionVariants = 6;
 int64_t AttentionBoundsBytes(int64_t n_kv_heads, int64_t n_keys);
 struct AttentionLaunch {
@@ -97,11 +97,12 @@ struct AttentionLaunch {
   int64_t kv_stride;  // keys between two KV heads' first keys in k and v (>= n_keys)
   float scale;
   void* bounds;
-  // The kernel's build (all: 4 warps of 16 rows, 64-key tiles; bench/gpu/NOTES.md, v5): 0 = v3,
-  // keys in memory order; 1 = keys ordered by interval (key_order.cu), lazy rescale; 2 = 1 with
-  // the mask by branch, registers capped for 3 blocks per SM; 3 = 2 uncapped with the next
-  // tile's Q K^T issued before this tile's softmax (three stages); 4 = 2 with keys in memory
-  // order; 5 = 1 capped for 4 blocks per SM. The benchmark times all.
+  // The kernel's build (all: 4 warps of 16 rows, 64-key tiles, exp2 without range fix-up;
+  // bench/gpu/NOTES.md, v5): 0 = v3, keys in memory order; 1 = keys ordered by interval
+  // (key_order.cu), lazy rescale; 2 = 1 with the mask by branch, registers capped for 3 blocks
+  // per SM; 3 = 2 with row sums by an MMA against ones; 4 = 3 with keys in memory order; 5 = 3
+  // uncapped with the next tile's Q K^T issued before this tile's softmax (three stages). The
+  // benchmark times all.
   int variant = kDefaultAttentionVariant;
 };
 cudaError_t Attention(const AttentionLaunch& a, cudaStream_t stream);
