@@ -100,8 +100,12 @@ __device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* p)
                : "r"(SharedAddress(p)));
 }
 
+// 16 bytes global -> shared.
+__device__ __forceinline__ void CpAsync16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(SharedAddress(dst)), "l"(src));
+}
 // 16 bytes global -> shared; zero-filled when !valid (keys past n_keys).
-__device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
+__device__ __forceinline__ void CpAsync16OrZero(void* dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SharedAddress(dst)),
                "l"(src), "r"(valid ? 16 : 0));
 }
@@ -286,20 +290,36 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) AttentionKernel(const
     }
     return t;
   };
+  // Each thread copies one 16-byte chunk of kKeys / kKeysPerPass keys of a tile (K and V).
+  constexpr int kChunksPerRow = kHeadDim / 8, kKeysPerPass = kThreads / kChunksPerRow;
+  const int load_key = threadIdx.x / kChunksPerRow, load_chunk = threadIdx.x % kChunksPerRow;
+  const int64_t load_offset = int64_t{load_key} * kHeadDim + load_chunk * 8;
   auto load = [&](int t, int stage) {
-    for (int c = threadIdx.x; c < kKeys * (kHeadDim / 8); c += kThreads) {
-      const int key = c / (kHeadDim / 8), chunk = c % (kHeadDim / 8);
-      const int64_t j = int64_t{t} * kKeys + key;
-      const bool ok = j < p.n_keys;
-      const int64_t offset = ok ? j * kHeadDim + chunk * 8 : 0;
-      CpAsync16(&k_s[stage][key][chunk * 8], k_head + offset, ok);
-      CpAsync16(&v_s[stage][key][chunk * 8], v_head + offset, ok);
+    const __nv_bfloat16* k_src = k_head + int64_t{t} * kKeys * kHeadDim + load_offset;
+    const __nv_bfloat16* v_src = v_head + int64_t{t} * kKeys * kHeadDim + load_offset;
+    const int64_t left = p.n_keys - int64_t{t} * kKeys;  // keys of this tile that exist
+    if (left >= kKeys) {                                 // all but the last tile: no bounds checks
+#pragma unroll
+      for (int pass = 0; pass < kKeys / kKeysPerPass; ++pass) {
+        const int key = load_key + pass * kKeysPerPass;
+        CpAsync16(&k_s[stage][key][load_chunk * 8], k_src + pass * kKeysPerPass * kHeadDim);
+        CpAsync16(&v_s[stage][key][load_chunk * 8], v_src + pass * kKeysPerPass * kHeadDim);
+      }
+    } else {
+#pragma unroll
+      for (int pass = 0; pass < kKeys / kKeysPerPass; ++pass) {
+        const int key = load_key + pass * kKeysPerPass;
+        const bool ok = key < left;
+        const int step = pass * kKeysPerPass * kHeadDim;
+        CpAsync16OrZero(&k_s[stage][key][load_chunk * 8], ok ? k_src + step : k_head, ok);
+        CpAsync16OrZero(&v_s[stage][key][load_chunk * 8], ok ? v_src + step : v_head, ok);
+      }
     }
     if (threadIdx.x < kKeys) {
-      const int64_t j = int64_t{t} * kKeys + threadIdx.x;
-      const bool ok = j < p.n_keys;
-      CpAsync4(&from_s[stage][threadIdx.x], from_head + (ok ? j : 0), ok);
-      CpAsync4(&length_s[stage][threadIdx.x], length_head + (ok ? j : 0), ok);
+      const bool ok = threadIdx.x < left;
+      const int64_t j = ok ? int64_t{t} * kKeys + threadIdx.x : 0;
+      CpAsync4(&from_s[stage][threadIdx.x], from_head + j, ok);
+      CpAsync4(&length_s[stage][threadIdx.x], length_head + j, ok);
     }
   };
   auto scores = [&](float(&s)[kNt][4], int stage) {
