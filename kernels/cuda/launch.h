@@ -84,7 +84,7 @@ cudaError_t ClampIntervals(const KeyOrderLaunch& a, cudaStream_t stream);
 
 // Attention (head_dim 64). `bounds` is scratch of AttentionBoundsBytes(n_kv_heads, n_keys).
 inline constexpr int kDefaultAttentionVariant = 3;
-inline constexpr int kAttentionVariants = 6;
+inline constexpr int kAttentionVariants = 7;
 int64_t AttentionBoundsBytes(int64_t n_kv_heads, int64_t n_keys);
 struct AttentionLaunch {
   const uint16_t* q;
@@ -101,8 +101,8 @@ struct AttentionLaunch {
   // bench/gpu/NOTES.md, v5): 0 = v3, keys in memory order; 1 = keys ordered by interval
   // (key_order.cu), lazy rescale; 2 = 1 with the mask by branch, registers capped for 3 blocks
   // per SM; 3 = 2 with row sums by an MMA against ones; 4 = 3 with keys in memory order; 5 = 3
-  // uncapped with the next tile's Q K^T issued before this tile's softmax (three stages). The
-  // benchmark times all.
+  // uncapped with the next tile's Q K^T issued before this tile's softmax (three stages); 6 = 3
+  // with persistent blocks taking row tiles from a counter. The benchmark times all.
   int variant = kDefaultAttentionVariant;
 };
 cudaError_t Attention(const AttentionLaunch& a, cudaStream_t stream);
