@@ -607,7 +607,7 @@ cudaError_t Attention(const AttentionLaunch& a, cudaStream_t stream) {
     case 4:
       return Launch<3, kTileKeys, true, true, false, true>(grid, p, stream);
     case 5:
-      return Launch<1, kTileKeys, true, true, true, true>(grid, p, stream);
+      return Launch<3, kTileKeys, true, true, true, true>(grid, p, stream);
     default:
       return Launch<3, kTileKeys, true, true, false, true, true>(grid, p, stream);
   }

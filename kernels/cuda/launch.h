@@ -101,7 +101,7 @@ struct AttentionLaunch {
   // bench/gpu/NOTES.md, v5): 0 = v3, keys in memory order; 1 = keys ordered by interval
   // (key_order.cu), lazy rescale; 2 = 1 with the mask by branch, registers capped for 3 blocks
   // per SM; 3 = 2 with row sums by an MMA against ones; 4 = 3 with keys in memory order; 5 = 3
-  // uncapped with the next tile's Q K^T issued before this tile's softmax (three stages); 6 = 3
+  // with the next tile's Q K^T issued before this tile's softmax (three stages); 6 = 3
   // with persistent blocks taking row tiles from a counter. The benchmark times all.
   int variant = kDefaultAttentionVariant;
 };
