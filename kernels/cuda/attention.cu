@@ -482,6 +482,9 @@ namespace {
 // Keys are ordered (key_order.cu) only up to this many per KV head: beyond, the copies of K and
 // V would cost more scratch than they save.
 constexpr int64_t kMaxOrderedKeys = 16384;
+// Nor for fewer (query, head) rows per KV head than this (decode): a row tile or two gain little
+// from the order, and its three passes cost ~30 us per call (NOTES.md, v5).
+constexpr int64_t kMinOrderedRows = 256;
 constexpr bool kOrderedVariant[kAttentionVariants] = {false, true, true, true, false, true, true};
 constexpr int kTileKeys = 64;
 
@@ -560,7 +563,8 @@ int64_t AttentionBoundsBytes(int64_t n_kv_heads, int64_t n_keys) {
 
 cudaError_t Attention(const AttentionLaunch& a, cudaStream_t stream) {
   const Scratch scratch = LayOutScratch(static_cast<char*>(a.bounds), a.n_kv_heads, a.n_keys);
-  const bool ordered = kOrderedVariant[a.variant] && a.n_keys <= kMaxOrderedKeys;
+  const bool ordered = kOrderedVariant[a.variant] && a.n_keys <= kMaxOrderedKeys &&
+                       a.n_q * (a.n_heads / a.n_kv_heads) >= kMinOrderedRows;
   const KeyOrderLaunch order{a.from,    a.until,   a.k,           a.v,          a.kv_stride,
                              a.n_q,     a.n_keys,  a.n_kv_heads,  scratch.from, scratch.length,
                              scratch.k, scratch.v, scratch.counts};

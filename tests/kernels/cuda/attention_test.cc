@@ -192,8 +192,8 @@ TEST_F(CudaAttentionTest, RandomIntervals) {
   Check("random n_q=200 keys=517 9/3", RandomIntervals(200, 517, 9, 3, rng), rng);
   Check("random n_q=65 keys=64 4/1", RandomIntervals(65, 64, 4, 1, rng), rng);
   Check("random n_q=7 keys=1000 9/3", RandomIntervals(7, 1000, 9, 3, rng), rng);
-  // As many keys as the key ordering sorts (64 chunks of 256 per head).
-  Check("random n_q=9 keys=16384 9/3", RandomIntervals(9, 16384, 9, 3, rng), rng);
+  // As many keys as the key ordering sorts (64 chunks of 256 per head), and enough rows for it.
+  Check("random n_q=90 keys=16384 9/3", RandomIntervals(90, 16384, 9, 3, rng), rng);
 }
 
 TEST_F(CudaAttentionTest, SparseKMemoryPattern) {
