@@ -75,9 +75,29 @@ cudaError_t AppendSegment(const uint16_t* k, const uint16_t* v, const int32_t* c
                           uint16_t* values, cudaStream_t stream);
 cudaError_t CopyEvicted(const EvictedCopyArgs& a, cudaStream_t stream);
 
+// The attention's key ordering (key_order.cu): OrderKeys writes each KV head's clamped
+// intervals (from, length = until - from, 0 if never visible) and K, V rows in bucket order;
+// ClampIntervals writes the intervals only, in key order. counts: KeyOrderCounts ints.
+inline constexpr int kKeyOrderBuckets = 512;
+struct KeyOrderLaunch {
+  const int32_t* from;
+  const int32_t* until;
+  const uint16_t* k;
+  const uint16_t* v;
+  int64_t kv_stride, n_q, n_keys, n_kv_heads;
+  int32_t* ordered_from;
+  uint32_t* ordered_length;
+  uint16_t* ordered_k;  // [n_kv_heads][n_keys][64]
+  uint16_t* ordered_v;
+  int32_t* counts;
+};
+int64_t KeyOrderCounts(int64_t n_kv_heads, int64_t n_keys);
+cudaError_t OrderKeys(const KeyOrderLaunch& a, cudaStream_t stream);
+cudaError_t ClampIntervals(const KeyOrderLaunch& a, cudaStream_t stream);
+
 // Attention (head_dim 64). `bounds` is scratch of AttentionBoundsBytes(n_kv_heads, n_keys).
-inline constexpr int kDefaultAttentionVariant = 0;
-inline constexpr int kAttentionVariants = 4;
+inline constexpr int kDefaultAttentionVariant = 3;
+inline constexpr int kAttentionVariants = 7;
 int64_t AttentionBoundsBytes(int64_t n_kv_heads, int64_t n_keys);
 struct AttentionLaunch {
   const uint16_t* q;
@@ -90,9 +110,12 @@ struct AttentionLaunch {
   int64_t kv_stride;  // keys between two KV heads' first keys in k and v (>= n_keys)
   float scale;
   void* bounds;
-  // Key tile and register cap (all: 4 warps, 64 rows): 0 = 64 keys, no cap; 1 = 64 keys, 4
-  // blocks per SM; 2 = 32 keys, no cap; 3 = 32 keys, 4 blocks per SM. The benchmark times all.
-  // (128-row tiles of 8 warps measured slower: bench/gpu/NOTES.md.)
+  // The kernel's build (all: 4 warps of 16 rows, 64-key tiles, exp2 without range fix-up;
+  // bench/gpu/NOTES.md, v5): 0 = v3, keys in memory order; 1 = keys ordered by interval
+  // (key_order.cu), lazy rescale; 2 = 1 with the mask by branch, registers capped for 3 blocks
+  // per SM; 3 = 2 with row sums by an MMA against ones; 4 = 3 with keys in memory order; 5 = 3
+  // with the next tile's Q K^T issued before this tile's softmax (three stages); 6 = 3
+  // with persistent blocks taking row tiles from a counter. The benchmark times all.
   int variant = kDefaultAttentionVariant;
 };
 cudaError_t Attention(const AttentionLaunch& a, cudaStream_t stream);
