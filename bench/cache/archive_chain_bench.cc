@@ -8,11 +8,17 @@
 //   chain      widen + RecordingBlockArchive over RocksDbBlockArchive, TakeRecorded per segment
 //              (the worker's chain: a checkpoint takes the delta)
 //   batch      the chain fed one PutBatch per layer, encoded on --encode-threads
+//   rows       RocksDbBlockArchive::PutRows of the bf16 rows as they are, one call per layer (no
+//              fp32 blocks; the GPU memory's writer since v6), Flush per segment
+//   rows_chain rows through the worker's chain (RecordingBlockArchive over RocksDB), TakeRecorded
+//              per segment (which widens the recorded rows: counted here)
+//   rows_mt    rows_chain encoded on --encode-threads
 // Shape: the default model (30 layers x 3 KV heads x head_dim 64), `longread run`'s defaults
 // (blocks of 32, segments of 2048 tokens). Prints wall and calling-thread CPU seconds and, per CPU
 // second, the blocks, rows and reading rate (tokens/s) each stage sustains on one thread.
 //
-//   archive_chain_bench [--segments N] [--block-tokens B] [--encode-threads 4] [--json PATH]
+//   archive_chain_bench [--segments N] [--block-tokens B] [--encode-threads 4] [--wal 0|1]
+//                       [--json PATH]
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -99,6 +105,34 @@ void WidenAndPut(const SegmentRows& r, int64_t segment, int64_t block_tokens, Pu
   }
 }
 
+// The writer's bf16 blocks of one layer, pointing into the segment's rows (no copy).
+void LayerRows(const SegmentRows& r, int64_t segment, int64_t block_tokens, int32_t layer,
+               std::vector<int64_t>* positions, std::vector<engine::Bf16BlockRows>* out) {
+  const int64_t d = kHeadDim;
+  out->clear();
+  positions->resize(kHeads * kSegmentTokens);
+  for (int32_t g = 0; g < kHeads; ++g) {
+    const int64_t h = int64_t{layer} * kHeads + g;
+    int64_t* pos = positions->data() + g * kSegmentTokens;
+    for (int64_t e = 0; e < kSegmentTokens; ++e) pos[e] = segment * kSegmentTokens + e;
+    for (int64_t e = 0; e < kSegmentTokens;) {
+      const int64_t id = pos[e] / block_tokens;
+      int64_t end = e + 1;
+      while (end < kSegmentTokens && pos[end] / block_tokens == id) ++end;
+      const int64_t row = h * kSegmentTokens + e, n = end - e;
+      engine::Bf16BlockRows& b = out->emplace_back();
+      b.layer = layer;
+      b.kv_head = g;
+      b.block_id = id;
+      b.positions = {pos + e, static_cast<size_t>(n)};
+      b.scores = {r.scores.data() + row, static_cast<size_t>(n)};
+      b.keys = {r.keys.data() + row * d, static_cast<size_t>(n * d)};
+      b.values = {r.values.data() + row * d, static_cast<size_t>(n * d)};
+      e = end;
+    }
+  }
+}
+
 double ThreadCpuSeconds() {
   timespec t{};
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
@@ -130,17 +164,21 @@ int Main(int argc, char** argv) {
   int64_t block_tokens = 32;
   int encode_threads = 4;
   std::string json_path;
+  bool wal = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--segments") == 0) segments = std::atoll(argv[i + 1]);
     if (std::strcmp(argv[i], "--block-tokens") == 0) block_tokens = std::atoll(argv[i + 1]);
     if (std::strcmp(argv[i], "--encode-threads") == 0) encode_threads = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--json") == 0) json_path = argv[i + 1];
+    if (std::strcmp(argv[i], "--wal") == 0) wal = std::atoi(argv[i + 1]) != 0;
   }
   const SegmentRows rows = MakeRows();
   const double total_rows = double(segments) * kLayers * kHeads * kSegmentTokens;
   const double total_blocks = total_rows / block_tokens;
   std::string json = "[";
-  auto report = [&](const char* stage, Timing t) {
+  auto report = [&](const char* stage, Timing t, Timing minus = {}) {
+    t.wall += minus.wall;
+    t.cpu += minus.cpu;
     std::printf("%-8s wall %6.3f s cpu %6.3f s  per cpu s: %8.0f blocks %10.0f rows %8.0f tokens\n",
                 stage, t.wall, t.cpu, total_blocks / t.cpu, total_rows / t.cpu,
                 total_rows / t.cpu / (kLayers * kHeads));
@@ -187,6 +225,7 @@ int Main(int argc, char** argv) {
     Fail(db.status());
     BlockArchiveOptions options;
     options.max_bytes = 0;  // the chain's own cost, not the cap's deletions
+    options.write_ahead_log = wal;
     if (batch) options.encode_threads = encode_threads;
     auto archive = RocksDbBlockArchive::Open(db->get(), "doc", kLayers, kHeads, kHeadDim, options);
     Fail(archive.status());
@@ -210,6 +249,48 @@ int Main(int argc, char** argv) {
                if (recording) sink += static_cast<int64_t>(recorder.TakeRecorded().size());
              }
            }));
+    archive->reset();
+    db->reset();
+    fs::remove_all(root);
+  }
+  // The bf16 path: the rows go in as they are.
+  for (const char* stage : {"rows", "rows_chain", "rows_mt"}) {
+    const bool recording = std::strcmp(stage, "rows") != 0;
+    fs::remove_all(root);
+    auto db = CacheDb::Open(root.string());
+    Fail(db.status());
+    BlockArchiveOptions options;
+    options.max_bytes = 0;
+    options.write_ahead_log = wal;
+    if (std::strcmp(stage, "rows_mt") == 0) options.encode_threads = encode_threads;
+    auto archive = RocksDbBlockArchive::Open(db->get(), "doc", kLayers, kHeads, kHeadDim, options);
+    Fail(archive.status());
+    engine::RecordingBlockArchive recorder(archive->get());
+    engine::BlockArchive* target =
+        recording ? static_cast<engine::BlockArchive*>(&recorder) : archive->get();
+    std::vector<int64_t> positions;
+    std::vector<engine::Bf16BlockRows> layer;
+    Timing take;
+    report(stage, Seconds([&] {
+             for (int64_t s = 0; s < segments; ++s) {
+               for (int32_t l = 0; l < kLayers; ++l) {
+                 LayerRows(rows, s, block_tokens, l, &positions, &layer);
+                 Fail(target->PutRows(layer));
+               }
+               Fail((*archive)->Flush());
+               if (!recording) continue;
+               // A checkpoint's TakeRecorded runs on the reading thread, not the writer's:
+               // timed apart.
+               const Timing t =
+                   Seconds([&] { sink += static_cast<int64_t>(recorder.TakeRecorded().size()); });
+               take.wall -= t.wall;
+               take.cpu -= t.cpu;
+             }
+           }),
+           take);
+    const double writes = (*archive)->stats().write_thread_cpu_seconds;
+    std::printf("         + RocksDB write thread cpu %6.3f s; TakeRecorded cpu %6.3f s\n", writes,
+                -take.cpu);
     archive->reset();
     db->reset();
     fs::remove_all(root);

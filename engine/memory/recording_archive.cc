@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/half.h"
 
 namespace longread::engine {
 
@@ -20,7 +21,7 @@ absl::Status RecordingBlockArchive::Put(ArchivedBlock block) {
   if (auto s = inner_->PutCopyOf(block); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   recorded_bytes_ += ArchivedBlockBytes(block);
-  recorded_.push_back(std::move(block));
+  recorded_.push_back({std::move(block), {}, {}});
   return absl::OkStatus();
 }
 
@@ -33,16 +34,56 @@ absl::Status RecordingBlockArchive::PutBatch(std::span<const ArchivedBlock> bloc
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < put; ++i) {
     recorded_bytes_ += ArchivedBlockBytes(blocks[i]);
-    recorded_.push_back(blocks[i]);
+    recorded_.push_back({blocks[i], {}, {}});
+  }
+  return s;
+}
+
+absl::Status RecordingBlockArchive::PutRows(std::span<const Bf16BlockRows> blocks, size_t* n_put) {
+  size_t put = 0;
+  absl::Status s = inner_->PutRows(blocks, &put);
+  if (n_put != nullptr) *n_put = put;
+  absl::MutexLock lock(&mu_);
+  for (size_t i = 0; i < put; ++i) {
+    const Bf16BlockRows& rows = blocks[i];
+    Recorded& r = recorded_.emplace_back();
+    r.block.layer = rows.layer;
+    r.block.kv_head = rows.kv_head;
+    r.block.block_id = rows.block_id;
+    r.block.positions.assign(rows.positions.begin(), rows.positions.end());
+    r.block.scores.assign(rows.scores.begin(), rows.scores.end());
+    r.keys16.assign(rows.keys.begin(), rows.keys.end());
+    r.values16.assign(rows.values.begin(), rows.values.end());
+    recorded_bytes_ += static_cast<int64_t>(
+        rows.positions.size() * sizeof(int64_t) + rows.scores.size() * sizeof(float) +
+        (rows.keys.size() + rows.values.size()) * sizeof(float));
   }
   return s;
 }
 
 std::vector<ArchivedBlock> RecordingBlockArchive::TakeRecorded() {
-  absl::MutexLock lock(&mu_);
-  std::vector<ArchivedBlock> taken = std::move(recorded_);
-  recorded_.clear();
-  recorded_bytes_ = 0;
+  std::vector<Recorded> recorded;
+  {
+    absl::MutexLock lock(&mu_);
+    recorded = std::move(recorded_);
+    recorded_.clear();
+    recorded_bytes_ = 0;
+  }
+  std::vector<ArchivedBlock> taken;
+  taken.reserve(recorded.size());
+  for (Recorded& r : recorded) {
+    if (!r.keys16.empty() || !r.values16.empty()) {
+      r.block.keys.resize(r.keys16.size());
+      r.block.values.resize(r.values16.size());
+      for (size_t i = 0; i < r.keys16.size(); ++i) {
+        r.block.keys[i] = kernels::BFloat16ToFloat(r.keys16[i]);
+      }
+      for (size_t i = 0; i < r.values16.size(); ++i) {
+        r.block.values[i] = kernels::BFloat16ToFloat(r.values16[i]);
+      }
+    }
+    taken.push_back(std::move(r.block));
+  }
   return taken;
 }
 

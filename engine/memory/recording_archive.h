@@ -44,6 +44,9 @@ class RecordingBlockArchive : public BlockArchive {
   absl::Status PutCopyOf(const ArchivedBlock& block) override;
   // The inner archive's batch put; records the blocks it put.
   absl::Status PutBatch(std::span<const ArchivedBlock> blocks, size_t* n_put = nullptr) override;
+  // The same for bf16 rows: recorded as bf16 (half the bytes, a copy instead of a widening on the
+  // putting thread) and widened by TakeRecorded.
+  absl::Status PutRows(std::span<const Bf16BlockRows> blocks, size_t* n_put = nullptr) override;
   absl::StatusOr<std::vector<ArchivedBlock>> Recall(int32_t layer, int32_t kv_head,
                                                     std::span<const float> queries,
                                                     int64_t n_queries, int64_t r) override {
@@ -55,18 +58,26 @@ class RecordingBlockArchive : public BlockArchive {
   }
   int64_t stored_bytes() const override { return inner_->stored_bytes(); }
 
-  // The blocks put since the previous call, in put order; recording starts afresh. Take them
+  // The blocks put since the previous call, in put order (fp32, whichever way they were put);
+  // recording starts afresh. Take them
   // right after DocumentSession::Checkpoint (same thread, under the same lock as the reading):
   // together they are the checkpoint's archive delta.
   std::vector<ArchivedBlock> TakeRecorded();
-  // Bytes of keys, values, scores and positions recorded and not yet taken (the RAM this costs).
+  // Bytes of keys, values, scores and positions recorded and not yet taken, as TakeRecorded will
+  // return them (fp32; bf16 rows hold half their keys' and values' share meanwhile).
   int64_t recorded_bytes() const;
   int64_t recorded_blocks() const;
 
  private:
   BlockArchive* inner_;
   mutable absl::Mutex mu_;
-  std::vector<ArchivedBlock> recorded_ ABSL_GUARDED_BY(mu_);
+  // A block put as bf16 rows keeps its keys and values in `keys16`/`values16` (its block's are
+  // empty) until TakeRecorded widens them.
+  struct Recorded {
+    ArchivedBlock block;
+    std::vector<uint16_t> keys16, values16;
+  };
+  std::vector<Recorded> recorded_ ABSL_GUARDED_BY(mu_);
   int64_t recorded_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
