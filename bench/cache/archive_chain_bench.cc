@@ -18,7 +18,8 @@
 // second, the blocks, rows and reading rate (tokens/s) each stage sustains on one thread.
 //
 //   archive_chain_bench [--segments N] [--block-tokens B] [--encode-threads 4] [--wal 0|1]
-//                       [--json PATH]
+//                       [--only STAGE] [--json PATH]
+// --wal follows BlockArchiveOptions::write_ahead_log (off by default since v6).
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -164,18 +165,21 @@ int Main(int argc, char** argv) {
   int64_t block_tokens = 32;
   int encode_threads = 4;
   std::string json_path;
-  bool wal = true;
+  bool wal = false;
+  std::string only;  // one stage (for a profile)
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--segments") == 0) segments = std::atoll(argv[i + 1]);
     if (std::strcmp(argv[i], "--block-tokens") == 0) block_tokens = std::atoll(argv[i + 1]);
     if (std::strcmp(argv[i], "--encode-threads") == 0) encode_threads = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--json") == 0) json_path = argv[i + 1];
+    if (std::strcmp(argv[i], "--only") == 0) only = argv[i + 1];
     if (std::strcmp(argv[i], "--wal") == 0) wal = std::atoi(argv[i + 1]) != 0;
   }
   const SegmentRows rows = MakeRows();
   const double total_rows = double(segments) * kLayers * kHeads * kSegmentTokens;
   const double total_blocks = total_rows / block_tokens;
   std::string json = "[";
+  auto skip = [&](const char* stage) { return !only.empty() && only != stage; };
   auto report = [&](const char* stage, Timing t, Timing minus = {}) {
     t.wall += minus.wall;
     t.cpu += minus.cpu;
@@ -197,13 +201,14 @@ int Main(int argc, char** argv) {
       static_cast<long long>(kHeadDim), static_cast<long long>(block_tokens));
 
   int64_t sink = 0;
-  report("widen", Seconds([&] {
-           for (int64_t s = 0; s < segments; ++s) {
-             WidenAndPut(rows, s, block_tokens,
-                         [&](ArchivedBlock b) { sink += static_cast<int64_t>(b.keys.size()); });
-           }
-         }));
-  {
+  if (!skip("widen"))
+    report("widen", Seconds([&] {
+             for (int64_t s = 0; s < segments; ++s) {
+               WidenAndPut(rows, s, block_tokens,
+                           [&](ArchivedBlock b) { sink += static_cast<int64_t>(b.keys.size()); });
+             }
+           }));
+  if (!skip("in_ram")) {
     engine::InMemoryBlockArchive archive(kLayers, kHeads, kHeadDim);
     report("in_ram", Seconds([&] {
              for (int64_t s = 0; s < segments; ++s) {
@@ -218,6 +223,7 @@ int Main(int argc, char** argv) {
   // (as CudaSparseKMemory's writer does), encoded on `encode_threads` (the CPU column then
   // counts this thread only: compare wall).
   for (const char* stage : {"rocksdb", "chain", "batch"}) {
+    if (skip(stage)) continue;
     const bool recording = std::strcmp(stage, "rocksdb") != 0;
     const bool batch = std::strcmp(stage, "batch") == 0;
     fs::remove_all(root);
@@ -255,6 +261,7 @@ int Main(int argc, char** argv) {
   }
   // The bf16 path: the rows go in as they are.
   for (const char* stage : {"rows", "rows_chain", "rows_mt"}) {
+    if (skip(stage)) continue;
     const bool recording = std::strcmp(stage, "rows") != 0;
     fs::remove_all(root);
     auto db = CacheDb::Open(root.string());
