@@ -650,21 +650,32 @@ void RocksDbBlockArchive::EncodeView(const BlockView& block, Encoded* out) const
 
 absl::Status RocksDbBlockArchive::CommitLocked(Encoded& e) {
   if (!write_error_.ok()) return write_error_;  // the archive lost a batch: stop, as a Put would
+  const bool replaces = heads_[e.head].contains(e.key);
   Forget(e.head, e.key, /*delete_records=*/false);  // a re-put overwrites the same keys
-  pending_->Put(db_->block_archive(), e.pkey, e.payload);
-  pending_->Put(db_->block_archive(), e.rkey, e.representative);
   Entry entry;
   entry.last_position = e.rep.last_position;
   entry.n_tokens = e.rep.n_tokens;
   entry.score_max = e.rep.score_max;
   entry.bytes = e.pkey.size() + e.rkey.size() + e.payload.size() + e.representative.size();
-  if (options_.keep_representatives_in_ram) entry.bounds = std::move(e.rep.bounds);
-  Index(e.head, e.key, std::move(entry));
   stats_.blocks_put += 1;
-  while (options_.max_bytes > 0 && bytes_ > options_.max_bytes && !by_score_.empty()) {
-    const auto [score, first, head, block_id] = *by_score_.begin();
-    Forget(head, {block_id, first}, /*delete_records=*/true);
+  // The cap would delete this block at once (the archive is full and it is the least important
+  // one, so it is the first victim and the only one): the same index and counts, but its records
+  // never enter the batch. At 128K tokens under the default cap that is most blocks.
+  const Victim self{entry.score_max, e.key.second, e.head, e.key.first};
+  if (!replaces && options_.max_bytes > 0 && bytes_ + entry.bytes > options_.max_bytes &&
+      (by_score_.empty() || self < *by_score_.begin())) {
     stats_.evicted_for_cap += 1;
+    stats_.blocks_skipped_for_cap += 1;
+  } else {
+    pending_->Put(db_->block_archive(), e.pkey, e.payload);
+    pending_->Put(db_->block_archive(), e.rkey, e.representative);
+    if (options_.keep_representatives_in_ram) entry.bounds = std::move(e.rep.bounds);
+    Index(e.head, e.key, std::move(entry));
+    while (options_.max_bytes > 0 && bytes_ > options_.max_bytes && !by_score_.empty()) {
+      const auto [score, first, head, block_id] = *by_score_.begin();
+      Forget(head, {block_id, first}, /*delete_records=*/true);
+      stats_.evicted_for_cap += 1;
+    }
   }
   if (++pending_blocks_ >= options_.flush_every_blocks ||
       pending_->GetDataSize() >= options_.flush_every_bytes) {

@@ -77,9 +77,11 @@ struct BlockArchiveStats {
   uint64_t blocks_put = 0;
   uint64_t blocks_stored = 0;  // now, after cap evictions
   uint64_t tokens_stored = 0;
-  uint64_t payload_bytes = 0;         // stored payload records
-  uint64_t representative_bytes = 0;  // stored representative records
-  uint64_t evicted_for_cap = 0;       // blocks deleted to stay within max_bytes
+  uint64_t payload_bytes = 0;           // stored payload records
+  uint64_t representative_bytes = 0;    // stored representative records
+  uint64_t evicted_for_cap = 0;         // blocks deleted to stay within max_bytes
+  uint64_t blocks_skipped_for_cap = 0;  // of those, put when the cap would delete them at once:
+                                        // never written
   uint64_t batches_written = 0;
   uint64_t recalls = 0;
   double write_thread_cpu_seconds = 0;  // CPU time of the background write thread

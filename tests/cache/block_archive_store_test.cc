@@ -429,6 +429,9 @@ TEST_F(BlockArchiveStoreTest, CapKeepsTheMostImportantBlocks) {
     const BlockArchiveStats s = archive->stats();
     EXPECT_EQ(s.blocks_stored, 20u);
     EXPECT_EQ(s.evicted_for_cap, 19u);
+    // Blocks of importance 0..5 put once the archive is full are the first victims: never written.
+    EXPECT_GT(s.blocks_skipped_for_cap, 0u);
+    EXPECT_LT(s.blocks_skipped_for_cap, s.evicted_for_cap);
   }
   ReopenDb();
   auto archive = OpenArchive(options);
