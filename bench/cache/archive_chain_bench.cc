@@ -288,8 +288,8 @@ int Main(int argc, char** argv) {
                if (!recording) continue;
                // A checkpoint's TakeRecorded runs on the reading thread, not the writer's:
                // timed apart.
-               const Timing t =
-                   Seconds([&] { sink += static_cast<int64_t>(recorder.TakeRecorded().size()); });
+               const Timing t = Seconds(
+                   [&] { sink += static_cast<int64_t>(recorder.TakeRecordedBlocks().size()); });
                take.wall -= t.wall;
                take.cpu -= t.cpu;
              }

@@ -222,7 +222,7 @@ int Main(int argc, char** argv) {
         if ((at / config.segment_tokens) % 8 == 0) peak_gib = std::max(peak_gib, UsedGib());
         if (recorder != nullptr) {
           const auto take_start = std::chrono::steady_clock::now();
-          recorded_blocks += recorder->TakeRecorded().size();
+          recorded_blocks += recorder->TakeRecordedBlocks().size();
           take_seconds += Seconds(take_start);
         }
       }
@@ -237,7 +237,7 @@ int Main(int argc, char** argv) {
       }
 #endif
       const double seconds = Seconds(start);
-      if (recorder != nullptr) recorded_blocks += recorder->TakeRecorded().size();
+      if (recorder != nullptr) recorded_blocks += recorder->TakeRecordedBlocks().size();
       peak_gib = std::max(peak_gib, UsedGib());
       const char* kind = !archive ? "off" : rocks ? "rocksdb chain" : in_ram ? "in RAM" : "counted";
       std::printf(

@@ -46,7 +46,7 @@ absl::Status RecordingBlockArchive::PutRows(std::span<const Bf16BlockRows> block
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < put; ++i) {
     const Bf16BlockRows& rows = blocks[i];
-    Recorded& r = recorded_.emplace_back();
+    RecordedBlock& r = recorded_.emplace_back();
     r.block.layer = rows.layer;
     r.block.kv_head = rows.kv_head;
     r.block.block_id = rows.block_id;
@@ -61,29 +61,43 @@ absl::Status RecordingBlockArchive::PutRows(std::span<const Bf16BlockRows> block
   return s;
 }
 
-std::vector<ArchivedBlock> RecordingBlockArchive::TakeRecorded() {
-  std::vector<Recorded> recorded;
-  {
-    absl::MutexLock lock(&mu_);
-    recorded = std::move(recorded_);
-    recorded_.clear();
-    recorded_bytes_ = 0;
+Bf16BlockRows RecordedBlock::rows() const {
+  Bf16BlockRows r;
+  r.layer = block.layer;
+  r.kv_head = block.kv_head;
+  r.block_id = block.block_id;
+  r.positions = block.positions;
+  r.scores = block.scores;
+  r.keys = keys16;
+  r.values = values16;
+  return r;
+}
+
+ArchivedBlock RecordedBlock::Widened() && {
+  if (is_bf16()) {
+    block.keys.resize(keys16.size());
+    block.values.resize(values16.size());
+    for (size_t i = 0; i < keys16.size(); ++i) block.keys[i] = kernels::BFloat16ToFloat(keys16[i]);
+    for (size_t i = 0; i < values16.size(); ++i) {
+      block.values[i] = kernels::BFloat16ToFloat(values16[i]);
+    }
   }
+  return std::move(block);
+}
+
+std::vector<RecordedBlock> RecordingBlockArchive::TakeRecordedBlocks() {
+  absl::MutexLock lock(&mu_);
+  std::vector<RecordedBlock> taken = std::move(recorded_);
+  recorded_.clear();
+  recorded_bytes_ = 0;
+  return taken;
+}
+
+std::vector<ArchivedBlock> RecordingBlockArchive::TakeRecorded() {
+  std::vector<RecordedBlock> recorded = TakeRecordedBlocks();
   std::vector<ArchivedBlock> taken;
   taken.reserve(recorded.size());
-  for (Recorded& r : recorded) {
-    if (!r.keys16.empty() || !r.values16.empty()) {
-      r.block.keys.resize(r.keys16.size());
-      r.block.values.resize(r.values16.size());
-      for (size_t i = 0; i < r.keys16.size(); ++i) {
-        r.block.keys[i] = kernels::BFloat16ToFloat(r.keys16[i]);
-      }
-      for (size_t i = 0; i < r.values16.size(); ++i) {
-        r.block.values[i] = kernels::BFloat16ToFloat(r.values16[i]);
-      }
-    }
-    taken.push_back(std::move(r.block));
-  }
+  for (RecordedBlock& r : recorded) taken.push_back(std::move(r).Widened());
   return taken;
 }
 

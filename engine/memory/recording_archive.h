@@ -33,6 +33,16 @@
 
 namespace longread::engine {
 
+// A recorded block as it was put: fp32 (`block` whole), or bf16 rows (PutRows: `block` without its
+// keys and values, which are in `keys16`/`values16`).
+struct RecordedBlock {
+  ArchivedBlock block;
+  std::vector<uint16_t> keys16, values16;
+  bool is_bf16() const { return !keys16.empty() || !values16.empty(); }
+  Bf16BlockRows rows() const;  // for a bf16 one: a view of it
+  ArchivedBlock Widened() &&;  // the fp32 block
+};
+
 class RecordingBlockArchive : public BlockArchive {
  public:
   // `inner` is not owned and must outlive this.
@@ -63,6 +73,8 @@ class RecordingBlockArchive : public BlockArchive {
   // right after DocumentSession::Checkpoint (same thread, under the same lock as the reading):
   // together they are the checkpoint's archive delta.
   std::vector<ArchivedBlock> TakeRecorded();
+  // The same as they were put, bf16 rows not widened (the checkpoint codec ships bf16).
+  std::vector<RecordedBlock> TakeRecordedBlocks();
   // Bytes of keys, values, scores and positions recorded and not yet taken, as TakeRecorded will
   // return them (fp32; bf16 rows hold half their keys' and values' share meanwhile).
   int64_t recorded_bytes() const;
@@ -71,13 +83,7 @@ class RecordingBlockArchive : public BlockArchive {
  private:
   BlockArchive* inner_;
   mutable absl::Mutex mu_;
-  // A block put as bf16 rows keeps its keys and values in `keys16`/`values16` (its block's are
-  // empty) until TakeRecorded widens them.
-  struct Recorded {
-    ArchivedBlock block;
-    std::vector<uint16_t> keys16, values16;
-  };
-  std::vector<Recorded> recorded_ ABSL_GUARDED_BY(mu_);
+  std::vector<RecordedBlock> recorded_ ABSL_GUARDED_BY(mu_);
   int64_t recorded_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

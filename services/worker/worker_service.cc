@@ -328,8 +328,8 @@ absl::Status DocumentRun::SendCheckpoint() {
     document_tokens = checkpoint->document_tokens_consumed;
     archive_error = checkpoint->archive_error;
   }
-  std::vector<engine::ArchivedBlock> blocks;
-  if (recording_ != nullptr) blocks = recording_->TakeRecorded();
+  std::vector<engine::RecordedBlock> blocks;  // bf16 rows from a GPU memory stay bf16
+  if (recording_ != nullptr) blocks = recording_->TakeRecordedBlocks();
   CheckpointStats stats;
   const bool sent = EmitCheckpoint(
       sequence_ + 1, document_tokens, archive_error, record, blocks, head_dim_,
