@@ -20,6 +20,8 @@
 //   archive_chain_bench [--segments N] [--block-tokens B] [--encode-threads 4] [--wal 0|1]
 //                       [--only STAGE] [--json PATH]
 // --wal follows BlockArchiveOptions::write_ahead_log (off by default since v6).
+#include <rocksdb/db.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -132,6 +134,24 @@ void LayerRows(const SegmentRows& r, int64_t segment, int64_t block_tokens, int3
       e = end;
     }
   }
+}
+
+// Bytes this process has caused to be written to storage so far (flushes and compactions
+// included), from /proc/self/io; 0 where it cannot be read.
+double WrittenBytes() {
+  std::ifstream io("/proc/self/io");
+  std::string key;
+  double value = 0;
+  while (io >> key >> value) {
+    if (key == "write_bytes:") return value;
+  }
+  return 0;
+}
+
+double ProcessCpuSeconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
 }
 
 double ThreadCpuSeconds() {
@@ -278,6 +298,7 @@ int Main(int argc, char** argv) {
     std::vector<int64_t> positions;
     std::vector<engine::Bf16BlockRows> layer;
     Timing take;
+    const double written0 = WrittenBytes(), process0 = ProcessCpuSeconds();
     report(stage, Seconds([&] {
              for (int64_t s = 0; s < segments; ++s) {
                for (int32_t l = 0; l < kLayers; ++l) {
@@ -296,6 +317,17 @@ int Main(int argc, char** argv) {
            }),
            take);
     const double writes = (*archive)->stats().write_thread_cpu_seconds;
+    std::string stalls;
+    (*db)->db()->GetProperty((*db)->block_archive(), "rocksdb.stats", &stalls);
+    const size_t at = stalls.find("Cumulative stall:");
+    std::printf(
+        "         process cpu %6.3f s (RocksDB's threads too), %.0f MB to storage (%.2f x "
+        "the archive's), %s",
+        ProcessCpuSeconds() - process0, (WrittenBytes() - written0) / 1e6,
+        (WrittenBytes() - written0) /
+            std::max<double>(
+                1, (*archive)->stats().payload_bytes + (*archive)->stats().representative_bytes),
+        at == std::string::npos ? "\n" : stalls.substr(at, stalls.find('\n', at) - at + 1).c_str());
     std::printf("         + RocksDB write thread cpu %6.3f s; TakeRecorded cpu %6.3f s\n", writes,
                 -take.cpu);
     archive->reset();
