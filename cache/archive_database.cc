@@ -50,9 +50,10 @@ absl::Status ArchiveDatabase::CollectOrphans(const ArchiveDatabaseOptions& optio
 
 absl::StatusOr<std::unique_ptr<RocksDbBlockArchive>> ArchiveDatabase::OpenArchive(
     const std::string& doc_id, int32_t n_layers, int32_t n_kv_heads, int64_t head_dim,
-    uint64_t max_bytes) const {
+    uint64_t max_bytes, int encode_threads) const {
   BlockArchiveOptions archive_options;
   archive_options.max_bytes = max_bytes;
+  archive_options.encode_threads = encode_threads;
   return RocksDbBlockArchive::Open(db_.get(), doc_id, n_layers, n_kv_heads, head_dim,
                                    archive_options);
 }

@@ -44,11 +44,9 @@ class ArchiveDatabase {
   // A failed collection costs disk, not the owner's work: reported, not fatal.
   const absl::Status& gc_status() const { return gc_status_; }
 
-  absl::StatusOr<std::unique_ptr<RocksDbBlockArchive>> OpenArchive(const std::string& doc_id,
-                                                                   int32_t n_layers,
-                                                                   int32_t n_kv_heads,
-                                                                   int64_t head_dim,
-                                                                   uint64_t max_bytes) const;
+  absl::StatusOr<std::unique_ptr<RocksDbBlockArchive>> OpenArchive(
+      const std::string& doc_id, int32_t n_layers, int32_t n_kv_heads, int64_t head_dim,
+      uint64_t max_bytes, int encode_threads = 1) const;
   // Deletes an archive's records, written or pending (the archive is closed: `*archive` is
   // reset), or those of `doc_id` when no archive is open on it. The space comes back at the
   // next Compact().

@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <ctime>
 #include <iterator>
 #include <limits>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -118,7 +120,82 @@ absl::Status VerifyChecksum(std::string_view record, const std::string& key, siz
 
 size_t ElementBytes(ArchivePrecision p) { return p == ArchivePrecision::kFp32 ? 4 : 2; }
 
-std::string EncodePayload(const ArchivedBlock& b, int64_t head_dim, ArchivePrecision precision) {
+}  // namespace
+
+namespace block_archive_internal {
+// The keys or values of a block as Encode takes them: fp32 (an ArchivedBlock) or bf16 bits (rows
+// the GPU memory staged).
+struct Elements {
+  std::span<const float> fp32;
+  std::span<const uint16_t> bf16;
+  bool is_bf16 = false;
+  size_t size() const { return is_bf16 ? bf16.size() : fp32.size(); }
+};
+
+// The fields of a block that Encode reads, from either form.
+struct BlockView {
+  int32_t layer = 0, kv_head = 0;
+  int64_t block_id = 0;
+  std::span<const int64_t> positions;
+  std::span<const float> scores;
+  Elements keys, values;
+};
+
+}  // namespace block_archive_internal
+using block_archive_internal::BlockView;
+using block_archive_internal::Elements;
+
+namespace {
+
+BlockView ViewOf(const ArchivedBlock& b) {
+  BlockView v{b.layer, b.kv_head, b.block_id, b.positions, b.scores, {}, {}};
+  v.keys.fp32 = b.keys;
+  v.values.fp32 = b.values;
+  return v;
+}
+BlockView ViewOf(const engine::Bf16BlockRows& b) {
+  BlockView v{b.layer, b.kv_head, b.block_id, b.positions, b.scores, {}, {}};
+  v.keys.bf16 = b.keys;
+  v.values.bf16 = b.values;
+  v.keys.is_bf16 = v.values.is_bf16 = true;
+  return v;
+}
+
+void PutElements(ByteWriter& w, const Elements& v, ArchivePrecision precision) {
+  if (precision == ArchivePrecision::kFp32 && !v.is_bf16) {
+    w.PutArray(v.fp32.data(), v.fp32.size());
+    return;
+  }
+  // Converted through a small buffer: one append per chunk, not per element.
+  constexpr size_t kChunk = 512;
+  if (precision == ArchivePrecision::kFp32) {
+    float chunk[kChunk];
+    for (size_t i = 0; i < v.bf16.size(); i += kChunk) {
+      const size_t m = std::min(kChunk, v.bf16.size() - i);
+      for (size_t j = 0; j < m; ++j) chunk[j] = FromBf16(v.bf16[i + j]);
+      w.PutArray(chunk, m);
+    }
+    return;
+  }
+  uint16_t chunk[kChunk];
+  for (size_t i = 0; i < v.size(); i += kChunk) {
+    const size_t m = std::min(kChunk, v.size() - i);
+    if (v.is_bf16) {
+      // ToBf16(FromBf16(h)): h itself, but a NaN comes back quiet, as narrowing the widened
+      // block would make it.
+      // Branch-free (it vectorizes): (0x7f80 - magnitude) >> 31 is 1 exactly for a NaN.
+      for (size_t j = 0; j < m; ++j) {
+        const uint32_t h = v.bf16[i + j];
+        chunk[j] = static_cast<uint16_t>(h | (((0x7f80u - (h & 0x7fffu)) >> 31) << 6));
+      }
+    } else {
+      for (size_t j = 0; j < m; ++j) chunk[j] = ToBf16(v.fp32[i + j]);
+    }
+    w.PutArray(chunk, m);
+  }
+}
+
+std::string EncodePayload(const BlockView& b, int64_t head_dim, ArchivePrecision precision) {
   const size_t n = b.positions.size();
   std::string out;
   out.reserve(kPayloadHeaderBytes + n * 12 + 2 * n * head_dim * ElementBytes(precision) + 8);
@@ -135,19 +212,8 @@ std::string EncodePayload(const ArchivedBlock& b, int64_t head_dim, ArchivePreci
   w.Put(b.block_id);
   w.PutArray(b.positions.data(), n);
   w.PutArray(b.scores.data(), n);
-  for (const std::vector<float>* v : {&b.keys, &b.values}) {
-    if (precision == ArchivePrecision::kFp32) {
-      w.PutArray(v->data(), v->size());
-      continue;
-    }
-    // Narrowed through a small buffer: one append per chunk, not per element.
-    uint16_t chunk[512];
-    for (size_t i = 0; i < v->size(); i += std::size(chunk)) {
-      const size_t m = std::min(std::size(chunk), v->size() - i);
-      for (size_t j = 0; j < m; ++j) chunk[j] = ToBf16((*v)[i + j]);
-      w.PutArray(chunk, m);
-    }
-  }
+  PutElements(w, b.keys, precision);
+  PutElements(w, b.values, precision);
   w.PadTo4();
   AppendChecksum(&out);
   return out;
@@ -351,7 +417,7 @@ absl::StatusOr<absl::Time> DecodeMarker(std::string_view value, const std::strin
   return absl::FromUnixMicros(micros);
 }
 
-float ScoreMax(const std::vector<float>& scores) {
+float ScoreMax(std::span<const float> scores) {
   float best = -std::numeric_limits<float>::infinity();
   for (float s : scores) {
     if (!std::isnan(s)) best = std::max(best, s);
@@ -386,6 +452,7 @@ RocksDbBlockArchive::RocksDbBlockArchive(CacheDb* db, std::string doc_id, int32_
   if (options_.encode_threads > 1) {
     encode_pool_ = std::make_unique<kernels::ThreadPool>(options_.encode_threads);
   }
+  if (options_.background_writes) write_thread_ = std::thread([this] { WriteLoop(); });
 }
 
 absl::StatusOr<std::unique_ptr<RocksDbBlockArchive>> RocksDbBlockArchive::Open(
@@ -404,8 +471,53 @@ absl::StatusOr<std::unique_ptr<RocksDbBlockArchive>> RocksDbBlockArchive::Open(
 }
 
 RocksDbBlockArchive::~RocksDbBlockArchive() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (write_thread_.joinable()) {
+      (void)SubmitLocked();
+      WaitWrittenLocked();
+    } else {
+      (void)WriteLocked();
+    }
+    stop_writing_ = true;
+  }
+  if (write_thread_.joinable()) write_thread_.join();
+}
+
+// Writes the handed-over batches in order, one at a time, outside the lock.
+void RocksDbBlockArchive::WriteLoop() {
+  rocksdb::WriteOptions write_options;
+  write_options.disableWAL = !options_.write_ahead_log;
   absl::MutexLock lock(&mu_);
-  (void)FlushLocked();
+  for (;;) {
+    mu_.Await(absl::Condition(
+        +[](RocksDbBlockArchive* a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(a->mu_) {
+          return a->stop_writing_ || !a->to_write_.empty();
+        },
+        this));
+    if (to_write_.empty()) return;
+    std::unique_ptr<rocksdb::WriteBatch> batch = std::move(to_write_.front());
+    to_write_.pop_front();
+    writing_ = true;
+    mu_.Unlock();
+    absl::Status s = FromRocks(db_->db()->Write(write_options, batch.get()),
+                               absl::StrCat("writing the archive of document '", doc_id_, "'"));
+    batch.reset();
+    timespec cpu{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
+    mu_.Lock();
+    stats_.write_thread_cpu_seconds = static_cast<double>(cpu.tv_sec) + 1e-9 * cpu.tv_nsec;
+    writing_ = false;
+    if (s.ok()) unsynced_ = !options_.write_ahead_log;
+    if (!s.ok() && write_error_.ok()) write_error_ = std::move(s);
+  }
+}
+
+void RocksDbBlockArchive::WaitWrittenLocked() {
+  mu_.Await(absl::Condition(
+      +[](RocksDbBlockArchive* a)
+           ABSL_EXCLUSIVE_LOCKS_REQUIRED(a->mu_) { return a->to_write_.empty() && !a->writing_; },
+      this));
 }
 
 absl::Status RocksDbBlockArchive::Load() {
@@ -491,6 +603,21 @@ struct RocksDbBlockArchive::Encoded {
 };
 
 void RocksDbBlockArchive::Encode(const ArchivedBlock& block, Encoded* out) const {
+  EncodeView(ViewOf(block), out);
+  if (!out->status.ok()) return;
+  out->rep.bounds = engine::ComputeBounds(block, head_dim_);
+  out->representative = EncodeRepresentative(out->rep, head_dim_);
+}
+
+void RocksDbBlockArchive::Encode(const engine::Bf16BlockRows& rows, Encoded* out) const {
+  EncodeView(ViewOf(rows), out);
+  if (!out->status.ok()) return;
+  out->rep.bounds = engine::ComputeBounds(rows, head_dim_);
+  out->representative = EncodeRepresentative(out->rep, head_dim_);
+}
+
+// All but the bounds, which each form computes from its own keys (to the same values).
+void RocksDbBlockArchive::EncodeView(const BlockView& block, Encoded* out) const {
   const size_t n = block.positions.size();
   if (block.layer < 0 || block.layer >= n_layers_ || block.kv_head < 0 ||
       block.kv_head >= n_kv_heads_ || n == 0 || block.block_id < 0 || block.positions[0] < 0 ||
@@ -514,10 +641,8 @@ void RocksDbBlockArchive::Encode(const ArchivedBlock& block, Encoded* out) const
   rep.last_position = block.positions.back();
   rep.n_tokens = static_cast<uint32_t>(n);
   rep.score_max = ScoreMax(block.scores);
-  rep.bounds = engine::ComputeBounds(block, head_dim_);
   out->payload = EncodePayload(block, head_dim_, options_.precision);
   rep.payload_bytes = static_cast<uint32_t>(out->payload.size());
-  out->representative = EncodeRepresentative(rep, head_dim_);
   out->pkey =
       ArchivePayloadKey(doc_id_, block.layer, block.kv_head, out->key.first, out->key.second);
   out->rkey = ArchiveRepresentativeKey(doc_id_, block.layer, block.kv_head, out->key.first,
@@ -525,25 +650,37 @@ void RocksDbBlockArchive::Encode(const ArchivedBlock& block, Encoded* out) const
 }
 
 absl::Status RocksDbBlockArchive::CommitLocked(Encoded& e) {
+  if (!write_error_.ok()) return write_error_;  // the archive lost a batch: stop, as a Put would
+  const bool replaces = heads_[e.head].contains(e.key);
   Forget(e.head, e.key, /*delete_records=*/false);  // a re-put overwrites the same keys
-  pending_->Put(db_->block_archive(), e.pkey, e.payload);
-  pending_->Put(db_->block_archive(), e.rkey, e.representative);
   Entry entry;
   entry.last_position = e.rep.last_position;
   entry.n_tokens = e.rep.n_tokens;
   entry.score_max = e.rep.score_max;
   entry.bytes = e.pkey.size() + e.rkey.size() + e.payload.size() + e.representative.size();
-  if (options_.keep_representatives_in_ram) entry.bounds = std::move(e.rep.bounds);
-  Index(e.head, e.key, std::move(entry));
   stats_.blocks_put += 1;
-  while (options_.max_bytes > 0 && bytes_ > options_.max_bytes && !by_score_.empty()) {
-    const auto [score, first, head, block_id] = *by_score_.begin();
-    Forget(head, {block_id, first}, /*delete_records=*/true);
+  // The cap would delete this block at once (the archive is full and it is the least important
+  // one, so it is the first victim and the only one): the same index and counts, but its records
+  // never enter the batch. At 128K tokens under the default cap that is most blocks.
+  const Victim self{entry.score_max, e.key.second, e.head, e.key.first};
+  if (!replaces && options_.max_bytes > 0 && bytes_ + entry.bytes > options_.max_bytes &&
+      (by_score_.empty() || self < *by_score_.begin())) {
     stats_.evicted_for_cap += 1;
+    stats_.blocks_skipped_for_cap += 1;
+  } else {
+    pending_->Put(db_->block_archive(), e.pkey, e.payload);
+    pending_->Put(db_->block_archive(), e.rkey, e.representative);
+    if (options_.keep_representatives_in_ram) entry.bounds = std::move(e.rep.bounds);
+    Index(e.head, e.key, std::move(entry));
+    while (options_.max_bytes > 0 && bytes_ > options_.max_bytes && !by_score_.empty()) {
+      const auto [score, first, head, block_id] = *by_score_.begin();
+      Forget(head, {block_id, first}, /*delete_records=*/true);
+      stats_.evicted_for_cap += 1;
+    }
   }
   if (++pending_blocks_ >= options_.flush_every_blocks ||
       pending_->GetDataSize() >= options_.flush_every_bytes) {
-    return FlushLocked();
+    return SubmitLocked();
   }
   return absl::OkStatus();
 }
@@ -556,7 +693,8 @@ absl::Status RocksDbBlockArchive::PutCopyOf(const ArchivedBlock& block) {
   return CommitLocked(e);
 }
 
-absl::Status RocksDbBlockArchive::PutBatch(std::span<const ArchivedBlock> blocks, size_t* n_put) {
+template <typename Block>
+absl::Status RocksDbBlockArchive::EncodeAndCommit(std::span<const Block> blocks, size_t* n_put) {
   if (n_put != nullptr) *n_put = 0;
   std::vector<Encoded> encoded(blocks.size());
   auto encode = [&](int64_t begin, int64_t end) {
@@ -579,12 +717,65 @@ absl::Status RocksDbBlockArchive::PutBatch(std::span<const ArchivedBlock> blocks
   return absl::OkStatus();
 }
 
+absl::Status RocksDbBlockArchive::PutBatch(std::span<const ArchivedBlock> blocks, size_t* n_put) {
+  return EncodeAndCommit(blocks, n_put);
+}
+
+absl::Status RocksDbBlockArchive::PutRows(std::span<const engine::Bf16BlockRows> blocks,
+                                          size_t* n_put) {
+  return EncodeAndCommit(blocks, n_put);
+}
+
 absl::Status RocksDbBlockArchive::Flush() {
   absl::MutexLock lock(&mu_);
   return FlushLocked();
 }
 
+absl::Status RocksDbBlockArchive::SubmitLocked() {
+  if (!write_thread_.joinable()) return WriteLocked();
+  if (pending_->Count() != 0) {
+    pending_->Put(db_->block_archive(), MarkerKey(doc_id_), EncodeMarker(absl::Now()));
+    pending_blocks_ = 0;
+    stats_.batches_written += 1;
+    // A few batches in flight bound the RAM this holds; the encoding goes on meanwhile.
+    mu_.Await(absl::Condition(
+        +[](RocksDbBlockArchive* a)
+             ABSL_EXCLUSIVE_LOCKS_REQUIRED(a->mu_) { return a->to_write_.size() < 2; },
+        this));
+    to_write_.push_back(std::exchange(pending_, std::make_unique<rocksdb::WriteBatch>()));
+  }
+  return write_error_;
+}
+
 absl::Status RocksDbBlockArchive::FlushLocked() {
+  if (write_thread_.joinable()) {
+    CACHE_RETURN_IF_ERROR(SubmitLocked());
+    WaitWrittenLocked();
+    CACHE_RETURN_IF_ERROR(write_error_);
+  } else {
+    CACHE_RETURN_IF_ERROR(WriteLocked());
+  }
+  return SyncLocked();
+}
+
+// Without the WAL, batches live in the memtable until RocksDB flushes it (every
+// write_buffer_size bytes, in the background; a failed flush fails the writes after it). A
+// Flush, Recall or Fetch flushes it at once, so a disk that refuses writes fails them, as the WAL's
+// write would have.
+absl::Status RocksDbBlockArchive::SyncLocked() {
+  if (!unsynced_) return absl::OkStatus();
+  unsynced_ = false;
+  rocksdb::FlushOptions flush;
+  flush.wait = true;
+  flush.allow_write_stall = true;
+  absl::Status s =
+      FromRocks(db_->db()->Flush(flush, db_->block_archive()),
+                absl::StrCat("writing the archive of document '", doc_id_, "' to disk"));
+  if (!s.ok() && write_thread_.joinable() && write_error_.ok()) write_error_ = s;
+  return s;
+}
+
+absl::Status RocksDbBlockArchive::WriteLocked() {
   if (pending_->Count() == 0) return absl::OkStatus();
   pending_->Put(db_->block_archive(), MarkerKey(doc_id_), EncodeMarker(absl::Now()));
   rocksdb::WriteBatch batch;
@@ -593,8 +784,10 @@ absl::Status RocksDbBlockArchive::FlushLocked() {
   stats_.batches_written += 1;
   rocksdb::WriteOptions write_options;
   write_options.disableWAL = !options_.write_ahead_log;
-  return FromRocks(db_->db()->Write(write_options, &batch),
-                   absl::StrCat("writing the archive of document '", doc_id_, "'"));
+  CACHE_RETURN_IF_ERROR(FromRocks(db_->db()->Write(write_options, &batch),
+                                  absl::StrCat("writing the archive of document '", doc_id_, "'")));
+  unsynced_ = !options_.write_ahead_log;
+  return absl::OkStatus();
 }
 
 absl::Status RocksDbBlockArchive::ScanRepresentatives(int32_t head, std::vector<BlockKey>* keys,
@@ -749,6 +942,8 @@ absl::Status RocksDbBlockArchive::DeleteAll() {
   absl::MutexLock lock(&mu_);
   pending_->Clear();
   pending_blocks_ = 0;
+  WaitWrittenLocked();  // no batch of this archive lands after the deletion
+  write_error_ = absl::OkStatus();
   for (auto& head : heads_) head.clear();
   for (absl::Status& d : damaged_) d = absl::OkStatus();
   by_score_.clear();

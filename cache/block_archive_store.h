@@ -6,11 +6,13 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <set>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -32,6 +34,9 @@ class WriteBatch;
 }  // namespace rocksdb
 
 namespace longread::cache {
+namespace block_archive_internal {
+struct BlockView;
+}  // namespace block_archive_internal
 
 // How keys and values are stored. Representatives (and hence which blocks are recalled) are fp32
 // in both; bf16 halves the payload and rounds the recalled keys/values (relative error <= 2^-8).
@@ -50,14 +55,19 @@ struct BlockArchiveOptions {
   // by max_bytes) so Recall scores without reading RocksDB. Off: Recall scans the head's
   // representative records.
   bool keep_representatives_in_ram = true;
-  // Batches go through RocksDB's write-ahead log. On by default: a disk that refuses writes (full,
-  // quota) must fail the Put that meets it, so the memory stops archiving and the answer reports
-  // the recall error (CliRecallFaultTest); without the WAL nothing reaches the disk until a
-  // 16 MiB memtable flushes, and the failure surfaces late, in a background flush. Off saves a
-  // second copy and a CRC of every payload byte (bench/gpu/NOTES.md v4 measured the chain so);
-  // nothing relies on archive records surviving a process crash, so a caller that can detect a
-  // full disk otherwise may turn it off.
-  bool write_ahead_log = true;
+  // Batches go through RocksDB's write-ahead log. Off by default: the WAL is a second copy and a
+  // CRC32C of every payload byte, ~80% of the write thread's time (bench/gpu/NOTES.md v6), and
+  // nothing relies on archive records surviving a process crash (a worker replays its
+  // checkpoints' deltas into a fresh archive; `longread run` deletes a dead run's archive).
+  // Without it a disk that refuses writes (full, quota) is still met: RocksDB's memtable flushes
+  // (every 16 MiB of archive) fail, which fails the writes after them, and Flush, Recall and Fetch
+  // flush the memtable themselves, so the failure reaches the caller no later than there.
+  bool write_ahead_log = false;
+  // Batches are written to RocksDB by a thread of the archive's own, in order, while the putting
+  // thread encodes the next ones (at most two batches wait). A failed write then surfaces at the
+  // next Put, Flush, Recall or Fetch, and every later one (the archive has lost blocks); off, it
+  // fails the Put whose batch it was, and later batches are still written.
+  bool background_writes = true;
   // Threads that encode a PutBatch's blocks (bf16 payload, bounds, keys, checksums); the index
   // and the write batch still take them one by one in order. 1: the caller's thread only.
   int encode_threads = 1;
@@ -67,11 +77,14 @@ struct BlockArchiveStats {
   uint64_t blocks_put = 0;
   uint64_t blocks_stored = 0;  // now, after cap evictions
   uint64_t tokens_stored = 0;
-  uint64_t payload_bytes = 0;         // stored payload records
-  uint64_t representative_bytes = 0;  // stored representative records
-  uint64_t evicted_for_cap = 0;       // blocks deleted to stay within max_bytes
+  uint64_t payload_bytes = 0;           // stored payload records
+  uint64_t representative_bytes = 0;    // stored representative records
+  uint64_t evicted_for_cap = 0;         // blocks deleted to stay within max_bytes
+  uint64_t blocks_skipped_for_cap = 0;  // of those, put when the cap would delete them at once:
+                                        // never written
   uint64_t batches_written = 0;
   uint64_t recalls = 0;
+  double write_thread_cpu_seconds = 0;  // CPU time of the background write thread
 };
 
 class RocksDbBlockArchive : public engine::BlockArchive {
@@ -92,6 +105,9 @@ class RocksDbBlockArchive : public engine::BlockArchive {
   absl::Status PutCopyOf(const engine::ArchivedBlock& block) override;
   // Encodes the blocks on `encode_threads` threads, then takes them in order as PutCopyOf would.
   absl::Status PutBatch(std::span<const engine::ArchivedBlock> blocks, size_t* n_put) override;
+  // The same from bf16 rows: the payload takes their bytes as they are (bf16 precision), the
+  // bounds come from the bf16 values; the records equal those of PutBatch(WidenRows(...)).
+  absl::Status PutRows(std::span<const engine::Bf16BlockRows> blocks, size_t* n_put) override;
   // Writes pending Puts, scores the head's representatives with engine::RecallScore, reads the
   // best r payloads (engine::TopRIndices; ties: the earlier block) and returns them in position
   // order, keys/values as fp32. DataLoss naming the key for a damaged or missing record.
@@ -125,9 +141,21 @@ class RocksDbBlockArchive : public engine::BlockArchive {
   RocksDbBlockArchive(CacheDb* db, std::string doc_id, int32_t n_layers, int32_t n_kv_heads,
                       int64_t head_dim, BlockArchiveOptions options);
   void Encode(const engine::ArchivedBlock& block, Encoded* out) const;
+  void Encode(const engine::Bf16BlockRows& rows, Encoded* out) const;
+  void EncodeView(const block_archive_internal::BlockView& block, Encoded* out) const;
+  template <typename Block>
+  absl::Status EncodeAndCommit(std::span<const Block> blocks, size_t* n_put);
   absl::Status CommitLocked(Encoded& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Load();
+  // Hands the pending batch to the write thread (without one: writes it); returns the first
+  // failed write's error.
+  absl::Status SubmitLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Submits and waits until everything submitted is written.
   absl::Status FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status WriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status SyncLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void WaitWrittenLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void WriteLoop();
   void Forget(int32_t head, const BlockKey& key, bool delete_records)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Index(int32_t head, const BlockKey& key, Entry entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -152,6 +180,12 @@ class RocksDbBlockArchive : public engine::BlockArchive {
   size_t pending_blocks_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
   BlockArchiveStats stats_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::unique_ptr<rocksdb::WriteBatch>> to_write_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool unsynced_ ABSL_GUARDED_BY(mu_) = false;     // written without the WAL since the last sync
+  absl::Status write_error_ ABSL_GUARDED_BY(mu_);  // the first failed background write
+  std::thread write_thread_;                       // started last, by the constructor
 };
 
 // Deletes every archive record of `doc_id` (call when its job ends; RocksDbBlockArchive need not

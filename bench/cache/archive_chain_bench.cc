@@ -8,11 +8,20 @@
 //   chain      widen + RecordingBlockArchive over RocksDbBlockArchive, TakeRecorded per segment
 //              (the worker's chain: a checkpoint takes the delta)
 //   batch      the chain fed one PutBatch per layer, encoded on --encode-threads
+//   rows       RocksDbBlockArchive::PutRows of the bf16 rows as they are, one call per layer (no
+//              fp32 blocks; the GPU memory's writer since v6), Flush per segment
+//   rows_chain rows through the worker's chain (RecordingBlockArchive over RocksDB), TakeRecorded
+//              per segment (which widens the recorded rows: counted here)
+//   rows_mt    rows_chain encoded on --encode-threads
 // Shape: the default model (30 layers x 3 KV heads x head_dim 64), `longread run`'s defaults
 // (blocks of 32, segments of 2048 tokens). Prints wall and calling-thread CPU seconds and, per CPU
 // second, the blocks, rows and reading rate (tokens/s) each stage sustains on one thread.
 //
-//   archive_chain_bench [--segments N] [--block-tokens B] [--encode-threads 4] [--json PATH]
+//   archive_chain_bench [--segments N] [--block-tokens B] [--encode-threads 4] [--wal 0|1]
+//                       [--only STAGE] [--json PATH]
+// --wal follows BlockArchiveOptions::write_ahead_log (off by default since v6).
+#include <rocksdb/db.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -99,6 +108,52 @@ void WidenAndPut(const SegmentRows& r, int64_t segment, int64_t block_tokens, Pu
   }
 }
 
+// The writer's bf16 blocks of one layer, pointing into the segment's rows (no copy).
+void LayerRows(const SegmentRows& r, int64_t segment, int64_t block_tokens, int32_t layer,
+               std::vector<int64_t>* positions, std::vector<engine::Bf16BlockRows>* out) {
+  const int64_t d = kHeadDim;
+  out->clear();
+  positions->resize(kHeads * kSegmentTokens);
+  for (int32_t g = 0; g < kHeads; ++g) {
+    const int64_t h = int64_t{layer} * kHeads + g;
+    int64_t* pos = positions->data() + g * kSegmentTokens;
+    for (int64_t e = 0; e < kSegmentTokens; ++e) pos[e] = segment * kSegmentTokens + e;
+    for (int64_t e = 0; e < kSegmentTokens;) {
+      const int64_t id = pos[e] / block_tokens;
+      int64_t end = e + 1;
+      while (end < kSegmentTokens && pos[end] / block_tokens == id) ++end;
+      const int64_t row = h * kSegmentTokens + e, n = end - e;
+      engine::Bf16BlockRows& b = out->emplace_back();
+      b.layer = layer;
+      b.kv_head = g;
+      b.block_id = id;
+      b.positions = {pos + e, static_cast<size_t>(n)};
+      b.scores = {r.scores.data() + row, static_cast<size_t>(n)};
+      b.keys = {r.keys.data() + row * d, static_cast<size_t>(n * d)};
+      b.values = {r.values.data() + row * d, static_cast<size_t>(n * d)};
+      e = end;
+    }
+  }
+}
+
+// Bytes this process has caused to be written to storage so far (flushes and compactions
+// included), from /proc/self/io; 0 where it cannot be read.
+double WrittenBytes() {
+  std::ifstream io("/proc/self/io");
+  std::string key;
+  double value = 0;
+  while (io >> key >> value) {
+    if (key == "write_bytes:") return value;
+  }
+  return 0;
+}
+
+double ProcessCpuSeconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
 double ThreadCpuSeconds() {
   timespec t{};
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
@@ -130,17 +185,24 @@ int Main(int argc, char** argv) {
   int64_t block_tokens = 32;
   int encode_threads = 4;
   std::string json_path;
+  bool wal = false;
+  std::string only;  // one stage (for a profile)
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--segments") == 0) segments = std::atoll(argv[i + 1]);
     if (std::strcmp(argv[i], "--block-tokens") == 0) block_tokens = std::atoll(argv[i + 1]);
     if (std::strcmp(argv[i], "--encode-threads") == 0) encode_threads = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--json") == 0) json_path = argv[i + 1];
+    if (std::strcmp(argv[i], "--only") == 0) only = argv[i + 1];
+    if (std::strcmp(argv[i], "--wal") == 0) wal = std::atoi(argv[i + 1]) != 0;
   }
   const SegmentRows rows = MakeRows();
   const double total_rows = double(segments) * kLayers * kHeads * kSegmentTokens;
   const double total_blocks = total_rows / block_tokens;
   std::string json = "[";
-  auto report = [&](const char* stage, Timing t) {
+  auto skip = [&](const char* stage) { return !only.empty() && only != stage; };
+  auto report = [&](const char* stage, Timing t, Timing minus = {}) {
+    t.wall += minus.wall;
+    t.cpu += minus.cpu;
     std::printf("%-8s wall %6.3f s cpu %6.3f s  per cpu s: %8.0f blocks %10.0f rows %8.0f tokens\n",
                 stage, t.wall, t.cpu, total_blocks / t.cpu, total_rows / t.cpu,
                 total_rows / t.cpu / (kLayers * kHeads));
@@ -159,13 +221,14 @@ int Main(int argc, char** argv) {
       static_cast<long long>(kHeadDim), static_cast<long long>(block_tokens));
 
   int64_t sink = 0;
-  report("widen", Seconds([&] {
-           for (int64_t s = 0; s < segments; ++s) {
-             WidenAndPut(rows, s, block_tokens,
-                         [&](ArchivedBlock b) { sink += static_cast<int64_t>(b.keys.size()); });
-           }
-         }));
-  {
+  if (!skip("widen"))
+    report("widen", Seconds([&] {
+             for (int64_t s = 0; s < segments; ++s) {
+               WidenAndPut(rows, s, block_tokens,
+                           [&](ArchivedBlock b) { sink += static_cast<int64_t>(b.keys.size()); });
+             }
+           }));
+  if (!skip("in_ram")) {
     engine::InMemoryBlockArchive archive(kLayers, kHeads, kHeadDim);
     report("in_ram", Seconds([&] {
              for (int64_t s = 0; s < segments; ++s) {
@@ -180,6 +243,7 @@ int Main(int argc, char** argv) {
   // (as CudaSparseKMemory's writer does), encoded on `encode_threads` (the CPU column then
   // counts this thread only: compare wall).
   for (const char* stage : {"rocksdb", "chain", "batch"}) {
+    if (skip(stage)) continue;
     const bool recording = std::strcmp(stage, "rocksdb") != 0;
     const bool batch = std::strcmp(stage, "batch") == 0;
     fs::remove_all(root);
@@ -187,6 +251,7 @@ int Main(int argc, char** argv) {
     Fail(db.status());
     BlockArchiveOptions options;
     options.max_bytes = 0;  // the chain's own cost, not the cap's deletions
+    options.write_ahead_log = wal;
     if (batch) options.encode_threads = encode_threads;
     auto archive = RocksDbBlockArchive::Open(db->get(), "doc", kLayers, kHeads, kHeadDim, options);
     Fail(archive.status());
@@ -210,6 +275,61 @@ int Main(int argc, char** argv) {
                if (recording) sink += static_cast<int64_t>(recorder.TakeRecorded().size());
              }
            }));
+    archive->reset();
+    db->reset();
+    fs::remove_all(root);
+  }
+  // The bf16 path: the rows go in as they are.
+  for (const char* stage : {"rows", "rows_chain", "rows_mt"}) {
+    if (skip(stage)) continue;
+    const bool recording = std::strcmp(stage, "rows") != 0;
+    fs::remove_all(root);
+    auto db = CacheDb::Open(root.string());
+    Fail(db.status());
+    BlockArchiveOptions options;
+    options.max_bytes = 0;
+    options.write_ahead_log = wal;
+    if (std::strcmp(stage, "rows_mt") == 0) options.encode_threads = encode_threads;
+    auto archive = RocksDbBlockArchive::Open(db->get(), "doc", kLayers, kHeads, kHeadDim, options);
+    Fail(archive.status());
+    engine::RecordingBlockArchive recorder(archive->get());
+    engine::BlockArchive* target =
+        recording ? static_cast<engine::BlockArchive*>(&recorder) : archive->get();
+    std::vector<int64_t> positions;
+    std::vector<engine::Bf16BlockRows> layer;
+    Timing take;
+    const double written0 = WrittenBytes(), process0 = ProcessCpuSeconds();
+    report(stage, Seconds([&] {
+             for (int64_t s = 0; s < segments; ++s) {
+               for (int32_t l = 0; l < kLayers; ++l) {
+                 LayerRows(rows, s, block_tokens, l, &positions, &layer);
+                 Fail(target->PutRows(layer));
+               }
+               Fail((*archive)->Flush());
+               if (!recording) continue;
+               // A checkpoint's TakeRecorded runs on the reading thread, not the writer's:
+               // timed apart.
+               const Timing t = Seconds(
+                   [&] { sink += static_cast<int64_t>(recorder.TakeRecordedBlocks().size()); });
+               take.wall -= t.wall;
+               take.cpu -= t.cpu;
+             }
+           }),
+           take);
+    const double writes = (*archive)->stats().write_thread_cpu_seconds;
+    std::string stalls;
+    (*db)->db()->GetProperty((*db)->block_archive(), "rocksdb.stats", &stalls);
+    const size_t at = stalls.find("Cumulative stall:");
+    std::printf(
+        "         process cpu %6.3f s (RocksDB's threads too), %.0f MB to storage (%.2f x "
+        "the archive's), %s",
+        ProcessCpuSeconds() - process0, (WrittenBytes() - written0) / 1e6,
+        (WrittenBytes() - written0) /
+            std::max<double>(
+                1, (*archive)->stats().payload_bytes + (*archive)->stats().representative_bytes),
+        at == std::string::npos ? "\n" : stalls.substr(at, stalls.find('\n', at) - at + 1).c_str());
+    std::printf("         + RocksDB write thread cpu %6.3f s; TakeRecorded cpu %6.3f s\n", writes,
+                -take.cpu);
     archive->reset();
     db->reset();
     fs::remove_all(root);

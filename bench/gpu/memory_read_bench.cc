@@ -352,6 +352,7 @@ int Main(int argc, char** argv) {
       if (archive) (*memory)->set_archive(store);
       std::vector<float> logits;
       size_t recorded_blocks = 0;
+      double take_seconds = 0;  // the reading thread's TakeRecorded (a checkpoint's delta)
       double peak_gib = UsedGib();
       const auto start = std::chrono::steady_clock::now();
       for (int64_t at = 0; at < n; at += config.segment_tokens) {
@@ -363,7 +364,11 @@ int Main(int argc, char** argv) {
           return std::fprintf(stderr, "%s\n", s.ToString().c_str()), 1;
         }
         if ((at / config.segment_tokens) % 8 == 0) peak_gib = std::max(peak_gib, UsedGib());
-        if (recorder != nullptr) recorded_blocks += recorder->TakeRecorded().size();
+        if (recorder != nullptr) {
+          const auto take_start = std::chrono::steady_clock::now();
+          recorded_blocks += recorder->TakeRecordedBlocks().size();
+          take_seconds += Seconds(take_start);
+        }
       }
       if (auto s = (*memory)->archive_status(); !s.ok()) {
         return std::fprintf(stderr, "archive: %s\n", s.ToString().c_str()), 1;
@@ -376,7 +381,7 @@ int Main(int argc, char** argv) {
       }
 #endif
       const double seconds = Seconds(start);
-      if (recorder != nullptr) recorded_blocks += recorder->TakeRecorded().size();
+      if (recorder != nullptr) recorded_blocks += recorder->TakeRecordedBlocks().size();
       peak_gib = std::max(peak_gib, UsedGib());
       const char* kind = !archive ? "off" : rocks ? "rocksdb chain" : in_ram ? "in RAM" : "counted";
       std::printf(
@@ -388,10 +393,13 @@ int Main(int argc, char** argv) {
       if (rocks_archive != nullptr) {
         const cache::BlockArchiveStats st = rocks_archive->stats();
         std::printf(
-            "  rocksdb: %llu blocks put, %llu stored, %llu deleted for the cap, %zu recorded\n",
+            "  rocksdb: %llu blocks put, %llu stored, %llu deleted for the cap (%llu of them never "
+            "written), %zu recorded; write thread %.2f s CPU, TakeRecorded %.2f s\n",
             static_cast<unsigned long long>(st.blocks_put),
             static_cast<unsigned long long>(st.blocks_stored),
-            static_cast<unsigned long long>(st.evicted_for_cap), recorded_blocks);
+            static_cast<unsigned long long>(st.evicted_for_cap),
+            static_cast<unsigned long long>(st.blocks_skipped_for_cap), recorded_blocks,
+            st.write_thread_cpu_seconds, take_seconds);
       }
 #endif
       std::fflush(stdout);
@@ -401,7 +409,9 @@ int Main(int argc, char** argv) {
               ",\"device_gib_peak\":" + std::to_string(peak_gib) +
               ",\"memory_resident_mb\":" + std::to_string((*memory)->resident_bytes() / 1e6) +
               ",\"archive\":\"" + kind + "\"" +
-              (rocks && archive ? ",\"encode_threads\":" + std::to_string(encode_threads) : "") +
+              (rocks && archive ? ",\"encode_threads\":" + std::to_string(encode_threads) +
+                                      ",\"take_recorded_s\":" + std::to_string(take_seconds)
+                                : "") +
               ",\"archive_mb\":" + std::to_string(store->stored_bytes() / 1e6) + "}";
     }
   }

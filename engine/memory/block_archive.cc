@@ -1,11 +1,13 @@
 #include "engine/memory/block_archive.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/half.h"
 
 namespace longread::engine {
 
@@ -21,6 +23,42 @@ BlockBounds ComputeBounds(const ArchivedBlock& block, int64_t head_dim) {
     }
   }
   return b;
+}
+
+void WidenRows(const Bf16BlockRows& rows, ArchivedBlock* out) {
+  out->layer = rows.layer;
+  out->kv_head = rows.kv_head;
+  out->block_id = rows.block_id;
+  out->positions.assign(rows.positions.begin(), rows.positions.end());
+  out->scores.assign(rows.scores.begin(), rows.scores.end());
+  for (auto [from, to] : {std::pair{rows.keys, &out->keys}, std::pair{rows.values, &out->values}}) {
+    to->resize(from.size());
+    for (size_t i = 0; i < from.size(); ++i) (*to)[i] = kernels::BFloat16ToFloat(from[i]);
+  }
+}
+
+BlockBounds ComputeBounds(const Bf16BlockRows& rows, int64_t head_dim) {
+  // The same comparisons in the same order as the fp32 overload, on the same (widened) values.
+  BlockBounds b;
+  b.key_min.assign(head_dim, std::numeric_limits<float>::infinity());
+  b.key_max.assign(head_dim, -std::numeric_limits<float>::infinity());
+  float* lo = b.key_min.data();
+  float* hi = b.key_max.data();
+  for (size_t t = 0; t < rows.positions.size(); ++t) {
+    const uint16_t* k = rows.keys.data() + t * head_dim;
+    for (int64_t e = 0; e < head_dim; ++e) {
+      const float x = std::bit_cast<float>(uint32_t{k[e]} << 16);
+      lo[e] = std::min(lo[e], x);
+      hi[e] = std::max(hi[e], x);
+    }
+  }
+  return b;
+}
+
+absl::Status BlockArchive::PutRows(std::span<const Bf16BlockRows> blocks, size_t* n_put) {
+  std::vector<ArchivedBlock> widened(blocks.size());
+  for (size_t i = 0; i < blocks.size(); ++i) WidenRows(blocks[i], &widened[i]);
+  return PutBatch(widened, n_put);
 }
 
 float RecallScore(const BlockBounds& bounds, std::span<const float> queries, int64_t n_queries,

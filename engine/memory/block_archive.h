@@ -33,6 +33,24 @@ struct BlockBounds {
 
 BlockBounds ComputeBounds(const ArchivedBlock& block, int64_t head_dim);
 
+// A block as the GPU memory's writer holds it, straight from its pinned staging rows (not owned):
+// bf16 keys and values. Putting it is putting WidenRows(rows) (an fp32 ArchivedBlock holds every
+// bf16 value exactly), but an archive that stores bf16 anyway takes the bytes as they are.
+struct Bf16BlockRows {
+  int32_t layer = 0;
+  int32_t kv_head = 0;
+  int64_t block_id = 0;
+  std::span<const int64_t> positions;  // ascending
+  std::span<const float> scores;
+  std::span<const uint16_t> keys;    // positions.size() x head_dim bf16 bits, before RoPE
+  std::span<const uint16_t> values;  // positions.size() x head_dim bf16 bits
+};
+
+// The fp32 block holding exactly these rows (into `out`, whose vectors keep their capacity).
+void WidenRows(const Bf16BlockRows& rows, ArchivedBlock* out);
+// ComputeBounds of WidenRows(rows), without widening the block.
+BlockBounds ComputeBounds(const Bf16BlockRows& rows, int64_t head_dim);
+
 // The recall score of a block for a question: the largest bound over the question's queries
 // (`queries`: n_queries x head_dim, un-rotated).
 float RecallScore(const BlockBounds& bounds, std::span<const float> queries, int64_t n_queries,
@@ -56,6 +74,9 @@ class BlockArchive {
     }
     return absl::OkStatus();
   }
+  // Puts bf16 blocks in order, as PutBatch of their WidenRows would. This one widens; an archive
+  // that keeps bf16 overrides it to skip the fp32 round trip.
+  virtual absl::Status PutRows(std::span<const Bf16BlockRows> blocks, size_t* n_put = nullptr);
   // The (at most) `r` blocks of (layer, kv_head) with the highest RecallScore, ties to the
   // older block; returned in position order.
   virtual absl::StatusOr<std::vector<ArchivedBlock>> Recall(int32_t layer, int32_t kv_head,

@@ -593,11 +593,12 @@ void CudaSparseKMemory::WriterLoop() {
 }
 
 // Blocks as the CPU memory puts them: per head, in key order, one block per run of keys of the
-// same block id, widened to fp32; the layer's blocks go to the archive as one batch (in that
-// order), which an archive may encode on several threads.
+// same block id; the layer's blocks go to the archive as one batch (in that order) of bf16 rows
+// pointing into the pinned set: an archive that stores bf16 takes the bytes as they are, others
+// widen them (BlockArchive::PutRows).
 void CudaSparseKMemory::PutLayer(const ArchiveSet& set, int32_t layer) {
   const int64_t G = n_kv_heads_, d = model_.head_dim, cap = capacity_, B = config_.block_tokens;
-  size_t n_blocks = 0;
+  layer_rows_.clear();
   for (int32_t g = 0; g < G; ++g) {
     const int64_t at = (layer * G + g) * cap;
     const int64_t evicted = set.counts.as<int32_t>()[layer * G + g];
@@ -605,42 +606,24 @@ void CudaSparseKMemory::PutLayer(const ArchiveSet& set, int32_t layer) {
     const float* scores = set.scores.as<float>() + at;
     const Bf16* keys = set.keys.as<Bf16>() + at * d;
     const Bf16* values = set.values.as<Bf16>() + at * d;
-    ArchivedBlock* block = nullptr;
-    for (int64_t e = 0; e < evicted; ++e) {
-      const int64_t pos = positions[e];
-      if (block == nullptr || pos / B != block->block_id) {
-        if (n_blocks == layer_blocks_.size()) {
-          ArchivedBlock& fresh = layer_blocks_.emplace_back();
-          fresh.positions.reserve(B);
-          fresh.scores.reserve(B);
-          fresh.keys.reserve(B * d);
-          fresh.values.reserve(B * d);
-        }
-        block = &layer_blocks_[n_blocks++];
-        block->layer = layer;
-        block->kv_head = g;
-        block->block_id = pos / B;
-        block->positions.clear();
-        block->scores.clear();
-        block->keys.clear();
-        block->values.clear();
-      }
-      block->positions.push_back(pos);
-      block->scores.push_back(scores[e]);
-      const size_t to = block->keys.size();
-      block->keys.resize(to + d);
-      block->values.resize(to + d);
-      float* k = block->keys.data() + to;
-      float* v = block->values.data() + to;
-      for (int64_t i = 0; i < d; ++i) {
-        k[i] = kernels::BFloat16ToFloat(keys[e * d + i]);
-        v[i] = kernels::BFloat16ToFloat(values[e * d + i]);
-      }
+    for (int64_t e = 0; e < evicted;) {
+      const int64_t id = positions[e] / B;
+      int64_t end = e + 1;
+      while (end < evicted && positions[end] / B == id) ++end;
+      const size_t n = static_cast<size_t>(end - e);
+      Bf16BlockRows& rows = layer_rows_.emplace_back();
+      rows.layer = layer;
+      rows.kv_head = g;
+      rows.block_id = id;
+      rows.positions = {positions + e, n};
+      rows.scores = {scores + e, n};
+      rows.keys = {keys + e * d, n * d};
+      rows.values = {values + e * d, n * d};
+      e = end;
     }
   }
-  if (n_blocks == 0) return;
-  absl::Status s =
-      archive_->PutBatch(std::span<const ArchivedBlock>(layer_blocks_.data(), n_blocks));
+  if (layer_rows_.empty()) return;
+  absl::Status s = archive_->PutRows(layer_rows_);
   if (s.ok()) return;
   std::unique_lock<std::mutex> lock(mu_);
   if (writer_status_.ok()) writer_status_ = s;

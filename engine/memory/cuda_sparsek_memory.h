@@ -175,9 +175,8 @@ class CudaSparseKMemory : public DeviceAttentionMemory {
   bool stop_ = false;
   absl::Status writer_status_;
   std::thread writer_;
-  // The writer thread's blocks of one layer, reused: their vectors keep their capacity, so
-  // building a layer's blocks allocates nothing once the first segments have run.
-  std::vector<ArchivedBlock> layer_blocks_;
+  // The writer thread's blocks of one layer: views of the pinned set's rows.
+  std::vector<Bf16BlockRows> layer_rows_;
 
   // Host scratch reused across calls.
   struct Scratch {

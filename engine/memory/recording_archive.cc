@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/half.h"
 
 namespace longread::engine {
 
@@ -20,7 +21,7 @@ absl::Status RecordingBlockArchive::Put(ArchivedBlock block) {
   if (auto s = inner_->PutCopyOf(block); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   recorded_bytes_ += ArchivedBlockBytes(block);
-  recorded_.push_back(std::move(block));
+  recorded_.push_back({std::move(block), {}, {}});
   return absl::OkStatus();
 }
 
@@ -33,16 +34,70 @@ absl::Status RecordingBlockArchive::PutBatch(std::span<const ArchivedBlock> bloc
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < put; ++i) {
     recorded_bytes_ += ArchivedBlockBytes(blocks[i]);
-    recorded_.push_back(blocks[i]);
+    recorded_.push_back({blocks[i], {}, {}});
   }
   return s;
 }
 
-std::vector<ArchivedBlock> RecordingBlockArchive::TakeRecorded() {
+absl::Status RecordingBlockArchive::PutRows(std::span<const Bf16BlockRows> blocks, size_t* n_put) {
+  size_t put = 0;
+  absl::Status s = inner_->PutRows(blocks, &put);
+  if (n_put != nullptr) *n_put = put;
   absl::MutexLock lock(&mu_);
-  std::vector<ArchivedBlock> taken = std::move(recorded_);
+  for (size_t i = 0; i < put; ++i) {
+    const Bf16BlockRows& rows = blocks[i];
+    RecordedBlock& r = recorded_.emplace_back();
+    r.block.layer = rows.layer;
+    r.block.kv_head = rows.kv_head;
+    r.block.block_id = rows.block_id;
+    r.block.positions.assign(rows.positions.begin(), rows.positions.end());
+    r.block.scores.assign(rows.scores.begin(), rows.scores.end());
+    r.keys16.assign(rows.keys.begin(), rows.keys.end());
+    r.values16.assign(rows.values.begin(), rows.values.end());
+    recorded_bytes_ += static_cast<int64_t>(
+        rows.positions.size() * sizeof(int64_t) + rows.scores.size() * sizeof(float) +
+        (rows.keys.size() + rows.values.size()) * sizeof(float));
+  }
+  return s;
+}
+
+Bf16BlockRows RecordedBlock::rows() const {
+  Bf16BlockRows r;
+  r.layer = block.layer;
+  r.kv_head = block.kv_head;
+  r.block_id = block.block_id;
+  r.positions = block.positions;
+  r.scores = block.scores;
+  r.keys = keys16;
+  r.values = values16;
+  return r;
+}
+
+ArchivedBlock RecordedBlock::Widened() && {
+  if (is_bf16()) {
+    block.keys.resize(keys16.size());
+    block.values.resize(values16.size());
+    for (size_t i = 0; i < keys16.size(); ++i) block.keys[i] = kernels::BFloat16ToFloat(keys16[i]);
+    for (size_t i = 0; i < values16.size(); ++i) {
+      block.values[i] = kernels::BFloat16ToFloat(values16[i]);
+    }
+  }
+  return std::move(block);
+}
+
+std::vector<RecordedBlock> RecordingBlockArchive::TakeRecordedBlocks() {
+  absl::MutexLock lock(&mu_);
+  std::vector<RecordedBlock> taken = std::move(recorded_);
   recorded_.clear();
   recorded_bytes_ = 0;
+  return taken;
+}
+
+std::vector<ArchivedBlock> RecordingBlockArchive::TakeRecorded() {
+  std::vector<RecordedBlock> recorded = TakeRecordedBlocks();
+  std::vector<ArchivedBlock> taken;
+  taken.reserve(recorded.size());
+  for (RecordedBlock& r : recorded) taken.push_back(std::move(r).Widened());
   return taken;
 }
 

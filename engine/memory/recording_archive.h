@@ -33,6 +33,16 @@
 
 namespace longread::engine {
 
+// A recorded block as it was put: fp32 (`block` whole), or bf16 rows (PutRows: `block` without its
+// keys and values, which are in `keys16`/`values16`).
+struct RecordedBlock {
+  ArchivedBlock block;
+  std::vector<uint16_t> keys16, values16;
+  bool is_bf16() const { return !keys16.empty() || !values16.empty(); }
+  Bf16BlockRows rows() const;  // for a bf16 one: a view of it
+  ArchivedBlock Widened() &&;  // the fp32 block
+};
+
 class RecordingBlockArchive : public BlockArchive {
  public:
   // `inner` is not owned and must outlive this.
@@ -44,6 +54,9 @@ class RecordingBlockArchive : public BlockArchive {
   absl::Status PutCopyOf(const ArchivedBlock& block) override;
   // The inner archive's batch put; records the blocks it put.
   absl::Status PutBatch(std::span<const ArchivedBlock> blocks, size_t* n_put = nullptr) override;
+  // The same for bf16 rows: recorded as bf16 (half the bytes, a copy instead of a widening on the
+  // putting thread) and widened by TakeRecorded.
+  absl::Status PutRows(std::span<const Bf16BlockRows> blocks, size_t* n_put = nullptr) override;
   absl::StatusOr<std::vector<ArchivedBlock>> Recall(int32_t layer, int32_t kv_head,
                                                     std::span<const float> queries,
                                                     int64_t n_queries, int64_t r) override {
@@ -55,18 +68,22 @@ class RecordingBlockArchive : public BlockArchive {
   }
   int64_t stored_bytes() const override { return inner_->stored_bytes(); }
 
-  // The blocks put since the previous call, in put order; recording starts afresh. Take them
+  // The blocks put since the previous call, in put order (fp32, whichever way they were put);
+  // recording starts afresh. Take them
   // right after DocumentSession::Checkpoint (same thread, under the same lock as the reading):
   // together they are the checkpoint's archive delta.
   std::vector<ArchivedBlock> TakeRecorded();
-  // Bytes of keys, values, scores and positions recorded and not yet taken (the RAM this costs).
+  // The same as they were put, bf16 rows not widened (the checkpoint codec ships bf16).
+  std::vector<RecordedBlock> TakeRecordedBlocks();
+  // Bytes of keys, values, scores and positions recorded and not yet taken, as TakeRecorded will
+  // return them (fp32; bf16 rows hold half their keys' and values' share meanwhile).
   int64_t recorded_bytes() const;
   int64_t recorded_blocks() const;
 
  private:
   BlockArchive* inner_;
   mutable absl::Mutex mu_;
-  std::vector<ArchivedBlock> recorded_ ABSL_GUARDED_BY(mu_);
+  std::vector<RecordedBlock> recorded_ ABSL_GUARDED_BY(mu_);
   int64_t recorded_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <span>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -37,6 +38,17 @@ std::string PackBf16(const std::vector<float>& v) {
   return out;
 }
 
+// Packed as PackBf16 packs their widened values: the bits themselves, a NaN made quiet.
+std::string PackBf16(std::span<const uint16_t> v) {
+  std::string out(v.size() * 2, '\0');
+  for (size_t i = 0; i < v.size(); ++i) {
+    const uint16_t h = (v[i] & 0x7fffu) > 0x7f80u ? static_cast<uint16_t>(v[i] | 0x40u) : v[i];
+    out[2 * i] = static_cast<char>(h & 0xff);
+    out[2 * i + 1] = static_cast<char>(h >> 8);
+  }
+  return out;
+}
+
 uint16_t Bf16At(const std::string& bytes, size_t i) {
   return static_cast<uint16_t>(
       static_cast<uint8_t>(bytes[2 * i]) |
@@ -55,6 +67,23 @@ v1::ArchivedBlock ToWire(const engine::ArchivedBlock& block, int64_t head_dim) {
   wire.set_keys_bf16(PackBf16(block.keys));
   wire.set_values_bf16(PackBf16(block.values));
   const engine::BlockBounds bounds = engine::ComputeBounds(block, head_dim);
+  wire.mutable_key_min()->Add(bounds.key_min.begin(), bounds.key_min.end());
+  wire.mutable_key_max()->Add(bounds.key_max.begin(), bounds.key_max.end());
+  return wire;
+}
+
+v1::ArchivedBlock ToWire(const engine::RecordedBlock& recorded, int64_t head_dim) {
+  if (!recorded.is_bf16()) return ToWire(recorded.block, head_dim);
+  const engine::Bf16BlockRows rows = recorded.rows();
+  v1::ArchivedBlock wire;
+  wire.set_layer(rows.layer);
+  wire.set_kv_head(rows.kv_head);
+  wire.set_block_id(rows.block_id);
+  wire.mutable_positions()->Add(rows.positions.begin(), rows.positions.end());
+  wire.mutable_scores()->Add(rows.scores.begin(), rows.scores.end());
+  wire.set_keys_bf16(PackBf16(rows.keys));
+  wire.set_values_bf16(PackBf16(rows.values));
+  const engine::BlockBounds bounds = engine::ComputeBounds(rows, head_dim);
   wire.mutable_key_min()->Add(bounds.key_min.begin(), bounds.key_min.end());
   wire.mutable_key_max()->Add(bounds.key_max.begin(), bounds.key_max.end());
   return wire;
@@ -111,11 +140,14 @@ std::string EncodeSnapshotRecord(const engine::MemorySnapshot& snapshot) {
   return cache::EncodeFullRecord(snapshot, cache::ContentHash(snapshot), cache::EncodeOptions{});
 }
 
-bool EmitCheckpoint(int64_t sequence, int64_t document_tokens, const std::string& archive_error,
-                    std::string_view snapshot_record,
-                    const std::vector<engine::ArchivedBlock>& blocks, int64_t head_dim,
-                    const std::function<bool(const v1::CheckpointPart&)>& emit,
-                    CheckpointStats* stats, int64_t max_part_bytes) {
+namespace {
+
+template <typename Block>
+bool EmitBlocksAndSnapshot(int64_t sequence, int64_t document_tokens,
+                           const std::string& archive_error, std::string_view snapshot_record,
+                           const std::vector<Block>& blocks, int64_t head_dim,
+                           const std::function<bool(const v1::CheckpointPart&)>& emit,
+                           CheckpointStats* stats, int64_t max_part_bytes) {
   *stats = CheckpointStats{};
   stats->snapshot_bytes = static_cast<int64_t>(snapshot_record.size());
   stats->archive_blocks = static_cast<int64_t>(blocks.size());
@@ -134,7 +166,7 @@ bool EmitCheckpoint(int64_t sequence, int64_t document_tokens, const std::string
   const int64_t header = 64 + static_cast<int64_t>(archive_error.size());
   reset();
   int64_t used = header;
-  for (const engine::ArchivedBlock& block : blocks) {
+  for (const Block& block : blocks) {
     v1::ArchivedBlock wire = ToWire(block, head_dim);
     const int64_t size = static_cast<int64_t>(wire.ByteSizeLong()) + 8;
     if (used + size > max_part_bytes && part.archive_blocks_size() > 0) {
@@ -161,6 +193,26 @@ bool EmitCheckpoint(int64_t sequence, int64_t document_tokens, const std::string
   }
   part.set_last(true);
   return send();
+}
+
+}  // namespace
+
+bool EmitCheckpoint(int64_t sequence, int64_t document_tokens, const std::string& archive_error,
+                    std::string_view snapshot_record,
+                    const std::vector<engine::ArchivedBlock>& blocks, int64_t head_dim,
+                    const std::function<bool(const v1::CheckpointPart&)>& emit,
+                    CheckpointStats* stats, int64_t max_part_bytes) {
+  return EmitBlocksAndSnapshot(sequence, document_tokens, archive_error, snapshot_record, blocks,
+                               head_dim, emit, stats, max_part_bytes);
+}
+
+bool EmitCheckpoint(int64_t sequence, int64_t document_tokens, const std::string& archive_error,
+                    std::string_view snapshot_record,
+                    const std::vector<engine::RecordedBlock>& blocks, int64_t head_dim,
+                    const std::function<bool(const v1::CheckpointPart&)>& emit,
+                    CheckpointStats* stats, int64_t max_part_bytes) {
+  return EmitBlocksAndSnapshot(sequence, document_tokens, archive_error, snapshot_record, blocks,
+                               head_dim, emit, stats, max_part_bytes);
 }
 
 EncodedCheckpoint EncodeCheckpoint(int64_t sequence, const engine::SessionCheckpoint& checkpoint,

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "engine/job/document_session.h"
 #include "engine/memory/block_archive.h"
+#include "engine/memory/recording_archive.h"
 #include "longread/v1/worker_service.pb.h"
 
 namespace longread::worker {
@@ -41,6 +42,15 @@ std::string EncodeSnapshotRecord(const engine::MemorySnapshot& snapshot);
 bool EmitCheckpoint(int64_t sequence, int64_t document_tokens, const std::string& archive_error,
                     std::string_view snapshot_record,
                     const std::vector<engine::ArchivedBlock>& blocks, int64_t head_dim,
+                    const std::function<bool(const v1::CheckpointPart&)>& emit,
+                    CheckpointStats* stats,
+                    int64_t max_part_bytes = kMaxCheckpointPartBytes - 4096);
+
+// The same from what a RecordingBlockArchive recorded (TakeRecordedBlocks): bf16 rows go out
+// without a round trip through fp32.
+bool EmitCheckpoint(int64_t sequence, int64_t document_tokens, const std::string& archive_error,
+                    std::string_view snapshot_record,
+                    const std::vector<engine::RecordedBlock>& blocks, int64_t head_dim,
                     const std::function<bool(const v1::CheckpointPart&)>& emit,
                     CheckpointStats* stats,
                     int64_t max_part_bytes = kMaxCheckpointPartBytes - 4096);
@@ -82,6 +92,9 @@ class CheckpointAssembler {
 
 // The block as shipped (exposed for tests).
 v1::ArchivedBlock ToWire(const engine::ArchivedBlock& block, int64_t head_dim);
+// The same wire, byte for byte, as ToWire of the widened block: a bf16 one's rows are packed as
+// they are and its bounds come from them.
+v1::ArchivedBlock ToWire(const engine::RecordedBlock& block, int64_t head_dim);
 // fp32 keys that round to the shipped bf16 keys and whose element-wise min/max are exactly the
 // shipped bounds; values are the bf16 values widened.
 absl::StatusOr<engine::ArchivedBlock> FromWire(const v1::ArchivedBlock& wire, int64_t head_dim);

@@ -259,8 +259,15 @@ absl::Status DocumentRun::OpenArchive(const engine::DocumentJobOptions& options)
                            assignment_.attempt(), "-", RandomHex());
   }
   std::replace(doc_id_.begin(), doc_id_.end(), '\0', '_');
-  auto opened = worker_->archive_db_->OpenArchive(doc_id_, c.n_layers, c.n_kv_heads, c.head_dim,
-                                                  worker_->options_.archive_max_bytes);
+  // A GPU document evicts faster than one thread encodes (bench/gpu/NOTES.md v6): its archive
+  // encodes each layer's blocks on several. The CPU engine's reading is the slower side.
+  const int encode_threads =
+      worker_->model_.backend->device() == "cpu"
+          ? 1
+          : std::clamp(static_cast<int>(std::thread::hardware_concurrency()) / 2, 1, 8);
+  auto opened =
+      worker_->archive_db_->OpenArchive(doc_id_, c.n_layers, c.n_kv_heads, c.head_dim,
+                                        worker_->options_.archive_max_bytes, encode_threads);
   if (!opened.ok()) return opened.status();
   archive_ = std::move(*opened);
   return absl::OkStatus();
@@ -321,8 +328,8 @@ absl::Status DocumentRun::SendCheckpoint() {
     document_tokens = checkpoint->document_tokens_consumed;
     archive_error = checkpoint->archive_error;
   }
-  std::vector<engine::ArchivedBlock> blocks;
-  if (recording_ != nullptr) blocks = recording_->TakeRecorded();
+  std::vector<engine::RecordedBlock> blocks;  // bf16 rows from a GPU memory stay bf16
+  if (recording_ != nullptr) blocks = recording_->TakeRecordedBlocks();
   CheckpointStats stats;
   const bool sent = EmitCheckpoint(
       sequence_ + 1, document_tokens, archive_error, record, blocks, head_dim_,

@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "engine/memory/recording_archive.h"
 #include "gtest/gtest.h"
+#include "kernels/half.h"
 #include "tests/cache/test_util.h"
 
 namespace longread::cache {
@@ -298,6 +299,94 @@ TEST_F(BlockArchiveStoreTest, PutBatchOnThreadsStoresWhatPutsStore) {
   }
 }
 
+// The GPU memory's writer puts bf16 rows as they are: the records (payloads and representatives,
+// byte for byte), the cap's choices and the recorded delta equal those of putting the same rows
+// widened to fp32, NaNs included (narrowing a widened NaN quiets it).
+TEST_F(BlockArchiveStoreTest, PutRowsStoresWhatPutBatchOfTheWidenedRowsStores) {
+  std::vector<ArchivedBlock> blocks = Blocks(40);
+  std::vector<std::vector<uint16_t>> keys16(blocks.size()), values16(blocks.size());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    for (float x : blocks[i].keys) keys16[i].push_back(kernels::FloatToBFloat16(x));
+    for (float x : blocks[i].values) values16[i].push_back(kernels::FloatToBFloat16(x));
+  }
+  keys16[7][3] = 0x7f81;    // a signalling NaN key
+  values16[9][5] = 0xffc1;  // a negative quiet NaN value
+  keys16[11][0] = 0x8000;   // -0
+  std::vector<engine::Bf16BlockRows> rows(blocks.size());
+  std::vector<ArchivedBlock> widened(blocks.size());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    rows[i].layer = blocks[i].layer;
+    rows[i].kv_head = blocks[i].kv_head;
+    rows[i].block_id = blocks[i].block_id;
+    rows[i].positions = blocks[i].positions;
+    rows[i].scores = blocks[i].scores;
+    rows[i].keys = keys16[i];
+    rows[i].values = values16[i];
+    engine::WidenRows(rows[i], &widened[i]);
+  }
+  BlockArchiveOptions options;
+  options.max_bytes = 50 * 1024;  // the cap deletes blocks
+  options.flush_every_blocks = 30;
+  auto from_fp32 = OpenArchive(options, "fp32");
+  options.encode_threads = 3;
+  auto from_rows = OpenArchive(options, "rows");
+  ASSERT_NE(from_fp32, nullptr);
+  ASSERT_NE(from_rows, nullptr);
+  engine::RecordingBlockArchive recorder(from_rows.get());
+  for (size_t at = 0; at < blocks.size(); at += 23) {
+    const size_t n = std::min<size_t>(23, blocks.size() - at);
+    size_t put_fp32 = 0, put_rows = 0;
+    ASSERT_TRUE(from_fp32->PutBatch(std::span(widened).subspan(at, n), &put_fp32).ok());
+    ASSERT_TRUE(
+        recorder.PutRows(std::span<const engine::Bf16BlockRows>(rows).subspan(at, n), &put_rows)
+            .ok());
+    EXPECT_EQ(put_fp32, n);
+    EXPECT_EQ(put_rows, n);
+  }
+  int64_t recorded_bytes = 0;
+  for (const ArchivedBlock& b : widened) recorded_bytes += engine::ArchivedBlockBytes(b);
+  EXPECT_EQ(recorder.recorded_bytes(), recorded_bytes);
+  const std::vector<ArchivedBlock> recorded = recorder.TakeRecorded();
+  ASSERT_EQ(recorded.size(), widened.size());
+  for (size_t i = 0; i < widened.size(); ++i) {
+    EXPECT_EQ(FirstPositions({recorded[i]}), FirstPositions({widened[i]}));
+    EXPECT_TRUE(SameBits(recorded[i].keys, widened[i].keys)) << i;
+    EXPECT_TRUE(SameBits(recorded[i].values, widened[i].values)) << i;
+    EXPECT_TRUE(SameBits(recorded[i].scores, widened[i].scores)) << i;
+  }
+  ASSERT_TRUE(from_fp32->Flush().ok());
+  ASSERT_TRUE(from_rows->Flush().ok());
+  EXPECT_GT(from_fp32->stats().evicted_for_cap, 0u);
+  EXPECT_EQ(from_fp32->stats().blocks_stored, from_rows->stats().blocks_stored);
+  EXPECT_EQ(from_fp32->stored_bytes(), from_rows->stored_bytes());
+  int compared = 0;
+  for (const ArchivedBlock& b : blocks) {
+    for (auto key : {&ArchivePayloadKey, &ArchiveRepresentativeKey}) {
+      std::string a, r;
+      const rocksdb::Status sa =
+          db_->db()->Get(rocksdb::ReadOptions(), db_->block_archive(),
+                         key("fp32", b.layer, b.kv_head, b.block_id, b.positions[0]), &a);
+      const rocksdb::Status sr =
+          db_->db()->Get(rocksdb::ReadOptions(), db_->block_archive(),
+                         key("rows", b.layer, b.kv_head, b.block_id, b.positions[0]), &r);
+      ASSERT_EQ(sa.ok(), sr.ok()) << b.block_id;
+      EXPECT_EQ(a, r) << b.block_id;
+      compared += sa.ok() ? 1 : 0;
+    }
+  }
+  EXPECT_GT(compared, 20);
+  // Recall ranks by the representatives: the same blocks come back.
+  const std::vector<float> q = Queries(3, 5);
+  for (int32_t l = 0; l < kLayers; ++l) {
+    for (int32_t g = 0; g < kKvHeads; ++g) {
+      auto want = from_fp32->Recall(l, g, q, 3, 4);
+      auto got = from_rows->Recall(l, g, q, 3, 4);
+      ASSERT_TRUE(want.ok() && got.ok());
+      EXPECT_EQ(FirstPositions(*want), FirstPositions(*got));
+    }
+  }
+}
+
 TEST_F(BlockArchiveStoreTest, MalformedBlocksAreRefused) {
   auto archive = OpenArchive();
   ASSERT_NE(archive, nullptr);
@@ -340,6 +429,9 @@ TEST_F(BlockArchiveStoreTest, CapKeepsTheMostImportantBlocks) {
     const BlockArchiveStats s = archive->stats();
     EXPECT_EQ(s.blocks_stored, 20u);
     EXPECT_EQ(s.evicted_for_cap, 19u);
+    // Blocks of importance 0..5 put once the archive is full are the first victims: never written.
+    EXPECT_GT(s.blocks_skipped_for_cap, 0u);
+    EXPECT_LT(s.blocks_skipped_for_cap, s.evicted_for_cap);
   }
   ReopenDb();
   auto archive = OpenArchive(options);

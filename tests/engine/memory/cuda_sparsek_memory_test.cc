@@ -15,8 +15,10 @@
 #include <iterator>
 #include <random>
 #include <sstream>
+#include <tuple>
 #include <vector>
 
+#include "engine/memory/recording_archive.h"
 #include "engine/memory/runner.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
@@ -102,8 +104,11 @@ TEST(CudaSparseKMemoryTest, SelectsTheSameSlotsAsTheCpuMemory) {
   cpu.SetTaskQueries(task, n_task);
   (*gpu)->SetTaskQueries(task, n_task);
   InMemoryBlockArchive cpu_archive(model.n_layers, G, d), gpu_archive(model.n_layers, G, d);
-  cpu.set_archive(&cpu_archive);
-  (*gpu)->set_archive(&gpu_archive);
+  // Recorders see every put in order: the CPU memory's fp32 blocks against the device writer's
+  // bf16 rows (PutRows, recorded as bf16 and widened when taken).
+  RecordingBlockArchive cpu_recorder(&cpu_archive), gpu_recorder(&gpu_archive);
+  cpu.set_archive(&cpu_recorder);
+  (*gpu)->set_archive(&gpu_recorder);
   kernels::ThreadPool pool(2);
 
   double worst = 0;
@@ -152,6 +157,28 @@ TEST(CudaSparseKMemoryTest, SelectsTheSameSlotsAsTheCpuMemory) {
   ASSERT_TRUE((*gpu)->archive_status().ok());
   EXPECT_GT(cpu_archive.stored_bytes(), 0);
   EXPECT_EQ(gpu_archive.stored_bytes(), cpu_archive.stored_bytes());
+  // Compared per (layer, head, first position): the CPU memory puts during its layer's step, the
+  // device writer after the segment.
+  auto by_head_and_position = [](std::vector<ArchivedBlock> blocks) {
+    std::stable_sort(blocks.begin(), blocks.end(), [](const auto& a, const auto& b) {
+      return std::tie(a.layer, a.kv_head, a.positions[0]) <
+             std::tie(b.layer, b.kv_head, b.positions[0]);
+    });
+    return blocks;
+  };
+  const std::vector<ArchivedBlock> cpu_puts = by_head_and_position(cpu_recorder.TakeRecorded());
+  const std::vector<ArchivedBlock> gpu_puts = by_head_and_position(gpu_recorder.TakeRecorded());
+  EXPECT_GT(cpu_puts.size(), 0u);
+  ASSERT_EQ(gpu_puts.size(), cpu_puts.size());
+  for (size_t i = 0; i < cpu_puts.size(); ++i) {
+    EXPECT_EQ(gpu_puts[i].layer, cpu_puts[i].layer) << i;
+    EXPECT_EQ(gpu_puts[i].kv_head, cpu_puts[i].kv_head) << i;
+    EXPECT_EQ(gpu_puts[i].block_id, cpu_puts[i].block_id) << i;
+    EXPECT_EQ(gpu_puts[i].positions, cpu_puts[i].positions) << i;
+    EXPECT_EQ(gpu_puts[i].scores, cpu_puts[i].scores) << i;
+    EXPECT_EQ(gpu_puts[i].keys, cpu_puts[i].keys) << i;
+    EXPECT_EQ(gpu_puts[i].values, cpu_puts[i].values) << i;
+  }
 
   // Snapshots: the same slots, keys and values (inputs are bf16-exact).
   MemorySnapshot cpu_snap, gpu_snap;

@@ -5,7 +5,9 @@
 #include <random>
 
 #include "cache/snapshot_format.h"
+#include "engine/memory/recording_archive.h"
 #include "gtest/gtest.h"
+#include "kernels/half.h"
 #include "services/worker/checkpoint_codec.h"
 
 namespace longread::worker {
@@ -57,6 +59,55 @@ TEST(CheckpointCodecTest, RebuiltBlocksHaveTheOriginalBoundsAndPayload) {
       EXPECT_TRUE(SameBits(rebuilt->scores, block.scores));
     }
   }
+}
+
+// A GPU memory's blocks are recorded as bf16 rows: they ship as the same wire, byte for byte, as
+// their widened blocks would (NaNs quieted, bounds from the bf16 keys).
+TEST(CheckpointCodecTest, RecordedBf16RowsShipAsTheirWidenedBlocks) {
+  std::mt19937 rng(7);
+  engine::InMemoryBlockArchive inner(4, 4, kHeadDim);
+  engine::RecordingBlockArchive recorder(&inner);
+  std::vector<engine::ArchivedBlock> fp32;
+  std::vector<std::vector<uint16_t>> keys(3), values(3);
+  std::vector<engine::Bf16BlockRows> rows(3);
+  for (int64_t id = 0; id < 3; ++id) {
+    fp32.push_back(RandomBlock(&rng, 5, id));
+    for (float x : fp32[id].keys) keys[id].push_back(kernels::FloatToBFloat16(x));
+    for (float x : fp32[id].values) values[id].push_back(kernels::FloatToBFloat16(x));
+  }
+  keys[1][2] = 0x7f81;  // a signalling NaN
+  for (int64_t id = 0; id < 3; ++id) {
+    rows[id].layer = fp32[id].layer;
+    rows[id].kv_head = fp32[id].kv_head;
+    rows[id].block_id = fp32[id].block_id;
+    rows[id].positions = fp32[id].positions;
+    rows[id].scores = fp32[id].scores;
+    rows[id].keys = keys[id];
+    rows[id].values = values[id];
+  }
+  ASSERT_TRUE(recorder.PutRows(rows).ok());
+  std::vector<engine::RecordedBlock> recorded = recorder.TakeRecordedBlocks();
+  ASSERT_EQ(recorded.size(), 3u);
+  for (engine::RecordedBlock& r : recorded) {
+    ASSERT_TRUE(r.is_bf16());
+    const std::string direct = ToWire(r, kHeadDim).SerializeAsString();
+    engine::RecordedBlock copy = r;
+    const std::string widened = ToWire(std::move(copy).Widened(), kHeadDim).SerializeAsString();
+    EXPECT_EQ(direct, widened) << r.block.block_id;
+  }
+  // A whole checkpoint: the same parts either way.
+  std::vector<engine::ArchivedBlock> widened_blocks;
+  for (engine::RecordedBlock r : recorded) widened_blocks.push_back(std::move(r).Widened());
+  std::vector<std::string> a, b;
+  CheckpointStats sa, sb;
+  EmitCheckpoint(
+      1, 100, "", "snapshot", recorded, kHeadDim,
+      [&](const v1::CheckpointPart& p) { return a.push_back(p.SerializeAsString()), true; }, &sa);
+  EmitCheckpoint(
+      1, 100, "", "snapshot", widened_blocks, kHeadDim,
+      [&](const v1::CheckpointPart& p) { return b.push_back(p.SerializeAsString()), true; }, &sb);
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(sa.archive_blocks, 3);
 }
 
 TEST(CheckpointCodecTest, MalformedBlockIsInvalidArgument) {
