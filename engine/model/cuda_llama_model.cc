@@ -116,7 +116,7 @@ absl::StatusOr<std::unique_ptr<CudaLlamaModel>> CudaLlamaModel::Create(
                 {&L.gate, "ffn_gate.weight", c.d_ff, d}, {&L.up, "ffn_up.weight", c.d_ff, d},
                 {&L.down, "ffn_down.weight", d, c.d_ff}};
     for (auto& w : mats) {
-      if (!bf16) break;
+      if (!bf16) continue;
       auto v = UploadWeight(*ctx, file, p + w.name, w.rows, w.cols);
       if (!v.ok()) return v.status();
       *w.dst = std::move(*v);

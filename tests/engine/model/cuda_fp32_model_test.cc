@@ -88,6 +88,10 @@ TEST(CudaFp32ModelTest, GreedyContinuationsEqualTheCpuEngine) {
   auto bf16 = CudaLlamaModel::Create(*model, ctx->get());
   ASSERT_TRUE(bf16.ok()) << bf16.status();
 
+  // The reference: the CPU engine's default, fp32 activations in every matmul (the opt-in 8- and
+  // 16-bit decode activations would be another reference).
+  ASSERT_EQ(kernels::DefaultDecodeActivations(), kernels::DecodeActivations::kFloat32)
+      << "unset LONGREAD_INT8_ACTIVATIONS / LONGREAD_INT16_ACTIVATIONS";
   kernels::ThreadPool pool(2);
   RunnerConfig config;
   config.memory = MemoryConfig::Dense();
