@@ -34,9 +34,10 @@ absl::StatusOr<cu::DeviceMatrixF32> UploadWeightF32(cu::Context& ctx, const Mode
   return cu::UploadMatrixF32(ctx, kernels::MatrixView{t->type, rows, cols, t->data});
 }
 
+// Grows `buffer` to at least `bytes`, doubling: decoding adds one key per pass.
 absl::Status Grow(cu::DeviceBuffer& buffer, int64_t bytes) {
   if (buffer.bytes() >= bytes) return absl::OkStatus();
-  auto b = cu::DeviceBuffer::Allocate(bytes);
+  auto b = cu::DeviceBuffer::Allocate(std::max(bytes, 2 * buffer.bytes()));
   if (!b.ok()) return b.status();
   buffer = std::move(*b);
   return absl::OkStatus();
