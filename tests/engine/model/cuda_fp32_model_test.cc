@@ -11,6 +11,7 @@
 
 #include "engine/memory/runner.h"
 #include "engine/model/cuda_llama_model.h"
+#include "engine/model/sampler.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/engine/test_model.h"
@@ -36,15 +37,6 @@ std::vector<OraclePrompt> LoadOraclePrompts() {
   return prompts;
 }
 
-// The lowest id among the largest logits: the CPU sampler's greedy choice.
-int32_t Greedy(const std::vector<float>& logits) {
-  int32_t best = 0;
-  for (int32_t i = 1; i < static_cast<int32_t>(logits.size()); ++i) {
-    if (logits[i] > logits[best]) best = i;
-  }
-  return best;
-}
-
 // Reads `prompt` into a fresh dense cache and continues it greedily.
 absl::StatusOr<std::vector<int32_t>> GreedyOnGpu(CudaLlamaModel& model,
                                                  const std::vector<int32_t>& prompt) {
@@ -57,7 +49,7 @@ absl::StatusOr<std::vector<int32_t>> GreedyOnGpu(CudaLlamaModel& model,
     if (absl::Status s = model.Forward(next, *cache, LogitsMode::kLast, &logits); !s.ok()) {
       return s;
     }
-    out.push_back(Greedy(logits));
+    out.push_back(Argmax(logits));  // the CPU sampler's greedy choice
     next = std::span<const int32_t>(&out.back(), 1);
   }
   return out;
