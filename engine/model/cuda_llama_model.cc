@@ -56,6 +56,11 @@ absl::Status Reserve(cu::DeviceBuffer& buffer, int64_t bytes) {
   return absl::OkStatus();
 }
 
+absl::Status Fp32OnlyDense() {
+  return absl::FailedPreconditionError(
+      "cuda model: the fp32 mode reads through a dense cache only (the device memory is bf16)");
+}
+
 #define LONGREAD_RETURN_IF_ERROR(expr)      \
   do {                                      \
     if (absl::Status s = (expr); !s.ok()) { \
@@ -65,8 +70,8 @@ absl::Status Reserve(cu::DeviceBuffer& buffer, int64_t bytes) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<CudaLlamaModel>> CudaLlamaModel::Create(const LlamaModel& model,
-                                                                       cu::Context* ctx) {
+absl::StatusOr<std::unique_ptr<CudaLlamaModel>> CudaLlamaModel::Create(
+    const LlamaModel& model, cu::Context* ctx, const CudaModelOptions& options) {
   const ModelConfig& c = model.config();
   if (c.attn_qkv_bias) {
     return absl::UnimplementedError("cuda model: QKV biases (Qwen2) are not supported yet");
@@ -75,6 +80,9 @@ absl::StatusOr<std::unique_ptr<CudaLlamaModel>> CudaLlamaModel::Create(const Lla
     return absl::UnimplementedError("cuda model: only head_dim 64 has an attention kernel");
   }
   std::unique_ptr<CudaLlamaModel> m(new CudaLlamaModel(c, ctx));
+  // fp32 holds its own copies of the matrices (the norms below serve both modes).
+  const bool bf16 = options.precision == CudaPrecision::kBf16;
+  if (!bf16) LONGREAD_RETURN_IF_ERROR(m->UploadFp32(model));
   auto fork = cu::Event::Create();
   if (!fork.ok()) return fork.status();
   m->fork_ = std::move(*fork);
@@ -82,10 +90,12 @@ absl::StatusOr<std::unique_ptr<CudaLlamaModel>> CudaLlamaModel::Create(const Lla
   const ModelFile& file = model.file();
   const int64_t d = c.d_model, qd = int64_t{c.n_heads} * c.head_dim,
                 kvd = int64_t{c.n_kv_heads} * c.head_dim;
-  auto embd = UploadWeight(*ctx, file, "token_embd.weight", c.vocab_size, d);
-  if (!embd.ok()) return embd.status();
-  m->embedding_ = std::move(*embd);
-  if (!c.tie_embeddings) {
+  if (bf16) {
+    auto embd = UploadWeight(*ctx, file, "token_embd.weight", c.vocab_size, d);
+    if (!embd.ok()) return embd.status();
+    m->embedding_ = std::move(*embd);
+  }
+  if (bf16 && !c.tie_embeddings) {
     auto head = UploadWeight(*ctx, file, "output.weight", c.vocab_size, d);
     if (!head.ok()) return head.status();
     m->lm_head_ = std::move(*head);
@@ -106,6 +116,7 @@ absl::StatusOr<std::unique_ptr<CudaLlamaModel>> CudaLlamaModel::Create(const Lla
                 {&L.gate, "ffn_gate.weight", c.d_ff, d}, {&L.up, "ffn_up.weight", c.d_ff, d},
                 {&L.down, "ffn_down.weight", d, c.d_ff}};
     for (auto& w : mats) {
+      if (!bf16) continue;
       auto v = UploadWeight(*ctx, file, p + w.name, w.rows, w.cols);
       if (!v.ok()) return v.status();
       *w.dst = std::move(*v);
@@ -126,7 +137,8 @@ absl::StatusOr<CudaLlamaModel::Cache> CudaLlamaModel::NewCache(int64_t capacity)
   }
   Cache cache;
   cache.capacity = capacity;
-  const int64_t bytes = int64_t{config_.n_kv_heads} * capacity * config_.head_dim * 2;
+  const int64_t element_bytes = fp32_ != nullptr ? 4 : 2;
+  const int64_t bytes = int64_t{config_.n_kv_heads} * capacity * config_.head_dim * element_bytes;
   for (int32_t l = 0; l < config_.n_layers; ++l) {
     auto k = cu::DeviceBuffer::Allocate(bytes);
     if (!k.ok()) return k.status();
@@ -168,6 +180,7 @@ absl::Status CudaLlamaModel::EnsureWorkspace(int64_t n, int64_t n_keys, int64_t 
 
 absl::Status CudaLlamaModel::Forward(std::span<const int32_t> tokens, Cache& cache, LogitsMode mode,
                                      std::vector<float>* logits) {
+  if (fp32_ != nullptr) return ForwardFp32(tokens, cache, mode, logits);
   const ModelConfig& c = config_;
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t P = cache.length, n_keys = P + n;
@@ -227,6 +240,7 @@ absl::Status CudaLlamaModel::Forward(std::span<const int32_t> tokens, Cache& cac
 
 absl::Status CudaLlamaModel::Forward(std::span<const int32_t> tokens, DeviceAttentionMemory& memory,
                                      LogitsMode mode, std::vector<float>* logits) {
+  if (fp32_ != nullptr) return Fp32OnlyDense();
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n == 0) return absl::InvalidArgumentError("cuda model: empty segment");
   LONGREAD_RETURN_IF_ERROR(EnsureWorkspace(n, 0));
@@ -327,6 +341,7 @@ absl::Status CudaLlamaModel::JoinFrom(const DeviceAttentionMemory& memory, int64
 }
 
 absl::Status CudaLlamaModel::ForwardBatch(std::span<const DocumentSegment> segments) {
+  if (fp32_ != nullptr) return Fp32OnlyDense();
   const ModelConfig& c = config_;
   if (segments.empty()) return absl::InvalidArgumentError("cuda model: no segment to read");
   std::vector<int64_t> first_row(segments.size() + 1, 0);

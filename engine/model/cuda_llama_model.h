@@ -41,17 +41,29 @@ class DeviceAttentionMemory {
   virtual void* stream() const { return nullptr; }
 };
 
+// kBf16: the product (bf16 weights and activations, fp32 accumulation). kFp32: a verification
+// mode, a near-bitwise twin of the CPU engine: weights decoded to fp32, fp32 activations and
+// GEMMs (no TF32), fp32 norms, RoPE, SwiGLU and attention (kernels/cuda/cuda_ops_fp32.h). It
+// serves only the dense-cache Forward; the SparseK device memory is bf16, so Forward through a
+// DeviceAttentionMemory and ForwardBatch are FailedPrecondition in fp32.
+enum class CudaPrecision { kBf16, kFp32 };
+struct CudaModelOptions {
+  CudaPrecision precision = CudaPrecision::kBf16;
+};
+
 class CudaLlamaModel {
  public:
   // Uploads `model`'s weights to the device of `ctx` (not owned; must outlive this).
-  static absl::StatusOr<std::unique_ptr<CudaLlamaModel>> Create(const LlamaModel& model,
-                                                                kernels::cuda::Context* ctx);
+  static absl::StatusOr<std::unique_ptr<CudaLlamaModel>> Create(
+      const LlamaModel& model, kernels::cuda::Context* ctx, const CudaModelOptions& options = {});
+  ~CudaLlamaModel();
 
   // Every layer's keys (rotated at their positions) and values, head-major, on the device.
   struct Cache {
     int64_t capacity = 0;
-    int64_t length = 0;                             // tokens read so far = the next position
-    std::vector<kernels::cuda::DeviceBuffer> k, v;  // per layer: [kv_head][capacity][head_dim]
+    int64_t length = 0;  // tokens read so far = the next position
+    // Per layer: [kv_head][capacity][head_dim], bf16 (fp32 in CudaPrecision::kFp32).
+    std::vector<kernels::cuda::DeviceBuffer> k, v;
   };
   absl::StatusOr<Cache> NewCache(int64_t capacity) const;
 
@@ -77,8 +89,17 @@ class CudaLlamaModel {
   absl::Status ForwardBatch(std::span<const DocumentSegment> segments);
 
   const ModelConfig& config() const { return config_; }
+  CudaPrecision precision() const {
+    return fp32_ != nullptr ? CudaPrecision::kFp32 : CudaPrecision::kBf16;
+  }
 
  private:
+  // The fp32 mode's weights, workspace and dense-cache forward (cuda_llama_model_fp32.cc).
+  struct Fp32;
+  absl::Status UploadFp32(const LlamaModel& model);
+  absl::Status ForwardFp32(std::span<const int32_t> tokens, Cache& cache, LogitsMode mode,
+                           std::vector<float>* logits);
+
   struct Layer {
     kernels::cuda::DeviceMatrix wq, wk, wv, wo, gate, up, down;
     kernels::cuda::DeviceBuffer attn_norm, ffn_norm;  // fp32
@@ -89,8 +110,7 @@ class CudaLlamaModel {
     kernels::cuda::DeviceBuffer hidden, x, q, k, v, attn, proj, gate, up, ffn_out, logits;
   };
 
-  CudaLlamaModel(const ModelConfig& config, kernels::cuda::Context* ctx)
-      : config_(config), ctx_(ctx) {}
+  CudaLlamaModel(const ModelConfig& config, kernels::cuda::Context* ctx);
   // `logit_rows` < 0: n_tokens.
   absl::Status EnsureWorkspace(int64_t n_tokens, int64_t n_keys, int64_t logit_rows = -1);
   // A memory on its own stream: MarkFork marks the model's stream after a layer's projections,
@@ -116,6 +136,7 @@ class CudaLlamaModel {
   // Fork (the layer's projections are done) and one join per document of a pass.
   kernels::cuda::Event fork_;
   std::vector<kernels::cuda::Event> joins_;
+  std::unique_ptr<Fp32> fp32_;  // set in CudaPrecision::kFp32 only
 };
 
 }  // namespace longread::engine

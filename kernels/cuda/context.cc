@@ -5,6 +5,7 @@
 #include "kernels/cuda/context_impl.h"
 #include "kernels/cuda/cublaslt_api.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_ops_fp32.h"
 
 namespace longread::kernels::cuda {
 namespace {
@@ -99,10 +100,13 @@ namespace {
 // Row-major Y[n][rows] = X[n][cols] W^T is, in cuBLAS's column-major terms,
 // Y^T (rows x n) = op(A) B with A = W^T stored as a cols x rows column-major matrix (so op = T)
 // and B = X^T stored as cols x n.
+// W and X are bf16, or fp32 for the fp32 mode (in_type); the compute type is CUBLAS_COMPUTE_32F
+// either way, which for fp32 inputs rules out TF32.
 absl::StatusOr<const GemmPlan*> Plan(Context& ctx, int64_t rows, int64_t cols, int64_t n,
-                                     cudaDataType_t out_type) {
+                                     cudaDataType_t out_type, cudaDataType_t in_type) {
   Context::Impl& impl = ctx.impl();
-  const auto key = std::make_tuple(rows, cols, n, static_cast<int>(out_type));
+  const auto key =
+      std::make_tuple(rows, cols, n, static_cast<int>(out_type), static_cast<int>(in_type));
   if (auto it = impl.plans.find(key); it != impl.plans.end()) return &it->second;
   GemmPlan p;
   auto cleanup = [&p] {
@@ -116,8 +120,8 @@ absl::StatusOr<const GemmPlan*> Plan(Context& ctx, int64_t rows, int64_t cols, i
     const cublasOperation_t trans_a = CUBLAS_OP_T;
     LONGREAD_CUBLAS_RETURN_IF_ERROR(Lt().MatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA,
                                                                 &trans_a, sizeof(trans_a)));
-    LONGREAD_CUBLAS_RETURN_IF_ERROR(Lt().MatrixLayoutCreate(&p.a, CUDA_R_16BF, cols, rows, cols));
-    LONGREAD_CUBLAS_RETURN_IF_ERROR(Lt().MatrixLayoutCreate(&p.b, CUDA_R_16BF, cols, n, cols));
+    LONGREAD_CUBLAS_RETURN_IF_ERROR(Lt().MatrixLayoutCreate(&p.a, in_type, cols, rows, cols));
+    LONGREAD_CUBLAS_RETURN_IF_ERROR(Lt().MatrixLayoutCreate(&p.b, in_type, cols, n, cols));
     LONGREAD_CUBLAS_RETURN_IF_ERROR(Lt().MatrixLayoutCreate(&p.c, out_type, rows, n, rows));
     cublasLtMatmulPreference_t pref = nullptr;
     LONGREAD_CUBLAS_RETURN_IF_ERROR(Lt().MatmulPreferenceCreate(&pref));
@@ -146,18 +150,18 @@ absl::StatusOr<const GemmPlan*> Plan(Context& ctx, int64_t rows, int64_t cols, i
   return &impl.plans.emplace(key, p).first->second;
 }
 
-absl::Status RunGemm(Context& ctx, const DeviceMatrix& w, const Bf16* x, int64_t n, void* y,
-                     cudaDataType_t out_type) {
-  if (n <= 0 || w.rows <= 0) return absl::OkStatus();
+absl::Status RunGemm(Context& ctx, int64_t rows, int64_t cols, const void* w, const void* x,
+                     int64_t n, void* y, cudaDataType_t out_type, cudaDataType_t in_type) {
+  if (n <= 0 || rows <= 0) return absl::OkStatus();
   if (ctx.impl().lt == nullptr) {
     return absl::FailedPreconditionError("cuda: MatMul on a context made without GEMM support");
   }
-  auto plan = Plan(ctx, w.rows, w.cols, n, out_type);
+  auto plan = Plan(ctx, rows, cols, n, out_type, in_type);
   if (!plan.ok()) return plan.status();
   const float alpha = 1.0f, beta = 0.0f;
   Context::Impl& impl = ctx.impl();
   LONGREAD_CUBLAS_RETURN_IF_ERROR(Lt().Matmul(
-      impl.lt, (*plan)->desc, &alpha, w.bf16(), (*plan)->a, x, (*plan)->b, &beta, y, (*plan)->c, y,
+      impl.lt, (*plan)->desc, &alpha, w, (*plan)->a, x, (*plan)->b, &beta, y, (*plan)->c, y,
       (*plan)->c, &(*plan)->algo, impl.workspace.as<void>(), impl.workspace.bytes(), impl.stream));
   return absl::OkStatus();
 }
@@ -165,12 +169,17 @@ absl::Status RunGemm(Context& ctx, const DeviceMatrix& w, const Bf16* x, int64_t
 }  // namespace
 
 absl::Status MatMul(Context& ctx, const DeviceMatrix& w, const Bf16* x, int64_t n_tokens, Bf16* y) {
-  return RunGemm(ctx, w, x, n_tokens, y, CUDA_R_16BF);
+  return RunGemm(ctx, w.rows, w.cols, w.bf16(), x, n_tokens, y, CUDA_R_16BF, CUDA_R_16BF);
 }
 
 absl::Status MatMul(Context& ctx, const DeviceMatrix& w, const Bf16* x, int64_t n_tokens,
                     float* y) {
-  return RunGemm(ctx, w, x, n_tokens, y, CUDA_R_32F);
+  return RunGemm(ctx, w.rows, w.cols, w.bf16(), x, n_tokens, y, CUDA_R_32F, CUDA_R_16BF);
+}
+
+absl::Status MatMulF32(Context& ctx, const DeviceMatrixF32& w, const float* x, int64_t n_tokens,
+                       float* y) {
+  return RunGemm(ctx, w.rows, w.cols, w.f32(), x, n_tokens, y, CUDA_R_32F, CUDA_R_32F);
 }
 
 }  // namespace longread::kernels::cuda

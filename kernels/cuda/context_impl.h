@@ -12,7 +12,8 @@
 
 namespace longread::kernels::cuda {
 
-// A cuBLASLt plan for one (rows, cols, n_tokens, output type): descriptors and the chosen algo.
+// A cuBLASLt plan for one (rows, cols, n_tokens, output type, input type): descriptors and the
+// chosen algo.
 struct GemmPlan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
@@ -25,7 +26,7 @@ struct Context::Impl {
   cublasLtHandle_t lt = nullptr;
   DeviceBuffer workspace;
   DeviceBuffer attention_bounds;  // grow-only scratch of Attention's per-tile interval bounds
-  std::map<std::tuple<int64_t, int64_t, int64_t, int>, GemmPlan> plans;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int, int>, GemmPlan> plans;
 };
 
 }  // namespace longread::kernels::cuda
