@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/model/llama_model.h"
+#include "engine/model/sampler.h"
 #include "kernels/cuda/cuda_ops.h"
 
 namespace longread::engine {
@@ -59,6 +60,12 @@ class CudaLlamaModel {
   absl::Status Forward(std::span<const int32_t> tokens, DeviceAttentionMemory& memory,
                        LogitsMode mode, std::vector<float>* logits);
 
+  // Decode: Forward through `memory` of `tokens` (the last one is the newest answer token), then
+  // the next token chosen from the last row's logits on the device as ChooseToken(row, step)
+  // chooses it (kernels/cuda SampleToken): the id is all that comes back to the host.
+  absl::StatusOr<int32_t> ForwardAndSample(std::span<const int32_t> tokens,
+                                           DeviceAttentionMemory& memory, const SampleStep& step);
+
   const ModelConfig& config() const { return config_; }
 
  private:
@@ -87,6 +94,10 @@ class CudaLlamaModel {
   std::vector<Layer> layers_;
   Workspace ws_;
   int64_t keys_capacity_ = 0;  // of ws_.from / ws_.until, per KV head
+  // ForwardAndSample's: the sampler's scratch row, and mapped pinned memory holding the chosen
+  // id then the step's control lists (the kernel reads and writes it across the bus).
+  kernels::cuda::DeviceBuffer sample_scratch_;
+  kernels::cuda::PinnedBuffer sample_io_;
 };
 
 }  // namespace longread::engine
