@@ -18,16 +18,15 @@ step() {  # name, seconds, command...: runs it with a limit, logs it, prints its
     "$out/$name.log" | head -12
 }
 export LONGREAD_REQUIRE_GPU=1
-step sampler 30 "$bin/cuda_sampler_test"
-step session 90 "$bin/cuda_session_test" \
-  --gtest_filter='*TokensChosenOnTheDevice*:*CheckpointedMidDocument*'
-step generate 30 "$bin/longread" generate --model "$model" --device cuda --max-tokens 24 \
+step sampler 20 "$bin/cuda_sampler_test"
+step session 40 "$bin/cuda_session_test" --gtest_filter='*TokensChosenOnTheDevice*'
+step generate 20 "$bin/longread" generate --model "$model" --device cuda --max-tokens 24 \
   --prompt "Name three colors."
-step decode 90 "$bin/decode_bench" --model "$model" --text "$text" --tokens 131072 \
+step decode 45 "$bin/decode_bench" --model "$model" --text "$text" --tokens 131072 \
   --decode 48 --json "$out/decode.json"
-step hf 120 python3 "$here/hf_decode_bench.py" --lengths 131072 --new 32 \
+step hf 50 python3 "$here/hf_decode_bench.py" --lengths 131072 --new 32 \
   --json "$out/hf-decode.json"
-timeout 60 ncu --clock-control none --cache-control none --profile-from-start off \
+timeout 35 ncu --clock-control none --cache-control none --profile-from-start off \
   --metrics gpu__time_duration.sum --csv "$bin/decode_bench" --model "$model" --text "$text" --tokens 8192 --decode 12 \
   --modes device --profile-steps 3 >"$out/ncu.csv" 2>"$out/ncu.err"
 echo "== ncu rc=$?"
