@@ -4,7 +4,8 @@
 // the forward pass of a segment through it. The runner drives a DocumentState and never sees
 // where it lives. The seam is at the level of model + memory, as ggml's backend buffers are, not
 // per op: a device backend keeps weights, activations and the memory on the device, and only
-// tokens go in and one row of logits (generation) or a layer's queries (task, recall) come out.
+// tokens go in and a token id or a row of logits (generation) or a layer's queries (task, recall)
+// come out.
 //
 // Threading is the model's: a backend runs one forward pass at a time (one activation
 // workspace), so every DocumentState::ReadSegment and ReadingBackend::CaptureQueries of one
