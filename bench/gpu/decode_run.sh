@@ -24,9 +24,9 @@ step generate 20 "$bin/longread" generate --model "$model" --device cuda --max-t
   --prompt "Name three colors."
 step decode 45 "$bin/decode_bench" --model "$model" --text "$text" --tokens 131072 \
   --decode 48 --json "$out/decode.json"
-step hf 50 python3 "$here/hf_decode_bench.py" --lengths 131072 --new 32 \
+step hf 45 python3 "$here/hf_decode_bench.py" --lengths 131072 --new 32 \
   --json "$out/hf-decode.json"
-timeout 35 ncu --clock-control none --cache-control none --profile-from-start off \
+timeout 25 ncu --clock-control none --cache-control none --profile-from-start off \
   --metrics gpu__time_duration.sum --csv "$bin/decode_bench" --model "$model" --text "$text" --tokens 8192 --decode 12 \
   --modes device --profile-steps 3 >"$out/ncu.csv" 2>"$out/ncu.err"
 echo "== ncu rc=$?"
