@@ -257,7 +257,9 @@ __global__ void __launch_bounds__(kThreads) SampleKernel(SampleArgs a) {
     __syncthreads();
     id = NthWithValue(x, vocab, v, j_at_v);
   }
-  if (threadIdx.x == 0) *a.out = id == INT_MAX ? 0 : id;
+  // Nothing found only when every probability is NaN (every token excluded): the host then
+  // returns its last candidate, the last id.
+  if (threadIdx.x == 0) *a.out = id == INT_MAX ? static_cast<int32_t>(vocab - 1) : id;
 }
 
 }  // namespace
