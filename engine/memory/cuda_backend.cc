@@ -62,6 +62,12 @@ class CudaDocumentState : public DocumentState {
     ObservedDeviceMemory observed(ctx_, model_->config(), memory_.get(), observe);
     return model_->Forward(tokens, observed, mode, logits);
   }
+  bool chooses_on_device() const override { return true; }
+  absl::StatusOr<int32_t> ReadSegmentAndChoose(std::span<const int32_t> tokens,
+                                               const SampleStep& step) override {
+    held_valid_ = false;
+    return model_->ForwardAndSample(tokens, *memory_, step);
+  }
   int64_t next_position() const override { return memory_->next_position(); }
   int64_t max_slot_count() const override { return memory_->max_slot_count(); }
   int64_t slot_count(int32_t layer, int32_t kv_head) const override {

@@ -1,8 +1,9 @@
 // The CUDA backend (reading_backend.h): CudaLlamaModel + CudaSparseKMemory. The weights are
 // uploaded once (bf16) and shared by every document; each document gets its own device memory.
 // What crosses the bus per segment: the tokens, the memory's block selection round trips
-// (cuda_sparsek_memory.h), evicted rows for the archive, and in generation one row of logits per
-// token: sampling stays on the host (the CPU's Sampler, so both backends sample alike).
+// (cuda_sparsek_memory.h), evicted rows for the archive, and in generation one token id per
+// token: the CPU's Sampler plans each choice (its generator's draw, the penalty and n-gram
+// lists) and the device chooses from its logits as the host would (kernels/cuda SampleToken).
 #pragma once
 
 #include <memory>

@@ -4,7 +4,8 @@
 // the forward pass of a segment through it. The runner drives a DocumentState and never sees
 // where it lives. The seam is at the level of model + memory, as ggml's backend buffers are, not
 // per op: a device backend keeps weights, activations and the memory on the device, and only
-// tokens go in and one row of logits (generation) or a layer's queries (task, recall) come out.
+// tokens go in and a token id or a row of logits (generation) or a layer's queries (task, recall)
+// come out.
 //
 // Threading is the model's: a backend runs one forward pass at a time (one activation
 // workspace), so every DocumentState::ReadSegment, ReadingBackend::ReadSegments and
@@ -27,6 +28,7 @@
 #include "engine/memory/snapshot.h"
 #include "engine/memory/sparsek_memory.h"
 #include "engine/model/llama_model.h"
+#include "engine/model/sampler.h"
 #include "engine/scorer/scorer.h"
 #include "kernels/thread_pool.h"
 
@@ -47,6 +49,16 @@ class DocumentState {
   // `observe` (may be null) is shown each layer's queries before attention.
   virtual absl::Status ReadSegment(std::span<const int32_t> tokens, LogitsMode mode,
                                    std::vector<float>* logits, const QueryObserver* observe) = 0;
+
+  // Decode on a backend that chooses tokens where its logits are (chooses_on_device()): reads
+  // `tokens` like ReadSegment, then returns the token ChooseToken(last row, step) would choose,
+  // without the row crossing to the host. Other backends: Unimplemented (the runner then reads
+  // the row and chooses on the host).
+  virtual bool chooses_on_device() const { return false; }
+  virtual absl::StatusOr<int32_t> ReadSegmentAndChoose(std::span<const int32_t> /*tokens*/,
+                                                       const SampleStep& /*step*/) {
+    return absl::UnimplementedError("this backend chooses tokens on the host");
+  }
 
   virtual int64_t next_position() const = 0;
   virtual int64_t max_slot_count() const = 0;

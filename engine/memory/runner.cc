@@ -330,16 +330,33 @@ absl::StatusOr<RecurrentRunner::GeneratedToken> RecurrentRunner::NextToken() {
     g.done = true;
     return absl::FailedPreconditionError("generate: max_new_tokens is 0");
   }
+  int32_t token = -1;
   if (g.unread >= 0) {
     const int32_t previous[1] = {g.unread};
-    if (auto s = ReadSegment(previous, LogitsMode::kLast, &logits_); !s.ok()) {
+    if (state_->chooses_on_device() && !g.options.host_logits) {
+      if (auto s = CheckPositions(1); !s.ok()) {
+        g.done = true;
+        return s;
+      }
+      auto chosen = state_->ReadSegmentAndChoose(previous, g.sampler.Plan());
+      if (!chosen.ok()) {
+        g.done = true;
+        return chosen.status();
+      }
+      ++segments_read_;
+      token = *chosen;
+      g.sampler.Record(token);
+      logits_.clear();
+    } else if (auto s = ReadSegment(previous, LogitsMode::kLast, &logits_); !s.ok()) {
       g.done = true;
       return s;
     }
     g.unread = -1;
   }
-  const int32_t vocab = backend_->config().vocab_size;
-  const int32_t token = g.sampler.Next(std::span<const float>(logits_.data(), vocab));
+  if (token < 0) {
+    const int32_t vocab = backend_->config().vocab_size;
+    token = g.sampler.Next(std::span<const float>(logits_.data(), vocab));
+  }
   ++g.generated;
   const auto& stops = g.options.stop_tokens;
   g.done = std::find(stops.begin(), stops.end(), token) != stops.end() ||

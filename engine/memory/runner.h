@@ -32,6 +32,10 @@ struct GenerateOptions {
   int64_t max_new_tokens = 256;
   SamplingOptions sampling;
   std::vector<int32_t> stop_tokens;  // generation ends after emitting one of these
+  // On a backend that chooses tokens on its device (DocumentState::chooses_on_device), each
+  // answer token's logits stay there and only its id comes back; true: every row comes to the
+  // host (last_logits()) and the host chooses, as on the CPU. Same tokens either way when greedy.
+  bool host_logits = false;
 };
 
 struct RecallOptions {
@@ -112,7 +116,8 @@ class RecurrentRunner {
   absl::Status BeginGenerate(std::span<const int32_t> prompt, const GenerateOptions& options);
   absl::StatusOr<GeneratedToken> NextToken();
   // The logits (vocab_size floats) that the last NextToken sampled from, or after BeginGenerate
-  // those of the prompt's last token; empty before. Read on the host on every backend.
+  // those of the prompt's last token; empty before, and after a token chosen on the device
+  // (GenerateOptions::host_logits false on such a backend).
   std::span<const float> last_logits() const { return logits_; }
 
   // Logits of every token of `tokens` read as one or more segments (evaluation: perplexity).

@@ -261,6 +261,56 @@ absl::Status CudaLlamaModel::Forward(std::span<const int32_t> tokens, DeviceAtte
   return absl::OkStatus();
 }
 
+absl::StatusOr<int32_t> CudaLlamaModel::ForwardAndSample(std::span<const int32_t> tokens,
+                                                         DeviceAttentionMemory& memory,
+                                                         const SampleStep& step) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n == 0) return absl::InvalidArgumentError("cuda model: empty segment");
+  const int64_t vocab = config_.vocab_size;
+  const int64_t lists = static_cast<int64_t>(step.penalized.size() + step.banned.size());
+  if (lists >= INT32_MAX) return absl::InvalidArgumentError("cuda model: control lists too long");
+  LONGREAD_RETURN_IF_ERROR(EnsureWorkspace(n, 0));
+  LONGREAD_RETURN_IF_ERROR(Reserve(sample_scratch_, vocab * 4));
+  if (sample_io_.bytes() < (1 + lists) * 4) {
+    // The previous step's kernel is done: its token was read after a synchronization.
+    auto io = cu::PinnedBuffer::Allocate(std::max<int64_t>(1 + lists, 1024) * 4);
+    if (!io.ok()) return io.status();
+    sample_io_ = std::move(*io);
+  }
+  int32_t* io = sample_io_.as<int32_t>();
+  std::copy(step.penalized.begin(), step.penalized.end(), io + 1);
+  std::copy(step.banned.begin(), step.banned.end(), io + 1 + step.penalized.size());
+  auto attend = [&](int32_t l) -> absl::Status {
+    DeviceSegmentLayerInput in;
+    in.layer = l;
+    in.n_tokens = n;
+    in.q = ws_.q.as<Bf16>();
+    in.k = ws_.k.as<Bf16>();
+    in.v = ws_.v.as<Bf16>();
+    in.x_norm = ws_.x.as<Bf16>();
+    return memory.AttendAndUpdate(in, ws_.attn.as<Bf16>());
+  };
+  // No host vector: the last row's logits stay in ws_.logits for the sampler.
+  LONGREAD_RETURN_IF_ERROR(RunLayers(tokens, LogitsMode::kLast, nullptr, attend));
+  memory.EndSegment(n);
+  cu::SampleArgs a;
+  a.logits = ws_.logits.as<float>();
+  a.vocab = vocab;
+  a.penalized = io + 1;
+  a.n_penalized = static_cast<int32_t>(step.penalized.size());
+  a.repeat_penalty = step.repeat_penalty;
+  a.banned = io + 1 + step.penalized.size();
+  a.n_banned = static_cast<int32_t>(step.banned.size());
+  a.temperature = step.temperature;
+  a.top_p = step.top_p;
+  a.uniform = step.uniform;
+  a.scratch = sample_scratch_.as<float>();
+  a.out = io;
+  LONGREAD_RETURN_IF_ERROR(cu::SampleToken(*ctx_, a));
+  LONGREAD_RETURN_IF_ERROR(ctx_->Synchronize());
+  return io[0];
+}
+
 absl::Status CudaLlamaModel::RunLayers(std::span<const int32_t> tokens, LogitsMode mode,
                                        std::vector<float>* logits,
                                        const std::function<absl::Status(int32_t layer)>& attend) {
@@ -307,6 +357,7 @@ absl::Status CudaLlamaModel::RunLayers(std::span<const int32_t> tokens, LogitsMo
   const int64_t first = mode == LogitsMode::kLast ? n - 1 : 0, rows = n - first;
   const cu::DeviceMatrix& head = c.tie_embeddings ? embedding_ : lm_head_;
   LONGREAD_RETURN_IF_ERROR(cu::MatMul(ctx, head, x + first * d, rows, ws_.logits.as<float>()));
+  if (logits == nullptr) return absl::OkStatus();  // left on the device (ForwardAndSample)
   logits->resize(rows * c.vocab_size);
   return cu::Download(ctx, ws_.logits.as<void>(), rows * int64_t{c.vocab_size} * 4, logits->data());
 }

@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/model/llama_model.h"
+#include "engine/model/sampler.h"
 #include "kernels/cuda/cuda_ops.h"
 
 namespace longread::engine {
@@ -66,6 +67,12 @@ class CudaLlamaModel {
     std::vector<kernels::cuda::DeviceBuffer> k, v;
   };
   absl::StatusOr<Cache> NewCache(int64_t capacity) const;
+
+  // Decode: Forward through `memory` of `tokens` (the last one is the newest answer token), then
+  // the next token chosen from the last row's logits on the device as ChooseToken(row, step)
+  // chooses it (kernels/cuda SampleToken): the id is all that comes back to the host.
+  absl::StatusOr<int32_t> ForwardAndSample(std::span<const int32_t> tokens,
+                                           DeviceAttentionMemory& memory, const SampleStep& step);
 
   // Runs `tokens` (the segment after what `cache` holds) through every layer and appends their
   // keys and values to `cache`. `logits` receives 0, 1 or tokens.size() rows, as in LlamaModel.
@@ -131,6 +138,10 @@ class CudaLlamaModel {
   kernels::cuda::DeviceMatrix embedding_, lm_head_;
   kernels::cuda::DeviceBuffer output_norm_;
   std::vector<Layer> layers_;
+  // ForwardAndSample's: the sampler's scratch row, and mapped pinned memory holding the chosen
+  // id then the step's control lists (the kernel reads and writes it across the bus).
+  kernels::cuda::DeviceBuffer sample_scratch_;
+  kernels::cuda::PinnedBuffer sample_io_;
   Workspace ws_;
   int64_t keys_capacity_ = 0;  // of ws_.from / ws_.until, per KV head
   // Fork (the layer's projections are done) and one join per document of a pass.

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <random>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace longread::engine {
@@ -29,6 +30,27 @@ struct SamplingOptions {
   int64_t no_repeat_ngram = 6;
 };
 
+// One choice's inputs besides the logits, so that a device can choose as the host does: the
+// controls as token lists (the repetition penalty on `penalized`, then -inf on `banned`) and,
+// when temperature > 0, the uniform draw in [0, 1) taken from the sampler's generator (the host
+// and a device then pick the token at uniform x the kept mass). ChooseToken is the reference.
+struct SampleStep {
+  float temperature = 0.0f;
+  float top_p = 1.0f;
+  double uniform = 0.0;
+  float repeat_penalty = 1.0f;
+  std::vector<int32_t> penalized;  // distinct, ascending
+  std::vector<int32_t> banned;     // may repeat
+};
+
+// The token `step` chooses from `logits` (vocab floats): greedy is Argmax of the controlled
+// logits; else p = exp((l - max) / temperature) in float, the nucleus in descending p (ties by
+// id) when top_p < 1, and the first token (nucleus order, or id order without top-p) at which
+// the running sum reaches uniform x the kept mass. `controlled` and `candidates` are scratch.
+int32_t ChooseToken(std::span<const float> logits, const SampleStep& step,
+                    std::vector<float>* controlled,
+                    std::vector<std::pair<float, int32_t>>* candidates);
+
 class Sampler {
  public:
   explicit Sampler(const SamplingOptions& options) : options_(options), rng_(options.seed) {}
@@ -38,17 +60,20 @@ class Sampler {
   // Chooses the next token and records it as part of the answer.
   int32_t Next(std::span<const float> logits);
 
- private:
-  // The logits with the penalty and the n-gram exclusion applied, or `logits` itself when off.
-  std::span<const float> Controlled(std::span<const float> logits);
-  int32_t Choose(std::span<const float> logits);
+  // The same in two halves, for a choice made elsewhere (on the device): Plan draws from the
+  // generator and lists the controls for the next token; Record takes the token chosen.
+  // Next(logits) == Record(ChooseToken(logits, Plan(), ...)).
+  const SampleStep& Plan();
+  void Record(int32_t token) { answer_.push_back(token); }
 
+ private:
   SamplingOptions options_;
   std::mt19937_64 rng_;
   std::vector<std::pair<float, int32_t>> candidates_;
   std::vector<int32_t> prompt_tail_;  // at most repeat_last_n tokens
   std::vector<int32_t> answer_;
   std::vector<float> controlled_;
+  SampleStep step_;
 };
 
 int32_t Argmax(std::span<const float> logits);

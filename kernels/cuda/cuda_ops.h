@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/cuda/sample_args.h"
 #include "kernels/cuda/select_args.h"
 #include "kernels/dtype.h"
 #include "kernels/ops.h"
@@ -281,6 +282,10 @@ absl::Status Attention(Context& ctx, const AttentionArgs& args);
 
 // out[r] = the index of the largest logits[r][.] (the first one on ties; NaNs never win).
 absl::Status ArgMax(Context& ctx, const float* logits, int64_t n_rows, int64_t vocab, int32_t* out);
+// One token from one row of logits, chosen as the host's ChooseToken chooses (SampleArgs,
+// sample_args.h): greedy exactly; temperature / top-p the same token but where a running mass
+// falls within rounding of a boundary. One block of 1024 threads.
+absl::Status SampleToken(Context& ctx, const SampleArgs& args);
 
 // Conversions for plumbing and tests.
 absl::Status FloatToBf16(Context& ctx, const float* in, int64_t n, Bf16* out);

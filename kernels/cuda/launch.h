@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/sample_args.h"
 #include "kernels/cuda/select_args.h"
 #include "kernels/dtype.h"
 
@@ -47,6 +48,7 @@ cudaError_t SiluMul(const uint16_t* gate, const uint16_t* up, int64_t n, uint16_
                     cudaStream_t stream);
 cudaError_t ArgMax(const float* logits, int64_t n_rows, int64_t vocab, int32_t* out,
                    cudaStream_t stream);
+cudaError_t SampleToken(const SampleArgs& args, cudaStream_t stream);  // sample.cu
 cudaError_t FloatToBf16(const float* in, int64_t n, uint16_t* out, cudaStream_t stream);
 cudaError_t Bf16ToFloat(const uint16_t* in, int64_t n, float* out, cudaStream_t stream);
 

@@ -148,8 +148,8 @@ Memory (DESIGN.md §4; s + k + w + L must fit the model's trained context):
                          for the default model; if not, a warning and none)
   --dense                dense causal attention instead (exact; only up to the model's context)
   --device DEV           cpu (default: the reference engine), cuda (weights, activations and
-                         the document's memory on the GPU; sampling stays on the host, one row
-                         of logits per answer token), or auto (cuda when this build has CUDA
+                         the document's memory on the GPU; each answer token is chosen there, as
+                         the host would choose it, and only its id comes back), or auto (cuda when this build has CUDA
                          and a GPU is visible, else cpu). cuda without a visible GPU: exit 6
   --max-bytes N          refuse documents larger than N bytes (default 1073741824); stdin,
                          pipes and character devices are read as a stream, never beyond N + 1
@@ -162,6 +162,9 @@ Answers TEXT with the model, wrapped in the model's chat template (--raw: the te
 
   --prompt TEXT          the prompt (required)
   --raw                  feed the prompt without the chat template
+  --device DEV           cpu (default), cuda (the model on the GPU; each answer token is chosen
+                         there, only its id comes back), or auto (cuda when this build has CUDA
+                         and a GPU is visible, else cpu). cuda without a visible GPU: exit 6
 )";
 
 struct Args {
@@ -336,8 +339,22 @@ int Generate(const Args& args) {
   std::string error;
   engine::GenerateOptions options;
   if (!ParseGenerateOptions(args, &options, &error)) return Usage(error);
+  // As for run: a device that cannot be used is refused before the model is read.
+  const std::string device = args.Get("device", "cpu");
+  if (auto s = engine::CheckDevice(device); !s.ok()) {
+    if (s.code() == absl::StatusCode::kInvalidArgument) return Usage(std::string(s.message()));
+    Log(LogLevel::kError, "device_unavailable",
+        {{"device", device}, {"error", std::string(s.message())}});
+    return kNoDevice;
+  }
   Loaded loaded;
   if (int rc = LoadModel(args, &loaded); rc != kOk) return rc;
+  auto backend = engine::OpenReadingBackend(device, loaded.model.get());
+  if (!backend.ok()) {
+    Log(LogLevel::kError, "device_unavailable",
+        {{"device", device}, {"error", std::string(backend.status().message())}});
+    return backend.status().code() == absl::StatusCode::kFailedPrecondition ? kNoDevice : kInternal;
+  }
 
   std::vector<int32_t> tokens;
   if (args.Has("raw")) {
@@ -364,9 +381,13 @@ int Generate(const Args& args) {
     const int32_t id = loaded.tokenizer->TokenId(stop);
     if (id >= 0) options.stop_tokens.push_back(id);
   }
-  engine::RecurrentRunner runner(loaded.model.get(), config, nullptr, loaded.pool.get());
+  auto runner = engine::RecurrentRunner::Create(backend->get(), config, nullptr, loaded.pool.get());
+  if (!runner.ok()) {
+    Log(LogLevel::kError, "generate_failed", {{"error", std::string(runner.status().message())}});
+    return kInternal;
+  }
   engine::TokenDecoder decoder(*loaded.tokenizer);
-  auto generated = runner.Generate(tokens, options, [&](int32_t token) {
+  auto generated = (*runner)->Generate(tokens, options, [&](int32_t token) {
     if (loaded.tokenizer->IsControl(token)) return true;
     std::fputs(decoder.Push(token).c_str(), stdout);
     std::fflush(stdout);
@@ -736,8 +757,9 @@ int main(int argc, char** argv) {
   // memory is an expensive mistake).
   if (command == "run" || command == "generate") {
     static const std::set<std::string> kCommon = {
-        "help",        "model", "threads", "log-format",      "quiet",          "max-tokens",
-        "temperature", "top-p", "seed",    "no-repeat-ngram", "repeat-penalty", "repeat-last-n"};
+        "help",           "model",         "threads", "log-format", "quiet",
+        "max-tokens",     "temperature",   "top-p",   "seed",       "no-repeat-ngram",
+        "repeat-penalty", "repeat-last-n", "device"};
     static const std::set<std::string> kRun = {"task",          "question",
                                                "instruction",   "json",
                                                "memory-k",      "window",
@@ -749,7 +771,7 @@ int main(int argc, char** argv) {
                                                "recall-scope",  "block-score",
                                                "cache-dir",     "archive-max-bytes",
                                                "scorer",        "dense",
-                                               "max-bytes",     "device"};
+                                               "max-bytes"};
     static const std::set<std::string> kGenerate = {"prompt", "raw"};
     const auto& own = command == "run" ? kRun : kGenerate;
     for (const auto& [name, value] : args.options) {

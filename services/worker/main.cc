@@ -49,8 +49,8 @@ assigns, many at once, streaming progress, checkpoints and answers back (docs/SE
                           models/SmolLM2-135M-Instruct.Q4_1.gguf); coordinators must use the same
   --threads N             CPU threads of the shared thread pool (default: the cores)
   --device cpu|cuda|auto  where documents are read (default cpu). cuda: the weights once on the
-                          GPU (bf16) and each document's memory there too; sampling stays on
-                          the host. auto: cuda when this build has CUDA and a GPU is visible.
+                          GPU (bf16) and each document's memory there too; answer tokens are
+                          chosen there. auto: cuda when this build has CUDA and a GPU is visible.
                           cuda without a visible GPU: exit 6. The device is the `backend`
                           label of longread_build_info and the `device` label of
                           longread_device_memory_bytes on /metrics

@@ -1,7 +1,7 @@
-// `--device` of `longread run` and `longread-worker`: an unknown device is a usage error (exit 2),
-// and cuda where no GPU is visible (CI) is refused with exit 6 and a message saying why, before
-// the document or the model is read. The cuda path itself runs on the device machine (label gpu:
-// tests/engine/job/cuda_session_test.cc, bench/gpu/device_run.sh).
+// `--device` of `longread run`, `longread generate` and `longread-worker`: an unknown device is a
+// usage error (exit 2), and cuda where no GPU is visible (CI) is refused with exit 6 and a message
+// saying why, before the document or the model is read. The cuda path itself runs on the device
+// machine (label gpu: tests/engine/job/cuda_session_test.cc, bench/gpu/device_run.sh).
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -65,6 +65,47 @@ TEST_F(CliDeviceTest, AutoWithoutAGpuReadsOnTheCpu) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_GT(testing::JsonInt(r.out, "document_tokens"), 0) << r.out;
   EXPECT_GT(testing::JsonInt(r.out, "generated_tokens"), 0) << r.out;
+}
+
+// `longread generate` with `args`; stdout and stderr land in the test's directory.
+testing::CliResult RunGenerate(const std::filesystem::path& dir, const std::string& args) {
+  const std::string out = (dir / "stdout").string(), err = (dir / "stderr").string();
+  const int status =
+      std::system(absl::StrCat(LONGREAD_BINARY, " generate ", args, " >", out, " 2>", err).c_str());
+  testing::CliResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = testing::ReadFile(out);
+  r.err = testing::ReadFile(err);
+  return r;
+}
+
+TEST_F(CliDeviceTest, GenerateRefusesAnUnknownDevice) {
+  const testing::CliResult r = RunGenerate(dir_, "--prompt hello --device tpu");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("--device must be cpu, cuda or auto, not 'tpu'"), std::string::npos)
+      << r.err;
+}
+
+TEST_F(CliDeviceTest, GenerateOnCudaWithoutAGpuExitsSixBeforeLoadingTheModel) {
+  if (GpuVisible()) GTEST_SKIP() << "a GPU is visible here";
+  // A model that does not exist: the device is refused first (exit 6, not the model's error).
+  const testing::CliResult r = RunGenerate(
+      dir_, absl::StrCat("--prompt hello --device cuda --model ", (dir_ / "none.gguf").string()));
+  EXPECT_EQ(r.exit_code, 6) << r.err;
+  EXPECT_NE(r.err.find("device_unavailable"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("use --device cpu"), std::string::npos) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+}
+
+TEST_F(CliDeviceTest, GenerateAutoWithoutAGpuAnswersOnTheCpu) {
+  if (GpuVisible()) GTEST_SKIP() << "a GPU is visible here";
+  if (!testing::HaveModel()) GTEST_SKIP() << "default model missing: run scripts/setup.sh";
+  const testing::CliResult r =
+      RunGenerate(dir_, absl::StrCat("--model ", testing::ModelPath(),
+                                     " --threads 2 --device auto --max-tokens 6 --quiet",
+                                     " --prompt 'Name a color.'"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_FALSE(r.out.empty()) << r.err;
 }
 
 TEST_F(CliDeviceTest, WorkerOnCudaWithoutAGpuExitsSix) {

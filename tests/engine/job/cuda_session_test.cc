@@ -5,6 +5,9 @@
 // 2. After the same reading and recall, the cuda runner's next-token distributions over the
 //    answer's first tokens agree with the cpu runner's (mean KL <= 1e-2 nats), the cuda side
 //    teacher-forced with the cpu's greedy answer.
+// 3. Tokens chosen on the device (only the id comes back) are the tokens the host chooses from
+//    the same logits: greedy (with the n-gram guard) and seeded temperature + top-p sampling
+//    with a repetition penalty.
 // Without a GPU the tests skip (LONGREAD_REQUIRE_GPU=1 makes that a failure, as on the device).
 #include <algorithm>
 #include <cmath>
@@ -259,6 +262,57 @@ TEST(CudaSessionTest, NextTokenDistributionsAfterReadingAgreeWithTheCpu) {
       document.size(), static_cast<long long>(rows), sum / rows, most, same_argmax,
       static_cast<long long>(rows), (*tokenizer)->Decode(answer).c_str());
   EXPECT_LE(sum / rows, 1e-2);
+}
+
+TEST(CudaSessionTest, TokensChosenOnTheDeviceAreTheHostsChoices) {
+  REQUIRE_GPU();
+  REQUIRE_DEFAULT_MODEL(model);
+  auto tokenizer = Tokenizer::Create(model->file().tokenizer());
+  ASSERT_TRUE(tokenizer.ok());
+  const std::vector<int32_t> document = (*tokenizer)->Encode(Ledger(40), false);
+  const std::vector<int32_t> prompt =
+      (*tokenizer)->Encode("\nWhat did the keeper log in 1710? Answer:", false);
+  auto cuda = OpenReadingBackend("cuda", model);
+  ASSERT_TRUE(cuda.ok()) << cuda.status();
+  kernels::ThreadPool pool(2);
+  const RunnerConfig config = Options().runner;
+
+  GenerateOptions greedy;
+  greedy.max_new_tokens = 40;
+  GenerateOptions sampled = greedy;
+  sampled.sampling.temperature = 0.8f;
+  sampled.sampling.top_p = 0.9f;
+  sampled.sampling.seed = 11;
+  sampled.sampling.repeat_penalty = 1.1f;
+  GenerateOptions unfiltered = sampled;
+  unfiltered.sampling.top_p = 1.0f;
+  unfiltered.sampling.temperature = 1.2f;
+  for (const GenerateOptions* base : {&greedy, &sampled, &unfiltered}) {
+    std::vector<int32_t> answers[2];
+    for (bool host : {true, false}) {
+      auto runner = RecurrentRunner::Create(cuda->get(), config, nullptr, &pool);
+      ASSERT_TRUE(runner.ok()) << runner.status();
+      ASSERT_TRUE((*runner)->Feed(document).ok());
+      GenerateOptions options = *base;
+      options.host_logits = host;
+      ASSERT_TRUE((*runner)->BeginGenerate(prompt, options).ok());
+      std::vector<int32_t>& answer = answers[host ? 0 : 1];
+      for (;;) {
+        auto next = (*runner)->NextToken();
+        ASSERT_TRUE(next.ok()) << next.status();
+        answer.push_back(next->token);
+        // Only the host path has a row of logits once the first token is chosen.
+        if (answer.size() > 1) {
+          EXPECT_EQ((*runner)->last_logits().empty(), !host);
+        }
+        if (next->done) break;
+      }
+    }
+    std::printf("[device choice] temperature %.1f top_p %.1f: %s\n", base->sampling.temperature,
+                base->sampling.top_p, (*tokenizer)->Decode(answers[1]).c_str());
+    EXPECT_EQ(answers[1], answers[0]);
+    EXPECT_EQ(answers[1].size(), static_cast<size_t>(base->max_new_tokens));
+  }
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <random>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -102,6 +104,38 @@ TEST(SamplerTest, RepeatPenaltyFollowsLlamaCppOverTheLastN) {
   logits[7] = 1.0f;
   logits[1] = 0.8f;
   EXPECT_EQ(digits.Next(logits), 1);
+}
+
+// A device chooses from Plan()'s step what Next chooses (the device path rests on it): two
+// samplers with the same options and seed, one choosing through Plan + ChooseToken + Record, pick
+// the same tokens, draw for draw, with the penalty and the n-gram guard in play.
+TEST(SamplerTest, PlanThenChooseIsNext) {
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> normal(0.0f, 1.5f);
+  int banned_steps = 0;
+  for (const SamplingOptions& options :
+       {SamplingOptions{}, SamplingOptions{.temperature = 0.9f, .top_p = 0.8f, .seed = 3},
+        SamplingOptions{.temperature = 1.3f, .seed = 4, .repeat_penalty = 1.2f},
+        SamplingOptions{.temperature = 0.5f, .top_p = 0.3f, .seed = 5, .no_repeat_ngram = 2}}) {
+    Sampler whole(options), halves(options);
+    const std::vector<int32_t> prompt = {1, 2, 3, 2};
+    whole.SetPromptTail(prompt);
+    halves.SetPromptTail(prompt);
+    std::vector<float> controlled;
+    std::vector<std::pair<float, int32_t>> candidates;
+    for (int i = 0; i < 200; ++i) {
+      std::vector<float> logits(12);
+      for (float& l : logits) l = normal(rng);
+      logits[static_cast<size_t>(i % 3)] += 3.0f;  // a loop the guard must break
+      const int32_t want = whole.Next(logits);
+      const SampleStep& step = halves.Plan();
+      banned_steps += !step.banned.empty();
+      const int32_t got = ChooseToken(logits, step, &controlled, &candidates);
+      halves.Record(got);
+      ASSERT_EQ(got, want) << "step " << i << " temperature " << options.temperature;
+    }
+  }
+  EXPECT_GT(banned_steps, 0);
 }
 
 }  // namespace
