@@ -2,7 +2,9 @@
 #pragma once
 
 #include <cstdlib>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 
 #include "engine/model/llama_model.h"
@@ -18,6 +20,18 @@ inline std::string SourceDir() {
 
 inline std::string DefaultModelPath() {
   return SourceDir() + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+// Real prose for reading tests: the repository's own documentation (some 40 kB).
+inline std::string DocumentationText() {
+  std::string text;
+  for (const char* path : {"/docs/ARCHITECTURE.md", "/README.md", "/docs/SERVICE.md"}) {
+    std::ifstream in(SourceDir() + path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    text += ss.str();
+  }
+  return text;
 }
 
 // The model is loaded once per test binary: it is read-only after loading.
