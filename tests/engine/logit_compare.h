@@ -32,6 +32,16 @@ inline double KlDivergence(const float* p_logits, const float* q_logits, int64_t
   return kl;
 }
 
+// The largest difference of a from the reference b, relative to b's largest magnitude.
+inline double MaxRelativeDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  double max_abs = 0, max_diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    max_abs = std::max(max_abs, std::abs(static_cast<double>(b[i])));
+    max_diff = std::max(max_diff, std::abs(static_cast<double>(a[i]) - b[i]));
+  }
+  return max_diff / max_abs;
+}
+
 // How many of the positions `want` holds `got` holds too (both sorted, as the memories keep
 // them): the slots two memories have in common.
 inline int64_t PositionsInCommon(const std::vector<int64_t>& want,

@@ -1,11 +1,14 @@
 // Shared by engine tests that need the real default model (installed by scripts/setup.sh).
 #pragma once
 
+#include <cstdint>
 #include <cstdlib>
 #include <fstream>
 #include <memory>
+#include <random>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "engine/model/llama_model.h"
 #include "engine/model_files/model_file.h"
@@ -32,6 +35,15 @@ inline std::string DocumentationText() {
     text += ss.str();
   }
   return text;
+}
+
+// n token ids drawn from `seed`, in the ordinary vocabulary (no special tokens).
+inline std::vector<int32_t> RandomTokens(int n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(100, 20000);
+  std::vector<int32_t> tokens(n);
+  for (auto& t : tokens) t = dist(rng);
+  return tokens;
 }
 
 // The model is loaded once per test binary: it is read-only after loading.
