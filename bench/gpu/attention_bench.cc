@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/gpu/cuda_timing.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/half.h"
@@ -188,27 +189,6 @@ std::vector<uint16_t> RandomBf16(int64_t n, std::mt19937& rng) {
   return v;
 }
 
-// Median milliseconds of `reps` runs of `body`, each between two events on `stream`.
-template <typename F>
-double MedianMs(cudaStream_t stream, int reps, F body) {
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  for (int i = 0; i < 3; ++i) body();
-  std::vector<float> ms(reps);
-  for (int i = 0; i < reps; ++i) {
-    cudaEventRecord(start, stream);
-    body();
-    cudaEventRecord(stop, stream);
-    cudaEventSynchronize(stop);
-    cudaEventElapsedTime(&ms[i], start, stop);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(ms.begin(), ms.end());
-  return ms[reps / 2];
-}
-
 int Main(int argc, char** argv) {
   Options o;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -301,12 +281,12 @@ int Main(int argc, char** argv) {
   std::vector<double> variant_ms;
   for (int variant = 0; o.sweep && variant < kernels::cuda::launch::kAttentionVariants; ++variant) {
     a.variant = variant;
-    variant_ms.push_back(MedianMs(stream, o.reps, attention));
+    variant_ms.push_back(bench::MedianMs(stream, 3, o.reps, attention));
     std::printf("attention variant %d: %.4f ms\n", variant, variant_ms.back());
   }
   a.variant = o.variant;
-  const double attention_ms = MedianMs(stream, o.reps, attention);
-  const double rope_ms = MedianMs(stream, o.reps, rope);
+  const double attention_ms = bench::MedianMs(stream, 3, o.reps, attention);
+  const double rope_ms = bench::MedianMs(stream, 3, o.reps, rope);
   DieIf(ctx.Synchronize());
 
   const int64_t group = o.n_heads / o.n_kv_heads;

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/gpu/cuda_timing.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/half.h"
 #include "kernels/sparsek.h"
@@ -124,26 +125,6 @@ Intervals BuildIntervals(int64_t L, std::mt19937& rng) {
     }
   }
   return iv;
-}
-
-template <typename F>
-double MedianMs(cudaStream_t stream, int reps, F body) {
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  body();
-  std::vector<float> ms(reps);
-  for (int i = 0; i < reps; ++i) {
-    cudaEventRecord(start, stream);
-    body();
-    cudaEventRecord(stop, stream);
-    cudaEventSynchronize(stop);
-    cudaEventElapsedTime(&ms[i], start, stop);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(ms.begin(), ms.end());
-  return ms[reps / 2];
 }
 
 int Main(int argc, char** argv) {
@@ -265,8 +246,8 @@ int Main(int argc, char** argv) {
     Check(cu::AddResidual(ctx, hidden.as<float>(), ffn_out.as<Bf16>(), L * kDim));
   };
 
-  const double full_ms = MedianMs(stream, reps, [&] { forward(true); });
-  const double no_attention_ms = MedianMs(stream, reps, [&] { forward(false); });
+  const double full_ms = bench::MedianMs(stream, 1, reps, [&] { forward(true); });
+  const double no_attention_ms = bench::MedianMs(stream, 1, reps, [&] { forward(false); });
   // The same pass captured once as a CUDA graph and replayed: what launch overhead costs.
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
@@ -275,7 +256,7 @@ int Main(int argc, char** argv) {
     forward(true);
     if (cudaStreamEndCapture(stream, &graph) == cudaSuccess &&
         cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess) {
-      graph_ms = MedianMs(stream, reps, [&] { cudaGraphLaunch(exec, stream); });
+      graph_ms = bench::MedianMs(stream, 1, reps, [&] { cudaGraphLaunch(exec, stream); });
     }
   }
   Check(ctx.Synchronize());

@@ -55,6 +55,7 @@
 #include "engine/memory/runner.h"
 #include "engine/model/cuda_llama_model.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "tests/engine/logit_compare.h"
 
 namespace longread {
 namespace {
@@ -102,22 +103,29 @@ double MeanKl(const std::vector<float>& p_all, const std::vector<float>& q_all, 
   const int64_t rows = static_cast<int64_t>(p_all.size()) / vocab;
   double total = 0;
   for (int64_t r = 0; r < rows; ++r) {
-    const float* p = &p_all[r * vocab];
-    const float* q = &q_all[r * vocab];
-    double pm = p[0], qm = q[0];
-    for (int64_t i = 1; i < vocab; ++i)
-      pm = std::max<double>(pm, p[i]), qm = std::max<double>(qm, q[i]);
-    double ps = 0, qs = 0;
-    for (int64_t i = 0; i < vocab; ++i) ps += std::exp(p[i] - pm), qs += std::exp(q[i] - qm);
-    const double pz = pm + std::log(ps), qz = qm + std::log(qs);
-    double kl = 0;
-    for (int64_t i = 0; i < vocab; ++i) {
-      const double lp = p[i] - pz, lq = q[i] - qz;
-      kl += std::exp(lp) * (lp - lq);
-    }
-    total += kl;
+    total += engine::testing::KlDivergence(&p_all[r * vocab], &q_all[r * vocab], vocab);
   }
   return total / std::max<int64_t>(rows, 1);
+}
+
+// The positive whole numbers of a comma-separated flag value; anything else is passed over.
+std::vector<int64_t> PositiveList(const std::string& arg) {
+  std::vector<int64_t> values;
+  for (const auto& part : absl::StrSplit(arg, ',')) {
+    int64_t v = 0;
+    if (absl::SimpleAtoi(part, &v) && v > 0) values.push_back(v);
+  }
+  return values;
+}
+
+// --json: the device and the reading settings (`config_more` adds to them), then `results`.
+void WriteJson(const std::string& path, const char* device, const engine::RunnerConfig& config,
+               int64_t task_tokens, const std::string& config_more, const std::string& results) {
+  std::ofstream f(path);
+  f << "{\"device\":\"" << device << "\",\"config\":{\"segment_tokens\":" << config.segment_tokens
+    << ",\"sinks\":" << config.memory.sinks << ",\"top_k\":" << config.memory.top_k
+    << ",\"window\":" << config.memory.window << ",\"block_tokens\":" << config.memory.block_tokens
+    << ",\"task_tokens\":" << task_tokens << config_more << "}," << results << "}\n";
 }
 
 // --documents: D documents of N tokens at once, for each D and N; the JSON's "batched" rows.
@@ -272,27 +280,15 @@ int Main(int argc, char** argv) {
   const int64_t n_task = static_cast<int64_t>(task.size());
 
   if (!documents_arg.empty()) {
-    std::vector<int64_t> documents, lengths;
-    for (const auto& part : absl::StrSplit(documents_arg, ',')) {
-      int64_t v = 0;
-      if (absl::SimpleAtoi(part, &v) && v > 0) documents.push_back(v);
-    }
-    for (const auto& part : absl::StrSplit(tokens_arg, ',')) {
-      int64_t v = 0;
-      if (absl::SimpleAtoi(part, &v) && v > 0) lengths.push_back(v);
-    }
+    const std::vector<int64_t> documents = PositiveList(documents_arg);
+    const std::vector<int64_t> lengths = PositiveList(tokens_arg);
     auto rows = RunBatched(**model, config, scorer, text, task, documents, lengths, batcher_tokens);
     if (!rows.ok()) return std::fprintf(stderr, "%s\n", rows.status().ToString().c_str()), 1;
     cudaDeviceProp prop;
     cudaGetDeviceProperties(&prop, 0);
     if (!json.empty()) {
-      std::ofstream f(json);
-      f << "{\"device\":\"" << prop.name
-        << "\",\"config\":{\"segment_tokens\":" << config.segment_tokens
-        << ",\"sinks\":" << config.memory.sinks << ",\"top_k\":" << config.memory.top_k
-        << ",\"window\":" << config.memory.window
-        << ",\"block_tokens\":" << config.memory.block_tokens << ",\"task_tokens\":" << n_task
-        << ",\"archive\":\"off\"},\"batched\":[" << *rows << "]}\n";
+      WriteJson(json, prop.name, config, n_task, ",\"archive\":\"off\"",
+                "\"batched\":[" + *rows + "]");
     }
     return 0;
   }
@@ -309,9 +305,7 @@ int Main(int argc, char** argv) {
   if (archive_arg != "0") archive_modes.push_back(true);
   if (archive_arg == "0" || archive_arg == "both") archive_modes.push_back(false);
   std::string rows;
-  for (const auto& part : absl::StrSplit(tokens_arg, ',')) {
-    int64_t n = 0;
-    if (!absl::SimpleAtoi(part, &n) || n <= 0) continue;
+  for (const int64_t n : PositiveList(tokens_arg)) {
     std::vector<int32_t> ids;
     while (static_cast<int64_t>(ids.size()) < n) ids.insert(ids.end(), text.begin(), text.end());
     ids.resize(n);
@@ -441,11 +435,7 @@ int Main(int argc, char** argv) {
     for (int32_t l = 0; l < c.n_layers; ++l) {
       for (int32_t g = 0; g < c.n_kv_heads; ++g) {
         const auto& want = cpu.memory().held(l, g).positions;
-        const auto& got = (*memory)->positions(l, g);
-        std::vector<int64_t> both;
-        std::set_intersection(want.begin(), want.end(), got.begin(), got.end(),
-                              std::back_inserter(both));
-        same += static_cast<int64_t>(both.size());
+        same += engine::testing::PositionsInCommon(want, (*memory)->positions(l, g));
         total += static_cast<int64_t>(want.size());
       }
     }
@@ -461,13 +451,8 @@ int Main(int argc, char** argv) {
                  ",\"slots\":" + std::to_string(total) + "}";
   }
   if (!json.empty()) {
-    std::ofstream f(json);
-    f << "{\"device\":\"" << prop.name
-      << "\",\"config\":{\"segment_tokens\":" << config.segment_tokens
-      << ",\"sinks\":" << config.memory.sinks << ",\"top_k\":" << config.memory.top_k
-      << ",\"window\":" << config.memory.window
-      << ",\"block_tokens\":" << config.memory.block_tokens << ",\"task_tokens\":" << n_task
-      << "},\"reads\":[" << rows << "],\"cpu_comparison\":" << comparison << "}\n";
+    WriteJson(json, prop.name, config, n_task, "",
+              "\"reads\":[" + rows + "],\"cpu_comparison\":" + comparison);
   }
   return 0;
 }

@@ -5,15 +5,12 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "engine/model/kernel_rope.h"
 #include "kernels/dtype.h"
 #include "kernels/ops.h"
 
 namespace longread::engine {
 namespace {
-
-kernels::RopeStyle KernelRope(RopeStyle style) {
-  return style == RopeStyle::kHalf ? kernels::RopeStyle::kHalf : kernels::RopeStyle::kInterleaved;
-}
 
 kernels::MatrixView F32Matrix(const float* data, int64_t rows, int64_t cols) {
   kernels::MatrixView m;

@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/model/cuda_common.h"
+#include "engine/model/kernel_rope.h"
 #include "kernels/half.h"
 
 namespace longread::engine {
@@ -16,25 +18,6 @@ namespace cu = kernels::cuda;
 using cu::Bf16;
 
 constexpr int32_t kForever = std::numeric_limits<int32_t>::max();
-
-#define LONGREAD_RETURN_IF_ERROR(expr)      \
-  do {                                      \
-    if (absl::Status s = (expr); !s.ok()) { \
-      return s;                             \
-    }                                       \
-  } while (0)
-
-kernels::RopeStyle KernelRope(RopeStyle style) {
-  return style == RopeStyle::kHalf ? kernels::RopeStyle::kHalf : kernels::RopeStyle::kInterleaved;
-}
-
-absl::Status Reserve(cu::DeviceBuffer& buffer, int64_t bytes) {
-  if (buffer.bytes() >= bytes) return absl::OkStatus();
-  auto b = cu::DeviceBuffer::Allocate(bytes);
-  if (!b.ok()) return b.status();
-  buffer = std::move(*b);
-  return absl::OkStatus();
-}
 
 // Downloads n bf16 values and widens them on the host.
 absl::Status DownloadFloats(cu::Context& ctx, const Bf16* device, int64_t n,

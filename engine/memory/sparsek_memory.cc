@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "engine/model/kernel_rope.h"
 #include "kernels/attention.h"
 #include "kernels/ops.h"
 #include "kernels/sparsek.h"
@@ -13,10 +14,6 @@ namespace longread::engine {
 namespace {
 
 constexpr int32_t kForever = std::numeric_limits<int32_t>::max();
-
-kernels::RopeStyle KernelRope(RopeStyle style) {
-  return style == RopeStyle::kHalf ? kernels::RopeStyle::kHalf : kernels::RopeStyle::kInterleaved;
-}
 
 // Makes room for n elements. The dense cache grows every call, so geometrically (amortized: no
 // allocation on most tokens); SparseK's slot count is bounded, so exactly (doubling would double

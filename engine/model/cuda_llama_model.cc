@@ -6,6 +6,8 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "engine/model/cuda_common.h"
+#include "engine/model/kernel_rope.h"
 #include "kernels/ops.h"
 
 namespace longread::engine {
@@ -43,30 +45,10 @@ absl::StatusOr<cu::DeviceBuffer> UploadVector(cu::Context& ctx, const ModelFile&
   return std::move(*b);
 }
 
-kernels::RopeStyle KernelRope(RopeStyle style) {
-  return style == RopeStyle::kHalf ? kernels::RopeStyle::kHalf : kernels::RopeStyle::kInterleaved;
-}
-
-// Grows `buffer` to at least `bytes` (contents are not kept).
-absl::Status Reserve(cu::DeviceBuffer& buffer, int64_t bytes) {
-  if (buffer.bytes() >= bytes) return absl::OkStatus();
-  auto b = cu::DeviceBuffer::Allocate(bytes);
-  if (!b.ok()) return b.status();
-  buffer = std::move(*b);
-  return absl::OkStatus();
-}
-
 absl::Status Fp32OnlyDense() {
   return absl::FailedPreconditionError(
       "cuda model: the fp32 mode reads through a dense cache only (the device memory is bf16)");
 }
-
-#define LONGREAD_RETURN_IF_ERROR(expr)      \
-  do {                                      \
-    if (absl::Status s = (expr); !s.ok()) { \
-      return s;                             \
-    }                                       \
-  } while (0)
 
 }  // namespace
 

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "engine/model/cuda_common.h"
 #include "engine/model/cuda_llama_model.h"
 #include "kernels/cuda/cuda_ops_fp32.h"
 
@@ -14,13 +15,6 @@ namespace longread::engine {
 namespace {
 
 namespace cu = kernels::cuda;
-
-#define LONGREAD_RETURN_IF_ERROR(expr)      \
-  do {                                      \
-    if (absl::Status s = (expr); !s.ok()) { \
-      return s;                             \
-    }                                       \
-  } while (0)
 
 absl::StatusOr<cu::DeviceMatrixF32> UploadWeightF32(cu::Context& ctx, const ModelFile& file,
                                                     const std::string& name, int64_t rows,

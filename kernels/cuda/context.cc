@@ -20,29 +20,12 @@ bool DeviceAvailable() {
   return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
 }
 
-absl::StatusOr<DeviceBuffer> DeviceBuffer::Allocate(int64_t bytes) {
-  DeviceBuffer b;
-  if (bytes <= 0) return b;
-  LONGREAD_CUDA_RETURN_IF_ERROR(cudaMalloc(&b.data_, static_cast<size_t>(bytes)));
-  b.bytes_ = bytes;
-  return b;
+absl::Status DeviceMemory::Get(int64_t bytes, void** data) {
+  LONGREAD_CUDA_RETURN_IF_ERROR(cudaMalloc(data, static_cast<size_t>(bytes)));
+  return absl::OkStatus();
 }
 
-DeviceBuffer::DeviceBuffer(DeviceBuffer&& other) noexcept
-    : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
-
-DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
-  if (this != &other) {
-    if (data_ != nullptr) cudaFree(data_);
-    data_ = std::exchange(other.data_, nullptr);
-    bytes_ = std::exchange(other.bytes_, 0);
-  }
-  return *this;
-}
-
-DeviceBuffer::~DeviceBuffer() {
-  if (data_ != nullptr) cudaFree(data_);
-}
+void DeviceMemory::Free(void* data) { cudaFree(data); }
 
 Context::Context(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 

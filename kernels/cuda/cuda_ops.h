@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -29,16 +30,34 @@ using Bf16 = uint16_t;
 // True when a CUDA device can be used (a driver, and at least one device).
 bool DeviceAvailable();
 
-// Device memory, freed on destruction. Move-only.
-class DeviceBuffer {
+// Memory that `Kind` gets (Get: absl::Status, writes the pointer) and gives back (Free), freed
+// on destruction; 0 bytes or fewer get nothing. Move-only.
+template <typename Kind>
+class OwnedMemory {
  public:
-  DeviceBuffer() = default;
-  static absl::StatusOr<DeviceBuffer> Allocate(int64_t bytes);
-  DeviceBuffer(DeviceBuffer&& other) noexcept;
-  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer();
+  OwnedMemory() = default;
+  static absl::StatusOr<OwnedMemory> Allocate(int64_t bytes) {
+    OwnedMemory b;
+    if (bytes <= 0) return b;
+    if (absl::Status s = Kind::Get(bytes, &b.data_); !s.ok()) return s;
+    b.bytes_ = bytes;
+    return b;
+  }
+  OwnedMemory(OwnedMemory&& other) noexcept
+      : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
+  OwnedMemory& operator=(OwnedMemory&& other) noexcept {
+    if (this != &other) {
+      if (data_ != nullptr) Kind::Free(data_);
+      data_ = std::exchange(other.data_, nullptr);
+      bytes_ = std::exchange(other.bytes_, 0);
+    }
+    return *this;
+  }
+  OwnedMemory(const OwnedMemory&) = delete;
+  OwnedMemory& operator=(const OwnedMemory&) = delete;
+  ~OwnedMemory() {
+    if (data_ != nullptr) Kind::Free(data_);
+  }
 
   int64_t bytes() const { return bytes_; }
   template <typename T>
@@ -50,6 +69,13 @@ class DeviceBuffer {
   void* data_ = nullptr;
   int64_t bytes_ = 0;
 };
+
+// Device memory (cudaMalloc).
+struct DeviceMemory {
+  static absl::Status Get(int64_t bytes, void** data);
+  static void Free(void* data);
+};
+using DeviceBuffer = OwnedMemory<DeviceMemory>;
 
 // One backend's stream, cuBLASLt handle and workspace, and the GEMM plans it has chosen.
 class Context {
@@ -79,27 +105,12 @@ absl::Status Upload(Context& ctx, const void* host, int64_t bytes, void* device)
 absl::Status Download(Context& ctx, const void* device, int64_t bytes, void* host);
 
 // Host memory that is page-locked and mapped into the device's address space: copies to it
-// run asynchronously, and kernels can write it directly. Move-only.
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  static absl::StatusOr<PinnedBuffer> Allocate(int64_t bytes);
-  PinnedBuffer(PinnedBuffer&& other) noexcept;
-  PinnedBuffer& operator=(PinnedBuffer&& other) noexcept;
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  ~PinnedBuffer();
-
-  int64_t bytes() const { return bytes_; }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(data_);
-  }
-
- private:
-  void* data_ = nullptr;
-  int64_t bytes_ = 0;
+// run asynchronously, and kernels can write it directly (cudaHostAlloc, mapped).
+struct PinnedMemory {
+  static absl::Status Get(int64_t bytes, void** data);
+  static void Free(void* data);
 };
+using PinnedBuffer = OwnedMemory<PinnedMemory>;
 
 // A second stream, for work that must not hold up the Context's (archive copies). Move-only.
 class SideStream {

@@ -9,30 +9,13 @@
 
 namespace longread::kernels::cuda {
 
-absl::StatusOr<PinnedBuffer> PinnedBuffer::Allocate(int64_t bytes) {
-  PinnedBuffer b;
-  if (bytes <= 0) return b;
+absl::Status PinnedMemory::Get(int64_t bytes, void** data) {
   LONGREAD_CUDA_RETURN_IF_ERROR(
-      cudaHostAlloc(&b.data_, static_cast<size_t>(bytes), cudaHostAllocMapped));
-  b.bytes_ = bytes;
-  return b;
+      cudaHostAlloc(data, static_cast<size_t>(bytes), cudaHostAllocMapped));
+  return absl::OkStatus();
 }
 
-PinnedBuffer::PinnedBuffer(PinnedBuffer&& other) noexcept
-    : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
-
-PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& other) noexcept {
-  if (this != &other) {
-    if (data_ != nullptr) cudaFreeHost(data_);
-    data_ = std::exchange(other.data_, nullptr);
-    bytes_ = std::exchange(other.bytes_, 0);
-  }
-  return *this;
-}
-
-PinnedBuffer::~PinnedBuffer() {
-  if (data_ != nullptr) cudaFreeHost(data_);
-}
+void PinnedMemory::Free(void* data) { cudaFreeHost(data); }
 
 absl::StatusOr<SideStream> SideStream::Create() {
   SideStream s;

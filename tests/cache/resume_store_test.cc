@@ -5,7 +5,6 @@
 
 #include <cstring>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -36,14 +35,6 @@ RunnerConfig SmallMemory(int64_t block_tokens = 1) {
   config.memory.window = 16;
   config.segment_tokens = 32;
   return config;
-}
-
-std::vector<int32_t> Tokens(int n) {
-  std::mt19937_64 rng(42);
-  std::uniform_int_distribution<int32_t> dist(100, 20000);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = dist(rng);
-  return t;
 }
 
 const std::vector<int32_t> kQuestion = {1, 9690, 198};
@@ -101,7 +92,8 @@ ExpectedIdentity IdentityOf(engine::LlamaModel* model, const RunnerConfig& confi
 TEST(ResumeStoreTest, ResumeFromTheStoreAfterEverySegmentIsBitIdentical) {
   REQUIRE_DEFAULT_MODEL(model);
   kernels::ThreadPool pool(2);
-  const std::vector<int32_t> tokens = Tokens(150);  // 4 full segments and a partial one
+  const std::vector<int32_t> tokens =
+      engine::testing::RandomTokens(150, 42);  // 4 full segments and a partial one
   RecurrentRunner whole(model, SmallMemory(), nullptr, &pool);
   const Outcome expected = Finish(whole, tokens);
   ASSERT_EQ(expected.answer.size(), 6u);
@@ -143,7 +135,7 @@ TEST(ResumeStoreTest, SnapshotOfAnotherConfigIsRefusedAndADamagedOneRestarts) {
   ASSERT_NE(db, nullptr);
   SnapshotStore store(db.get());
   RecurrentRunner runner(model, SmallMemory(), nullptr, &pool);
-  ASSERT_TRUE(runner.Feed(Tokens(70)).ok());
+  ASSERT_TRUE(runner.Feed(engine::testing::RandomTokens(70, 42)).ok());
   ASSERT_TRUE(store.Put("doc", runner.Snapshot()).ok());
 
   RunnerConfig other = SmallMemory();
@@ -173,7 +165,7 @@ TEST(ResumeStoreTest, ResumeWithTheArchiveRecallsTheSameBlocks) {
   kernels::ThreadPool pool(2);
   const engine::ModelConfig& mc = model->config();
   const RunnerConfig config = SmallMemory(/*block_tokens=*/4);
-  const std::vector<int32_t> tokens = Tokens(150);
+  const std::vector<int32_t> tokens = engine::testing::RandomTokens(150, 42);
   auto open_archive = [&](CacheDb* db) {
     auto archive = RocksDbBlockArchive::Open(db, "doc", mc.n_layers, mc.n_kv_heads, mc.head_dim);
     EXPECT_TRUE(archive.ok()) << archive.status();

@@ -1,9 +1,14 @@
 // Shared by engine tests that need the real default model (installed by scripts/setup.sh).
 #pragma once
 
+#include <cstdint>
 #include <cstdlib>
+#include <fstream>
 #include <memory>
+#include <random>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "engine/model/llama_model.h"
 #include "engine/model_files/model_file.h"
@@ -18,6 +23,27 @@ inline std::string SourceDir() {
 
 inline std::string DefaultModelPath() {
   return SourceDir() + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+// Real prose for reading tests: the repository's own documentation (some 40 kB).
+inline std::string DocumentationText() {
+  std::string text;
+  for (const char* path : {"/docs/ARCHITECTURE.md", "/README.md", "/docs/SERVICE.md"}) {
+    std::ifstream in(SourceDir() + path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    text += ss.str();
+  }
+  return text;
+}
+
+// n token ids drawn from `seed`, in the ordinary vocabulary (no special tokens).
+inline std::vector<int32_t> RandomTokens(int n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(100, 20000);
+  std::vector<int32_t> tokens(n);
+  for (auto& t : tokens) t = dist(rng);
+  return tokens;
 }
 
 // The model is loaded once per test binary: it is read-only after loading.

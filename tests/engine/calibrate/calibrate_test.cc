@@ -15,31 +15,15 @@
 #include "engine/calibrate/least_squares.h"
 #include "engine/memory/sparsek_memory.h"
 #include "gtest/gtest.h"
+#include "tests/engine/logit_compare.h"
 #include "tests/engine/test_model.h"
 
 namespace longread::engine {
 namespace {
 
-std::vector<int32_t> RandomTokens(int n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> dist(100, 20000);
-  std::vector<int32_t> tokens(n);
-  for (auto& t : tokens) t = dist(rng);
-  return tokens;
-}
-
-double MaxRelativeDiff(const std::vector<float>& a, const std::vector<float>& b) {
-  double max_abs = 0, max_diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    max_abs = std::max(max_abs, std::abs(static_cast<double>(b[i])));
-    max_diff = std::max(max_diff, std::abs(static_cast<double>(a[i]) - b[i]));
-  }
-  return max_diff / max_abs;
-}
-
 TEST(CalibrationMemoryTest, OutputIsDenseAttention) {
   REQUIRE_DEFAULT_MODEL(model);
-  const std::vector<int32_t> tokens = RandomTokens(128, 3);
+  const std::vector<int32_t> tokens = testing::RandomTokens(128, 3);
   kernels::ThreadPool pool(2);
   SparseKMemory dense(model->config(), MemoryConfig::Dense(), nullptr);
   std::vector<float> reference;
@@ -49,7 +33,7 @@ TEST(CalibrationMemoryTest, OutputIsDenseAttention) {
   std::vector<float> logits;
   ASSERT_TRUE(model->Forward(tokens, one_segment, LogitsMode::kAll, &logits, &pool).ok());
   ASSERT_EQ(logits.size(), reference.size());
-  EXPECT_LE(MaxRelativeDiff(logits, reference), 1e-5);
+  EXPECT_LE(testing::MaxRelativeDiff(logits, reference), 1e-5);
 
   // Two segments: the second attends over the first one's keys (single-threaded this time).
   CalibrationMemory two_segments(model->config());
@@ -59,14 +43,14 @@ TEST(CalibrationMemoryTest, OutputIsDenseAttention) {
   ASSERT_TRUE(
       model->Forward(all.subspan(50), two_segments, LogitsMode::kAll, &second, nullptr).ok());
   first.insert(first.end(), second.begin(), second.end());
-  EXPECT_LE(MaxRelativeDiff(first, reference), 1e-5);
+  EXPECT_LE(testing::MaxRelativeDiff(first, reference), 1e-5);
   EXPECT_EQ(two_segments.next_position(), 128);
 }
 
 TEST(CalibrationMemoryTest, EveryQueryDistributesOneUnitPerHead) {
   REQUIRE_DEFAULT_MODEL(model);
   const ModelConfig& c = model->config();
-  const std::vector<int32_t> tokens = RandomTokens(128, 4);
+  const std::vector<int32_t> tokens = testing::RandomTokens(128, 4);
   kernels::ThreadPool pool(2);
   CalibrationMemory memory(c);
   ASSERT_TRUE(model->Forward(tokens, memory, LogitsMode::kNone, nullptr, &pool).ok());

@@ -24,17 +24,12 @@
 #include "engine/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "tests/engine/logit_compare.h"
+#include "tests/engine/require_gpu.h"
 #include "tests/engine/test_model.h"
 
 namespace longread::engine {
 namespace {
-
-#define REQUIRE_GPU()                                                                  \
-  if (!kernels::cuda::DeviceAvailable()) {                                             \
-    const char* require = std::getenv("LONGREAD_REQUIRE_GPU");                         \
-    if (require != nullptr && std::string(require) == "1") FAIL() << "no CUDA device"; \
-    GTEST_SKIP() << "no CUDA device";                                                  \
-  }
 
 // A keeper's ledger of `years` entries; the pass key is written once, a quarter in.
 std::string Ledger(int years) {
@@ -162,21 +157,6 @@ TEST(CudaSessionTest, CheckpointedMidDocumentAndResumedOnCudaAnswersIdentically)
   EXPECT_EQ(second_archive->stored_bytes(), undisturbed_archive->stored_bytes());
 }
 
-double KlDivergence(std::span<const float> p_logits, std::span<const float> q_logits) {
-  auto log_softmax = [](std::span<const float> x) {
-    const double m = *std::max_element(x.begin(), x.end());
-    double sum = 0;
-    for (float v : x) sum += std::exp(v - m);
-    std::vector<double> out(x.size());
-    for (size_t i = 0; i < x.size(); ++i) out[i] = x[i] - m - std::log(sum);
-    return out;
-  };
-  const auto lp = log_softmax(p_logits), lq = log_softmax(q_logits);
-  double kl = 0;
-  for (size_t i = 0; i < lp.size(); ++i) kl += std::exp(lp[i]) * (lp[i] - lq[i]);
-  return kl;
-}
-
 TEST(CudaSessionTest, NextTokenDistributionsAfterReadingAgreeWithTheCpu) {
   REQUIRE_GPU();
   REQUIRE_DEFAULT_MODEL(model);
@@ -249,7 +229,7 @@ TEST(CudaSessionTest, NextTokenDistributionsAfterReadingAgreeWithTheCpu) {
   for (int64_t t = 0; t < rows; ++t) {
     const std::span<const float> p(cpu_logits.data() + t * vocab, vocab);
     const std::span<const float> q(cuda_logits.data() + t * vocab, vocab);
-    const double kl = KlDivergence(p, q);
+    const double kl = testing::KlDivergence(p.data(), q.data(), vocab);
     ASSERT_TRUE(std::isfinite(kl));
     sum += kl;
     most = std::max(most, kl);

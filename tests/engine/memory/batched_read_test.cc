@@ -23,9 +23,11 @@
 #include "engine/memory/reading_backend.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
+#include "tests/engine/logit_compare.h"
 #include "tests/engine/test_model.h"
 #ifdef LONGREAD_TEST_CUDA
 #include "engine/memory/cuda_backend.h"
+#include "tests/engine/require_gpu.h"
 #endif
 
 namespace longread::engine {
@@ -60,32 +62,6 @@ Shape TestShape() {
   return s;
 }
 
-std::vector<int32_t> DocumentText(const Tokenizer& tokenizer) {
-  std::string text;
-  for (const char* path : {"/docs/ARCHITECTURE.md", "/README.md", "/docs/SERVICE.md"}) {
-    std::ifstream in(testing::SourceDir() + path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    text += ss.str();
-  }
-  return tokenizer.Encode(text, false);
-}
-
-double KlDivergence(const float* p, const float* q, int64_t vocab) {
-  double pm = p[0], qm = q[0];
-  for (int64_t i = 1; i < vocab; ++i)
-    pm = std::max<double>(pm, p[i]), qm = std::max<double>(qm, q[i]);
-  double ps = 0, qs = 0;
-  for (int64_t i = 0; i < vocab; ++i) ps += std::exp(p[i] - pm), qs += std::exp(q[i] - qm);
-  const double pz = pm + std::log(ps), qz = qm + std::log(qs);
-  double kl = 0;
-  for (int64_t i = 0; i < vocab; ++i) {
-    const double lp = p[i] - pz, lq = q[i] - qz;
-    kl += std::exp(lp) * (lp - lq);
-  }
-  return kl;
-}
-
 // A document: its tokens, the pass it joins at, its state and the logits of every token read.
 struct Document {
   std::vector<int32_t> tokens;
@@ -109,7 +85,7 @@ void ReadsEachDocumentAsItWouldAlone(ReadingBackend& backend, const LlamaModel& 
   const int64_t vocab = c.vocab_size, L = shape.segment;
   auto tokenizer = Tokenizer::Create(model.file().tokenizer());
   ASSERT_TRUE(tokenizer.ok());
-  const std::vector<int32_t> text = DocumentText(**tokenizer);
+  const std::vector<int32_t> text = (*tokenizer)->Encode(testing::DocumentationText(), false);
   ASSERT_GT(static_cast<int64_t>(text.size()), 4 * L) << "documentation missing";
   const std::vector<int32_t> task =
       (*tokenizer)->Encode("What does the document say about the memory?", false);
@@ -193,7 +169,7 @@ void ReadsEachDocumentAsItWouldAlone(ReadingBackend& backend, const LlamaModel& 
     for (int64_t t = 0; t * vocab < static_cast<int64_t>(a.logits.size()); ++t) {
       const float* p = &a.logits[t * vocab];
       const float* q = &b.logits[t * vocab];
-      const double kl = KlDivergence(p, q, vocab);
+      const double kl = testing::KlDivergence(p, q, vocab);
       ASSERT_TRUE(std::isfinite(kl)) << "document " << i << " position " << t;
       kl_sum += kl;
       kl_max = std::max(kl_max, kl);
@@ -204,11 +180,7 @@ void ReadsEachDocumentAsItWouldAlone(ReadingBackend& backend, const LlamaModel& 
     for (int32_t l = 0; l < c.n_layers; ++l) {
       for (int32_t g = 0; g < c.n_kv_heads; ++g) {
         const auto& want = a.state->held(l, g).positions;
-        const auto& got = b.state->held(l, g).positions;
-        std::vector<int64_t> both;
-        std::set_intersection(want.begin(), want.end(), got.begin(), got.end(),
-                              std::back_inserter(both));
-        same_slots += static_cast<int64_t>(both.size());
+        same_slots += testing::PositionsInCommon(want, b.state->held(l, g).positions);
         slots += static_cast<int64_t>(want.size());
       }
     }
@@ -244,14 +216,10 @@ void RefusesADocumentTwice(ReadingBackend& backend) {
 }
 
 #ifdef LONGREAD_TEST_CUDA
-#define BACKEND(model, backend)                                                        \
-  if (!kernels::cuda::DeviceAvailable()) {                                             \
-    const char* require = std::getenv("LONGREAD_REQUIRE_GPU");                         \
-    if (require != nullptr && std::string(require) == "1") FAIL() << "no CUDA device"; \
-    GTEST_SKIP() << "no CUDA device";                                                  \
-  }                                                                                    \
-  auto created = CudaReadingBackend::Create(model);                                    \
-  ASSERT_TRUE(created.ok()) << created.status();                                       \
+#define BACKEND(model, backend)                     \
+  REQUIRE_GPU();                                    \
+  auto created = CudaReadingBackend::Create(model); \
+  ASSERT_TRUE(created.ok()) << created.status();    \
   ReadingBackend& backend = **created
 #else
 #define BACKEND(model, backend)         \

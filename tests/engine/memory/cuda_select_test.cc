@@ -14,18 +14,12 @@
 #include "engine/memory/sparsek_memory.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "tests/engine/require_gpu.h"
 
 namespace longread::engine {
 namespace {
 
 namespace cu = kernels::cuda;
-
-#define REQUIRE_GPU()                                                                  \
-  if (!cu::DeviceAvailable()) {                                                        \
-    const char* require = std::getenv("LONGREAD_REQUIRE_GPU");                         \
-    if (require != nullptr && std::string(require) == "1") FAIL() << "no CUDA device"; \
-    GTEST_SKIP() << "no CUDA device";                                                  \
-  }
 
 // LONGREAD_SELECT_TRIALS cuts the trials (for the sanitizers, which run each launch slowly).
 int Trials(int standard) {

@@ -23,19 +23,14 @@
 #include "engine/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 #include "kernels/half.h"
+#include "tests/engine/logit_compare.h"
+#include "tests/engine/require_gpu.h"
 #include "tests/engine/test_model.h"
 
 namespace longread::engine {
 namespace {
 
 namespace cu = kernels::cuda;
-
-#define REQUIRE_GPU()                                                                  \
-  if (!cu::DeviceAvailable()) {                                                        \
-    const char* require = std::getenv("LONGREAD_REQUIRE_GPU");                         \
-    if (require != nullptr && std::string(require) == "1") FAIL() << "no CUDA device"; \
-    GTEST_SKIP() << "no CUDA device";                                                  \
-  }
 
 std::vector<float> RandomBf16Values(std::mt19937& rng, int64_t n, float scale) {
   std::normal_distribution<float> dist(0.0f, scale);
@@ -232,39 +227,12 @@ TEST(CudaSparseKMemoryTest, SelectsTheSameSlotsAsTheCpuMemory) {
 }
 
 std::vector<int32_t> DocumentTokens(const Tokenizer& tokenizer, int64_t count) {
-  // Real prose: the repository's own documentation, repeated if short.
-  std::string text;
-  for (const char* path : {"/docs/ARCHITECTURE.md", "/README.md", "/docs/SERVICE.md"}) {
-    std::ifstream in(testing::SourceDir() + path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    text += ss.str();
-  }
-  std::vector<int32_t> ids = tokenizer.Encode(text, false);
+  // Real prose, repeated if short.
+  std::vector<int32_t> ids = tokenizer.Encode(testing::DocumentationText(), false);
   if (ids.empty()) return ids;
   while (static_cast<int64_t>(ids.size()) < count) ids.insert(ids.end(), ids.begin(), ids.end());
   ids.resize(count);
   return ids;
-}
-
-double KlDivergence(const float* p_logits, const float* q_logits, int64_t n) {
-  double p_max = p_logits[0], q_max = q_logits[0];
-  for (int64_t i = 1; i < n; ++i) {
-    p_max = std::max<double>(p_max, p_logits[i]);
-    q_max = std::max<double>(q_max, q_logits[i]);
-  }
-  double p_sum = 0, q_sum = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    p_sum += std::exp(p_logits[i] - p_max);
-    q_sum += std::exp(q_logits[i] - q_max);
-  }
-  const double p_log_z = p_max + std::log(p_sum), q_log_z = q_max + std::log(q_sum);
-  double kl = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double log_p = p_logits[i] - p_log_z, log_q = q_logits[i] - q_log_z;
-    kl += std::exp(log_p) * (log_p - log_q);
-  }
-  return kl;
 }
 
 TEST(CudaSparseKMemoryTest, RealModelReadsLikeTheCpuEngine) {
@@ -310,7 +278,7 @@ TEST(CudaSparseKMemoryTest, RealModelReadsLikeTheCpuEngine) {
   ASSERT_EQ(gpu.size(), cpu.size());
   double kl_sum = 0, kl_max = 0;
   for (int64_t t = 0; t < n; ++t) {
-    const double kl = KlDivergence(&cpu[t * vocab], &gpu[t * vocab], vocab);
+    const double kl = testing::KlDivergence(&cpu[t * vocab], &gpu[t * vocab], vocab);
     ASSERT_TRUE(std::isfinite(kl)) << "position " << t;
     kl_sum += kl;
     kl_max = std::max(kl_max, kl);
@@ -321,11 +289,7 @@ TEST(CudaSparseKMemoryTest, RealModelReadsLikeTheCpuEngine) {
   for (int32_t l = 0; l < model->config().n_layers; ++l) {
     for (int32_t g = 0; g < model->config().n_kv_heads; ++g) {
       const auto& want = reference.held(l, g).positions;
-      const auto& got = (*memory)->positions(l, g);
-      std::vector<int64_t> both;
-      std::set_intersection(want.begin(), want.end(), got.begin(), got.end(),
-                            std::back_inserter(both));
-      same += static_cast<int64_t>(both.size());
+      same += testing::PositionsInCommon(want, (*memory)->positions(l, g));
       total += static_cast<int64_t>(want.size());
     }
   }

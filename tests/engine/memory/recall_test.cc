@@ -13,14 +13,6 @@
 namespace longread::engine {
 namespace {
 
-std::vector<int32_t> Tokens(int n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> dist(100, 20000);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = dist(rng);
-  return t;
-}
-
 RunnerConfig Small(int64_t block) {
   RunnerConfig config;
   config.memory.sinks = 2;
@@ -118,14 +110,15 @@ TEST(RecallTest, FrozenMemoryKeepsEverySlotAndRewindsExactly) {
   const ModelConfig& c = model->config();
   kernels::ThreadPool pool(2);
   RecurrentRunner runner(model, Small(4), nullptr, &pool);
-  ASSERT_TRUE(runner.Feed(Tokens(72, 12)).ok());
+  ASSERT_TRUE(runner.Feed(testing::RandomTokens(72, 12)).ok());
   ASSERT_TRUE(runner.Flush().ok());
   const MemorySnapshot before = runner.Snapshot();
   SparseKMemory& memory = const_cast<SparseKMemory&>(runner.memory());
   EXPECT_EQ(memory.Rewind(before.token_offset).code(), absl::StatusCode::kFailedPrecondition);
   GenerateOptions options;
   options.max_new_tokens = 3;
-  const std::vector<int32_t> prompt = Tokens(30, 13);  // longer than window + a block
+  const std::vector<int32_t> prompt =
+      testing::RandomTokens(30, 13);  // longer than window + a block
   auto generated = runner.Generate(prompt, options);
   ASSERT_TRUE(generated.ok()) << generated.status();
   const int64_t read = 30 + static_cast<int64_t>(generated->size()) - 1;
@@ -158,7 +151,7 @@ TEST(RecallTest, EvictedBlocksAreArchivedOnceAndRecallBringsThemBack) {
     RecurrentRunner runner(model, Small(block), nullptr, &pool);
     InMemoryBlockArchive archive(c.n_layers, c.n_kv_heads, c.head_dim);
     runner.set_archive(&archive);
-    const std::vector<int32_t> tokens = Tokens(100, 3);
+    const std::vector<int32_t> tokens = testing::RandomTokens(100, 3);
     ASSERT_TRUE(runner.Feed(tokens).ok());
     ASSERT_TRUE(runner.Flush().ok());
     ASSERT_GT(archive.stored_bytes(), 0);
@@ -189,7 +182,7 @@ TEST(RecallTest, EvictedBlocksAreArchivedOnceAndRecallBringsThemBack) {
           RecallOptions{.blocks = 2, .candidates = 6, .shared = false},
           RecallOptions{.blocks = 2, .candidates = 6, .shared = true}}) {
       ASSERT_TRUE(runner.Restore(before).ok());
-      auto added = runner.Recall(Tokens(6, 9), options);
+      auto added = runner.Recall(testing::RandomTokens(6, 9), options);
       ASSERT_TRUE(added.ok()) << added.status();
       EXPECT_GT(*added, 0);
       const MemorySnapshot after = runner.Snapshot();
@@ -218,7 +211,7 @@ TEST(RecallTest, EvictedBlocksAreArchivedOnceAndRecallBringsThemBack) {
     }
     GenerateOptions options;
     options.max_new_tokens = 4;
-    EXPECT_TRUE(runner.Generate(Tokens(5, 1), options).ok());
+    EXPECT_TRUE(runner.Generate(testing::RandomTokens(5, 1), options).ok());
   }
 }
 
@@ -242,10 +235,10 @@ TEST(RecallTest, BrokenArchiveLeavesMemoryUntouchedAndAnswerStillWorks) {
   RecurrentRunner runner(model, Small(4), nullptr, &pool);
   BrokenArchive archive;
   runner.set_archive(&archive);
-  ASSERT_TRUE(runner.Feed(Tokens(60, 4)).ok());
+  ASSERT_TRUE(runner.Feed(testing::RandomTokens(60, 4)).ok());
   ASSERT_TRUE(runner.Flush().ok());
   const MemorySnapshot before = runner.Snapshot();
-  auto added = runner.Recall(Tokens(3, 2), {.blocks = 2});
+  auto added = runner.Recall(testing::RandomTokens(3, 2), {.blocks = 2});
   EXPECT_EQ(added.status().code(), absl::StatusCode::kDataLoss);
   const MemorySnapshot after = runner.Snapshot();
   for (size_t h = 0; h < after.heads.size(); ++h) {
@@ -253,7 +246,7 @@ TEST(RecallTest, BrokenArchiveLeavesMemoryUntouchedAndAnswerStillWorks) {
   }
   GenerateOptions options;
   options.max_new_tokens = 3;
-  EXPECT_TRUE(runner.Generate(Tokens(4, 1), options).ok());
+  EXPECT_TRUE(runner.Generate(testing::RandomTokens(4, 1), options).ok());
 }
 
 // An archive whose ranked reads work but whose reads by id fail: the shared choice's second
@@ -276,12 +269,13 @@ TEST(RecallTest, FailedFetchByIdLeavesMemoryUntouched) {
   RecurrentRunner runner(model, Small(4), nullptr, &pool);
   FetchFailsArchive archive(c.n_layers, c.n_kv_heads, c.head_dim);
   runner.set_archive(&archive);
-  ASSERT_TRUE(runner.Feed(Tokens(100, 5)).ok());
+  ASSERT_TRUE(runner.Feed(testing::RandomTokens(100, 5)).ok());
   ASSERT_TRUE(runner.Flush().ok());
   const MemorySnapshot before = runner.Snapshot();
   // Each head's bounds pass on its own 4 blocks; the one choice for all heads differs from some
   // head's, which then reads a chosen block by id (asserted: fetches > 0).
-  auto added = runner.Recall(Tokens(3, 2), {.blocks = 4, .candidates = 2, .shared = true});
+  auto added =
+      runner.Recall(testing::RandomTokens(3, 2), {.blocks = 4, .candidates = 2, .shared = true});
   ASSERT_GT(archive.fetches, 0);
   EXPECT_EQ(added.status().code(), absl::StatusCode::kDataLoss) << added.status();
   const MemorySnapshot after = runner.Snapshot();
@@ -297,7 +291,7 @@ TEST(TaskScoreTest, TaskTermIsTheLargestTaskQueryDotProduct) {
   RunnerConfig config = Small(1);
   config.memory.task_weight = 0.5f;
   config.memory.task_score = TaskScore::kMaxDot;
-  const std::vector<int32_t> task = Tokens(5, 8), doc = Tokens(50, 6);
+  const std::vector<int32_t> task = testing::RandomTokens(5, 8), doc = testing::RandomTokens(50, 6);
 
   RecurrentRunner plain(model, config, nullptr, &pool);
   ASSERT_TRUE(plain.SetTask({}).ok());  // empty task: the plain scorer
@@ -352,7 +346,8 @@ TEST(TaskScoreTest, SegmentMassIsTheTaskQueriesMeanSoftmaxOverTheSegment) {
   config.memory.task_score = TaskScore::kSegmentMass;
   config.segment_tokens = 20;
   const int64_t n_task = 4, n_doc = 40;
-  const std::vector<int32_t> task = Tokens(n_task, 9), doc = Tokens(n_doc, 10);
+  const std::vector<int32_t> task = testing::RandomTokens(n_task, 9),
+                             doc = testing::RandomTokens(n_doc, 10);
   RecurrentRunner runner(model, config, nullptr, &pool);
   ASSERT_TRUE(runner.SetTask(task).ok());
   ASSERT_TRUE(runner.Feed(doc).ok());

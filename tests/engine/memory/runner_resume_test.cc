@@ -1,7 +1,6 @@
 // A document resumed from a snapshot after any segment reads and answers bit-identically to an
 // uninterrupted run (CPU, greedy).
 #include <cstring>
-#include <random>
 #include <vector>
 
 #include "engine/memory/runner.h"
@@ -23,14 +22,6 @@ RunnerConfig SmallMemory() {
   config.memory.window = 16;
   config.segment_tokens = 32;
   return config;
-}
-
-std::vector<int32_t> Tokens(int n) {
-  std::mt19937_64 rng(42);
-  std::uniform_int_distribution<int32_t> dist(100, 20000);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = dist(rng);
-  return t;
 }
 
 Outcome Finish(RecurrentRunner& runner, std::span<const int32_t> rest) {
@@ -64,7 +55,8 @@ void ExpectBitIdentical(const MemorySnapshot& a, const MemorySnapshot& b) {
 TEST(RunnerResumeTest, ResumeAfterEverySegmentIsBitIdentical) {
   REQUIRE_DEFAULT_MODEL(model);
   kernels::ThreadPool pool(2);
-  const std::vector<int32_t> tokens = Tokens(150);  // 4 full segments and a partial one
+  const std::vector<int32_t> tokens =
+      testing::RandomTokens(150, 42);  // 4 full segments and a partial one
   RecurrentRunner whole(model, SmallMemory(), nullptr, &pool);
   const Outcome expected = Finish(whole, tokens);
   ASSERT_EQ(expected.answer.size(), 6u);
@@ -90,7 +82,7 @@ TEST(RunnerResumeTest, RefusesSnapshotOfAnotherConfigOrModel) {
   REQUIRE_DEFAULT_MODEL(model);
   kernels::ThreadPool pool(2);
   RecurrentRunner runner(model, SmallMemory(), nullptr, &pool);
-  ASSERT_TRUE(runner.Feed(Tokens(40)).ok());
+  ASSERT_TRUE(runner.Feed(testing::RandomTokens(40, 42)).ok());
   MemorySnapshot snapshot = runner.Snapshot();
 
   RunnerConfig other = SmallMemory();
@@ -101,7 +93,7 @@ TEST(RunnerResumeTest, RefusesSnapshotOfAnotherConfigOrModel) {
   // A task-aware run resumes only with the same task.
   RecurrentRunner with_task(model, SmallMemory(), nullptr, &pool);
   ASSERT_TRUE(with_task.SetTask(std::vector<int32_t>{5, 6, 7}).ok());
-  ASSERT_TRUE(with_task.Feed(Tokens(40)).ok());
+  ASSERT_TRUE(with_task.Feed(testing::RandomTokens(40, 42)).ok());
   const MemorySnapshot task_snapshot = with_task.Snapshot();
   RecurrentRunner same_task(model, SmallMemory(), nullptr, &pool);
   ASSERT_TRUE(same_task.SetTask(std::vector<int32_t>{5, 6, 7}).ok());

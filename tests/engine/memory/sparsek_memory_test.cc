@@ -14,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "kernels/ops.h"
 #include "kernels/sparsek.h"
+#include "tests/engine/logit_compare.h"
 #include "tests/engine/test_model.h"
 
 namespace longread::engine {
@@ -30,23 +31,6 @@ class Fp32Activations : public ::testing::Environment {
 };
 [[maybe_unused]] ::testing::Environment* const kFp32Activations =
     ::testing::AddGlobalTestEnvironment(new Fp32Activations);
-
-std::vector<int32_t> RandomTokens(int n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> dist(100, 20000);
-  std::vector<int32_t> tokens(n);
-  for (auto& t : tokens) t = dist(rng);
-  return tokens;
-}
-
-double MaxRelativeDiff(const std::vector<float>& a, const std::vector<float>& b) {
-  double max_abs = 0, max_diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    max_abs = std::max(max_abs, std::abs(static_cast<double>(b[i])));
-    max_diff = std::max(max_diff, std::abs(static_cast<double>(a[i]) - b[i]));
-  }
-  return max_diff / max_abs;
-}
 
 std::vector<float> Logits(LlamaModel* model, const RunnerConfig& config,
                           std::shared_ptr<const ScorerWeights> scorer,
@@ -76,7 +60,7 @@ std::shared_ptr<const ScorerWeights> RandomScorer(const LlamaModel& model, uint6
 
 TEST(SparseKMemoryTest, EqualsDenseWhenBudgetCoversDocument) {
   REQUIRE_DEFAULT_MODEL(model);
-  const std::vector<int32_t> tokens = RandomTokens(128, 1);
+  const std::vector<int32_t> tokens = testing::RandomTokens(128, 1);
   RunnerConfig dense;
   dense.memory = MemoryConfig::Dense();
   dense.segment_tokens = 128;
@@ -96,7 +80,7 @@ TEST(SparseKMemoryTest, EqualsDenseWhenBudgetCoversDocument) {
       config.segment_tokens = segment;
       const std::vector<float> logits = Logits(model, config, scorer, tokens);
       ASSERT_EQ(logits.size(), reference.size());
-      EXPECT_LE(MaxRelativeDiff(logits, reference), 1e-5)
+      EXPECT_LE(testing::MaxRelativeDiff(logits, reference), 1e-5)
           << "segment " << segment << " mode " << static_cast<int>(mode);
     }
   }
@@ -215,7 +199,7 @@ class BruteForceTest : public ::testing::TestWithParam<int64_t> {};
 TEST_P(BruteForceTest, MatchesBruteForceSelectionWithEviction) {
   REQUIRE_DEFAULT_MODEL(model);
   ASSERT_EQ(model->config().rope_style, RopeStyle::kInterleaved);
-  const std::vector<int32_t> tokens = RandomTokens(96, 2);
+  const std::vector<int32_t> tokens = testing::RandomTokens(96, 2);
   auto scorer = RandomScorer(*model, 11);
   MemoryConfig memory;
   memory.sinks = 3;
@@ -234,7 +218,7 @@ TEST_P(BruteForceTest, MatchesBruteForceSelectionWithEviction) {
     config.segment_tokens = segment;
     const std::vector<float> logits = Logits(model, config, scorer, tokens);
     ASSERT_EQ(logits.size(), reference.size());
-    EXPECT_LE(MaxRelativeDiff(logits, reference), 2e-4) << "segment " << segment;
+    EXPECT_LE(testing::MaxRelativeDiff(logits, reference), 2e-4) << "segment " << segment;
   }
 }
 
@@ -246,7 +230,7 @@ INSTANTIATE_TEST_SUITE_P(TokensAndBlocks, BruteForceTest, ::testing::Values(1, 4
 // it differs by design (evicted candidates leave τ), but stays a proper attention.
 TEST(SoftMaskTest, OneSegmentMatchesBruteForceAndMasksChangeTheResult) {
   REQUIRE_DEFAULT_MODEL(model);
-  const std::vector<int32_t> tokens = RandomTokens(80, 4);
+  const std::vector<int32_t> tokens = testing::RandomTokens(80, 4);
   // Scores spread over a few units, so that masks fall strictly between 0 and 1 for some blocks.
   auto scorer = std::make_shared<ScorerWeights>(*RandomScorer(*model, 13));
   for (auto& w : scorer->w) w *= 0.02f;
@@ -266,11 +250,12 @@ TEST(SoftMaskTest, OneSegmentMatchesBruteForceAndMasksChangeTheResult) {
   config.segment_tokens = 80;
   const std::vector<float> soft = Logits(model, config, scorer, tokens);
   ASSERT_EQ(soft.size(), reference.size());
-  EXPECT_LE(MaxRelativeDiff(soft, reference), 2e-4);
+  EXPECT_LE(testing::MaxRelativeDiff(soft, reference), 2e-4);
 
   config.memory.mask_mode = MaskMode::kHard;
   const std::vector<float> hard = Logits(model, config, scorer, tokens);
-  EXPECT_GT(MaxRelativeDiff(hard, soft), 1e-3) << "no mask fell below 1: the test tests nothing";
+  EXPECT_GT(testing::MaxRelativeDiff(hard, soft), 1e-3)
+      << "no mask fell below 1: the test tests nothing";
 
   config.memory.mask_mode = MaskMode::kSoft;
   config.segment_tokens = 16;
@@ -279,7 +264,7 @@ TEST(SoftMaskTest, OneSegmentMatchesBruteForceAndMasksChangeTheResult) {
 
 TEST(SparseKMemoryTest, MemoryStaysWithinBudget) {
   REQUIRE_DEFAULT_MODEL(model);
-  const std::vector<int32_t> tokens = RandomTokens(300, 3);
+  const std::vector<int32_t> tokens = testing::RandomTokens(300, 3);
   RunnerConfig config;
   config.memory.sinks = 4;
   config.memory.top_k = 20;

@@ -11,10 +11,14 @@
 #include "engine/model/cuda_llama_model.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/engine/logit_compare.h"
+#include "tests/engine/require_gpu.h"
 #include "tests/engine/test_model.h"
 
 namespace longread::engine {
 namespace {
+
+using testing::KlDivergence;
 
 std::vector<int32_t> OraclePromptTokens() {
   std::ifstream in(testing::SourceDir() + "/tests/fixtures/oracle/smollm2-135m-instruct-q4_1.json");
@@ -27,27 +31,6 @@ std::vector<int32_t> OraclePromptTokens() {
   return ids;
 }
 
-// KL(p || q) in nats between the softmaxes of two logit rows.
-double KlDivergence(const float* p_logits, const float* q_logits, int64_t n) {
-  double p_max = p_logits[0], q_max = q_logits[0];
-  for (int64_t i = 1; i < n; ++i) {
-    p_max = std::max<double>(p_max, p_logits[i]);
-    q_max = std::max<double>(q_max, q_logits[i]);
-  }
-  double p_sum = 0, q_sum = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    p_sum += std::exp(p_logits[i] - p_max);
-    q_sum += std::exp(q_logits[i] - q_max);
-  }
-  const double p_log_z = p_max + std::log(p_sum), q_log_z = q_max + std::log(q_sum);
-  double kl = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double log_p = p_logits[i] - p_log_z, log_q = q_logits[i] - q_log_z;
-    kl += std::exp(log_p) * (log_p - log_q);
-  }
-  return kl;
-}
-
 int64_t ArgMax(const float* row, int64_t n) {
   int64_t best = 0;
   for (int64_t i = 1; i < n; ++i) {
@@ -57,11 +40,7 @@ int64_t ArgMax(const float* row, int64_t n) {
 }
 
 TEST(CudaModelTest, NextTokenDistributionsMatchTheCpuEngine) {
-  if (!kernels::cuda::DeviceAvailable()) {
-    const char* require = std::getenv("LONGREAD_REQUIRE_GPU");
-    if (require != nullptr && std::string(require) == "1") FAIL() << "no CUDA device";
-    GTEST_SKIP() << "no CUDA device";
-  }
+  REQUIRE_GPU();
   REQUIRE_DEFAULT_MODEL(model);
   const std::vector<int32_t> ids = OraclePromptTokens();
   ASSERT_GT(ids.size(), 200u) << "oracle fixture missing";

@@ -2,6 +2,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <functional>
 #include <mutex>
 #include <thread>
 
@@ -216,27 +217,23 @@ TEST(WorkerTest, OverCapacityIsResourceExhaustedAndWrongModelIsFailedPreconditio
   EXPECT_EQ(running.Finish().error_code(), grpc::StatusCode::CANCELLED);
 }
 
-// Two documents on one worker at once take turns on the model, and each answer is its own
-// in-process answer.
-TEST(WorkerTest, TwoDocumentsAtOnceInterleaveAndBothAnswerCorrectly) {
-  REQUIRE_REFERENCE(ref);
-  TempDir dir;
-  WorkerProcess worker(dir.path() + "/w", {"--capacity", "2"});
-  ASSERT_TRUE(worker.serving()) << worker.log();
-  // The same text asked two things: the task-aware memories, and so the answers, differ.
+// Streams two documents to `worker` at once, one thread each, and checks that each answers as
+// it does in process. The same text asked two things: the task-aware memories, and so the
+// answers, differ. `on_output(d, out)` sees every output of document d, from d's thread.
+void ReadTwoDocumentsAtOnce(
+    const Reference& ref, WorkerProcess& worker,
+    const std::function<void(int, const v1::RunDocumentOutput&)>& on_output) {
   const std::string documents[2] = {services::testing::SmallDocument(),
                                     services::testing::SmallDocument()};
   const std::string questions[2] = {kQuestion, "What does the town of Kessel sell?"};
   std::vector<int32_t> tokens[2];
   v1::DocumentAssignment assignments[2];
   for (int d = 0; d < 2; ++d) {
-    tokens[d] = Tokenize(*ref, documents[d]);
-    assignments[d] = TinyAssignment(*ref, questions[d], static_cast<int64_t>(tokens[d].size()), 30);
+    tokens[d] = Tokenize(ref, documents[d]);
+    assignments[d] = TinyAssignment(ref, questions[d], static_cast<int64_t>(tokens[d].size()), 30);
     assignments[d].set_document_index(d);
   }
   auto stub = worker.Stub();
-  std::mutex mu;
-  std::vector<std::pair<int, char>> events;  // (document, 'p'rogress or 'f'inished)
   std::unique_ptr<DocumentCall> calls[2];
   for (int d = 0; d < 2; ++d) {
     calls[d] = std::make_unique<DocumentCall>(stub.get());
@@ -249,9 +246,7 @@ TEST(WorkerTest, TwoDocumentsAtOnceInterleaveAndBothAnswerCorrectly) {
       calls[d]->SendTokens(tokens[d], 0, tokens[d].size());
       calls[d]->WritesDone();
       calls[d]->ReadUntil([&](const v1::RunDocumentOutput& out) {
-        std::lock_guard<std::mutex> lock(mu);
-        if (out.has_progress()) events.emplace_back(d, 'p');
-        if (out.has_finished()) events.emplace_back(d, 'f');
+        on_output(d, out);
         return false;
       });
       statuses[d] = calls[d]->Finish();
@@ -261,9 +256,26 @@ TEST(WorkerTest, TwoDocumentsAtOnceInterleaveAndBothAnswerCorrectly) {
   for (int d = 0; d < 2; ++d) {
     ASSERT_TRUE(statuses[d].ok()) << statuses[d].error_message() << "\n" << worker.log();
     ASSERT_TRUE(calls[d]->finished.has_value());
-    EXPECT_EQ(calls[d]->finished->answer(), ReferenceAnswer(*ref, documents[d], assignments[d]))
+    EXPECT_EQ(calls[d]->finished->answer(), ReferenceAnswer(ref, documents[d], assignments[d]))
         << "document " << d;
   }
+}
+
+// Two documents on one worker at once take turns on the model, and each answer is its own
+// in-process answer.
+TEST(WorkerTest, TwoDocumentsAtOnceInterleaveAndBothAnswerCorrectly) {
+  REQUIRE_REFERENCE(ref);
+  TempDir dir;
+  WorkerProcess worker(dir.path() + "/w", {"--capacity", "2"});
+  ASSERT_TRUE(worker.serving()) << worker.log();
+  std::mutex mu;
+  std::vector<std::pair<int, char>> events;  // (document, 'p'rogress or 'f'inished)
+  ASSERT_NO_FATAL_FAILURE(
+      ReadTwoDocumentsAtOnce(*ref, worker, [&](int d, const v1::RunDocumentOutput& out) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (out.has_progress()) events.emplace_back(d, 'p');
+        if (out.has_finished()) events.emplace_back(d, 'f');
+      }));
   // Interleaved: each document made progress before the other finished.
   auto first_of = [&](int d, char kind) {
     for (size_t i = 0; i < events.size(); ++i) {
@@ -282,39 +294,8 @@ TEST(WorkerTest, TwoDocumentsShareReadingPassesAndBothAnswerCorrectly) {
   TempDir dir;
   WorkerProcess worker(dir.path() + "/w", {"--capacity", "2", "--batch-documents", "2"});
   ASSERT_TRUE(worker.serving()) << worker.log();
-  const std::string documents[2] = {services::testing::SmallDocument(),
-                                    services::testing::SmallDocument()};
-  const std::string questions[2] = {kQuestion, "What does the town of Kessel sell?"};
-  std::vector<int32_t> tokens[2];
-  v1::DocumentAssignment assignments[2];
-  for (int d = 0; d < 2; ++d) {
-    tokens[d] = Tokenize(*ref, documents[d]);
-    assignments[d] = TinyAssignment(*ref, questions[d], static_cast<int64_t>(tokens[d].size()), 30);
-    assignments[d].set_document_index(d);
-  }
-  auto stub = worker.Stub();
-  std::unique_ptr<DocumentCall> calls[2];
-  for (int d = 0; d < 2; ++d) {
-    calls[d] = std::make_unique<DocumentCall>(stub.get());
-    ASSERT_TRUE(calls[d]->SendAssignment(assignments[d]));
-  }
-  grpc::Status statuses[2];
-  std::thread threads[2];
-  for (int d = 0; d < 2; ++d) {
-    threads[d] = std::thread([&, d] {
-      calls[d]->SendTokens(tokens[d], 0, tokens[d].size());
-      calls[d]->WritesDone();
-      calls[d]->ReadUntil([](const v1::RunDocumentOutput&) { return false; });
-      statuses[d] = calls[d]->Finish();
-    });
-  }
-  for (std::thread& t : threads) t.join();
-  for (int d = 0; d < 2; ++d) {
-    ASSERT_TRUE(statuses[d].ok()) << statuses[d].error_message() << "\n" << worker.log();
-    ASSERT_TRUE(calls[d]->finished.has_value());
-    EXPECT_EQ(calls[d]->finished->answer(), ReferenceAnswer(*ref, documents[d], assignments[d]))
-        << "document " << d;
-  }
+  ASSERT_NO_FATAL_FAILURE(
+      ReadTwoDocumentsAtOnce(*ref, worker, [](int, const v1::RunDocumentOutput&) {}));
   const std::string metrics = worker.ScrapeMetrics();
   auto value = [&](const std::string& name) {
     const size_t at = metrics.find("\n" + name + " ");
