@@ -55,14 +55,7 @@ inline v1::JobHeader TinyHeader(const std::string& question) {
   v1::JobHeader h;
   h.mutable_task()->set_kind(v1::TASK_KIND_QUESTION);
   h.mutable_task()->set_question(question);
-  v1::JobOptions* o = h.mutable_options();
-  o->set_memory_k(64);
-  o->set_window(64);
-  o->set_sinks(4);
-  o->set_segment_tokens(128);
-  o->set_block_tokens(16);
-  o->set_recall_blocks(2);
-  o->set_max_new_tokens(24);
+  worker::testing::SetTinyOptions(h.mutable_options());
   return h;
 }
 

@@ -121,6 +121,17 @@ inline Reference* SharedReference() {
   ::longread::worker::testing::Reference* ref = ::longread::worker::testing::SharedReference(); \
   if (ref == nullptr) GTEST_SKIP() << "default model missing: run scripts/setup.sh"
 
+// The tiny reading settings of every worker and coordinator test.
+inline void SetTinyOptions(v1::JobOptions* o) {
+  o->set_memory_k(64);
+  o->set_window(64);
+  o->set_sinks(4);
+  o->set_segment_tokens(128);
+  o->set_block_tokens(16);
+  o->set_recall_blocks(2);
+  o->set_max_new_tokens(24);
+}
+
 // The tiny settings every worker test reads with.
 inline v1::DocumentAssignment TinyAssignment(const Reference& ref, const std::string& question,
                                              int64_t total_tokens, double checkpoint_seconds) {
@@ -130,14 +141,7 @@ inline v1::DocumentAssignment TinyAssignment(const Reference& ref, const std::st
   a.set_attempt(1);
   a.mutable_task()->set_kind(v1::TASK_KIND_QUESTION);
   a.mutable_task()->set_question(question);
-  v1::JobOptions* o = a.mutable_options();
-  o->set_memory_k(64);
-  o->set_window(64);
-  o->set_sinks(4);
-  o->set_segment_tokens(128);
-  o->set_block_tokens(16);
-  o->set_recall_blocks(2);
-  o->set_max_new_tokens(24);
+  SetTinyOptions(a.mutable_options());
   a.set_total_tokens(total_tokens);
   a.set_checkpoint_seconds(checkpoint_seconds);
   a.set_model_fingerprint(ref.model->fingerprint());
