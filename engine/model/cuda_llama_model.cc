@@ -220,24 +220,30 @@ absl::Status CudaLlamaModel::Forward(std::span<const int32_t> tokens, Cache& cac
   return absl::OkStatus();
 }
 
+// One layer of a single document's segment through its memory. A memory may run on its own
+// stream (ForwardBatch gives each document one), so its work is fenced by the fork and join
+// events on every path; ForwardAndSample once lacked them and raced the sampler's decode steps.
+absl::Status CudaLlamaModel::AttendThroughMemory(DeviceAttentionMemory& memory, int32_t layer,
+                                                 int64_t n_tokens) {
+  DeviceSegmentLayerInput in;
+  in.layer = layer;
+  in.n_tokens = n_tokens;
+  in.q = ws_.q.as<Bf16>();
+  in.k = ws_.k.as<Bf16>();
+  in.v = ws_.v.as<Bf16>();
+  in.x_norm = ws_.x.as<Bf16>();
+  LONGREAD_RETURN_IF_ERROR(ForkTo(memory, /*mark=*/true));
+  LONGREAD_RETURN_IF_ERROR(memory.AttendAndUpdate(in, ws_.attn.as<Bf16>()));
+  return JoinFrom(memory, 0);
+}
+
 absl::Status CudaLlamaModel::Forward(std::span<const int32_t> tokens, DeviceAttentionMemory& memory,
                                      LogitsMode mode, std::vector<float>* logits) {
   if (fp32_ != nullptr) return Fp32OnlyDense();
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n == 0) return absl::InvalidArgumentError("cuda model: empty segment");
   LONGREAD_RETURN_IF_ERROR(EnsureWorkspace(n, 0));
-  auto attend = [&](int32_t l) -> absl::Status {
-    DeviceSegmentLayerInput in;
-    in.layer = l;
-    in.n_tokens = n;
-    in.q = ws_.q.as<Bf16>();
-    in.k = ws_.k.as<Bf16>();
-    in.v = ws_.v.as<Bf16>();
-    in.x_norm = ws_.x.as<Bf16>();
-    LONGREAD_RETURN_IF_ERROR(ForkTo(memory, /*mark=*/true));
-    LONGREAD_RETURN_IF_ERROR(memory.AttendAndUpdate(in, ws_.attn.as<Bf16>()));
-    return JoinFrom(memory, 0);
-  };
+  auto attend = [&](int32_t l) { return AttendThroughMemory(memory, l, n); };
   LONGREAD_RETURN_IF_ERROR(RunLayers(tokens, mode, logits, attend));
   memory.EndSegment(n);
   return absl::OkStatus();
@@ -246,6 +252,7 @@ absl::Status CudaLlamaModel::Forward(std::span<const int32_t> tokens, DeviceAtte
 absl::StatusOr<int32_t> CudaLlamaModel::ForwardAndSample(std::span<const int32_t> tokens,
                                                          DeviceAttentionMemory& memory,
                                                          const SampleStep& step) {
+  if (fp32_ != nullptr) return Fp32OnlyDense();
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n == 0) return absl::InvalidArgumentError("cuda model: empty segment");
   const int64_t vocab = config_.vocab_size;
@@ -262,16 +269,7 @@ absl::StatusOr<int32_t> CudaLlamaModel::ForwardAndSample(std::span<const int32_t
   int32_t* io = sample_io_.as<int32_t>();
   std::copy(step.penalized.begin(), step.penalized.end(), io + 1);
   std::copy(step.banned.begin(), step.banned.end(), io + 1 + step.penalized.size());
-  auto attend = [&](int32_t l) -> absl::Status {
-    DeviceSegmentLayerInput in;
-    in.layer = l;
-    in.n_tokens = n;
-    in.q = ws_.q.as<Bf16>();
-    in.k = ws_.k.as<Bf16>();
-    in.v = ws_.v.as<Bf16>();
-    in.x_norm = ws_.x.as<Bf16>();
-    return memory.AttendAndUpdate(in, ws_.attn.as<Bf16>());
-  };
+  auto attend = [&](int32_t l) { return AttendThroughMemory(memory, l, n); };
   // No host vector: the last row's logits stay in ws_.logits for the sampler.
   LONGREAD_RETURN_IF_ERROR(RunLayers(tokens, LogitsMode::kLast, nullptr, attend));
   memory.EndSegment(n);

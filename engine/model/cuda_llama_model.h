@@ -127,6 +127,8 @@ class CudaLlamaModel {
   absl::Status MarkFork();
   absl::Status ForkTo(const DeviceAttentionMemory& memory, bool mark);
   absl::Status JoinFrom(const DeviceAttentionMemory& memory, int64_t index);
+  // One layer of one document through `memory`, fenced by ForkTo/JoinFrom.
+  absl::Status AttendThroughMemory(DeviceAttentionMemory& memory, int32_t layer, int64_t n_tokens);
   absl::Status EnsureJoins(int64_t n);
   // Every layer with `attend(layer)` reading ws_.q/k/v/x and writing ws_.attn, then the logits.
   absl::Status RunLayers(std::span<const int32_t> tokens, LogitsMode mode,
