@@ -15,7 +15,8 @@ import argparse
 import json
 import re
 
-LOG_LINE = re.compile(r"len (\d+) depth (\S+) trial (\d+) (\S+)\s+key (\d+) (OK|MISS)\s+held\s+(\d+)%")
+# "held -100%": the share was not measured (recorded as -1, as the bench does).
+LOG_LINE = re.compile(r"len (\d+) depth (\S+) trial (\d+) (\S+)\s+key (\d+) (OK|MISS)\s+held\s+(-?\d+)%")
 USES_SCORER = ("blocks", "sparsek")
 
 
@@ -65,7 +66,7 @@ def main():
             trials.append({"method": method, "length": key[1], "depth": float(m.group(2)),
                            "trial": key[2], "key": m.group(5), "possible": True,
                            "correct": m.group(6) == "OK",
-                           "key_held_share": int(m.group(7)) / 100.0,
+                           "key_held_share": max(-1.0, int(m.group(7)) / 100.0),
                            "recovered_from_log": path})
     merged["passkey_trials"] = trials
     merged.pop("passkey_summary", None)
