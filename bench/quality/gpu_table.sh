@@ -18,7 +18,8 @@
 # (fp32: ~46 KB per token, ~6 GB at 128K, ~47 GB at 1M), so those runs get queues of few lanes.
 # env: BENCH (a built bench; default: build BUILD=build-quality-gpu), MODEL, CORPUS (dirs.txt),
 # DEVICE (cuda), PLAN (lines "QUEUE LENGTH TRIALS SHARD METHODS"), LANES ("QUEUE:N ..."),
-# WORK (per-process JSON and logs), RESULT (merged JSON), EXTRA (more bench options), PYTHON.
+# WORK (per-process JSON and logs), RESULT (merged JSON), COMPARE (the second answer's setting,
+# or none), EXTRA (more bench options), PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
@@ -51,7 +52,10 @@ LANES=${LANES:-"main:10 archive:4 long:1 longarchive:1"}
 # runs of issue 12 answered before the guard existed.
 COMMON=(--model "$MODEL" --device "$DEVICE" --threads 1 --scorer none --budget 768
   --sparsek-window 256 --block-tokens 32 --recall-blocks 4 --answer-tokens 24 --seed 1
-  --haystack real --depths random --compare-no-repeat-ngram 0)
+  --haystack real --depths random)
+COMPARE=${COMPARE:---compare-no-repeat-ngram 0}  # "none": one answer per trial
+# shellcheck disable=SC2206
+[ "$COMPARE" = none ] || COMMON+=($COMPARE)
 while read -r dir; do COMMON+=(--haystack-dir "$dir"); done <"$CORPUS"
 # shellcheck disable=SC2206
 [ -n "${EXTRA:-}" ] && COMMON+=($EXTRA)
