@@ -6,7 +6,7 @@
 // attention time) and the attention kernel with CUDA events; writes JSON for bench/gpu/report.py.
 //
 //   attention_bench [--json PATH] [--reps N] [--sinks 4] [--top-k 2048] [--window 1024]
-//                   [--segment 4096] [--block 32] [--variant -1] [--layout-only 1]
+//                   [--segment 4096] [--block 32] [--variant -1] [--sweep 1] [--layout-only 1]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/half.h"
 #include "kernels/sparsek.h"
 
@@ -35,6 +36,7 @@ struct Options {
   int64_t n_heads = 9, n_kv_heads = 3, head_dim = 64;
   bool layout_only = false;  // print the tile statistics and stop (no GPU needed)
   int variant = -1;          // the kernel variant of the headline number (-1: the default)
+  bool sweep = true;         // time every variant first (--sweep 0: only the headline one)
 };
 
 void Die(const std::string& what) {
@@ -115,26 +117,60 @@ Layout BuildLayout(const Options& o, std::mt19937& rng) {
 // The share of the (row, key) pairs in the tiles a kernel with `rows`-row and `keys`-key tiles
 // computes that are visible: the kernel skips a key tile when no key of it is visible to any
 // query of the row tile (by the tile's min from / max until).
-double ProcessedPairs(const Options& o, const Layout& lay, int64_t rows, int64_t keys) {
+double ProcessedPairs(const Options& o, const Layout& lay, int64_t rows, int64_t keys,
+                      double* mask_free = nullptr) {
   const int64_t group = o.n_heads / o.n_kv_heads, L = o.segment,
                 n_tiles = (lay.n_keys + keys - 1) / keys;
-  double processed = 0;
+  double processed = 0, unmasked = 0;
   for (int64_t g = 0; g < o.n_kv_heads; ++g) {
     for (int64_t r0 = 0; r0 < L * group; r0 += rows) {
       const int64_t q_lo = r0 / group, q_hi = (std::min(r0 + rows, L * group) - 1) / group;
       for (int64_t t = 0; t < n_tiles; ++t) {
-        int64_t min_from = INT32_MAX, max_until = INT32_MIN;
+        int64_t min_from = INT32_MAX, max_until = INT32_MIN, max_from = INT32_MIN,
+                min_until = INT32_MAX;
+        bool full = (t + 1) * keys <= lay.n_keys;
         for (int64_t j = t * keys; j < std::min((t + 1) * keys, lay.n_keys); ++j) {
           const int32_t f = lay.from[g * lay.n_keys + j], u = lay.until[g * lay.n_keys + j];
-          if (f >= u) continue;
+          if (f >= u) {
+            full = false;
+            continue;
+          }
           min_from = std::min<int64_t>(min_from, f);
           max_until = std::max<int64_t>(max_until, u);
+          max_from = std::max<int64_t>(max_from, f);
+          min_until = std::min<int64_t>(min_until, u);
         }
         if (min_from <= q_hi && max_until > q_lo) processed += double(rows) * keys;
+        if (full && max_from <= q_lo && min_until > q_hi) unmasked += double(rows) * keys;
       }
     }
   }
+  if (mask_free != nullptr) *mask_free = unmasked / processed;
   return processed;
+}
+
+// The layout with each KV head's keys in the order the kernel's key ordering puts them
+// (kernels/cuda/key_order.cu): a stable sort by bucket of the interval clamped to the segment.
+Layout OrderedByInterval(const Options& o, const Layout& lay) {
+  Layout sorted = lay;
+  sorted.from.clear();
+  sorted.until.clear();
+  const int32_t n = static_cast<int32_t>(o.segment);
+  const int32_t half = kernels::cuda::launch::kKeyOrderBuckets / 2 - 1, per = (n + half - 1) / half;
+  for (int64_t g = 0; g < o.n_kv_heads; ++g) {
+    std::vector<std::pair<int32_t, int64_t>> keys;  // (bucket, key)
+    for (int64_t j = 0; j < lay.n_keys; ++j) {
+      const int32_t f = std::clamp(lay.from[g * lay.n_keys + j], 0, n),
+                    u = std::clamp(lay.until[g * lay.n_keys + j], 0, n);
+      keys.emplace_back(f >= u ? 2 * half : f == 0 ? (u - 1) / per : half + f / per, j);
+    }
+    std::stable_sort(keys.begin(), keys.end());
+    for (const auto& [bucket, j] : keys) {
+      sorted.from.push_back(lay.from[g * lay.n_keys + j]);
+      sorted.until.push_back(lay.until[g * lay.n_keys + j]);
+    }
+  }
+  return sorted;
 }
 
 template <typename T>
@@ -193,6 +229,8 @@ int Main(int argc, char** argv) {
       o.block = std::atoll(value.c_str());
     } else if (flag == "--variant") {
       o.variant = std::atoi(value.c_str());
+    } else if (flag == "--sweep") {
+      o.sweep = value != "0";
     } else if (flag == "--layout-only") {
       o.layout_only = value == "1";
     } else {
@@ -205,10 +243,17 @@ int Main(int argc, char** argv) {
   std::mt19937 rng(12345);
   const Layout lay = BuildLayout(o, rng);
   const double useful_pairs = double(lay.visible_pairs) * (o.n_heads / o.n_kv_heads);
-  const double processed_64 = ProcessedPairs(o, lay, 64, 64),
+  double mask_free_64 = 0, mask_free_ordered = 0;
+  const double processed_64 = ProcessedPairs(o, lay, 64, 64, &mask_free_64),
                processed_32 = ProcessedPairs(o, lay, 64, 32);
-  std::printf("visible share of computed pairs: %.3f (64-key tiles), %.3f (32-key tiles)\n",
-              useful_pairs / processed_64, useful_pairs / processed_32);
+  const Layout ordered = OrderedByInterval(o, lay);
+  const double ordered_64 = ProcessedPairs(o, ordered, 64, 64, &mask_free_ordered);
+  std::printf(
+      "visible share of computed pairs: %.3f (64-key tiles), %.3f (32-key tiles), %.3f "
+      "(64-key tiles, keys ordered by interval)\n",
+      useful_pairs / processed_64, useful_pairs / processed_32, useful_pairs / ordered_64);
+  std::printf("share of computed tiles needing no mask: %.3f (64-key tiles), %.3f (ordered)\n",
+              mask_free_64, mask_free_ordered);
   if (o.layout_only) return 0;
   auto ctx_or = kernels::cuda::Context::Create();
   DieIf(ctx_or.status());
@@ -254,7 +299,7 @@ int Main(int argc, char** argv) {
   };
   // Every tile variant first (the default is the one the kernel uses), then the default again.
   std::vector<double> variant_ms;
-  for (int variant = 0; variant < 4; ++variant) {
+  for (int variant = 0; o.sweep && variant < kernels::cuda::launch::kAttentionVariants; ++variant) {
     a.variant = variant;
     variant_ms.push_back(MedianMs(stream, o.reps, attention));
     std::printf("attention variant %d: %.4f ms\n", variant, variant_ms.back());
@@ -286,8 +331,11 @@ int Main(int argc, char** argv) {
       << ", \"rope_ms_per_segment\": " << rope_ms << ", \"useful_tflops\": " << tflops
       << ", \"visible_share_of_computed_pairs\": " << useful_pairs / processed_64
       << ", \"visible_share_32_key_tiles\": " << useful_pairs / processed_32
-      << ", \"variant_ms\": [" << variant_ms[0] << ", " << variant_ms[1] << ", " << variant_ms[2]
-      << ", " << variant_ms[3] << "]}\n";
+      << ", \"visible_share_keys_ordered\": " << useful_pairs / ordered_64
+      << ", \"mask_free_tile_share\": " << mask_free_64
+      << ", \"mask_free_tile_share_keys_ordered\": " << mask_free_ordered << ", \"variant_ms\": [";
+    for (size_t i = 0; i < variant_ms.size(); ++i) f << (i ? ", " : "") << variant_ms[i];
+    f << "]}\n";
   }
   return 0;
 }

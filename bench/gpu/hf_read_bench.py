@@ -1,8 +1,9 @@
 """Hugging Face transformers reading one document in one forward pass (prefill, no LM head) on
 the same GPU: SmolLM2-135M shapes (random weights, bf16, SDPA attention), tokens/s and peak GPU
-memory at each length. The comparison point for forward_bench (our segment forward).
+memory at each length. The comparison point for forward_bench (our segment forward). With
+--batch B, B documents of each length in one forward pass (tokens/s counts all B x N tokens).
 
-Usage: python3 bench/gpu/hf_read_bench.py --json PATH [--lengths 8192,32768,131072]
+Usage: python3 bench/gpu/hf_read_bench.py --json PATH [--lengths 8192,32768,131072] [--batch 1]
 """
 import argparse
 import json
@@ -15,6 +16,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--json", required=True)
     p.add_argument("--lengths", default="8192,32768,131072")
+    p.add_argument("--batch", type=int, default=1)
     a = p.parse_args()
     lengths = [int(x) for x in a.lengths.split(",")]
     config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
@@ -32,7 +34,7 @@ def main():
     print("attention:", model.config._attn_implementation, flush=True)
     rows = []
     for n in lengths:
-        ids = torch.randint(0, config.vocab_size, (1, n), device="cuda")
+        ids = torch.randint(0, config.vocab_size, (a.batch, n), device="cuda")
         try:
             with torch.inference_mode():
                 model.model(input_ids=ids, use_cache=False)  # warm-up
@@ -48,7 +50,8 @@ def main():
                     stop.synchronize()
                     times.append(start.elapsed_time(stop))
             ms = sorted(times)[1]
-            rows.append({"tokens": n, "ms": ms, "tokens_per_s": n / (ms / 1e3),
+            rows.append({"tokens": n, "documents": a.batch, "ms": ms,
+                         "tokens_per_s": a.batch * n / (ms / 1e3),
                          "peak_gib": torch.cuda.max_memory_allocated() / 2**30})
         except torch.OutOfMemoryError:
             rows.append({"tokens": n, "ms": None, "note": "out of memory"})

@@ -17,6 +17,15 @@
 // in a fresh database under the system's temp directory, the recorded blocks taken after every
 // segment as a checkpoint would. The time includes waiting for the last puts (archive_status()).
 // Peak device memory is the largest cudaMemGetInfo "in use" seen after any segment.
+//
+// With --documents D1,D2,... (e.g. 1,16) it measures instead many documents read at once through
+// the product seam (CudaReadingBackend::ReadSegments: one forward pass per segment of every
+// document, each memory on its own stream): for each count D and length N, D documents of N
+// tokens each (each from its own place in the text, the same task, no archive) read in passes of
+// one segment per document; aggregate tokens/s (D x N over the wall time of all passes, and over
+// the passes after the first, which grows buffers and plans GEMMs) and peak device memory.
+// --batcher-tokens N adds, for each count D > 1, D documents of N tokens read the way a worker
+// reads them: each by its own RecurrentRunner on its own thread, all through one SegmentBatcher.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -26,16 +35,20 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <latch>
 #include <memory>
 #include <span>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "engine/memory/cuda_backend.h"
 #include "engine/memory/cuda_sparsek_memory.h"
 #include "engine/memory/recording_archive.h"
+#include "engine/memory/segment_batcher.h"
 #ifdef LONGREAD_BENCH_ROCKSDB  // not in engine-only builds
 #include "cache/block_archive_store.h"
 #endif
@@ -107,9 +120,112 @@ double MeanKl(const std::vector<float>& p_all, const std::vector<float>& q_all, 
   return total / std::max<int64_t>(rows, 1);
 }
 
+// --documents: D documents of N tokens at once, for each D and N; the JSON's "batched" rows.
+absl::StatusOr<std::string> RunBatched(
+    const engine::LlamaModel& model, const engine::RunnerConfig& config,
+    std::shared_ptr<const engine::ScorerWeights> scorer, const std::vector<int32_t>& text,
+    std::span<const int32_t> task, const std::vector<int64_t>& documents,
+    const std::vector<int64_t>& lengths, int64_t batcher_tokens) {
+  auto backend = engine::CudaReadingBackend::Create(&model);
+  if (!backend.ok()) return backend.status();
+  std::vector<std::vector<float>> task_queries;
+  if (auto s = (*backend)->CaptureQueries(task, nullptr, &task_queries); !s.ok()) return s;
+  const int64_t L = config.segment_tokens, text_n = static_cast<int64_t>(text.size());
+  std::string rows;
+  for (const int64_t D : documents) {
+    for (const int64_t n : lengths) {
+      std::vector<std::vector<int32_t>> ids(D);
+      std::vector<std::unique_ptr<engine::DocumentState>> states;
+      for (int64_t i = 0; i < D; ++i) {
+        for (int64_t t = 0; t < n; ++t) ids[i].push_back(text[(i * 7919 + t) % text_n]);
+        auto state = (*backend)->NewDocument(config.memory, scorer, nullptr);
+        if (!state.ok()) return state.status();
+        (*state)->SetTaskQueries(task_queries, static_cast<int64_t>(task.size()));
+        states.push_back(std::move(*state));
+      }
+      double peak_gib = UsedGib(), first_pass = 0;
+      const auto start = std::chrono::steady_clock::now();
+      for (int64_t at = 0; at < n; at += L) {
+        std::vector<engine::SegmentRead> reads;
+        for (int64_t i = 0; i < D; ++i) {
+          reads.push_back(
+              {states[i].get(), std::span<const int32_t>(ids[i]).subspan(at, std::min(L, n - at))});
+        }
+        if (auto s = (*backend)->ReadSegments(reads); !s.ok()) return s;
+        if (at == 0) first_pass = Seconds(start);
+        peak_gib = std::max(peak_gib, UsedGib());
+      }
+      const double seconds = Seconds(start);
+      const int64_t passes = (n + L - 1) / L;
+      const double steady =
+          passes > 1 ? static_cast<double>(D * (n - L)) / (seconds - first_pass) : 0;
+      const double resident_mb = states[0]->resident_bytes() / 1e6;
+      std::printf(
+          "batched %lld documents x %lld tokens: %.3f s, %.0f tokens/s (after the first pass "
+          "%.0f), %.2f ms per pass, device memory peak %.2f GiB (one memory %.1f MB)\n",
+          static_cast<long long>(D), static_cast<long long>(n), seconds, D * n / seconds, steady,
+          1e3 * seconds / passes, peak_gib, resident_mb);
+      std::fflush(stdout);
+      if (!rows.empty()) rows += ",";
+      rows += "{\"documents\":" + std::to_string(D) + ",\"tokens_each\":" + std::to_string(n) +
+              ",\"seconds\":" + std::to_string(seconds) +
+              ",\"tokens_per_s\":" + std::to_string(D * n / seconds) +
+              ",\"tokens_per_s_after_first_pass\":" + std::to_string(steady) +
+              ",\"ms_per_pass\":" + std::to_string(1e3 * seconds / passes) +
+              ",\"device_gib_peak\":" + std::to_string(peak_gib) +
+              ",\"memory_resident_mb_each\":" + std::to_string(resident_mb) + "}";
+    }
+    if (D < 2 || batcher_tokens <= 0) continue;
+    // The worker's way: a runner per document on its own thread, one batcher.
+    const int64_t n = batcher_tokens;
+    engine::SegmentBatcher batcher(backend->get(), D);
+    std::vector<std::unique_ptr<engine::RecurrentRunner>> runners;
+    std::vector<std::vector<int32_t>> ids(D);
+    for (int64_t i = 0; i < D; ++i) {
+      for (int64_t t = 0; t < n; ++t) ids[i].push_back(text[(i * 7919 + t) % text_n]);
+      auto runner = engine::RecurrentRunner::Create(backend->get(), config, scorer, nullptr);
+      if (!runner.ok()) return runner.status();
+      if (auto s = (*runner)->SetTask(task); !s.ok()) return s;
+      (*runner)->set_batcher(&batcher);
+      runners.push_back(std::move(*runner));
+    }
+    std::vector<absl::Status> status(D);
+    std::latch ready(D + 1);
+    std::vector<std::thread> threads;
+    for (int64_t i = 0; i < D; ++i) {
+      threads.emplace_back([&, i] {
+        ready.arrive_and_wait();
+        status[i] = runners[i]->Feed(ids[i]);
+        if (status[i].ok()) status[i] = runners[i]->Flush();
+      });
+    }
+    const auto start = std::chrono::steady_clock::now();
+    ready.arrive_and_wait();
+    for (auto& t : threads) t.join();
+    const double seconds = Seconds(start);
+    for (const absl::Status& s : status) {
+      if (!s.ok()) return s;
+    }
+    const double mean_pass = static_cast<double>(batcher.segments()) / batcher.passes();
+    std::printf(
+        "batcher %lld documents x %lld tokens (a thread each): %.3f s, %.0f tokens/s, %lld passes, "
+        "%.2f documents per pass\n",
+        static_cast<long long>(D), static_cast<long long>(n), seconds, D * n / seconds,
+        static_cast<long long>(batcher.passes()), mean_pass);
+    std::fflush(stdout);
+    rows += ",{\"documents\":" + std::to_string(D) + ",\"tokens_each\":" + std::to_string(n) +
+            ",\"via\":\"SegmentBatcher, a thread per document\",\"seconds\":" +
+            std::to_string(seconds) + ",\"tokens_per_s\":" + std::to_string(D * n / seconds) +
+            ",\"passes\":" + std::to_string(batcher.passes()) +
+            ",\"documents_per_pass\":" + std::to_string(mean_pass) + "}";
+  }
+  return rows;
+}
+
 int Main(int argc, char** argv) {
   std::string model_path, scorer_path, text_path, json, tokens_arg = "32768,131072";
-  std::string archive_arg = "1", store_arg = "ram";
+  std::string archive_arg = "1", store_arg = "ram", documents_arg;
+  int64_t batcher_tokens = 0;
   int encode_threads = 8;
   int64_t compare = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -123,6 +239,8 @@ int Main(int argc, char** argv) {
     if (flag == "--compare") compare = std::stoll(value);
     if (flag == "--store") store_arg = value;
     if (flag == "--encode-threads") encode_threads = std::stoi(value);
+    if (flag == "--documents") documents_arg = value;
+    if (flag == "--batcher-tokens") batcher_tokens = std::stoll(value);
   }
   auto file = engine::ModelFile::Open(model_path);
   if (!file.ok()) return std::fprintf(stderr, "%s\n", file.status().ToString().c_str()), 1;
@@ -152,6 +270,32 @@ int Main(int argc, char** argv) {
   if (!task_runner.SetTask(task).ok()) return 1;
   const auto& task_queries = task_runner.memory().task_queries();
   const int64_t n_task = static_cast<int64_t>(task.size());
+
+  if (!documents_arg.empty()) {
+    std::vector<int64_t> documents, lengths;
+    for (const auto& part : absl::StrSplit(documents_arg, ',')) {
+      int64_t v = 0;
+      if (absl::SimpleAtoi(part, &v) && v > 0) documents.push_back(v);
+    }
+    for (const auto& part : absl::StrSplit(tokens_arg, ',')) {
+      int64_t v = 0;
+      if (absl::SimpleAtoi(part, &v) && v > 0) lengths.push_back(v);
+    }
+    auto rows = RunBatched(**model, config, scorer, text, task, documents, lengths, batcher_tokens);
+    if (!rows.ok()) return std::fprintf(stderr, "%s\n", rows.status().ToString().c_str()), 1;
+    cudaDeviceProp prop;
+    cudaGetDeviceProperties(&prop, 0);
+    if (!json.empty()) {
+      std::ofstream f(json);
+      f << "{\"device\":\"" << prop.name
+        << "\",\"config\":{\"segment_tokens\":" << config.segment_tokens
+        << ",\"sinks\":" << config.memory.sinks << ",\"top_k\":" << config.memory.top_k
+        << ",\"window\":" << config.memory.window
+        << ",\"block_tokens\":" << config.memory.block_tokens << ",\"task_tokens\":" << n_task
+        << ",\"archive\":\"off\"},\"batched\":[" << *rows << "]}\n";
+    }
+    return 0;
+  }
 
   auto ctx = cu::Context::Create();
   if (!ctx.ok()) return std::fprintf(stderr, "%s\n", ctx.status().ToString().c_str()), 4;

@@ -120,6 +120,9 @@ class DocumentSession {
   // are the whole job's.
   const DocumentJobResult& result() const { return result_; }
   const RecurrentRunner& runner() const { return runner_; }
+  // The document's segments are read through `batcher` (RecurrentRunner::set_batcher): ReadStep
+  // then needs no model lock of the caller's (the batcher's pass takes it).
+  void set_batcher(SegmentBatcher* batcher) { runner_.set_batcher(batcher); }
 
  private:
   static absl::StatusOr<std::unique_ptr<DocumentSession>> Create(

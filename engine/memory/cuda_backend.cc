@@ -33,6 +33,7 @@ class ObservedDeviceMemory : public DeviceAttentionMemory {
   }
   void EndSegment(int64_t n) override { inner_->EndSegment(n); }
   int64_t next_position() const override { return inner_->next_position(); }
+  void* stream() const override { return inner_->stream(); }
 
  private:
   cu::Context* ctx_;
@@ -46,8 +47,13 @@ class ObservedDeviceMemory : public DeviceAttentionMemory {
 class CudaDocumentState : public DocumentState {
  public:
   CudaDocumentState(cu::Context* ctx, CudaLlamaModel* model,
+                    std::unique_ptr<cu::Context> memory_ctx,
                     std::unique_ptr<CudaSparseKMemory> memory)
-      : ctx_(ctx), model_(model), memory_(std::move(memory)) {}
+      : ctx_(ctx), model_(model), memory_ctx_(std::move(memory_ctx)), memory_(std::move(memory)) {}
+
+  const CudaLlamaModel* model() const { return model_; }
+  CudaSparseKMemory& memory() { return *memory_; }
+  void ForgetHeld() { held_valid_ = false; }
 
   absl::Status ReadSegment(std::span<const int32_t> tokens, LogitsMode mode,
                            std::vector<float>* logits, const QueryObserver* observe) override {
@@ -98,6 +104,7 @@ class CudaDocumentState : public DocumentState {
  private:
   cu::Context* ctx_;
   CudaLlamaModel* model_;
+  std::unique_ptr<cu::Context> memory_ctx_;  // the memory's own stream; outlives the memory
   std::unique_ptr<CudaSparseKMemory> memory_;
   MemorySnapshot held_;  // FetchHeld's download
   bool held_valid_ = false;
@@ -114,7 +121,8 @@ absl::StatusOr<std::unique_ptr<CudaReadingBackend>> CudaReadingBackend::Create(
   }
   auto ctx = cu::Context::Create(device);
   if (!ctx.ok()) return ctx.status();
-  std::unique_ptr<CudaReadingBackend> backend(new CudaReadingBackend(model, std::move(*ctx)));
+  std::unique_ptr<CudaReadingBackend> backend(
+      new CudaReadingBackend(model, std::move(*ctx), device));
   int64_t free_before = 0, free_after = 0, total = 0;
   if (auto s = backend->DeviceMemory(&free_before, &total); !s.ok()) return s;
   auto gpu_model = CudaLlamaModel::Create(*model, backend->ctx_.get());
@@ -129,9 +137,30 @@ absl::StatusOr<std::unique_ptr<CudaReadingBackend>> CudaReadingBackend::Create(
 absl::StatusOr<std::unique_ptr<DocumentState>> CudaReadingBackend::NewDocument(
     const MemoryConfig& config, std::shared_ptr<const ScorerWeights> scorer,
     kernels::ThreadPool* /*pool: the device does the work*/) {
-  auto memory = CudaSparseKMemory::Create(ctx_.get(), model_->config(), config, std::move(scorer));
+  // Each document's memory enqueues on a stream of its own (a context without GEMM support: the
+  // model's context multiplies the weights), so that documents read in one pass overlap.
+  auto memory_ctx = cu::Context::Create(device_, /*gemm=*/false);
+  if (!memory_ctx.ok()) return memory_ctx.status();
+  auto memory =
+      CudaSparseKMemory::Create(memory_ctx->get(), model_->config(), config, std::move(scorer));
   if (!memory.ok()) return memory.status();
-  return std::make_unique<CudaDocumentState>(ctx_.get(), gpu_model_.get(), std::move(*memory));
+  return std::make_unique<CudaDocumentState>(ctx_.get(), gpu_model_.get(), std::move(*memory_ctx),
+                                             std::move(*memory));
+}
+
+absl::Status CudaReadingBackend::ReadSegments(std::span<const SegmentRead> reads) {
+  if (auto s = CheckSegmentReads(reads); !s.ok()) return s;
+  std::vector<CudaLlamaModel::DocumentSegment> segments;
+  segments.reserve(reads.size());
+  for (const SegmentRead& r : reads) {
+    auto* document = dynamic_cast<CudaDocumentState*>(r.document);
+    if (document == nullptr || document->model() != gpu_model_.get()) {
+      return absl::InvalidArgumentError("ReadSegments: a document of another backend");
+    }
+    document->ForgetHeld();
+    segments.push_back({r.tokens, &document->memory(), r.mode, r.logits});
+  }
+  return gpu_model_->ForwardBatch(segments);
 }
 
 absl::Status CudaReadingBackend::CaptureQueries(std::span<const int32_t> tokens,

@@ -29,16 +29,21 @@ class CudaReadingBackend : public ReadingBackend {
       kernels::ThreadPool* pool) override;
   absl::Status CaptureQueries(std::span<const int32_t> tokens, kernels::ThreadPool* pool,
                               std::vector<std::vector<float>>* queries) override;
+  // One forward pass over every read's rows (CudaLlamaModel::ForwardBatch); each document's
+  // memory has its own stream (NewDocument), so their memory work overlaps.
+  absl::Status ReadSegments(std::span<const SegmentRead> reads) override;
 
   // Free and total bytes of the device (cudaMemGetInfo).
   absl::Status DeviceMemory(int64_t* free_bytes, int64_t* total_bytes) const;
 
  private:
-  CudaReadingBackend(const LlamaModel* model, std::unique_ptr<kernels::cuda::Context> ctx)
-      : model_(model), ctx_(std::move(ctx)) {}
+  CudaReadingBackend(const LlamaModel* model, std::unique_ptr<kernels::cuda::Context> ctx,
+                     int device)
+      : model_(model), ctx_(std::move(ctx)), device_(device) {}
 
   const LlamaModel* model_;
   std::unique_ptr<kernels::cuda::Context> ctx_;
+  int device_ = 0;
   std::unique_ptr<CudaLlamaModel> gpu_model_;
   int64_t weight_bytes_ = 0;
 };

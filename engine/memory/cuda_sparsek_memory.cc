@@ -199,7 +199,7 @@ int64_t CudaSparseKMemory::resident_bytes() const {
                                     &cand_join_,       &cand_first_,   &cand_exit_,
                                     &cand_score_,      &cand_count_,   &token_scores_,
                                     &src_rows_,        &dst_rows_,     &task_logits_,
-                                    &task_lse_,        &task_out_}) {
+                                    &task_lse_}) {
     bytes += b->bytes();
   }
   for (const Staging& st : staging_) {
@@ -338,7 +338,6 @@ absl::Status CudaSparseKMemory::TokenScores(const DeviceSegmentLayerInput& in) {
     }
     LONGREAD_RETURN_IF_ERROR(Reserve(task_logits_, G * rows * n * 4));
     LONGREAD_RETURN_IF_ERROR(Reserve(task_lse_, G * rows * 4));
-    LONGREAD_RETURN_IF_ERROR(Reserve(task_out_, n * G * 4));
     cu::TaskTermArgs a;
     a.task_queries = task_queries_dev_[in.layer].as<float>();
     a.k = in.k;
@@ -351,10 +350,8 @@ absl::Status CudaSparseKMemory::TokenScores(const DeviceSegmentLayerInput& in) {
     a.weight = config_.task_weight;
     a.logits = task_logits_.as<float>();
     a.lse = task_lse_.as<float>();
-    a.out = task_out_.as<float>();
+    a.scores = token_scores_.as<float>();
     LONGREAD_RETURN_IF_ERROR(cu::TaskTerm(*ctx_, a));
-    LONGREAD_RETURN_IF_ERROR(
-        cu::AddFloats(*ctx_, token_scores_.as<float>(), task_out_.as<float>(), n * G));
   }
   return absl::OkStatus();
 }
@@ -362,7 +359,7 @@ absl::Status CudaSparseKMemory::TokenScores(const DeviceSegmentLayerInput& in) {
 absl::Status CudaSparseKMemory::AttendAndUpdate(const DeviceSegmentLayerInput& in, Bf16* out) {
   cu::Context& ctx = *ctx_;
   const int64_t n = in.n_tokens, d = model_.head_dim, P = next_position_;
-  const int32_t G = n_kv_heads_, H = model_.n_heads, group = H / G, l = in.layer;
+  const int32_t G = n_kv_heads_, H = model_.n_heads, l = in.layer;
   if (n <= 0 || n >= kForever / 4) {
     return absl::InvalidArgumentError(absl::StrCat("cuda memory: bad segment length ", n));
   }
@@ -430,21 +427,26 @@ absl::Status CudaSparseKMemory::AttendAndUpdate(const DeviceSegmentLayerInput& i
   LONGREAD_RETURN_IF_ERROR(cu::SelectSegmentKeys(ctx, sa));
 
   // Keys rotated at their RoPE positions (slot order: the slot index; else the document
-  // position), queries at M_g + i (or P + i), as the selection wrote them. The CPU keeps rotated
-  // keys cached across segments; here every key is rotated again each layer-segment.
-  const kernels::RopeStyle rope = KernelRope(model_.rope_style);
+  // position), queries at M_g + i (or P + i), as the selection wrote them, in one launch. The CPU
+  // keeps rotated keys cached across segments and re-rotates the slots whose position changed; in
+  // slot order (the default) a compaction moves most slots, so here every key is rotated again
+  // each layer-segment (padding rows too: their position is 0, the rotation the identity).
   Bf16* rotated = rotated_.as<Bf16>();
-  for (int32_t g = 0; g < G; ++g) {
-    const int64_t rows = counts_[l * G + g] + n;
-    LONGREAD_RETURN_IF_ERROR(
-        cu::CopyDevice(ctx, keys + g * cap * d, rows * d * 2, rotated + g * cap * d));
-    LONGREAD_RETURN_IF_ERROR(cu::Rope(ctx, rotated + g * cap * d, 1, rows, 1, d,
-                                      rope_positions_.as<int64_t>() + g * n_keys, model_.rope_theta,
-                                      rope));
-  }
-  // q is [n][H][d] = [n * G][group][d]: row (i, g) at query_positions[i * G + g].
-  LONGREAD_RETURN_IF_ERROR(cu::Rope(ctx, in.q, 1, n * G, group, d, query_positions_.as<int64_t>(),
-                                    model_.rope_theta, rope));
+  cu::RopeMemoryArgs ra;
+  ra.keys = keys;
+  ra.rotated = rotated;
+  ra.key_positions = rope_positions_.as<int64_t>();
+  ra.n_kv_heads = G;
+  ra.n_keys = n_keys;
+  ra.capacity = cap;
+  ra.q = in.q;
+  ra.query_positions = query_positions_.as<int64_t>();
+  ra.n_q = n;
+  ra.n_heads = H;
+  ra.head_dim = d;
+  ra.theta = model_.rope_theta;
+  ra.style = KernelRope(model_.rope_style);
+  LONGREAD_RETURN_IF_ERROR(cu::RopeMemory(ctx, ra));
   cu::AttentionArgs a;
   a.q = in.q;
   a.k = rotated;

@@ -56,6 +56,8 @@ class CudaSparseKMemory : public DeviceAttentionMemory {
                                kernels::cuda::Bf16* out) override;
   void EndSegment(int64_t n_tokens) override;
   int64_t next_position() const override { return next_position_; }
+  // Its context's stream: a memory with a context of its own overlaps others in a batched pass.
+  void* stream() const override { return ctx_->stream(); }
 
   const MemoryConfig& config() const { return config_; }
   int64_t slot_count(int32_t layer, int32_t kv_head) const;
@@ -150,7 +152,7 @@ class CudaSparseKMemory : public DeviceAttentionMemory {
   kernels::cuda::DeviceBuffer token_scores_;                   // fp32 [n][G]
   kernels::cuda::DeviceBuffer src_rows_, dst_rows_;            // int32 row lists (recall)
   std::vector<kernels::cuda::DeviceBuffer> task_queries_dev_;  // per layer, fp32
-  kernels::cuda::DeviceBuffer task_logits_, task_lse_, task_out_;
+  kernels::cuda::DeviceBuffer task_logits_, task_lse_;
   kernels::cuda::DeviceBuffer scorer_w_, scorer_b_, scorer_slope_;  // fp32, all layers
 
   // The archive's path off the critical path: two device staging areas (by layer parity), a

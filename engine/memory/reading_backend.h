@@ -7,8 +7,10 @@
 // tokens go in and one row of logits (generation) or a layer's queries (task, recall) come out.
 //
 // Threading is the model's: a backend runs one forward pass at a time (one activation
-// workspace), so every DocumentState::ReadSegment and ReadingBackend::CaptureQueries of one
-// backend must hold the caller's per-model lock. Many DocumentStates share one backend.
+// workspace), so every DocumentState::ReadSegment, ReadingBackend::ReadSegments and
+// ReadingBackend::CaptureQueries of one backend must hold the caller's per-model lock. Many
+// DocumentStates share one backend; ReadSegments reads a segment of each of several of them in
+// one pass.
 #pragma once
 
 #include <cstdint>
@@ -76,6 +78,15 @@ class DocumentState {
   virtual const SparseKMemory* host_memory() const { return nullptr; }
 };
 
+// One document's next segment in ReadingBackend::ReadSegments: what DocumentState::ReadSegment
+// takes (no query observer).
+struct SegmentRead {
+  DocumentState* document = nullptr;  // of this backend; each at most once per call
+  std::span<const int32_t> tokens;    // not empty; lengths may differ between documents
+  LogitsMode mode = LogitsMode::kNone;
+  std::vector<float>* logits = nullptr;  // needed unless mode is kNone
+};
+
 class ReadingBackend {
  public:
   virtual ~ReadingBackend() = default;
@@ -97,10 +108,44 @@ class ReadingBackend {
       const MemoryConfig& config, std::shared_ptr<const ScorerWeights> scorer,
       kernels::ThreadPool* pool) = 0;
 
+  // Reads one segment of each document in `reads`, each as its ReadSegment would. A device
+  // backend reads them in one forward pass (their rows share every weight's GEMM; each memory
+  // attends on its own stream); this default, the CPU's, reads them one after another, in order.
+  // An error is the pass's: every document of the pass is then as after a failed ReadSegment
+  // (here, those before the failing one were read). Arguments are checked before any reading.
+  virtual absl::Status ReadSegments(std::span<const SegmentRead> reads) {
+    if (auto s = CheckSegmentReads(reads); !s.ok()) return s;
+    for (const SegmentRead& r : reads) {
+      if (auto s = r.document->ReadSegment(r.tokens, r.mode, r.logits, nullptr); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
   // Reads `tokens` on their own (dense attention from position 0, in one pass) and records each
   // layer's un-rotated queries into (*queries)[layer]: the task queries of a task-aware memory.
   virtual absl::Status CaptureQueries(std::span<const int32_t> tokens, kernels::ThreadPool* pool,
                                       std::vector<std::vector<float>>* queries) = 0;
+
+ protected:
+  // What every ReadSegments checks before reading anything: a document, tokens and a logits
+  // vector where asked for in each read; no document twice.
+  static absl::Status CheckSegmentReads(std::span<const SegmentRead> reads) {
+    for (size_t i = 0; i < reads.size(); ++i) {
+      const SegmentRead& r = reads[i];
+      if (r.document == nullptr || r.tokens.empty()) {
+        return absl::InvalidArgumentError("ReadSegments: a read without a document or tokens");
+      }
+      if (r.mode != LogitsMode::kNone && r.logits == nullptr) {
+        return absl::InvalidArgumentError("ReadSegments: logits asked for without a vector");
+      }
+      for (size_t j = 0; j < i; ++j) {
+        if (reads[j].document == r.document) {
+          return absl::InvalidArgumentError("ReadSegments: a document twice in one pass");
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
 };
 
 }  // namespace longread::engine

@@ -78,7 +78,7 @@ absl::StatusOr<int64_t> RecurrentRunner::Recall(std::span<const int32_t> questio
   const int64_t blocks = options.blocks;
   if (archive_ == nullptr || blocks <= 0 || question.empty()) return 0;
   if (!state_->archive_status().ok()) return state_->archive_status();
-  if (auto s = Flush(); !s.ok()) return s;
+  if (auto s = FlushPending({}, /*batched=*/false); !s.ok()) return s;
   const ModelConfig& c = backend_->config();
   std::vector<std::vector<float>> queries;
   if (auto s = CaptureQueriesInContext(question, &queries); !s.ok()) return s;
@@ -242,9 +242,10 @@ absl::Status RecurrentRunner::CheckPositions(int64_t n_tokens) const {
 }
 
 absl::Status RecurrentRunner::ReadSegment(std::span<const int32_t> segment, LogitsMode mode,
-                                          std::vector<float>* logits) {
+                                          std::vector<float>* logits, bool batched) {
   if (auto s = CheckPositions(static_cast<int64_t>(segment.size())); !s.ok()) return s;
-  auto s = state_->ReadSegment(segment, mode, logits, nullptr);
+  auto s = batched && batcher_ != nullptr ? batcher_->Read(state_.get(), segment, mode, logits)
+                                          : state_->ReadSegment(segment, mode, logits, nullptr);
   if (s.ok()) ++segments_read_;
   return s;
 }
@@ -258,12 +259,15 @@ absl::Status RecurrentRunner::Feed(std::span<const int32_t> tokens, const Progre
     pending_.insert(pending_.end(), tokens.begin(), tokens.begin() + take);
     used = take;
     if (static_cast<int64_t>(pending_.size()) < L) return absl::OkStatus();
-    if (auto s = ReadSegment(pending_, LogitsMode::kNone, nullptr); !s.ok()) return s;
+    if (auto s = ReadSegment(pending_, LogitsMode::kNone, nullptr, /*batched=*/true); !s.ok()) {
+      return s;
+    }
     pending_.clear();
     if (progress) progress(tokens_read());
   }
   while (tokens.size() - used >= static_cast<size_t>(L)) {
-    if (auto s = ReadSegment(tokens.subspan(used, L), LogitsMode::kNone, nullptr); !s.ok()) {
+    if (auto s = ReadSegment(tokens.subspan(used, L), LogitsMode::kNone, nullptr, /*batched=*/true);
+        !s.ok()) {
       return s;
     }
     used += L;
@@ -274,8 +278,12 @@ absl::Status RecurrentRunner::Feed(std::span<const int32_t> tokens, const Progre
 }
 
 absl::Status RecurrentRunner::Flush(const ProgressFn& progress) {
+  return FlushPending(progress, /*batched=*/true);
+}
+
+absl::Status RecurrentRunner::FlushPending(const ProgressFn& progress, bool batched) {
   if (pending_.empty()) return absl::OkStatus();
-  if (auto s = ReadSegment(pending_, LogitsMode::kNone, nullptr); !s.ok()) return s;
+  if (auto s = ReadSegment(pending_, LogitsMode::kNone, nullptr, batched); !s.ok()) return s;
   pending_.clear();
   if (progress) progress(tokens_read());
   return absl::OkStatus();
@@ -283,7 +291,7 @@ absl::Status RecurrentRunner::Flush(const ProgressFn& progress) {
 
 absl::Status RecurrentRunner::ReadWithLogits(std::span<const int32_t> tokens,
                                              std::vector<float>* logits) {
-  if (auto s = Flush(); !s.ok()) return s;
+  if (auto s = FlushPending({}, /*batched=*/false); !s.ok()) return s;
   logits->clear();
   const size_t L = static_cast<size_t>(config_.segment_tokens);
   for (size_t at = 0; at < tokens.size(); at += L) {
@@ -298,7 +306,7 @@ absl::Status RecurrentRunner::BeginGenerate(std::span<const int32_t> prompt,
                                             const GenerateOptions& options) {
   generation_.reset();
   if (prompt.empty()) return absl::InvalidArgumentError("generate: empty prompt");
-  if (auto s = Flush(); !s.ok()) return s;
+  if (auto s = FlushPending({}, /*batched=*/false); !s.ok()) return s;
   state_->set_eviction_frozen(true);
   const size_t L = static_cast<size_t>(config_.segment_tokens);
   for (size_t at = 0; at < prompt.size(); at += L) {

@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/memory/reading_backend.h"
+#include "engine/memory/segment_batcher.h"
 #include "engine/memory/snapshot.h"
 #include "engine/memory/sparsek_memory.h"
 #include "engine/model/llama_model.h"
@@ -69,6 +70,12 @@ class RecurrentRunner {
   // tokens or for Flush().
   absl::Status Feed(std::span<const int32_t> tokens, const ProgressFn& progress = {});
   absl::Status Flush(const ProgressFn& progress = {});
+
+  // Feed and Flush read the document's segments through `batcher` (not owned; null: alone),
+  // sharing forward passes with other documents of the same backend. Only they do: recall,
+  // generation and ReadWithLogits read alone, under the caller's model lock, as before (a
+  // batcher's pass takes that lock itself).
+  void set_batcher(SegmentBatcher* batcher) { batcher_ = batcher; }
 
   // Makes the memory task-aware: `task` (the instruction, e.g. the question) is read once on its
   // own and its query vectors add a task term to the score of every key read afterwards
@@ -130,7 +137,8 @@ class RecurrentRunner {
 
  private:
   absl::Status ReadSegment(std::span<const int32_t> segment, LogitsMode mode,
-                           std::vector<float>* logits);
+                           std::vector<float>* logits, bool batched = false);
+  absl::Status FlushPending(const ProgressFn& progress, bool batched);
   // OutOfRange when reading `n_tokens` more would put a query beyond the trained context.
   absl::Status CheckPositions(int64_t n_tokens) const;
   // Reads `tokens` after the memory and records each layer's un-rotated queries
@@ -148,6 +156,7 @@ class RecurrentRunner {
   std::vector<int32_t> pending_;
   std::vector<int32_t> task_;
   BlockArchive* archive_ = nullptr;
+  SegmentBatcher* batcher_ = nullptr;
   int64_t segments_read_ = 0;
   std::vector<float> logits_;
   // Stepwise generation state (BeginGenerate .. done).

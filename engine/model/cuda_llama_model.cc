@@ -75,6 +75,10 @@ absl::StatusOr<std::unique_ptr<CudaLlamaModel>> CudaLlamaModel::Create(const Lla
     return absl::UnimplementedError("cuda model: only head_dim 64 has an attention kernel");
   }
   std::unique_ptr<CudaLlamaModel> m(new CudaLlamaModel(c, ctx));
+  auto fork = cu::Event::Create();
+  if (!fork.ok()) return fork.status();
+  m->fork_ = std::move(*fork);
+  LONGREAD_RETURN_IF_ERROR(m->EnsureJoins(1));
   const ModelFile& file = model.file();
   const int64_t d = c.d_model, qd = int64_t{c.n_heads} * c.head_dim,
                 kvd = int64_t{c.n_kv_heads} * c.head_dim;
@@ -134,9 +138,12 @@ absl::StatusOr<CudaLlamaModel::Cache> CudaLlamaModel::NewCache(int64_t capacity)
   return cache;
 }
 
-absl::Status CudaLlamaModel::EnsureWorkspace(int64_t n, int64_t n_keys) {
+absl::Status CudaLlamaModel::EnsureWorkspace(int64_t n, int64_t n_keys, int64_t logit_rows) {
   const ModelConfig& c = config_;
   const int64_t G = c.n_kv_heads;
+  // A batched pass holds many documents' rows but computes logits for few of them.
+  LONGREAD_RETURN_IF_ERROR(
+      Reserve(ws_.logits, (logit_rows < 0 ? n : logit_rows) * int64_t{c.vocab_size} * 4));
   if (n_keys > keys_capacity_) {
     const int64_t keys = std::max(n_keys, 2 * keys_capacity_);
     LONGREAD_RETURN_IF_ERROR(Reserve(ws_.from, G * keys * 4));
@@ -149,19 +156,11 @@ absl::Status CudaLlamaModel::EnsureWorkspace(int64_t n, int64_t n_keys) {
   struct {
     cu::DeviceBuffer* b;
     int64_t bytes;
-  } buffers[] = {{&ws_.tokens, n * 4},
-                 {&ws_.positions, n * 8},
-                 {&ws_.hidden, n * d * 4},
-                 {&ws_.x, n * d * bf},
-                 {&ws_.q, n * qd * bf},
-                 {&ws_.k, n * kvd * bf},
-                 {&ws_.v, n * kvd * bf},
-                 {&ws_.attn, n * qd * bf},
-                 {&ws_.proj, n * d * bf},
-                 {&ws_.gate, n * c.d_ff * bf},
-                 {&ws_.up, n * c.d_ff * bf},
-                 {&ws_.ffn_out, n * d * bf},
-                 {&ws_.logits, n * int64_t{c.vocab_size} * 4}};
+  } buffers[] = {
+      {&ws_.tokens, n * 4},         {&ws_.positions, n * 8},    {&ws_.hidden, n * d * 4},
+      {&ws_.x, n * d * bf},         {&ws_.q, n * qd * bf},      {&ws_.k, n * kvd * bf},
+      {&ws_.v, n * kvd * bf},       {&ws_.attn, n * qd * bf},   {&ws_.proj, n * d * bf},
+      {&ws_.gate, n * c.d_ff * bf}, {&ws_.up, n * c.d_ff * bf}, {&ws_.ffn_out, n * d * bf}};
   for (auto& b : buffers) LONGREAD_RETURN_IF_ERROR(Reserve(*b.b, b.bytes));
   ws_.capacity = n;
   return absl::OkStatus();
@@ -239,7 +238,9 @@ absl::Status CudaLlamaModel::Forward(std::span<const int32_t> tokens, DeviceAtte
     in.k = ws_.k.as<Bf16>();
     in.v = ws_.v.as<Bf16>();
     in.x_norm = ws_.x.as<Bf16>();
-    return memory.AttendAndUpdate(in, ws_.attn.as<Bf16>());
+    LONGREAD_RETURN_IF_ERROR(ForkTo(memory, /*mark=*/true));
+    LONGREAD_RETURN_IF_ERROR(memory.AttendAndUpdate(in, ws_.attn.as<Bf16>()));
+    return JoinFrom(memory, 0);
   };
   LONGREAD_RETURN_IF_ERROR(RunLayers(tokens, mode, logits, attend));
   memory.EndSegment(n);
@@ -294,6 +295,116 @@ absl::Status CudaLlamaModel::RunLayers(std::span<const int32_t> tokens, LogitsMo
   LONGREAD_RETURN_IF_ERROR(cu::MatMul(ctx, head, x + first * d, rows, ws_.logits.as<float>()));
   logits->resize(rows * c.vocab_size);
   return cu::Download(ctx, ws_.logits.as<void>(), rows * int64_t{c.vocab_size} * 4, logits->data());
+}
+
+absl::Status CudaLlamaModel::EnsureJoins(int64_t n) {
+  while (static_cast<int64_t>(joins_.size()) < n) {
+    auto e = cu::Event::Create();
+    if (!e.ok()) return e.status();
+    joins_.push_back(std::move(*e));
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+bool OnOwnStream(const DeviceAttentionMemory& memory, const cu::Context& ctx) {
+  return memory.stream() != nullptr && memory.stream() != ctx.stream();
+}
+}  // namespace
+
+absl::Status CudaLlamaModel::MarkFork() { return fork_.Record(ctx_->stream()); }
+
+absl::Status CudaLlamaModel::ForkTo(const DeviceAttentionMemory& memory, bool mark) {
+  if (!OnOwnStream(memory, *ctx_)) return absl::OkStatus();
+  if (mark) LONGREAD_RETURN_IF_ERROR(MarkFork());
+  return fork_.MakeWait(memory.stream());
+}
+
+absl::Status CudaLlamaModel::JoinFrom(const DeviceAttentionMemory& memory, int64_t index) {
+  if (!OnOwnStream(memory, *ctx_)) return absl::OkStatus();
+  LONGREAD_RETURN_IF_ERROR(joins_[index].Record(memory.stream()));
+  return joins_[index].MakeWait(ctx_->stream());
+}
+
+absl::Status CudaLlamaModel::ForwardBatch(std::span<const DocumentSegment> segments) {
+  const ModelConfig& c = config_;
+  if (segments.empty()) return absl::InvalidArgumentError("cuda model: no segment to read");
+  std::vector<int64_t> first_row(segments.size() + 1, 0);
+  int64_t logit_rows = 0;
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const DocumentSegment& seg = segments[i];
+    if (seg.tokens.empty() || seg.memory == nullptr) {
+      return absl::InvalidArgumentError("cuda model: a batched segment is empty or has no memory");
+    }
+    if (seg.mode != LogitsMode::kNone && seg.logits == nullptr) {
+      return absl::InvalidArgumentError("cuda model: logits asked for without a vector");
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (segments[j].memory == seg.memory) {
+        return absl::InvalidArgumentError("cuda model: one memory twice in a batched pass");
+      }
+    }
+    const int64_t n = static_cast<int64_t>(seg.tokens.size());
+    first_row[i + 1] = first_row[i] + n;
+    if (seg.mode != LogitsMode::kNone) {
+      logit_rows = std::max(logit_rows, seg.mode == LogitsMode::kLast ? int64_t{1} : n);
+    }
+  }
+  const int64_t rows = first_row.back();
+  std::vector<int32_t> tokens;
+  tokens.reserve(rows);
+  for (const DocumentSegment& seg : segments) {
+    tokens.insert(tokens.end(), seg.tokens.begin(), seg.tokens.end());
+  }
+  LONGREAD_RETURN_IF_ERROR(EnsureWorkspace(rows, 0, logit_rows));
+  LONGREAD_RETURN_IF_ERROR(EnsureJoins(static_cast<int64_t>(segments.size())));
+  const int64_t qd = int64_t{c.n_heads} * c.head_dim, kvd = int64_t{c.n_kv_heads} * c.head_dim,
+                d = c.d_model;
+  auto attend = [&](int32_t l) -> absl::Status {
+    LONGREAD_RETURN_IF_ERROR(MarkFork());
+    // Every memory's work is enqueued before any join: documents on their own streams overlap.
+    for (size_t i = 0; i < segments.size(); ++i) {
+      const int64_t r = first_row[i];
+      DeviceSegmentLayerInput in;
+      in.layer = l;
+      in.n_tokens = first_row[i + 1] - r;
+      in.q = ws_.q.as<Bf16>() + r * qd;
+      in.k = ws_.k.as<Bf16>() + r * kvd;
+      in.v = ws_.v.as<Bf16>() + r * kvd;
+      in.x_norm = ws_.x.as<Bf16>() + r * d;
+      LONGREAD_RETURN_IF_ERROR(ForkTo(*segments[i].memory, /*mark=*/false));
+      LONGREAD_RETURN_IF_ERROR(
+          segments[i].memory->AttendAndUpdate(in, ws_.attn.as<Bf16>() + r * qd));
+    }
+    for (size_t i = 0; i < segments.size(); ++i) {
+      LONGREAD_RETURN_IF_ERROR(JoinFrom(*segments[i].memory, static_cast<int64_t>(i)));
+    }
+    return absl::OkStatus();
+  };
+  // The layers leave the last residual added (LogitsMode::kNone); each document that wants
+  // logits then normalizes its own rows: the same fp32 sums as the fused add + norm.
+  LONGREAD_RETURN_IF_ERROR(RunLayers(tokens, LogitsMode::kNone, nullptr, attend));
+  for (size_t i = 0; i < segments.size(); ++i) {
+    segments[i].memory->EndSegment(first_row[i + 1] - first_row[i]);
+  }
+  cu::Context& ctx = *ctx_;
+  const cu::DeviceMatrix& head = c.tie_embeddings ? embedding_ : lm_head_;
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const DocumentSegment& seg = segments[i];
+    if (seg.mode == LogitsMode::kNone) continue;
+    const int64_t n = first_row[i + 1] - first_row[i];
+    const int64_t first = first_row[i] + (seg.mode == LogitsMode::kLast ? n - 1 : 0);
+    const int64_t count = first_row[i + 1] - first;
+    LONGREAD_RETURN_IF_ERROR(cu::AddRmsNorm(ctx, ws_.hidden.as<float>() + first * d, nullptr,
+                                            output_norm_.as<float>(), count, d, c.rms_eps,
+                                            ws_.x.as<Bf16>() + first * d));
+    LONGREAD_RETURN_IF_ERROR(
+        cu::MatMul(ctx, head, ws_.x.as<Bf16>() + first * d, count, ws_.logits.as<float>()));
+    seg.logits->resize(count * c.vocab_size);
+    LONGREAD_RETURN_IF_ERROR(cu::Download(ctx, ws_.logits.as<void>(),
+                                          count * int64_t{c.vocab_size} * 4, seg.logits->data()));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace longread::engine

@@ -35,6 +35,10 @@ class DeviceAttentionMemory {
                                        kernels::cuda::Bf16* out) = 0;
   virtual void EndSegment(int64_t n_tokens) = 0;
   virtual int64_t next_position() const = 0;
+  // The cudaStream_t this memory enqueues on; null: the model's. The model orders a memory on
+  // another stream after the layer's projections and its own next op after the memory's work
+  // (events), so that in a batched pass the small memory kernels of many documents overlap.
+  virtual void* stream() const { return nullptr; }
 };
 
 class CudaLlamaModel {
@@ -59,6 +63,19 @@ class CudaLlamaModel {
   absl::Status Forward(std::span<const int32_t> tokens, DeviceAttentionMemory& memory,
                        LogitsMode mode, std::vector<float>* logits);
 
+  // One document's segment in a batched pass.
+  struct DocumentSegment {
+    std::span<const int32_t> tokens;  // the segment after what `memory` holds; not empty
+    DeviceAttentionMemory* memory = nullptr;
+    LogitsMode mode = LogitsMode::kNone;
+    std::vector<float>* logits = nullptr;  // as in Forward, for this document's rows
+  };
+  // Forward for several documents at once, each as Forward(tokens, *memory, mode, logits) would
+  // read it: the embedding, norms and every weight's GEMM run once over the concatenated rows of
+  // all segments (of any lengths), and each memory attends and absorbs its own row range, on its
+  // own stream where it has one. The memories must be distinct.
+  absl::Status ForwardBatch(std::span<const DocumentSegment> segments);
+
   const ModelConfig& config() const { return config_; }
 
  private:
@@ -74,7 +91,16 @@ class CudaLlamaModel {
 
   CudaLlamaModel(const ModelConfig& config, kernels::cuda::Context* ctx)
       : config_(config), ctx_(ctx) {}
-  absl::Status EnsureWorkspace(int64_t n_tokens, int64_t n_keys);
+  // `logit_rows` < 0: n_tokens.
+  absl::Status EnsureWorkspace(int64_t n_tokens, int64_t n_keys, int64_t logit_rows = -1);
+  // A memory on its own stream: MarkFork marks the model's stream after a layer's projections,
+  // ForkTo makes `memory`'s stream wait for that mark (marking first when `mark`), JoinFrom
+  // makes the model's stream wait for what `memory` has enqueued (joins_[index]). ForkTo and
+  // JoinFrom do nothing for a memory on the model's stream.
+  absl::Status MarkFork();
+  absl::Status ForkTo(const DeviceAttentionMemory& memory, bool mark);
+  absl::Status JoinFrom(const DeviceAttentionMemory& memory, int64_t index);
+  absl::Status EnsureJoins(int64_t n);
   // Every layer with `attend(layer)` reading ws_.q/k/v/x and writing ws_.attn, then the logits.
   absl::Status RunLayers(std::span<const int32_t> tokens, LogitsMode mode,
                          std::vector<float>* logits,
@@ -87,6 +113,9 @@ class CudaLlamaModel {
   std::vector<Layer> layers_;
   Workspace ws_;
   int64_t keys_capacity_ = 0;  // of ws_.from / ws_.until, per KV head
+  // Fork (the layer's projections are done) and one join per document of a pass.
+  kernels::cuda::Event fork_;
+  std::vector<kernels::cuda::Event> joins_;
 };
 
 }  // namespace longread::engine

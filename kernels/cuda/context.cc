@@ -56,13 +56,14 @@ Context::~Context() {
   if (impl_->stream != nullptr) cudaStreamDestroy(impl_->stream);
 }
 
-absl::StatusOr<std::unique_ptr<Context>> Context::Create(int device) {
+absl::StatusOr<std::unique_ptr<Context>> Context::Create(int device, bool gemm) {
   if (absl::Status s = LoadCublasLt(); !s.ok()) return s;
   auto impl = std::make_unique<Impl>();
   impl->device = device;
   LONGREAD_CUDA_RETURN_IF_ERROR(cudaSetDevice(device));
   LONGREAD_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
   std::unique_ptr<Context> ctx(new Context(std::move(impl)));
+  if (!gemm) return ctx;
   LONGREAD_CUBLAS_RETURN_IF_ERROR(Lt().Create(&ctx->impl_->lt));
   auto ws = DeviceBuffer::Allocate(kWorkspaceBytes);
   if (!ws.ok()) return ws.status();
@@ -148,6 +149,9 @@ absl::StatusOr<const GemmPlan*> Plan(Context& ctx, int64_t rows, int64_t cols, i
 absl::Status RunGemm(Context& ctx, const DeviceMatrix& w, const Bf16* x, int64_t n, void* y,
                      cudaDataType_t out_type) {
   if (n <= 0 || w.rows <= 0) return absl::OkStatus();
+  if (ctx.impl().lt == nullptr) {
+    return absl::FailedPreconditionError("cuda: MatMul on a context made without GEMM support");
+  }
   auto plan = Plan(ctx, w.rows, w.cols, n, out_type);
   if (!plan.ok()) return plan.status();
   const float alpha = 1.0f, beta = 0.0f;

@@ -53,7 +53,10 @@ class DeviceBuffer {
 // One backend's stream, cuBLASLt handle and workspace, and the GEMM plans it has chosen.
 class Context {
  public:
-  static absl::StatusOr<std::unique_ptr<Context>> Create(int device = 0);
+  // `gemm` false: a stream and its scratch only, for work that multiplies no weights (one
+  // document's memory in a batched pass: its own stream without a 32 MiB cuBLASLt workspace);
+  // MatMul on it is FailedPrecondition.
+  static absl::StatusOr<std::unique_ptr<Context>> Create(int device = 0, bool gemm = true);
   ~Context();
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
@@ -173,6 +176,24 @@ absl::Status AddResidual(Context& ctx, float* residual, const Bf16* delta, int64
 absl::Status Rope(Context& ctx, Bf16* x, int64_t n_outer, int64_t n_tokens, int64_t n_heads,
                   int64_t head_dim, const int64_t* positions, float theta, RopeStyle style);
 
+// One layer-segment's RoPE for the SparseK memory, in one launch: the held and appended keys
+// (un-rotated, [n_kv_heads][capacity][head_dim]) rotated into `rotated` (same layout) at
+// key_positions[g * n_keys + key] for key < n_keys, and the queries q [n_q][n_heads][head_dim]
+// rotated in place, those of KV head g's group at query_positions[t * n_kv_heads + g]. Each row
+// equals what Rope gives it (the same rotation, bit for bit).
+struct RopeMemoryArgs {
+  const Bf16* keys = nullptr;
+  Bf16* rotated = nullptr;
+  const int64_t* key_positions = nullptr;
+  int64_t n_kv_heads = 0, n_keys = 0, capacity = 0;
+  Bf16* q = nullptr;
+  const int64_t* query_positions = nullptr;
+  int64_t n_q = 0, n_heads = 0, head_dim = 0;
+  float theta = 0;
+  RopeStyle style = RopeStyle::kHalf;
+};
+absl::Status RopeMemory(Context& ctx, const RopeMemoryArgs& args);
+
 // dst[g][slot0 + t] = src[t][g] for t < n_tokens, g < n_heads (rows of head_dim): a segment's
 // keys or values as the projections write them, appended to a head-major memory of `capacity`
 // slots per head.
@@ -190,7 +211,7 @@ absl::Status ZeroDevice(Context& ctx, void* dst, int64_t bytes);
 
 // The task term of engine/memory's AddTaskTerm on the device, in the host code's operation
 // order (no FMA contraction; double sums in order), so the terms equal the host's but for the
-// last bit of exp/log: out[j][g] = the term to add to key j's score for KV head g.
+// last bit of exp/log: scores[j][g] += the term of key j for KV head g (the host's `+=`).
 // task_queries: [n_task][n_heads][head_dim] fp32; k: [n][n_kv_heads][head_dim] bf16 (un-rotated);
 // logits: n_kv_heads * rows * n floats and lse: n_kv_heads * rows floats of scratch, rows =
 // n_task * n_heads / n_kv_heads. max_dot: TaskScore::kMaxDot, else kSegmentMass.
@@ -202,7 +223,7 @@ struct TaskTermArgs {
   float weight = 0;
   float* logits = nullptr;
   float* lse = nullptr;
-  float* out = nullptr;
+  float* scores = nullptr;  // [n][n_kv_heads]
 };
 absl::Status TaskTerm(Context& ctx, const TaskTermArgs& args);
 
@@ -228,8 +249,6 @@ absl::Status AppendSegment(Context& ctx, const Bf16* k, const Bf16* v, const int
                            Bf16* keys, Bf16* values);
 // The staged evicted rows into pinned host memory, on `stream` (a SideStream's).
 absl::Status CopyEvicted(const EvictedCopyArgs& args, void* stream);
-// dst[i] += src[i] in fp32 (round to nearest, no contraction).
-absl::Status AddFloats(Context& ctx, float* dst, const float* src, int64_t n);
 
 // out = silu(gate) * up in fp32, stored as bf16. out may alias gate or up.
 absl::Status SiluMul(Context& ctx, const Bf16* gate, const Bf16* up, int64_t n, Bf16* out);

@@ -2,6 +2,7 @@
 // ops, one pass each, fp32 arithmetic on bf16 storage.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 
@@ -64,33 +65,74 @@ __global__ void AddKernel(float* residual, const __nv_bfloat16* delta, int64_t n
 
 // One thread per rotated pair. The angle pos * theta^(-2i/d) is formed and reduced mod 2*pi in
 // double (positions reach 1M and beyond), then the sine and cosine of the reduced angle come from
-// sincosf: within an ulp of the CPU's float(cos(angle in double)), without double sincos.
+// sincosf: within an ulp of the CPU's float(cos(angle in double)), without double sincos. The
+// rotation rounds each product and the difference, as the CPU's float expression does.
 constexpr int kMaxRopeHalf = 256;
+
+// inv_freq[i] = theta^(-2i/d) for i < d/2, in a block's shared memory.
+__device__ void FillInvFreq(double* inv_freq, int64_t head_dim, double theta) {
+  for (int64_t i = threadIdx.x; i < head_dim / 2; i += blockDim.x) {
+    inv_freq[i] = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
+  }
+  __syncthreads();
+}
+
+// Pair i of a row rotated at `position` from src into dst (which may be src).
+__device__ __forceinline__ void RotatePair(const __nv_bfloat16* src, __nv_bfloat16* dst, int64_t i,
+                                           int64_t half, int64_t position, double inv_freq,
+                                           bool interleaved) {
+  constexpr double kTwoPi = 6.283185307179586476925286766559;
+  const double angle = static_cast<double>(position) * inv_freq;
+  const double turns = rint(angle * (1.0 / kTwoPi));
+  float sf, cf;
+  sincosf(static_cast<float>(fma(-turns, kTwoPi, angle)), &sf, &cf);
+  const int64_t a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+  const float x0 = __bfloat162float(src[a]), x1 = __bfloat162float(src[b]);
+  dst[a] = __float2bfloat16_rn(__fsub_rn(__fmul_rn(x0, cf), __fmul_rn(x1, sf)));
+  dst[b] = __float2bfloat16_rn(__fadd_rn(__fmul_rn(x0, sf), __fmul_rn(x1, cf)));
+}
 
 __global__ void RopeKernel(__nv_bfloat16* x, int64_t n_outer, int64_t n_tokens, int64_t n_heads,
                            int64_t head_dim, const int64_t* positions, double theta,
                            bool interleaved) {
   __shared__ double inv_freq[kMaxRopeHalf];
+  FillInvFreq(inv_freq, head_dim, theta);
   const int64_t half = head_dim / 2;
-  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
-    inv_freq[i] = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
-  }
-  __syncthreads();
   const int64_t pair = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (pair >= n_outer * n_tokens * n_heads * half) return;
   const int64_t i = pair % half;
   const int64_t row = pair / half;  // (o, t, h)
   const int64_t t = (row / n_heads) % n_tokens;
-  constexpr double kTwoPi = 6.283185307179586476925286766559;
-  const double angle = static_cast<double>(positions[t]) * inv_freq[i];
-  const double turns = rint(angle * (1.0 / kTwoPi));
-  float sf, cf;
-  sincosf(static_cast<float>(fma(-turns, kTwoPi, angle)), &sf, &cf);
   __nv_bfloat16* v = x + row * head_dim;
-  const int64_t a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
-  const float x0 = __bfloat162float(v[a]), x1 = __bfloat162float(v[b]);
-  v[a] = __float2bfloat16_rn(x0 * cf - x1 * sf);
-  v[b] = __float2bfloat16_rn(x0 * sf + x1 * cf);
+  RotatePair(v, v, i, half, positions[t], inv_freq[i], interleaved);
+}
+
+// The memory's keys rotated into a second buffer and the segment's queries in place, in one
+// grid-stride pass (blocks several times the SMs, so each computes inv_freq once for many rows).
+__global__ void RopeMemoryKernel(RopeMemoryLaunch a) {
+  __shared__ double inv_freq[kMaxRopeHalf];
+  FillInvFreq(inv_freq, a.head_dim, a.theta);
+  const int64_t half = a.head_dim / 2, group = a.n_heads / a.n_kv_heads;
+  const int64_t key_pairs = a.n_kv_heads * a.n_keys * half;
+  const int64_t total = key_pairs + a.n_q * a.n_heads * half;
+  for (int64_t pair = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; pair < total;
+       pair += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t i = pair % half;
+    if (pair < key_pairs) {
+      const int64_t row = pair / half;  // (g, key)
+      const int64_t g = row / a.n_keys, key = row % a.n_keys;
+      const int64_t at = (g * a.capacity + key) * a.head_dim;
+      RotatePair(reinterpret_cast<const __nv_bfloat16*>(a.keys) + at,
+                 reinterpret_cast<__nv_bfloat16*>(a.rotated) + at, i, half, a.key_positions[row],
+                 inv_freq[i], a.interleaved);
+    } else {
+      const int64_t row = (pair - key_pairs) / half;  // (t, h)
+      const int64_t t = row / a.n_heads, h = row % a.n_heads;
+      __nv_bfloat16* q = reinterpret_cast<__nv_bfloat16*>(a.q) + row * a.head_dim;
+      RotatePair(q, q, i, half, a.query_positions[t * a.n_kv_heads + h / group], inv_freq[i],
+                 a.interleaved);
+    }
+  }
 }
 
 // dst[g][slot0 + t][0..head_dim) = src[t][g][0..head_dim): a segment's keys or values, as the
@@ -200,6 +242,14 @@ cudaError_t Rope(uint16_t* x, int64_t n_outer, int64_t n_tokens, int64_t n_heads
   const int64_t pairs = n_outer * n_tokens * n_heads * (head_dim / 2);
   RopeKernel<<<Blocks(pairs), kThreads, 0, stream>>>(B(x), n_outer, n_tokens, n_heads, head_dim,
                                                      positions, theta, interleaved);
+  return cudaGetLastError();
+}
+
+cudaError_t RopeMemory(const RopeMemoryLaunch& a, cudaStream_t stream) {
+  const int64_t pairs = (a.n_kv_heads * a.n_keys + a.n_q * a.n_heads) * (a.head_dim / 2);
+  constexpr int64_t kMaxBlocks = 1024;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(Blocks(pairs), kMaxBlocks));
+  RopeMemoryKernel<<<blocks, kThreads, 0, stream>>>(a);
   return cudaGetLastError();
 }
 

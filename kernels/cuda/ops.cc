@@ -75,6 +75,30 @@ absl::Status Rope(Context& ctx, Bf16* x, int64_t n_outer, int64_t n_tokens, int6
   return absl::OkStatus();
 }
 
+absl::Status RopeMemory(Context& ctx, const RopeMemoryArgs& a) {
+  if (a.head_dim % 2 != 0 || a.head_dim > launch::kMaxRopeHeadDim || a.n_kv_heads <= 0 ||
+      a.n_heads % a.n_kv_heads != 0 || a.n_keys > a.capacity || a.n_keys < 0 || a.n_q < 0) {
+    return absl::InvalidArgumentError("cuda::RopeMemory: bad shape");
+  }
+  if ((a.n_kv_heads * a.n_keys + a.n_q * a.n_heads) * a.head_dim == 0) return absl::OkStatus();
+  launch::RopeMemoryLaunch l;
+  l.keys = a.keys;
+  l.rotated = a.rotated;
+  l.key_positions = a.key_positions;
+  l.n_kv_heads = a.n_kv_heads;
+  l.n_keys = a.n_keys;
+  l.capacity = a.capacity;
+  l.q = a.q;
+  l.query_positions = a.query_positions;
+  l.n_q = a.n_q;
+  l.n_heads = a.n_heads;
+  l.head_dim = a.head_dim;
+  l.theta = static_cast<double>(a.theta);
+  l.interleaved = a.style == RopeStyle::kInterleaved;
+  LONGREAD_CUDA_RETURN_IF_ERROR(launch::RopeMemory(l, Stream(ctx)));
+  return absl::OkStatus();
+}
+
 absl::Status ScatterHeads(Context& ctx, const Bf16* src, int64_t n_tokens, int64_t n_heads,
                           int64_t head_dim, int64_t capacity, int64_t slot0, Bf16* dst) {
   if (slot0 < 0 || slot0 + n_tokens > capacity) {
@@ -128,7 +152,7 @@ absl::Status TaskTerm(Context& ctx, const TaskTermArgs& a) {
   l.log_uniform = std::log(static_cast<float>(a.n)) - std::log(static_cast<float>(rows));
   l.logits = a.logits;
   l.lse = a.lse;
-  l.out = a.out;
+  l.scores = a.scores;
   LONGREAD_CUDA_RETURN_IF_ERROR(launch::TaskTerm(l, Stream(ctx)));
   return absl::OkStatus();
 }

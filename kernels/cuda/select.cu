@@ -27,6 +27,8 @@ namespace longread::kernels::cuda::launch {
 namespace {
 
 constexpr int kScanThreads = 1024;
+constexpr int kItems = 4;
+constexpr int64_t kTile = int64_t{kScanThreads} * kItems;
 constexpr int32_t kForever = INT32_MAX;
 using Scan = cub::BlockScan<int32_t, kScanThreads>;
 
@@ -42,8 +44,18 @@ __device__ Key KeyAt(const SelectArgs& a, int32_t g, int64_t M, int64_t key) {
   return {a.first_position + j, a.token_scores[j * a.n_kv_heads + g], static_cast<int32_t>(j)};
 }
 
-__global__ void __launch_bounds__(kScanThreads) ClassifyKernel(SelectArgs a) {
+// Dynamic shared memory of ClassifyKernel: each key's candidate and score, [n_keys] each, when
+// they fit (the block scores then read them there, not through global memory).
+constexpr int64_t kMaxKeyBytes = 192 * 1024;
+int64_t KeySharedBytes(int64_t n_keys) { return n_keys * 8 <= kMaxKeyBytes ? n_keys * 8 : 0; }
+
+// Each thread classifies kItems consecutive keys (one block scan numbers a tile of
+// kScanThreads * kItems keys: the product's ~7K keys per head take two tiles, not seven chunks).
+__global__ void __launch_bounds__(kScanThreads) ClassifyKernel(SelectArgs a, bool keys_in_shared) {
   __shared__ Scan::TempStorage scan;
+  extern __shared__ int32_t key_shared[];
+  int32_t* shared_cand = key_shared;
+  float* shared_score = reinterpret_cast<float*>(key_shared + a.n_keys);
   const int32_t g = blockIdx.x;
   const int64_t M = a.counts[g], total = M + a.n, P = a.first_position, B = a.block_tokens;
   const int64_t row0 = g * a.n_keys;
@@ -51,34 +63,37 @@ __global__ void __launch_bounds__(kScanThreads) ClassifyKernel(SelectArgs a) {
     a.query_positions[i * a.n_kv_heads + g] = (a.slot_order ? M : P) + i;
   }
   int32_t carry = 0;
-  for (int64_t base = 0; base < a.n_keys; base += kScanThreads) {
-    const int64_t key = base + threadIdx.x;
-    const bool valid = key < total;
-    int32_t starts = 0;
-    bool candidate = false;
-    int64_t join = 0;
-    if (key < a.n_keys) {
+  for (int64_t base = 0; base < a.n_keys; base += kTile) {
+    const int64_t first = base + int64_t{threadIdx.x} * kItems;
+    int32_t starts[kItems];
+    bool candidate[kItems];
+    int64_t join[kItems];
+    // The previous key's position (a new candidate starts after a sink or another block).
+    int64_t prev = first > 0 && first - 1 < total ? KeyAt(a, g, M, first - 1).position : 0;
+#pragma unroll
+    for (int it = 0; it < kItems; ++it) {
+      const int64_t key = first + it;
+      starts[it] = 0;
+      candidate[it] = false;
+      join[it] = 0;
+      if (key >= a.n_keys) continue;
       int32_t from = 0, until = 0;
       uint8_t keep = 0;
-      if (valid) {
+      if (key < total) {
         const Key k = KeyAt(a, g, M, key);
         a.rope_positions[row0 + key] = a.slot_order ? key : k.position;
+        if (keys_in_shared) shared_score[key] = k.score;
         from = k.first_query;
         const int64_t block = k.position / B;
-        join = (block + 1) * B - 1 + a.window - P;
-        candidate = !a.keep_all && k.position >= a.sinks && join <= a.n;
-        if (!candidate) {
+        join[it] = (block + 1) * B - 1 + a.window - P;
+        candidate[it] = !a.keep_all && k.position >= a.sinks && join[it] <= a.n;
+        if (!candidate[it]) {
           until = kForever;
           keep = 1;
         } else {
-          // A new candidate starts where the previous key is a sink or in another block.
-          bool fresh = key == 0;
-          if (!fresh) {
-            const int64_t prev = KeyAt(a, g, M, key - 1).position;
-            fresh = prev < a.sinks || prev / B != block;
-          }
-          starts = fresh ? 1 : 0;
+          starts[it] = key == 0 || prev < a.sinks || prev / B != block ? 1 : 0;
         }
+        prev = k.position;
       } else {
         a.rope_positions[row0 + key] = 0;
       }
@@ -86,29 +101,35 @@ __global__ void __launch_bounds__(kScanThreads) ClassifyKernel(SelectArgs a) {
       a.until[row0 + key] = until;
       a.keep[row0 + key] = keep;
     }
-    int32_t inclusive = 0, added = 0;
+    int32_t inclusive[kItems];
+    int32_t added = 0;
     Scan(scan).InclusiveSum(starts, inclusive, added);
-    if (key < a.n_keys) {
-      const int32_t cand = candidate ? carry + inclusive - 1 : -1;
+#pragma unroll
+    for (int it = 0; it < kItems; ++it) {
+      const int64_t key = first + it;
+      if (key >= a.n_keys) continue;
+      const int32_t cand = candidate[it] ? carry + inclusive[it] - 1 : -1;
       a.key_cand[row0 + key] = cand;
-      if (starts) {
-        a.cand_join[row0 + cand] = static_cast<int32_t>(join > 0 ? join : 0);
+      if (keys_in_shared) shared_cand[key] = cand;
+      if (starts[it]) {
+        a.cand_join[row0 + cand] = static_cast<int32_t>(join[it] > 0 ? join[it] : 0);
         a.cand_first_key[row0 + cand] = static_cast<int32_t>(key);
       }
     }
     carry += added;
-    __syncthreads();  // the scan's storage is reused by the next chunk
+    __syncthreads();  // the scan's storage is reused by the next tile
   }
   if (threadIdx.x == 0) a.cand_count[g] = carry;
   __syncthreads();
   // Block scores, each summed by one thread in key order (the host's order and rounding).
+  const int32_t* cand_of = keys_in_shared ? shared_cand : a.key_cand + row0;
   for (int32_t c = threadIdx.x; c < carry; c += blockDim.x) {
     int64_t key = a.cand_first_key[row0 + c];
-    float score = KeyAt(a, g, M, key).score;
+    float score = keys_in_shared ? shared_score[key] : KeyAt(a, g, M, key).score;
     float sum = 0.0f;
     int32_t size = 0;
-    for (; key < total && a.key_cand[row0 + key] == c; ++key) {
-      const float s = KeyAt(a, g, M, key).score;
+    for (; key < total && cand_of[key] == c; ++key) {
+      const float s = keys_in_shared ? shared_score[key] : KeyAt(a, g, M, key).score;
       score = score < s ? s : score;
       sum = __fadd_rn(sum, s);
       ++size;
@@ -158,27 +179,36 @@ __global__ void __launch_bounds__(kScanThreads) FinishKernel(SelectArgs a) {
   const int64_t row0 = g * a.n_keys, slot0 = g * a.capacity;
   __syncthreads();  // every thread has read the old count before it is replaced below
   int32_t kept_before = 0;
-  for (int64_t base = 0; base < a.n_keys; base += kScanThreads) {
-    const int64_t key = base + threadIdx.x;
-    const bool valid = key < total;
-    int32_t kept = 0;
-    if (valid) {
+  for (int64_t base = 0; base < a.n_keys; base += kTile) {
+    const int64_t first = base + int64_t{threadIdx.x} * kItems;
+    int32_t kept[kItems];
+#pragma unroll
+    for (int it = 0; it < kItems; ++it) {
+      const int64_t key = first + it;
+      kept[it] = 0;
+      if (key >= total) continue;
       const int32_t c = a.key_cand[row0 + key];
       if (c >= 0) {
         const int32_t exit = a.cand_exit[row0 + c];
         a.until[row0 + key] = exit;
         a.keep[row0 + key] = exit == kForever ? 1 : 0;
+        kept[it] = exit == kForever ? 1 : 0;
+      } else {
+        kept[it] = 1;  // sinks, window and keys not yet candidates (ClassifyKernel kept them)
       }
-      kept = a.keep[row0 + key];
     }
-    int32_t exclusive = 0, added = 0;
+    int32_t exclusive[kItems];
+    int32_t added = 0;
     Scan(scan).ExclusiveSum(kept, exclusive, added);
-    if (key < a.n_keys) {
+#pragma unroll
+    for (int it = 0; it < kItems; ++it) {
+      const int64_t key = first + it;
+      if (key >= a.n_keys) continue;
       int32_t dst = kDropRow;
-      if (valid) {
+      if (key < total) {
         const Key k = KeyAt(a, g, M, key);
-        const int32_t slot = kept_before + exclusive;
-        if (kept) {
+        const int32_t slot = kept_before + exclusive[it];
+        if (kept[it]) {
           a.new_positions[slot0 + slot] = k.position;
           a.new_scores[slot0 + slot] = k.score;
           dst = slot;
@@ -259,11 +289,6 @@ __global__ void CopyEvictedKernel(EvictedCopyArgs a) {
   if (blockIdx.x == 0 && threadIdx.x == 0) a.host_counts[g] = static_cast<int32_t>(count);
 }
 
-__global__ void AddFloatsKernel(float* dst, const float* src, int64_t n) {
-  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (i < n) dst[i] = __fadd_rn(dst[i], src[i]);
-}
-
 unsigned Blocks(int64_t n, int threads) {
   return static_cast<unsigned>((n + threads - 1) / threads);
 }
@@ -271,7 +296,13 @@ unsigned Blocks(int64_t n, int threads) {
 }  // namespace
 
 cudaError_t SelectSegment(const SelectArgs& a, cudaStream_t stream) {
-  ClassifyKernel<<<static_cast<unsigned>(a.n_kv_heads), kScanThreads, 0, stream>>>(a);
+  // Raised once per process: the kernel's dynamic shared memory beyond the default 48 KB.
+  static const cudaError_t raised = cudaFuncSetAttribute(
+      ClassifyKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kMaxKeyBytes));
+  if (raised != cudaSuccess) return raised;
+  const int64_t key_bytes = KeySharedBytes(a.n_keys);
+  ClassifyKernel<<<static_cast<unsigned>(a.n_kv_heads), kScanThreads,
+                   static_cast<size_t>(key_bytes), stream>>>(a, key_bytes > 0);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   constexpr int kWarps = 8;
   if (!a.keep_all) {
@@ -303,12 +334,6 @@ cudaError_t AppendSegment(const uint16_t* k, const uint16_t* v, const int32_t* c
 cudaError_t CopyEvicted(const EvictedCopyArgs& a, cudaStream_t stream) {
   const dim3 grid(64, static_cast<unsigned>(a.n_kv_heads));
   CopyEvictedKernel<<<grid, 256, 0, stream>>>(a);
-  return cudaGetLastError();
-}
-
-cudaError_t AddFloats(float* dst, const float* src, int64_t n, cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
-  AddFloatsKernel<<<Blocks(n, 256), 256, 0, stream>>>(dst, src, n);
   return cudaGetLastError();
 }
 

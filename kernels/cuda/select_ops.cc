@@ -146,9 +146,4 @@ absl::Status CopyEvicted(const EvictedCopyArgs& a, void* stream) {
   return absl::OkStatus();
 }
 
-absl::Status AddFloats(Context& ctx, float* dst, const float* src, int64_t n) {
-  LONGREAD_CUDA_RETURN_IF_ERROR(launch::AddFloats(dst, src, n, ctx.impl().stream));
-  return absl::OkStatus();
-}
-
 }  // namespace longread::kernels::cuda

@@ -56,6 +56,8 @@ assigns, many at once, streaming progress, checkpoints and answers back (docs/SE
                           longread_device_memory_bytes on /metrics
   --capacity N            documents read at once (default 4); more are refused with
                           RESOURCE_EXHAUSTED
+  --batch-documents N     up to N documents' segments share one forward pass (default: the
+                          capacity with --device cuda, 1 on the CPU: each reads alone)
   --cache-dir DIR         local RocksDB of recall archives, in DIR/worker-db (default
                           $XDG_CACHE_HOME/longread or ~/.cache/longread); one database per
                           process: give each worker on a host its own directory
@@ -92,7 +94,7 @@ int Main(int argc, char** argv) {
       "capacity",      "cache-dir",         "archive-max-bytes",
       "drain-seconds", "tls-cert",          "tls-key",
       "tls-client-ca", "max-message-bytes", "log-format",
-      "help",          "health-listen"};
+      "help",          "health-listen",     "batch-documents"};
   std::map<std::string, std::string> flags;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -128,12 +130,15 @@ int Main(int argc, char** argv) {
   } else if (format != "text") {
     return Usage("--log-format must be text or json");
   }
-  int64_t threads = 0, capacity = 0, archive_max = 0, max_message = 0;
+  int64_t threads = 0, capacity = 0, archive_max = 0, max_message = 0, batch_documents = 0;
   double drain_seconds = 60;
   if (!get_int("threads", kernels::DefaultThreadCount(), 1, &threads)) {
     return Usage("--threads must be an integer >= 1");
   }
   if (!get_int("capacity", 4, 1, &capacity)) return Usage("--capacity must be an integer >= 1");
+  if (!get_int("batch-documents", 0, 1, &batch_documents)) {
+    return Usage("--batch-documents must be an integer >= 1");
+  }
   if (!get_int("archive-max-bytes", int64_t{1} << 30, 0, &archive_max)) {
     return Usage("--archive-max-bytes must be an integer >= 0");
   }
@@ -210,6 +215,10 @@ int Main(int argc, char** argv) {
   options.cache_dir = cache_dir;
   options.archive_max_bytes = static_cast<uint64_t>(archive_max);
   options.device = device;
+  // Batching pays where one pass over many documents' rows fills the device: on the GPU.
+  options.batch_documents = static_cast<int32_t>(batch_documents > 0 ? batch_documents
+                                                 : device == "cpu"   ? 1
+                                                                     : capacity);
   options.answer_handback_margin = absl::Seconds(std::min(5.0, drain_seconds / 4));
   auto service = worker::WorkerServiceImpl::Create(worker_model, options, &worker_metrics);
   if (!service.ok()) {

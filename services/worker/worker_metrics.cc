@@ -41,6 +41,18 @@ WorkerMetrics::WorkerMetrics(services::Metrics* common_metrics, const std::strin
   device_memory_bytes =
       NewGauge(r, "longread_device_memory_bytes", "Model weights and memories held on the device.",
                {{"device", device == "cpu" ? "cpu" : device}});
+  read_passes = &prometheus::BuildCounter()
+                     .Name("longread_read_passes_total")
+                     .Help(
+                         "Forward passes that read documents' segments together "
+                         "(--batch-documents > 1).")
+                     .Register(r)
+                     .Add({});
+  read_pass_segments = &prometheus::BuildCounter()
+                            .Name("longread_read_pass_segments_total")
+                            .Help("Segments read by those passes (one per document per pass).")
+                            .Register(r)
+                            .Add({});
 }
 
 }  // namespace longread::worker

@@ -25,6 +25,9 @@ struct WorkerMetrics {
   prometheus::Counter* checkpoint_bytes;
   prometheus::Gauge* archive_bytes;
   prometheus::Gauge* device_memory_bytes;
+  // Batched reading (--batch-documents): passes run and the segments they read.
+  prometheus::Counter* read_passes;
+  prometheus::Counter* read_pass_segments;
 };
 
 }  // namespace longread::worker

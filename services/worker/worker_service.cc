@@ -399,7 +399,10 @@ grpc::Status DocumentRun::ReadDocument() {
     absl::StatusOr<int64_t> consumed;
     double seconds = 0;  // the model's time, not the turn waited for (segment_seconds)
     {
-      FairLockGuard lock(&worker_->model_lock_);
+      // Batched, the pass takes the model lock (SegmentBatcher), and `seconds` is the shared
+      // pass's time: the turn waited for is then the wait for the pass to gather.
+      std::optional<FairLockGuard> lock;
+      if (worker_->batcher_ == nullptr) lock.emplace(&worker_->model_lock_);
       // A drain that began while this document queued for the model does not wait for its
       // segment too: the drain lasts one segment, not one per document in flight.
       if (worker_->draining()) continue;
@@ -558,6 +561,7 @@ grpc::Status DocumentRun::Run() {
         worker_->model_.pool, assignment_.total_tokens());
     if (!session.ok()) return ToGrpc(session.status());
     session_ = std::move(*session);
+    if (worker_->batcher_ != nullptr) session_->set_batcher(worker_->batcher_.get());
   }
   if (checkpoint.has_value()) {
     // The model matched (Admit): a checkpoint that does not fit these options or this point of
@@ -623,6 +627,17 @@ absl::StatusOr<std::unique_ptr<WorkerServiceImpl>> WorkerServiceImpl::Create(
   if (worker->model_.backend == nullptr) {
     worker->own_backend_ = std::make_unique<engine::CpuReadingBackend>(worker->model_.model);
     worker->model_.backend = worker->own_backend_.get();
+  }
+  if (worker->options_.batch_documents > 1) {
+    WorkerServiceImpl* w = worker.get();
+    w->batcher_ = std::make_unique<engine::SegmentBatcher>(
+        w->model_.backend, w->options_.batch_documents,
+        [w](std::span<const engine::SegmentRead> reads) {
+          FairLockGuard lock(&w->model_lock_);
+          w->metrics_->read_passes->Increment();
+          w->metrics_->read_pass_segments->Increment(static_cast<double>(reads.size()));
+          return w->model_.backend->ReadSegments(reads);
+        });
   }
   worker->model_bytes_ = worker->model_.backend->weight_bytes();
   metrics->capacity_documents->Set(worker->options_.capacity);

@@ -19,6 +19,7 @@
 #include "absl/time/time.h"
 #include "cache/archive_database.h"
 #include "engine/memory/reading_backend.h"
+#include "engine/memory/segment_batcher.h"
 #include "engine/model/llama_model.h"
 #include "engine/scorer/scorer.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -34,6 +35,10 @@ struct WorkerOptions {
   std::string cache_dir;  // the local archive database lives in <cache_dir>/worker-db
   uint64_t archive_max_bytes = uint64_t{1} << 30;  // per document attempt
   std::string device = "cpu";
+  // > 1: documents' segments share forward passes, up to this many per pass
+  // (engine::SegmentBatcher); a device backend is where that pays (one GEMM per weight over
+  // every document's rows). 1: each document reads alone, taking turns.
+  int32_t batch_documents = 1;
   // Document tokens buffered ahead of the reader (beyond it the stream is not read, and gRPC's
   // flow control holds the coordinator back).
   int64_t max_buffered_tokens = int64_t{1} << 20;
@@ -105,6 +110,8 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   WorkerMetrics* metrics_;
   int64_t model_bytes_ = 0;
   FairLock model_lock_;
+  // Reads documents' segments in shared passes under model_lock_ (batch_documents > 1).
+  std::unique_ptr<engine::SegmentBatcher> batcher_;
   // <cache_dir>/worker-db, unless the host gives one.
   std::unique_ptr<cache::ArchiveDatabase> own_db_;
   cache::ArchiveDatabase* archive_db_ = nullptr;  // null when the cache directory is unusable

@@ -54,9 +54,11 @@ cu::DeviceBuffer Scratch(int64_t bytes) {
   return std::move(*b);
 }
 
-// One random trial; adds the number of evicted keys to *evicted_total (the tests check that
-// eviction happened).
-void RunTrial(cu::Context& ctx, std::mt19937& rng, bool tied, int trial, int64_t* evicted_total) {
+// One random trial, with held slots drawn from the positions before a random first position in
+// [min_first, max_first); adds the number of evicted keys to *evicted_total (the tests check
+// that eviction happened).
+void RunTrial(cu::Context& ctx, std::mt19937& rng, bool tied, int trial, int64_t* evicted_total,
+              int64_t min_first = 0, int64_t max_first = 2000) {
   MemoryConfig config;
   const int64_t block_choices[] = {1, 4, 8, 32};
   config.block_tokens = block_choices[rng() % 4];
@@ -66,7 +68,7 @@ void RunTrial(cu::Context& ctx, std::mt19937& rng, bool tied, int trial, int64_t
   config.block_score = rng() % 2 ? BlockScore::kMax : BlockScore::kMean;
   config.position_mode = rng() % 2 ? PositionMode::kSlotOrder : PositionMode::kOriginal;
   const bool frozen = rng() % 8 == 0;
-  const int64_t G = 3, n = 1 + rng() % 300, P = rng() % 2000;
+  const int64_t G = 3, n = 1 + rng() % 300, P = min_first + rng() % (max_first - min_first);
   std::normal_distribution<float> normal(0.0f, 2.0f);
   auto score = [&] {
     const float x = normal(rng);
@@ -244,6 +246,27 @@ TEST(CudaSelectTest, TiedScoresKeepTheOlderBlockAsTheCpuDoes) {
   if (trials >= 20) {
     EXPECT_GT(evicted, 0);
   }
+}
+
+// Held memories of thousands of keys: the kernels classify and fold several tiles of keys per
+// head, and beyond ~24K keys per head the block scores read the keys from global memory instead
+// of shared memory (the product's memory holds ~7K keys per head).
+TEST(CudaSelectTest, LargeMemoriesSpanSeveralTilesAsTheCpuDoes) {
+  REQUIRE_GPU();
+  auto ctx = cu::Context::Create();
+  ASSERT_TRUE(ctx.ok()) << ctx.status();
+  std::mt19937 rng(4096);
+  int64_t evicted = 0;
+  const int trials = Trials(6);
+  for (int trial = 0; trial < trials; ++trial) {
+    // About P/4 held keys per head: 4K-6K (two tiles) or 25K-35K (global memory).
+    const bool huge = trial % 2 == 1;
+    RunTrial(**ctx, rng, /*tied=*/trial % 3 == 2, trial, &evicted, huge ? 100000 : 16000,
+             huge ? 140000 : 24000);
+    if (HasFatalFailure()) return;
+  }
+  std::printf("[select] %d large trials equal, %lld keys evicted\n", trials,
+              static_cast<long long>(evicted));
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <random>
 
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/launch.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 
 namespace longread::kernels::cuda {
@@ -127,7 +128,7 @@ class CudaAttentionTest : public CudaTest {
 
     // Every tile variant (kernels/cuda/launch.h) computes the same function.
     std::vector<float> got;
-    for (int variant = -1; variant < 4; ++variant) {
+    for (int variant = -1; variant < launch::kAttentionVariants; ++variant) {
       AttentionArgs gpu;
       gpu.q = dq.as<Bf16>();
       gpu.k = dk.as<Bf16>();
@@ -176,6 +177,8 @@ TEST_F(CudaAttentionTest, DenseCausalOverACache) {
   Check("dense causal n_q=300 past=100 9/3", DenseCausal(300, 100, 9, 3), rng);
   Check("dense causal n_q=1 past=2000 9/3 (decode)", DenseCausal(1, 2000, 9, 3), rng);
   Check("dense causal n_q=129 past=0 2/2", DenseCausal(129, 0, 2, 2), rng);
+  // More keys than the kernel's key ordering sorts: those variants visit keys in memory order.
+  Check("dense causal n_q=20 past=16400 9/3", DenseCausal(20, 16400, 9, 3), rng);
 }
 
 TEST_F(CudaAttentionTest, KeysInABufferWithSpareCapacity) {
@@ -189,6 +192,8 @@ TEST_F(CudaAttentionTest, RandomIntervals) {
   Check("random n_q=200 keys=517 9/3", RandomIntervals(200, 517, 9, 3, rng), rng);
   Check("random n_q=65 keys=64 4/1", RandomIntervals(65, 64, 4, 1, rng), rng);
   Check("random n_q=7 keys=1000 9/3", RandomIntervals(7, 1000, 9, 3, rng), rng);
+  // As many keys as the key ordering sorts (64 chunks of 256 per head), and enough rows for it.
+  Check("random n_q=90 keys=16384 9/3", RandomIntervals(90, 16384, 9, 3, rng), rng);
 }
 
 TEST_F(CudaAttentionTest, SparseKMemoryPattern) {

@@ -185,6 +185,88 @@ TEST_F(CudaElementwiseTest, RopeMatchesCpuForQueriesAndHeadMajorKeys) {
   }
 }
 
+// The memory's fused RoPE (keys copied and rotated per head at per-key positions, queries rotated
+// in place at their KV head's positions) gives every row exactly what Rope gives it, leaves the
+// un-rotated keys and the rows past n_keys alone, and is the CPU's Rope within bf16 rounding.
+TEST_F(CudaElementwiseTest, RopeMemoryEqualsRopePerHeadAndTheCpu) {
+  std::mt19937 rng(std::random_device{}());
+  const int64_t G = 3, H = 9, group = H / G, hd = 64, n_keys = 301, cap = 320, n = 37;
+  std::uniform_int_distribution<int64_t> pos(0, int64_t{1} << 20);
+  std::vector<int64_t> key_pos(G * n_keys), query_pos(n * G);
+  for (auto& p : key_pos) p = rng() % 5 == 0 ? 0 : pos(rng);
+  for (auto& p : query_pos) p = pos(rng);
+  DeviceBuffer dkp = ToDevice(key_pos), dqp = ToDevice(query_pos);
+  for (RopeStyle style : {RopeStyle::kInterleaved, RopeStyle::kHalf}) {
+    const std::string name = style == RopeStyle::kHalf ? "half" : "interleaved";
+    std::vector<float> k = RandomFloats(G * cap * hd, rng), q = RandomFloats(n * H * hd, rng);
+    const std::vector<uint16_t> k_bits = RoundToBf16(k), q_bits = RoundToBf16(q);
+    DeviceBuffer dk = ToDevice(k_bits), dq = ToDevice(q_bits);
+    DeviceBuffer rotated = Poisoned<uint16_t>(G * cap * hd);
+    RopeMemoryArgs a;
+    a.keys = dk.as<Bf16>();
+    a.rotated = rotated.as<Bf16>();
+    a.key_positions = dkp.as<int64_t>();
+    a.n_kv_heads = G;
+    a.n_keys = n_keys;
+    a.capacity = cap;
+    a.q = dq.as<Bf16>();
+    a.query_positions = dqp.as<int64_t>();
+    a.n_q = n;
+    a.n_heads = H;
+    a.head_dim = hd;
+    a.theta = 10000.0f;
+    a.style = style;
+    ASSERT_TRUE(RopeMemory(*ctx_, a).ok());
+
+    // Rope, one call per head for the keys and one for the queries as [n * G][group] rows.
+    DeviceBuffer want_k = ToDevice(k_bits), want_q = ToDevice(q_bits);
+    for (int64_t g = 0; g < G; ++g) {
+      ASSERT_TRUE(Rope(*ctx_, want_k.as<Bf16>() + g * cap * hd, 1, n_keys, 1, hd,
+                       dkp.as<int64_t>() + g * n_keys, 10000.0f, style)
+                      .ok());
+    }
+    ASSERT_TRUE(
+        Rope(*ctx_, want_q.as<Bf16>(), 1, n * G, group, hd, dqp.as<int64_t>(), 10000.0f, style)
+            .ok());
+    const std::vector<uint16_t> got_k = ToHost<uint16_t>(rotated, G * cap * hd);
+    const std::vector<uint16_t> ref_k = ToHost<uint16_t>(want_k, G * cap * hd);
+    EXPECT_EQ(ToHost<uint16_t>(dk, G * cap * hd), k_bits) << name << ": keys must stay unrotated";
+    for (int64_t g = 0; g < G; ++g) {
+      for (int64_t key = 0; key < cap; ++key) {
+        for (int64_t e = 0; e < hd; ++e) {
+          const int64_t at = (g * cap + key) * hd + e;
+          if (key < n_keys) {
+            ASSERT_EQ(got_k[at], ref_k[at]) << name << " head " << g << " key " << key;
+          } else {
+            ASSERT_EQ(got_k[at], 0xffff) << name << ": row past n_keys written";
+          }
+        }
+      }
+    }
+    EXPECT_EQ(ToHost<uint16_t>(dq, n * H * hd), ToHost<uint16_t>(want_q, n * H * hd)) << name;
+
+    // Against the CPU: queries of head h at their group's position, keys at theirs.
+    std::vector<float> q_ref = q, k_ref;
+    for (int64_t t = 0; t < n; ++t) {
+      for (int64_t h = 0; h < H; ++h) {
+        kernels::Rope(q_ref.data() + (t * H + h) * hd, 1, 1, hd, &query_pos[t * G + h / group],
+                      10000.0f, style);
+      }
+    }
+    ExpectClose("rope memory queries " + name, Bf16ToHost(dq, n * H * hd), q_ref, 1e-2);
+    std::vector<float> got_rows;
+    for (int64_t g = 0; g < G; ++g) {
+      std::vector<float> rows(k.begin() + g * cap * hd, k.begin() + (g * cap + n_keys) * hd);
+      kernels::Rope(rows.data(), n_keys, 1, hd, key_pos.data() + g * n_keys, 10000.0f, style);
+      k_ref.insert(k_ref.end(), rows.begin(), rows.end());
+      for (int64_t i = 0; i < n_keys * hd; ++i) {
+        got_rows.push_back(BFloat16ToFloat(got_k[g * cap * hd + i]));
+      }
+    }
+    ExpectClose("rope memory keys " + name, got_rows, k_ref, 1e-2);
+  }
+}
+
 TEST_F(CudaElementwiseTest, ScatterHeadsAppendsTokenMajorRowsToHeadMajorSlots) {
   std::mt19937 rng(std::random_device{}());
   const int64_t n = 13, heads = 3, hd = 64, capacity = 40, slot0 = 21;

@@ -275,6 +275,58 @@ TEST(WorkerTest, TwoDocumentsAtOnceInterleaveAndBothAnswerCorrectly) {
   EXPECT_LT(first_of(1, 'p'), first_of(0, 'f'));
 }
 
+// --batch-documents: the two documents' segments share forward passes (one SegmentBatcher, the
+// pass under the model lock), and each answers as it does read alone.
+TEST(WorkerTest, TwoDocumentsShareReadingPassesAndBothAnswerCorrectly) {
+  REQUIRE_REFERENCE(ref);
+  TempDir dir;
+  WorkerProcess worker(dir.path() + "/w", {"--capacity", "2", "--batch-documents", "2"});
+  ASSERT_TRUE(worker.serving()) << worker.log();
+  const std::string documents[2] = {services::testing::SmallDocument(),
+                                    services::testing::SmallDocument()};
+  const std::string questions[2] = {kQuestion, "What does the town of Kessel sell?"};
+  std::vector<int32_t> tokens[2];
+  v1::DocumentAssignment assignments[2];
+  for (int d = 0; d < 2; ++d) {
+    tokens[d] = Tokenize(*ref, documents[d]);
+    assignments[d] = TinyAssignment(*ref, questions[d], static_cast<int64_t>(tokens[d].size()), 30);
+    assignments[d].set_document_index(d);
+  }
+  auto stub = worker.Stub();
+  std::unique_ptr<DocumentCall> calls[2];
+  for (int d = 0; d < 2; ++d) {
+    calls[d] = std::make_unique<DocumentCall>(stub.get());
+    ASSERT_TRUE(calls[d]->SendAssignment(assignments[d]));
+  }
+  grpc::Status statuses[2];
+  std::thread threads[2];
+  for (int d = 0; d < 2; ++d) {
+    threads[d] = std::thread([&, d] {
+      calls[d]->SendTokens(tokens[d], 0, tokens[d].size());
+      calls[d]->WritesDone();
+      calls[d]->ReadUntil([](const v1::RunDocumentOutput&) { return false; });
+      statuses[d] = calls[d]->Finish();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int d = 0; d < 2; ++d) {
+    ASSERT_TRUE(statuses[d].ok()) << statuses[d].error_message() << "\n" << worker.log();
+    ASSERT_TRUE(calls[d]->finished.has_value());
+    EXPECT_EQ(calls[d]->finished->answer(), ReferenceAnswer(*ref, documents[d], assignments[d]))
+        << "document " << d;
+  }
+  const std::string metrics = worker.ScrapeMetrics();
+  auto value = [&](const std::string& name) {
+    const size_t at = metrics.find("\n" + name + " ");
+    return at == std::string::npos ? -1.0 : std::atof(metrics.c_str() + at + name.size() + 2);
+  };
+  const double passes = value("longread_read_passes_total");
+  const double segments = value("longread_read_pass_segments_total");
+  EXPECT_GT(passes, 0) << metrics;
+  // Some pass read both documents.
+  EXPECT_GT(segments, passes) << metrics;
+}
+
 TEST(WorkerTest, ExitCodesAreThoseOfLongreadRun) {
   TempDir dir;
   // An unusable model: 4, before anything listens.
