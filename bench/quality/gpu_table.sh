@@ -17,7 +17,8 @@
 # that under a deadline the short lengths finish first. Recall keeps every evicted block in RAM
 # (fp32: ~46 KB per token, ~6 GB at 128K, ~47 GB at 1M), so those runs get queues of few lanes.
 # env: BENCH (a built bench; default: build BUILD=build-quality-gpu), MODEL, CORPUS (dirs.txt),
-# DEVICE (cuda), PLAN (lines "QUEUE LENGTH TRIALS SHARD METHODS"), LANES ("QUEUE:N ..."),
+# DEVICE (cuda), PLAN (lines "QUEUE LENGTH TRIALS SHARD METHODS"; TRIALS is a count from trial 0
+# or FIRST-END, the indices FIRST..END-1), LANES ("QUEUE:N ..."),
 # WORK (per-process JSON and logs), RESULT (merged JSON), COMPARE (the second answer's setting,
 # or none), EXTRA (more bench options), PYTHON.
 set -euo pipefail
@@ -90,9 +91,15 @@ export BENCH WORK start deadline GRACE_SECONDS MIN_START_SECONDS
 # A queue: its jobs (shards of each plan line, in plan order) run on N lanes.
 run_queue() {
   local queue=$1 lanes=$2
+  local q length trials shard methods first
   while read -r q length trials shard methods; do
     [ "$q" = "$queue" ] || continue
-    for ((a = 0; a < trials; a += shard)); do
+    first=0
+    if [[ $trials == *-* ]]; then  # FIRST-END: trial indices FIRST..END-1 (to extend a run)
+      first=${trials%-*}
+      trials=${trials#*-}
+    fi
+    for ((a = first; a < trials; a += shard)); do
       echo "$q $length $a $((a + shard < trials ? a + shard : trials)) $methods"
     done
   done <<<"$PLAN" | xargs -P "$lanes" -L 1 bash -c 'run_job "$@"' _
@@ -101,7 +108,8 @@ for spec in $LANES; do run_queue "${spec%%:*}" "${spec##*:}" & done
 wait
 jsons=$(find "$WORK" -name '*.json' -size +0 | sort)
 # shellcheck disable=SC2086
+gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1 || true)
 "$PY" bench/quality/merge_runs.py --noscorer-suffix --out "$RESULT" --logs "$WORK"/*.log \
-  --note "gpu_table.sh on $DEVICE, $(ls "$WORK"/*.log | wc -l) processes" $jsons
+  --note "gpu_table.sh on $DEVICE${gpu:+ ($gpu)}, $(ls "$WORK"/*.log | wc -l) processes, lanes $LANES" $jsons
 "$PY" bench/quality/table.py "$RESULT"
 echo "gpu_table.sh: $(($(date +%s) - start)) s"
