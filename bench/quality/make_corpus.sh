@@ -3,12 +3,14 @@
 # machines (the dev box, a lent GPU machine's host) read the same documents for the same seed.
 # Takes what DefaultHaystackDirs() would read here: the licenses, 400 of /usr/share/doc's
 # copyright files and 150 C++ standard headers (each spread evenly over the sorted file list, as
-# the bench does), and this repository's engine/ kernels/ services/ cache/ at HEAD.
-#   bench/quality/make_corpus.sh [OUT_DIR]      (default data/haystack)
+# the bench does), and this repository's engine/ kernels/ services/ cache/ at REV (default HEAD).
+#   bench/quality/make_corpus.sh [OUT_DIR [REV]]   (default data/haystack HEAD)
+# The issue-12 and GPU tables used REV 461f555: pass it to read their documents again.
 # Then: longread_quality_bench $(sed 's/^/--haystack-dir /' OUT_DIR/dirs.txt) ...
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-data/haystack}
+rev=${2:-HEAD}
 rm -rf "$out"
 mkdir -p "$out"/licenses "$out"/doc "$out"/cxx "$out"/repo
 cp -r /usr/share/common-licenses/. "$out"/licenses/
@@ -34,11 +36,11 @@ for f in $(pick 150 "${cxx[@]}"); do
   mkdir -p "$out/cxx/$(printf %03d $i)" && cp "$f" "$out/cxx/$(printf %03d $i)/"
   i=$((i + 1))
 done
-git archive HEAD engine kernels services cache | tar -x -C "$out"/repo
+git archive "$rev" engine kernels services cache | tar -x -C "$out"/repo
 {
   echo "$out/licenses"
   echo "$out/doc:copyright"
   echo "$out/cxx"
   for d in engine kernels services cache; do echo "$out/repo/$d"; done
 } >"$out"/dirs.txt
-echo "pinned corpus in $out ($(du -sh "$out" | cut -f1), $(find "$out" -type f | wc -l) files, from $(git rev-parse --short HEAD))"
+echo "pinned corpus in $out ($(du -sh "$out" | cut -f1), $(find "$out" -type f | wc -l) files, from $(git rev-parse --short "$rev"))"

@@ -8,14 +8,16 @@ Usage: python3 bench/quality/merge_runs.py --out OUT.json [--logs LOG ...] [--no
 --noscorer-suffix: the runs had no scorer; the methods that use one (blocks*, sparsek) are
 renamed METHOD-noscorer so that they are never pooled with runs that used the calibrated scorer.
 Recovered log trials carry only what the log line says (method, length, depth, trial, key,
-correct, key_held_share): no answer text.
+correct, key_held_share, compared_correct): no answer text, no document hash.
 """
 
 import argparse
 import json
 import re
 
-LOG_LINE = re.compile(r"len (\d+) depth (\S+) trial (\d+) (\S+)\s+key (\d+) (OK|MISS)\s+held\s+(\d+)%")
+# "held -100%": the share was not measured (recorded as -1, as the bench does).
+LOG_LINE = re.compile(r"len (\d+) depth (\S+) trial (\d+) (\S+)\s+key (\d+) (OK|MISS)\s+held\s+(-?\d+)%")
+COMPARED = re.compile(r"\(compared: (same answer|other, OK|other, MISS)\)")
 USES_SCORER = ("blocks", "sparsek")
 
 
@@ -65,8 +67,14 @@ def main():
             trials.append({"method": method, "length": key[1], "depth": float(m.group(2)),
                            "trial": key[2], "key": m.group(5), "possible": True,
                            "correct": m.group(6) == "OK",
-                           "key_held_share": int(m.group(7)) / 100.0,
+                           "key_held_share": max(-1.0, int(m.group(7)) / 100.0),
                            "recovered_from_log": path})
+            compared = COMPARED.search(line)
+            if compared:  # --compare-*: the second answer's outcome, as the line says it
+                trials[-1]["compared"] = True
+                trials[-1]["compared_correct"] = (trials[-1]["correct"]
+                                                  if compared.group(1) == "same answer"
+                                                  else compared.group(1) == "other, OK")
     merged["passkey_trials"] = trials
     merged.pop("passkey_summary", None)
     merged.pop("passkey_by_depth", None)

@@ -29,6 +29,7 @@
 #include "bench/quality/report.h"
 #include "engine/job/document_job.h"
 #include "engine/memory/open_backend.h"
+#include "engine/memory/snapshot.h"
 #include "engine/model/llama_model.h"
 #include "engine/model_files/model_file.h"
 #include "engine/scorer/scorer.h"
@@ -474,15 +475,21 @@ absl::StatusOr<Answer> ReadAndAnswer(engine::ReadingBackend& backend,
   engine::DocumentJobCallbacks callbacks;
   if (!key_positions.empty()) {
     callbacks.before_answer = [&](const engine::RecurrentRunner& runner) {
-      // Only the CPU memory is inspected in place; on another backend the share stays unknown.
+      // The CPU memory is inspected in place; a device memory is exported to the host once (its
+      // slots' positions come with it), so the share is measured on every backend.
       const engine::SparseKMemory* memory = runner.document().host_memory();
-      if (memory == nullptr) return;
+      engine::MemorySnapshot exported;
+      if (memory == nullptr && !runner.document().ExportTo(&exported).ok()) return;
+      auto positions_of = [&](int32_t l, int32_t g) -> const std::vector<int64_t>& {
+        return memory != nullptr ? memory->held(l, g).positions
+                                 : exported.heads[l * exported.n_kv_heads + g].positions;
+      };
       // Memory positions count from the start of the read: the prompt head comes first.
       const int64_t offset = runner.tokens_read() - static_cast<int64_t>(document.size());
       int64_t held = 0;
       for (int32_t l = 0; l < c.n_layers; ++l) {
         for (int32_t g = 0; g < c.n_kv_heads; ++g) {
-          const std::vector<int64_t>& slots = memory->held(l, g).positions;
+          const std::vector<int64_t>& slots = positions_of(l, g);
           bool all = true;
           for (int64_t p : key_positions) {
             all = all && std::binary_search(slots.begin(), slots.end(), p + offset);

@@ -53,8 +53,9 @@ def main():
             c, n, held, n_held = stats[(length, m)]
             lo, hi = wilson(c, n)
             share = f"{(c / n) / (dense[0] / dense[1]):.0%}" if dense and dense[0] else "–"
+            held_share = f"{held / n_held:.0%}" if n_held else "–"  # not measured
             print(f"| {length // 1024}K | {m} | {c}/{n} | {c / n:.0%} ({lo:.0%}–{hi:.0%}) | "
-                  f"{share} | {held / n_held if n_held else 0:.0%} |")
+                  f"{share} | {held_share} |")
 
 
 if __name__ == "__main__":
