@@ -330,6 +330,17 @@ std::string JsonEscape(std::string_view s) {
   return out + "\"";
 }
 
+// kOk for a device `run` and `generate` can read on; otherwise a usage error for a name that is
+// not a device, or kNoDevice (logged) for one this machine or build lacks.
+int RefuseUnusableDevice(const std::string& device) {
+  auto s = engine::CheckDevice(device);
+  if (s.ok()) return kOk;
+  if (s.code() == absl::StatusCode::kInvalidArgument) return Usage(std::string(s.message()));
+  Log(LogLevel::kError, "device_unavailable",
+      {{"device", device}, {"error", std::string(s.message())}});
+  return kNoDevice;
+}
+
 int Generate(const Args& args) {
   if (args.Has("help")) {
     std::printf("%s%s", kGenerateHelp, kCommonHelp);
@@ -341,12 +352,7 @@ int Generate(const Args& args) {
   if (!ParseGenerateOptions(args, &options, &error)) return Usage(error);
   // As for run: a device that cannot be used is refused before the model is read.
   const std::string device = args.Get("device", "cpu");
-  if (auto s = engine::CheckDevice(device); !s.ok()) {
-    if (s.code() == absl::StatusCode::kInvalidArgument) return Usage(std::string(s.message()));
-    Log(LogLevel::kError, "device_unavailable",
-        {{"device", device}, {"error", std::string(s.message())}});
-    return kNoDevice;
-  }
+  if (int rc = RefuseUnusableDevice(device); rc != kOk) return rc;
   Loaded loaded;
   if (int rc = LoadModel(args, &loaded); rc != kOk) return rc;
   auto backend = engine::OpenReadingBackend(device, loaded.model.get());
@@ -485,12 +491,7 @@ int Run(const Args& args) {
   if (args.Has("dense")) memory = engine::MemoryConfig::Dense();
   // A device that cannot be used is refused before the document and the model are read.
   const std::string device = args.Get("device", "cpu");
-  if (auto s = engine::CheckDevice(device); !s.ok()) {
-    if (s.code() == absl::StatusCode::kInvalidArgument) return Usage(std::string(s.message()));
-    Log(LogLevel::kError, "device_unavailable",
-        {{"device", device}, {"error", std::string(s.message())}});
-    return kNoDevice;
-  }
+  if (int rc = RefuseUnusableDevice(device); rc != kOk) return rc;
 
   // Read the document before loading the model: a bad path fails fast.
   const std::string path = args.positional[0];
